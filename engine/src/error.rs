@@ -1,0 +1,39 @@
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the training engine. Each variant names the thing at fault
+/// (a file, a spec field, a step) so the one-line message is enough to act on.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A data file (token shard, CSV, text) that is malformed, truncated or unusable.
+    #[error("{}: {msg}", path.display())]
+    Data { path: PathBuf, msg: String },
+    /// An invalid job spec: the message names the field, the value and what is allowed.
+    #[error("invalid job spec: {0}")]
+    Spec(String),
+    /// A model checkpoint file that cannot be used for this spec.
+    #[error("{}: {msg}", path.display())]
+    Checkpoint { path: PathBuf, msg: String },
+    #[error("step {step}: loss is {value} (non-finite); stopping")]
+    NonFiniteLoss { step: u64, value: f32 },
+    /// The gradient all-reduce failed (a lost peer, a timeout).
+    #[error("collective: {0}")]
+    Collective(String),
+}
+
+impl EngineError {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        EngineError::Io { path: path.into(), source }
+    }
+
+    pub fn data(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        EngineError::Data { path: path.into(), msg: msg.into() }
+    }
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;

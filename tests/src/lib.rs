@@ -1,0 +1,1 @@
+//! Integration tests for convoy live in `tests/`: they start the real binaries.
