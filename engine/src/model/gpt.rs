@@ -1,0 +1,665 @@
+//! The GPT-2 family decoder, as llm.c's train_gpt2.c: the same tensors in the same order, the
+//! same forward and backward, built from the op set in `convoy-kernels`.
+//!
+//! Activations are kept for every layer (the backward pass needs them), but activation
+//! *gradients* use single-layer scratch buffers that each layer's backward reuses, so the
+//! backward pass costs one layer's worth of memory rather than a mirror of every activation.
+
+use std::ops::Range;
+
+use convoy_kernels::{
+    IGNORE_INDEX, activation, attention, encoder, layernorm, loss, matmul, residual,
+};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
+
+use super::{BucketHook, Model};
+use crate::collective::Bucket;
+use crate::optim::ParamGroup;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GptConfig {
+    pub max_seq_len: usize,
+    pub vocab_size: usize,
+    /// Rows of the embedding table; rows past `vocab_size` are padding that keeps GEMM shapes
+    /// friendly and never receives a gradient.
+    pub padded_vocab_size: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub channels: usize,
+}
+
+/// The 16 parameter tensors, in llm.c's order (which is also the checkpoint file's order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tensor {
+    Wte,
+    Wpe,
+    Ln1w,
+    Ln1b,
+    Qkvw,
+    Qkvb,
+    Attprojw,
+    Attprojb,
+    Ln2w,
+    Ln2b,
+    Fcw,
+    Fcb,
+    Fcprojw,
+    Fcprojb,
+    Lnfw,
+    Lnfb,
+}
+
+pub const TENSORS: [Tensor; 16] = [
+    Tensor::Wte,
+    Tensor::Wpe,
+    Tensor::Ln1w,
+    Tensor::Ln1b,
+    Tensor::Qkvw,
+    Tensor::Qkvb,
+    Tensor::Attprojw,
+    Tensor::Attprojb,
+    Tensor::Ln2w,
+    Tensor::Ln2b,
+    Tensor::Fcw,
+    Tensor::Fcb,
+    Tensor::Fcprojw,
+    Tensor::Fcprojb,
+    Tensor::Lnfw,
+    Tensor::Lnfb,
+];
+
+/// The tensors that exist once per layer, stacked over layers in the flat buffer.
+const PER_LAYER: [Tensor; 12] = [
+    Tensor::Ln1w,
+    Tensor::Ln1b,
+    Tensor::Qkvw,
+    Tensor::Qkvb,
+    Tensor::Attprojw,
+    Tensor::Attprojb,
+    Tensor::Ln2w,
+    Tensor::Ln2b,
+    Tensor::Fcw,
+    Tensor::Fcb,
+    Tensor::Fcprojw,
+    Tensor::Fcprojb,
+];
+
+impl Tensor {
+    pub fn name(self) -> &'static str {
+        match self {
+            Tensor::Wte => "wte",
+            Tensor::Wpe => "wpe",
+            Tensor::Ln1w => "ln1w",
+            Tensor::Ln1b => "ln1b",
+            Tensor::Qkvw => "qkvw",
+            Tensor::Qkvb => "qkvb",
+            Tensor::Attprojw => "attprojw",
+            Tensor::Attprojb => "attprojb",
+            Tensor::Ln2w => "ln2w",
+            Tensor::Ln2b => "ln2b",
+            Tensor::Fcw => "fcw",
+            Tensor::Fcb => "fcb",
+            Tensor::Fcprojw => "fcprojw",
+            Tensor::Fcprojb => "fcprojb",
+            Tensor::Lnfw => "lnfw",
+            Tensor::Lnfb => "lnfb",
+        }
+    }
+
+    /// Weight matrices and embeddings: the tensors weight decay applies to.
+    fn is_matrix(self) -> bool {
+        matches!(
+            self,
+            Tensor::Wte | Tensor::Wpe | Tensor::Qkvw | Tensor::Attprojw | Tensor::Fcw | Tensor::Fcprojw
+        )
+    }
+}
+
+impl GptConfig {
+    /// The shape of a tensor (per-layer tensors with the layer dimension first).
+    pub fn shape(&self, t: Tensor) -> Vec<usize> {
+        let (v, c, l, p) = (self.padded_vocab_size, self.channels, self.n_layer, self.max_seq_len);
+        match t {
+            Tensor::Wte => vec![v, c],
+            Tensor::Wpe => vec![p, c],
+            Tensor::Ln1w | Tensor::Ln1b | Tensor::Attprojb | Tensor::Ln2w | Tensor::Ln2b | Tensor::Fcprojb => {
+                vec![l, c]
+            }
+            Tensor::Qkvw => vec![l, 3 * c, c],
+            Tensor::Qkvb => vec![l, 3 * c],
+            Tensor::Attprojw => vec![l, c, c],
+            Tensor::Fcw => vec![l, 4 * c, c],
+            Tensor::Fcb => vec![l, 4 * c],
+            Tensor::Fcprojw => vec![l, c, 4 * c],
+            Tensor::Lnfw | Tensor::Lnfb => vec![c],
+        }
+    }
+
+    pub fn tensor_len(&self, t: Tensor) -> usize {
+        self.shape(t).iter().product()
+    }
+
+    pub fn num_params(&self) -> usize {
+        TENSORS.iter().map(|&t| self.tensor_len(t)).sum()
+    }
+
+    /// Where a tensor lives in the flat parameter buffer.
+    pub fn range(&self, t: Tensor) -> Range<usize> {
+        let start: usize = TENSORS.iter().take_while(|&&x| x != t).map(|&x| self.tensor_len(x)).sum();
+        start..start + self.tensor_len(t)
+    }
+
+    /// Layer `l`'s slice of a per-layer tensor.
+    fn layer_range(&self, t: Tensor, l: usize) -> Range<usize> {
+        let r = self.range(t);
+        let per = r.len() / self.n_layer;
+        r.start + l * per..r.start + (l + 1) * per
+    }
+}
+
+/// Forward activations for a (B, T); per-layer buffers are stacked over layers.
+#[derive(Default)]
+struct Activations {
+    encoded: Vec<f32>,   // [B,T,C]
+    ln1: Vec<f32>,       // [L,B,T,C]
+    ln1_mean: Vec<f32>,  // [L,B,T]
+    ln1_rstd: Vec<f32>,  // [L,B,T]
+    qkv: Vec<f32>,       // [L,B,T,3C]
+    atty: Vec<f32>,      // [L,B,T,C]
+    preatt: Vec<f32>,    // [L,B,NH,T,T]
+    att: Vec<f32>,       // [L,B,NH,T,T]
+    residual2: Vec<f32>, // [L,B,T,C]
+    ln2: Vec<f32>,       // [L,B,T,C]
+    ln2_mean: Vec<f32>,  // [L,B,T]
+    ln2_rstd: Vec<f32>,  // [L,B,T]
+    fch: Vec<f32>,       // [L,B,T,4C]
+    fch_gelu: Vec<f32>,  // [L,B,T,4C]
+    residual3: Vec<f32>, // [L,B,T,C]
+    proj: Vec<f32>,      // [B,T,C] attention/MLP projection output, consumed by the residual add
+    lnf: Vec<f32>,       // [B,T,C]
+    lnf_mean: Vec<f32>,  // [B,T]
+    lnf_rstd: Vec<f32>,  // [B,T]
+    logits: Vec<f32>,    // [B,T,Vp]
+    losses: Vec<f32>,    // [B,T]
+}
+
+/// Single-layer gradient scratch for the backward pass.
+#[derive(Default)]
+struct Scratch {
+    dlogits: Vec<f32>,   // [B,T,Vp]
+    dresidual: Vec<f32>, // [B,T,C] the running gradient of the residual stream
+    dln: Vec<f32>,       // [B,T,C]
+    datty: Vec<f32>,     // [B,T,C]
+    dqkv: Vec<f32>,      // [B,T,3C]
+    dpreatt: Vec<f32>,   // [B,NH,T,T]
+    datt: Vec<f32>,      // [B,NH,T,T]
+    dfch: Vec<f32>,      // [B,T,4C]
+    dfch_gelu: Vec<f32>, // [B,T,4C]
+}
+
+fn grow(v: &mut Vec<f32>, len: usize) {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+}
+
+pub struct Gpt {
+    cfg: GptConfig,
+    params: Vec<f32>,
+    grads: Vec<f32>,
+    acts: Activations,
+    scratch: Scratch,
+    /// The (B, T) of the last forward pass, which backward must match.
+    shape: Option<(usize, usize)>,
+    /// Whether the last forward also produced dlogits (a training forward).
+    has_dlogits: bool,
+}
+
+impl Gpt {
+    /// A model with GPT-2's initialisation: N(0, 0.02) weights, residual projections scaled by
+    /// 1/sqrt(2·layers), zero biases, unit LayerNorm weights, zero vocabulary padding rows.
+    pub fn new(cfg: GptConfig, seed: u64) -> Gpt {
+        let mut params = vec![0.0f32; cfg.num_params()];
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let std = 0.02f32;
+        let proj_std = std / (2.0 * cfg.n_layer as f32).sqrt();
+        for t in TENSORS {
+            let r = cfg.range(t);
+            let dst = &mut params[r];
+            match t {
+                Tensor::Ln1w | Tensor::Ln2w | Tensor::Lnfw => dst.fill(1.0),
+                Tensor::Attprojw | Tensor::Fcprojw => fill_normal(dst, proj_std, &mut rng),
+                Tensor::Wte => {
+                    let real = cfg.vocab_size * cfg.channels;
+                    fill_normal(&mut dst[..real], std, &mut rng);
+                }
+                t if t.is_matrix() => fill_normal(dst, std, &mut rng),
+                _ => {} // biases start at zero
+            }
+        }
+        Gpt::from_params(cfg, params)
+    }
+
+    /// A model with the given flat parameters (llm.c order). The length must match `cfg`.
+    pub fn from_params(cfg: GptConfig, params: Vec<f32>) -> Gpt {
+        assert_eq!(params.len(), cfg.num_params(), "parameter buffer does not match the config");
+        let grads = vec![0.0; params.len()];
+        Gpt {
+            cfg,
+            params,
+            grads,
+            acts: Activations::default(),
+            scratch: Scratch::default(),
+            shape: None,
+            has_dlogits: false,
+        }
+    }
+
+    pub fn config(&self) -> &GptConfig {
+        &self.cfg
+    }
+
+    pub fn tensor(&self, t: Tensor) -> &[f32] {
+        &self.params[self.cfg.range(t)]
+    }
+
+    pub fn grad(&self, t: Tensor) -> &[f32] {
+        &self.grads[self.cfg.range(t)]
+    }
+
+    fn ensure_buffers(&mut self, b: usize, t: usize, training: bool) {
+        let GptConfig { n_layer: l, n_head: nh, channels: c, padded_vocab_size: vp, .. } = self.cfg;
+        let (btc, bt, att) = (b * t * c, b * t, b * nh * t * t);
+        let a = &mut self.acts;
+        for (v, len) in [
+            (&mut a.encoded, btc),
+            (&mut a.ln1, l * btc),
+            (&mut a.ln1_mean, l * bt),
+            (&mut a.ln1_rstd, l * bt),
+            (&mut a.qkv, l * 3 * btc),
+            (&mut a.atty, l * btc),
+            (&mut a.preatt, l * att),
+            (&mut a.att, l * att),
+            (&mut a.residual2, l * btc),
+            (&mut a.ln2, l * btc),
+            (&mut a.ln2_mean, l * bt),
+            (&mut a.ln2_rstd, l * bt),
+            (&mut a.fch, l * 4 * btc),
+            (&mut a.fch_gelu, l * 4 * btc),
+            (&mut a.residual3, l * btc),
+            (&mut a.proj, btc),
+            (&mut a.lnf, btc),
+            (&mut a.lnf_mean, bt),
+            (&mut a.lnf_rstd, bt),
+            (&mut a.logits, bt * vp),
+            (&mut a.losses, bt),
+        ] {
+            grow(v, len);
+        }
+        if training {
+            let s = &mut self.scratch;
+            for (v, len) in [
+                (&mut s.dlogits, bt * vp),
+                (&mut s.dresidual, btc),
+                (&mut s.dln, btc),
+                (&mut s.datty, btc),
+                (&mut s.dqkv, 3 * btc),
+                (&mut s.dpreatt, att),
+                (&mut s.datt, att),
+                (&mut s.dfch, 4 * btc),
+                (&mut s.dfch_gelu, 4 * btc),
+            ] {
+                grow(v, len);
+            }
+        }
+    }
+
+    /// Runs the model on `inputs` [B,T] (token ids < vocab_size, T ≤ max_seq_len).
+    ///
+    /// With `targets` [B,T] the cross-entropy loss is computed (positions whose target is
+    /// `IGNORE_INDEX` are left out) and the function returns (sum of losses, counted positions).
+    /// With `grad_scale` as well, dlogits are produced in the same pass for `backward`, scaled
+    /// so that the gradient is that of `grad_scale ×` the mean loss.
+    pub fn forward(
+        &mut self,
+        inputs: &[u32],
+        targets: Option<&[u32]>,
+        grad_scale: Option<f32>,
+        b: usize,
+        t: usize,
+    ) -> (f64, usize) {
+        self.forward_hidden(inputs, b, t, grad_scale.is_some());
+        let cfg = self.cfg;
+        let (c, bt, vp) = (cfg.channels, b * t, cfg.padded_vocab_size);
+        let a = &mut self.acts;
+        matmul::matmul_forward(&mut a.logits[..bt * vp], &a.lnf[..bt * c], &self.params[cfg.range(Tensor::Wte)], None, bt, c, vp);
+        self.has_dlogits = false;
+        let Some(targets) = targets else { return (0.0, 0) };
+        assert_eq!(targets.len(), bt);
+        let counted = targets.iter().filter(|&&x| x != IGNORE_INDEX).count();
+        let dlogits = match grad_scale {
+            Some(_) => Some(&mut self.scratch.dlogits[..bt * vp]),
+            None => None,
+        };
+        let scale = grad_scale.unwrap_or(0.0) / counted.max(1) as f32;
+        self.has_dlogits = dlogits.is_some();
+        loss::crossentropy_forward_backward(
+            &mut a.losses[..bt],
+            dlogits,
+            &a.logits[..bt * vp],
+            targets,
+            bt,
+            cfg.vocab_size,
+            vp,
+            scale,
+        )
+    }
+
+    /// The logits [V] of the last position of a single sequence `inputs` [T], for sampling:
+    /// the LM head runs for that one position only.
+    pub fn next_token_logits(&mut self, inputs: &[u32]) -> &[f32] {
+        let t = inputs.len();
+        self.forward_hidden(inputs, 1, t, false);
+        let cfg = self.cfg;
+        let (c, vp) = (cfg.channels, cfg.padded_vocab_size);
+        let a = &mut self.acts;
+        let last = &a.lnf[(t - 1) * c..t * c];
+        matmul::matmul_forward(&mut a.logits[..vp], last, &self.params[cfg.range(Tensor::Wte)], None, 1, c, vp);
+        self.has_dlogits = false;
+        &a.logits[..cfg.vocab_size]
+    }
+
+    /// Everything up to and including the final LayerNorm.
+    fn forward_hidden(&mut self, inputs: &[u32], b: usize, t: usize, training: bool) {
+        let cfg = self.cfg;
+        assert!(t <= cfg.max_seq_len, "sequence length {t} exceeds the context {}", cfg.max_seq_len);
+        assert_eq!(inputs.len(), b * t);
+        self.ensure_buffers(b, t, training);
+        let (c, nh, bt) = (cfg.channels, cfg.n_head, b * t);
+        let (btc, att_len) = (bt * c, b * nh * t * t);
+        let p = &self.params;
+        let w = |x: Tensor, l: usize| &p[cfg.layer_range(x, l)];
+        let a = &mut self.acts;
+
+        encoder::encoder_forward(&mut a.encoded[..btc], inputs, &p[cfg.range(Tensor::Wte)], &p[cfg.range(Tensor::Wpe)], b, t, c);
+        for l in 0..cfg.n_layer {
+            let lc = l * btc..(l + 1) * btc;
+            let lm = l * bt..(l + 1) * bt;
+            let residual = if l == 0 { &a.encoded[..btc] } else { &a.residual3[(l - 1) * btc..l * btc] };
+            layernorm::layernorm_forward(
+                &mut a.ln1[lc.clone()],
+                &mut a.ln1_mean[lm.clone()],
+                &mut a.ln1_rstd[lm.clone()],
+                residual,
+                w(Tensor::Ln1w, l),
+                w(Tensor::Ln1b, l),
+                bt,
+                c,
+            );
+            let qkv = &mut a.qkv[3 * l * btc..3 * (l + 1) * btc];
+            matmul::matmul_forward(qkv, &a.ln1[lc.clone()], w(Tensor::Qkvw, l), Some(w(Tensor::Qkvb, l)), bt, c, 3 * c);
+            let la = l * att_len..(l + 1) * att_len;
+            attention::attention_forward(
+                &mut a.atty[lc.clone()],
+                &mut a.preatt[la.clone()],
+                &mut a.att[la],
+                &a.qkv[3 * l * btc..3 * (l + 1) * btc],
+                b,
+                t,
+                c,
+                nh,
+            );
+            matmul::matmul_forward(
+                &mut a.proj[..btc],
+                &a.atty[lc.clone()],
+                w(Tensor::Attprojw, l),
+                Some(w(Tensor::Attprojb, l)),
+                bt,
+                c,
+                c,
+            );
+            let residual = if l == 0 { &a.encoded[..btc] } else { &a.residual3[(l - 1) * btc..l * btc] };
+            residual::residual_forward(&mut a.residual2[lc.clone()], residual, &a.proj[..btc]);
+            layernorm::layernorm_forward(
+                &mut a.ln2[lc.clone()],
+                &mut a.ln2_mean[lm.clone()],
+                &mut a.ln2_rstd[lm],
+                &a.residual2[lc.clone()],
+                w(Tensor::Ln2w, l),
+                w(Tensor::Ln2b, l),
+                bt,
+                c,
+            );
+            let l4 = 4 * l * btc..4 * (l + 1) * btc;
+            matmul::matmul_forward(&mut a.fch[l4.clone()], &a.ln2[lc.clone()], w(Tensor::Fcw, l), Some(w(Tensor::Fcb, l)), bt, c, 4 * c);
+            activation::gelu_forward(&mut a.fch_gelu[l4.clone()], &a.fch[l4.clone()]);
+            matmul::matmul_forward(
+                &mut a.proj[..btc],
+                &a.fch_gelu[l4],
+                w(Tensor::Fcprojw, l),
+                Some(w(Tensor::Fcprojb, l)),
+                bt,
+                4 * c,
+                c,
+            );
+            residual::residual_forward(&mut a.residual3[lc.clone()], &a.residual2[lc], &a.proj[..btc]);
+        }
+        let last = (cfg.n_layer - 1) * btc..cfg.n_layer * btc;
+        layernorm::layernorm_forward(
+            &mut a.lnf[..btc],
+            &mut a.lnf_mean[..bt],
+            &mut a.lnf_rstd[..bt],
+            &a.residual3[last],
+            &p[cfg.range(Tensor::Lnfw)],
+            &p[cfg.range(Tensor::Lnfb)],
+            bt,
+            c,
+        );
+        self.shape = Some((b, t));
+    }
+
+    /// Accumulates the gradients of the last training forward into the gradient buffer,
+    /// calling `hook` as each bucket of [`Model::grad_buckets`] becomes final.
+    pub fn backward(&mut self, inputs: &[u32], hook: BucketHook<'_>) -> crate::Result<()> {
+        let (b, t) = self.shape.expect("forward must run before backward");
+        assert!(self.has_dlogits, "backward needs a forward with targets and grad_scale");
+        let cfg = self.cfg;
+        let (c, nh, bt, vp) = (cfg.channels, cfg.n_head, b * t, cfg.padded_vocab_size);
+        let (btc, att_len) = (bt * c, b * nh * t * t);
+        let buckets = self.grad_buckets_inner();
+        let mut buckets = buckets.iter();
+        let p = &self.params;
+        let a = &self.acts;
+        let s = &mut self.scratch;
+        let g = &mut self.grads;
+
+        // LM head (weight-tied to wte) and the final LayerNorm.
+        let dln = &mut s.dln[..btc];
+        dln.fill(0.0);
+        {
+            let dwte = &mut g[cfg.range(Tensor::Wte)];
+            matmul::matmul_backward(dln, dwte, None, &s.dlogits[..bt * vp], &a.lnf[..btc], &p[cfg.range(Tensor::Wte)], bt, c, vp);
+        }
+        let dres = &mut s.dresidual[..btc];
+        dres.fill(0.0);
+        let last = (cfg.n_layer - 1) * btc..cfg.n_layer * btc;
+        {
+            let (dlnfw, dlnfb) = split_pair(g, cfg.range(Tensor::Lnfw), cfg.range(Tensor::Lnfb));
+            layernorm::layernorm_backward(
+                dres,
+                dlnfw,
+                dlnfb,
+                &s.dln[..btc],
+                &a.residual3[last],
+                &p[cfg.range(Tensor::Lnfw)],
+                &a.lnf_mean[..bt],
+                &a.lnf_rstd[..bt],
+                bt,
+                c,
+            );
+        }
+        hook(g, next_bucket(&mut buckets))?;
+
+        for l in (0..cfg.n_layer).rev() {
+            let lc = l * btc..(l + 1) * btc;
+            let lm = l * bt..(l + 1) * bt;
+            let l4 = 4 * l * btc..4 * (l + 1) * btc;
+            let la = l * att_len..(l + 1) * att_len;
+            let w = |x: Tensor| &p[cfg.layer_range(x, l)];
+            let residual = if l == 0 { &a.encoded[..btc] } else { &a.residual3[(l - 1) * btc..l * btc] };
+
+            // MLP block: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2)))).
+            let dfch_gelu = &mut s.dfch_gelu[..4 * btc];
+            dfch_gelu.fill(0.0);
+            {
+                let (dw, db) = split_pair(g, cfg.layer_range(Tensor::Fcprojw, l), cfg.layer_range(Tensor::Fcprojb, l));
+                matmul::matmul_backward(dfch_gelu, dw, Some(db), &s.dresidual[..btc], &a.fch_gelu[l4.clone()], w(Tensor::Fcprojw), bt, 4 * c, c);
+            }
+            let dfch = &mut s.dfch[..4 * btc];
+            dfch.fill(0.0);
+            activation::gelu_backward(dfch, &a.fch[l4], &s.dfch_gelu[..4 * btc]);
+            let dln = &mut s.dln[..btc];
+            dln.fill(0.0);
+            {
+                let (dw, db) = split_pair(g, cfg.layer_range(Tensor::Fcw, l), cfg.layer_range(Tensor::Fcb, l));
+                matmul::matmul_backward(dln, dw, Some(db), &s.dfch[..4 * btc], &a.ln2[lc.clone()], w(Tensor::Fcw), bt, c, 4 * c);
+            }
+            {
+                let (dw, db) = split_pair(g, cfg.layer_range(Tensor::Ln2w, l), cfg.layer_range(Tensor::Ln2b, l));
+                layernorm::layernorm_backward(
+                    &mut s.dresidual[..btc],
+                    dw,
+                    db,
+                    &s.dln[..btc],
+                    &a.residual2[lc.clone()],
+                    w(Tensor::Ln2w),
+                    &a.ln2_mean[lm.clone()],
+                    &a.ln2_rstd[lm.clone()],
+                    bt,
+                    c,
+                );
+            }
+
+            // Attention block: residual2 = residual + attproj(attention(qkv(ln1(residual)))).
+            let datty = &mut s.datty[..btc];
+            datty.fill(0.0);
+            {
+                let (dw, db) = split_pair(g, cfg.layer_range(Tensor::Attprojw, l), cfg.layer_range(Tensor::Attprojb, l));
+                matmul::matmul_backward(datty, dw, Some(db), &s.dresidual[..btc], &a.atty[lc.clone()], w(Tensor::Attprojw), bt, c, c);
+            }
+            let dqkv = &mut s.dqkv[..3 * btc];
+            dqkv.fill(0.0);
+            attention::attention_backward(
+                dqkv,
+                &mut s.dpreatt[..att_len],
+                &mut s.datt[..att_len],
+                &s.datty[..btc],
+                &a.qkv[3 * l * btc..3 * (l + 1) * btc],
+                &a.att[la],
+                b,
+                t,
+                c,
+                nh,
+            );
+            let dln = &mut s.dln[..btc];
+            dln.fill(0.0);
+            {
+                let (dw, db) = split_pair(g, cfg.layer_range(Tensor::Qkvw, l), cfg.layer_range(Tensor::Qkvb, l));
+                matmul::matmul_backward(dln, dw, Some(db), &s.dqkv[..3 * btc], &a.ln1[lc], w(Tensor::Qkvw), bt, c, 3 * c);
+            }
+            {
+                let (dw, db) = split_pair(g, cfg.layer_range(Tensor::Ln1w, l), cfg.layer_range(Tensor::Ln1b, l));
+                layernorm::layernorm_backward(
+                    &mut s.dresidual[..btc],
+                    dw,
+                    db,
+                    &s.dln[..btc],
+                    residual,
+                    w(Tensor::Ln1w),
+                    &a.ln1_mean[lm.clone()],
+                    &a.ln1_rstd[lm],
+                    bt,
+                    c,
+                );
+            }
+            hook(g, next_bucket(&mut buckets))?;
+        }
+
+        {
+            let (dwte, dwpe) = split_pair(g, cfg.range(Tensor::Wte), cfg.range(Tensor::Wpe));
+            encoder::encoder_backward(dwte, dwpe, &s.dresidual[..btc], inputs, b, t, c);
+        }
+        hook(g, next_bucket(&mut buckets))?;
+        Ok(())
+    }
+
+    fn grad_buckets_inner(&self) -> Vec<Bucket> {
+        let cfg = &self.cfg;
+        let mut buckets = vec![vec![cfg.range(Tensor::Lnfw), cfg.range(Tensor::Lnfb)]];
+        for l in (0..cfg.n_layer).rev() {
+            buckets.push(PER_LAYER.iter().map(|&t| cfg.layer_range(t, l)).collect());
+        }
+        buckets.push(vec![cfg.range(Tensor::Wte), cfg.range(Tensor::Wpe)]);
+        buckets
+    }
+}
+
+fn next_bucket<'a>(it: &mut std::slice::Iter<'a, Bucket>) -> &'a Bucket {
+    it.next().expect("the backward pass and grad_buckets agree on the bucket count")
+}
+
+/// Two disjoint mutable ranges of one buffer, for kernels that write a weight and a bias grad.
+fn split_pair(buf: &mut [f32], a: Range<usize>, b: Range<usize>) -> (&mut [f32], &mut [f32]) {
+    assert!(a.end <= b.start || b.end <= a.start, "ranges overlap");
+    if a.start < b.start {
+        let (lo, hi) = buf.split_at_mut(b.start);
+        (&mut lo[a], &mut hi[..b.len()])
+    } else {
+        let (lo, hi) = buf.split_at_mut(a.start);
+        let bl = b.clone();
+        (&mut hi[..a.len()], &mut lo[bl])
+    }
+}
+
+fn fill_normal(dst: &mut [f32], std: f32, rng: &mut ChaCha8Rng) {
+    let dist = Normal::new(0.0f32, std).expect("a positive standard deviation");
+    for x in dst {
+        *x = dist.sample(rng);
+    }
+}
+
+impl Model for Gpt {
+    fn params(&self) -> &[f32] {
+        &self.params
+    }
+    fn params_mut(&mut self) -> &mut [f32] {
+        &mut self.params
+    }
+    fn grads(&self) -> &[f32] {
+        &self.grads
+    }
+    fn grads_mut(&mut self) -> &mut [f32] {
+        &mut self.grads
+    }
+    fn params_and_grads(&mut self) -> (&mut [f32], &[f32]) {
+        (&mut self.params, &self.grads)
+    }
+    fn param_groups(&self) -> Vec<ParamGroup> {
+        TENSORS
+            .iter()
+            .map(|&t| ParamGroup { name: t.name(), range: self.cfg.range(t), is_matrix: t.is_matrix() })
+            .collect()
+    }
+    fn grad_buckets(&self) -> Vec<Bucket> {
+        self.grad_buckets_inner()
+    }
+    fn fingerprint(&self) -> String {
+        let c = &self.cfg;
+        format!(
+            "gpt(n_layer={}, n_head={}, n_embd={}, context={}, vocab={}, padded_vocab={})",
+            c.n_layer, c.n_head, c.channels, c.max_seq_len, c.vocab_size, c.padded_vocab_size
+        )
+    }
+}

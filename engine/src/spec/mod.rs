@@ -1,0 +1,441 @@
+//! The job spec: one TOML file that says everything about a training job.
+//!
+//! The same types are parsed by `convoy train` and (later) by `convoy submit` and the
+//! coordinator, so a spec is validated once, the same way, before any work starts. Unknown keys
+//! are rejected so a typo (`setps = 100`) is an error rather than a silently ignored setting.
+
+mod validate;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::tokenizer::TokenizerKind;
+use crate::error::{EngineError, Result};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// A human-readable name; shown in listings and logs.
+    pub name: String,
+    /// Seeds parameter initialisation, data shuffling and sampling.
+    #[serde(default = "defaults::seed")]
+    pub seed: u64,
+    /// Optimizer steps to run.
+    pub steps: u64,
+    /// Examples (sequences or rows) per rank per micro-step.
+    pub batch_size: usize,
+    /// Tokens per sequence (language models only); at most `model.context`.
+    #[serde(default)]
+    pub seq_len: Option<usize>,
+    /// Micro-steps whose gradients are summed before each optimizer step.
+    #[serde(default = "defaults::one")]
+    pub grad_accum: usize,
+    /// Ranks that train data-parallel; each sees `batch_size` examples per micro-step.
+    #[serde(default = "defaults::one")]
+    pub world_size: usize,
+    #[serde(default)]
+    pub backend: Backend,
+    /// CPU threads per rank (default: all cores).
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// Start from existing weights: a path to an llm.c GPT-2 checkpoint file.
+    #[serde(default)]
+    pub init_from: Option<String>,
+    /// What a non-finite loss does: stop the job (default) or skip that step's update.
+    #[serde(default)]
+    pub on_nan: NanPolicy,
+    pub model: ModelSpec,
+    pub data: DataSpec,
+    #[serde(default)]
+    pub optimizer: OptimizerSpec,
+    #[serde(default)]
+    pub schedule: ScheduleSpec,
+    #[serde(default)]
+    pub eval: EvalSpec,
+    #[serde(default)]
+    pub checkpoint: CheckpointSpec,
+    /// Text generation at the end of training (language models only).
+    #[serde(default)]
+    pub sample: Option<SampleSpec>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    #[default]
+    Cpu,
+    Cuda,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NanPolicy {
+    #[default]
+    Fail,
+    Skip,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ModelSpec {
+    Gpt(GptSpec),
+    Mlp(MlpSpec),
+}
+
+/// A GPT-2 family decoder.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GptSpec {
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_embd: usize,
+    /// Maximum sequence length (the position-embedding table's size).
+    pub context: usize,
+    /// Vocabulary size; defaults to the tokenizer's.
+    #[serde(default)]
+    pub vocab_size: Option<usize>,
+    /// The embedding table is padded to this many rows so the LM-head GEMM gets friendly
+    /// shapes; defaults to the vocabulary rounded up to a multiple of 128 (as llm.c).
+    #[serde(default)]
+    pub padded_vocab_size: Option<usize>,
+}
+
+/// A multi-layer perceptron classifier.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MlpSpec {
+    /// Hidden layer widths, input side first; empty means logistic regression.
+    #[serde(default)]
+    pub hidden: Vec<usize>,
+    #[serde(default)]
+    pub activation: Activation,
+    #[serde(default)]
+    pub loss: LossKind,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    #[default]
+    Relu,
+    Tanh,
+    Sigmoid,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LossKind {
+    #[default]
+    #[serde(rename = "cross-entropy", alias = "cross_entropy")]
+    CrossEntropy,
+    Mse,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum DataSpec {
+    /// llm.c token shards written by `convoy data prepare`.
+    Tokens(TokensSpec),
+    /// Plain text files, tokenized in memory when the job starts.
+    Text(TextSpec),
+    /// CSV rows of numeric features followed by an integer class label.
+    Csv(CsvSpec),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokensSpec {
+    /// A shard file, a directory of shards, or a pattern such as `data/train_*.bin`.
+    pub train: PathBuf,
+    #[serde(default)]
+    pub val: Option<PathBuf>,
+    /// The tokenizer the shards were written with (for vocabulary size and samples).
+    pub tokenizer: TokenizerKind,
+    #[serde(default)]
+    pub shuffle: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextSpec {
+    pub files: Vec<PathBuf>,
+    pub tokenizer: TokenizerKind,
+    /// Share of each file's tokens held out for validation.
+    #[serde(default = "defaults::text_val_fraction")]
+    pub val_fraction: f64,
+    #[serde(default)]
+    pub shuffle: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsvSpec {
+    /// A `.csv` or `.csv.gz` file.
+    pub path: PathBuf,
+    /// Share of rows held out for validation (a seeded split).
+    #[serde(default = "defaults::csv_val_fraction")]
+    pub val_fraction: f64,
+    /// Scale each feature to zero mean and unit variance (statistics from the training rows).
+    #[serde(default = "defaults::yes")]
+    pub standardize: bool,
+    #[serde(default = "defaults::yes")]
+    pub shuffle: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    #[default]
+    Adamw,
+    Sgd,
+}
+
+/// Which parameters weight decay applies to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DecayOn {
+    /// 2-D weight matrices and embeddings, not biases or LayerNorm parameters (as GPT-2/nanoGPT).
+    #[default]
+    Matrices,
+    All,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizerSpec {
+    #[serde(default)]
+    pub kind: OptimizerKind,
+    #[serde(default = "defaults::lr")]
+    pub lr: f32,
+    #[serde(default = "defaults::weight_decay")]
+    pub weight_decay: f32,
+    #[serde(default)]
+    pub decay_on: DecayOn,
+    /// Clip the global gradient L2 norm to this value; 0 disables clipping.
+    #[serde(default = "defaults::grad_clip")]
+    pub grad_clip: f32,
+    /// AdamW only.
+    #[serde(default)]
+    pub beta1: Option<f32>,
+    /// AdamW only.
+    #[serde(default)]
+    pub beta2: Option<f32>,
+    /// AdamW only.
+    #[serde(default)]
+    pub eps: Option<f32>,
+    /// SGD only.
+    #[serde(default)]
+    pub momentum: Option<f32>,
+    /// SGD only.
+    #[serde(default)]
+    pub nesterov: Option<bool>,
+}
+
+impl Default for OptimizerSpec {
+    fn default() -> Self {
+        OptimizerSpec {
+            kind: OptimizerKind::Adamw,
+            lr: defaults::lr(),
+            weight_decay: defaults::weight_decay(),
+            decay_on: DecayOn::Matrices,
+            grad_clip: defaults::grad_clip(),
+            beta1: None,
+            beta2: None,
+            eps: None,
+            momentum: None,
+            nesterov: None,
+        }
+    }
+}
+
+impl OptimizerSpec {
+    pub fn beta1(&self) -> f32 {
+        self.beta1.unwrap_or(0.9)
+    }
+    pub fn beta2(&self) -> f32 {
+        self.beta2.unwrap_or(0.95)
+    }
+    pub fn eps(&self) -> f32 {
+        self.eps.unwrap_or(1e-8)
+    }
+    pub fn momentum(&self) -> f32 {
+        self.momentum.unwrap_or(0.9)
+    }
+    pub fn nesterov(&self) -> bool {
+        self.nesterov.unwrap_or(false)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScheduleKind {
+    #[default]
+    Constant,
+    /// Cosine decay from the peak rate to `min_lr_ratio` of it over the steps after warm-up.
+    Cosine,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSpec {
+    #[serde(default)]
+    pub kind: ScheduleKind,
+    /// Steps of linear warm-up from lr/warmup to lr.
+    #[serde(default)]
+    pub warmup_steps: u64,
+    /// The floor of the cosine decay, as a fraction of the peak rate.
+    #[serde(default)]
+    pub min_lr_ratio: f32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSpec {
+    /// Evaluate every this many steps (and always after the last); 0 = only after the last.
+    #[serde(default)]
+    pub interval: u64,
+    /// Validation batches per evaluation for language models (classifiers use the whole
+    /// validation set).
+    #[serde(default = "defaults::eval_batches")]
+    pub batches: usize,
+}
+
+impl Default for EvalSpec {
+    fn default() -> Self {
+        EvalSpec { interval: 0, batches: defaults::eval_batches() }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSpec {
+    /// Save the complete training state every this many steps; 0 disables checkpoints.
+    #[serde(default)]
+    pub interval: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SampleSpec {
+    /// Tokens to generate.
+    #[serde(default = "defaults::sample_tokens")]
+    pub tokens: usize,
+    #[serde(default = "defaults::temperature")]
+    pub temperature: f32,
+    /// Sample among the k most likely tokens; 0 = the whole vocabulary.
+    #[serde(default)]
+    pub top_k: usize,
+    /// Text the sample continues; empty starts from the end-of-text token (or a newline).
+    #[serde(default)]
+    pub prompt: String,
+}
+
+/// The vocabulary a tokenizer produces; kept here so validation needs no tokenizer tables.
+pub(crate) fn tokenizer_vocab(kind: TokenizerKind) -> usize {
+    match kind {
+        TokenizerKind::Byte => 256,
+        TokenizerKind::Gpt2 => 50257,
+    }
+}
+
+mod defaults {
+    pub fn seed() -> u64 {
+        1337
+    }
+    pub fn one() -> usize {
+        1
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn text_val_fraction() -> f64 {
+        0.1
+    }
+    pub fn csv_val_fraction() -> f64 {
+        0.2
+    }
+    pub fn lr() -> f32 {
+        1e-3
+    }
+    pub fn weight_decay() -> f32 {
+        0.0
+    }
+    pub fn grad_clip() -> f32 {
+        1.0
+    }
+    pub fn eval_batches() -> usize {
+        20
+    }
+    pub fn sample_tokens() -> usize {
+        200
+    }
+    pub fn temperature() -> f32 {
+        1.0
+    }
+}
+
+impl JobSpec {
+    /// Parses and validates a spec. `origin` names the text's source in error messages.
+    pub fn parse(text: &str, origin: &str) -> Result<JobSpec> {
+        let spec: JobSpec = toml::from_str(text).map_err(|e| {
+            let at = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                    format!(" (line {line})")
+                })
+                .unwrap_or_default();
+            EngineError::Spec(format!("{origin}{at}: {}", e.message().trim()))
+        })?;
+        spec.validate().map_err(|msg| EngineError::Spec(format!("{origin}: {msg}")))?;
+        Ok(spec)
+    }
+
+    /// Reads, parses and validates a spec file, and makes its data and checkpoint paths
+    /// absolute, relative to the file's directory, so the job does not depend on the caller's
+    /// working directory.
+    pub fn load(path: &Path) -> Result<JobSpec> {
+        let text = std::fs::read_to_string(path).map_err(|e| EngineError::io(path, e))?;
+        let mut spec = JobSpec::parse(&text, &path.display().to_string())?;
+        let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let base = std::fs::canonicalize(base).map_err(|e| EngineError::io(base, e))?;
+        spec.resolve_paths(&base);
+        Ok(spec)
+    }
+
+    /// Makes every relative path in the spec relative to `base`.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        match &mut self.data {
+            DataSpec::Tokens(t) => {
+                fix(&mut t.train);
+                if let Some(v) = &mut t.val {
+                    fix(v);
+                }
+            }
+            DataSpec::Text(t) => t.files.iter_mut().for_each(fix),
+            DataSpec::Csv(c) => fix(&mut c.path),
+        }
+        if let Some(init) = &mut self.init_from {
+            let mut p = PathBuf::from(&*init);
+            if p.is_relative() {
+                fix(&mut p);
+                *init = p.display().to_string();
+            }
+        }
+    }
+
+    /// The tokenizer of a language-model job.
+    pub fn tokenizer(&self) -> Option<TokenizerKind> {
+        match &self.data {
+            DataSpec::Tokens(t) => Some(t.tokenizer),
+            DataSpec::Text(t) => Some(t.tokenizer),
+            DataSpec::Csv(_) => None,
+        }
+    }
+}

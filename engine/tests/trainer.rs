@@ -1,0 +1,190 @@
+//! The step loop end to end on the CPU backend: determinism, bit-exact resume, gradient
+//! accumulation, the all-reduce contract and non-finite losses.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use convoy_engine::collective::{GradReducer, SingleProcess};
+use convoy_engine::model::gpt::{Gpt, GptConfig, Tensor};
+use convoy_engine::model::llmc;
+use convoy_engine::spec::JobSpec;
+use convoy_engine::state;
+use convoy_engine::train::Trainer;
+
+fn shakespeare() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/data/tinyshakespeare.txt")
+}
+
+/// A tiny GPT on the first 20 kB of Shakespeare, written into `dir`.
+fn tiny_spec(dir: &Path, extra_top: &str, extra_data: &str) -> JobSpec {
+    let text = std::fs::read_to_string(shakespeare()).expect("example data");
+    std::fs::write(dir.join("text.txt"), &text[..20_000]).expect("write text");
+    let spec = format!(
+        r#"
+name = "tiny"
+steps = 8
+batch_size = 4
+seq_len = 16
+{extra_top}
+[model]
+kind = "gpt"
+n_layer = 2
+n_head = 2
+n_embd = 16
+context = 16
+[data]
+kind = "text"
+files = ["text.txt"]
+tokenizer = "byte"
+{extra_data}
+[optimizer]
+lr = 3e-3
+weight_decay = 0.1
+[schedule]
+kind = "cosine"
+warmup_steps = 2
+"#
+    );
+    let path = dir.join("job.toml");
+    std::fs::write(&path, spec).expect("write spec");
+    JobSpec::load(&path).expect("valid spec")
+}
+
+fn train(spec: &JobSpec, steps: u64) -> Trainer {
+    let mut t = Trainer::new(spec, Box::new(SingleProcess)).expect("trainer");
+    for _ in 0..steps {
+        t.train_step().expect("step");
+    }
+    t
+}
+
+fn bits(x: &[f32]) -> Vec<u32> {
+    x.iter().map(|v| v.to_bits()).collect()
+}
+
+#[test]
+fn same_spec_gives_bit_identical_parameters() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = tiny_spec(dir.path(), "", "shuffle = true");
+    let a = train(&spec, 5);
+    let b = train(&spec, 5);
+    assert_eq!(bits(a.model().params()), bits(b.model().params()));
+    let c = train(&tiny_spec(dir.path(), "seed = 2", "shuffle = true"), 5);
+    assert_ne!(bits(a.model().params()), bits(c.model().params()), "the seed matters");
+}
+
+#[test]
+fn resumed_job_continues_bit_exactly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = tiny_spec(dir.path(), "", "shuffle = true");
+    let mut straight = Trainer::new(&spec, Box::new(SingleProcess)).expect("trainer");
+    let losses: Vec<f64> = (0..8).map(|_| straight.train_step().expect("step").loss).collect();
+
+    let first = train(&spec, 4);
+    let path = dir.path().join("state.bin");
+    state::save(&path, &first.state()).expect("save");
+    drop(first);
+    let mut resumed = Trainer::new(&spec, Box::new(SingleProcess)).expect("trainer");
+    resumed.restore(state::load(&path).expect("load")).expect("restore");
+    assert_eq!(resumed.step(), 4);
+    let resumed_losses: Vec<f64> = (0..4).map(|_| resumed.train_step().expect("step").loss).collect();
+    assert_eq!(resumed_losses, losses[4..]);
+    assert_eq!(bits(resumed.model().params()), bits(straight.model().params()));
+
+    // A truncated state file is an error, not garbage.
+    let bytes = std::fs::read(&path).expect("read");
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).expect("truncate");
+    let e = state::load(&path).expect_err("truncated state").to_string();
+    assert!(e.contains("state.bin") && e.contains("truncated"), "{e}");
+}
+
+#[test]
+fn gradient_accumulation_matches_a_bigger_batch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let big = tiny_spec(dir.path(), "", "");
+    let mut small = big.clone();
+    small.batch_size = 2;
+    small.grad_accum = 2;
+    let (a, b) = (train(&big, 3), train(&small, 3));
+    let diff = a.model().params().iter().zip(b.model().params()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+    assert!(diff <= 1e-5, "parameters differ by {diff}");
+}
+
+/// Records what the trainer asks of the all-reduce, as a cluster implementation would see it.
+#[derive(Default)]
+struct Recorder {
+    buckets: Vec<Vec<Range<usize>>>,
+    finishes: usize,
+}
+
+impl GradReducer for Recorder {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn world_size(&self) -> usize {
+        1
+    }
+    fn bucket_ready(&mut self, _g: &[f32], bucket: &[Range<usize>]) -> convoy_engine::Result<()> {
+        self.buckets.push(bucket.to_vec());
+        Ok(())
+    }
+    fn finish(&mut self, grads: &mut [f32]) -> convoy_engine::Result<()> {
+        self.finishes += 1;
+        // Every element announced exactly once per step.
+        let mut covered = vec![0u8; grads.len()];
+        for r in self.buckets.drain(..).flatten() {
+            covered[r].iter_mut().for_each(|c| *c += 1);
+        }
+        assert!(covered.iter().all(|&c| c == 1), "buckets cover the gradient buffer exactly once");
+        Ok(())
+    }
+    fn sum_scalars(&mut self, _v: &mut [f64]) -> convoy_engine::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn every_gradient_is_announced_once_per_step_even_with_accumulation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spec = tiny_spec(dir.path(), "grad_accum = 3", "");
+    spec.steps = 2;
+    let mut t = Trainer::new(&spec, Box::new(Recorder::default())).expect("trainer");
+    t.train_step().expect("step");
+    t.train_step().expect("step");
+}
+
+#[test]
+fn non_finite_loss_fails_naming_the_step_or_is_skipped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = GptConfig { max_seq_len: 16, vocab_size: 256, padded_vocab_size: 256, n_layer: 2, n_head: 2, channels: 16 };
+    let mut model = Gpt::new(cfg, 1);
+    let lnfw = cfg.range(Tensor::Lnfw);
+    use convoy_engine::model::Model;
+    model.params_mut()[lnfw.start] = f32::NAN;
+    let init = dir.path().join("nan.bin");
+    llmc::write(&init, &cfg, model.params()).expect("write model");
+
+    let spec = tiny_spec(dir.path(), "init_from = \"nan.bin\"", "");
+    let mut t = Trainer::new(&spec, Box::new(SingleProcess)).expect("trainer");
+    let e = t.train_step().expect_err("NaN loss stops the job").to_string();
+    assert!(e.contains("step 1") && e.contains("NaN"), "{e}");
+
+    let spec = tiny_spec(dir.path(), "init_from = \"nan.bin\"\non_nan = \"skip\"", "");
+    let mut t = Trainer::new(&spec, Box::new(SingleProcess)).expect("trainer");
+    let before = bits(t.model().params());
+    let m = t.train_step().expect("skipped step");
+    assert!(m.skipped);
+    assert_eq!(bits(t.model().params()), before, "a skipped step leaves the parameters alone");
+}
+
+#[test]
+fn init_from_a_different_model_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = GptConfig { max_seq_len: 16, vocab_size: 256, padded_vocab_size: 256, n_layer: 3, n_head: 2, channels: 16 };
+    let model = Gpt::new(cfg, 1);
+    use convoy_engine::model::Model;
+    llmc::write(&dir.path().join("other.bin"), &cfg, model.params()).expect("write");
+    let spec = tiny_spec(dir.path(), "init_from = \"other.bin\"", "");
+    let e = Trainer::new(&spec, Box::new(SingleProcess)).err().expect("mismatch").to_string();
+    assert!(e.contains("other.bin") && e.contains("n_layer = 3") && e.contains("2"), "{e}");
+}
