@@ -7,7 +7,13 @@ use convoy_engine::data::prepare::{PrepareOptions, prepare as prepare_shards};
 use convoy_engine::data::tokenizer::TokenizerKind;
 use indicatif::{ProgressBar, ProgressStyle};
 
-pub fn prepare(tokenizer: &str, val_fraction: f64, shard_tokens: usize, output: &Path, inputs: &[PathBuf]) -> Result<()> {
+pub fn prepare(
+    tokenizer: &str,
+    val_fraction: f64,
+    shard_tokens: usize,
+    output: &Path,
+    inputs: &[PathBuf],
+) -> Result<()> {
     let tokenizer = match tokenizer {
         "byte" => TokenizerKind::Byte,
         "gpt2" => TokenizerKind::Gpt2,
@@ -17,11 +23,17 @@ pub fn prepare(tokenizer: &str, val_fraction: f64, shard_tokens: usize, output: 
         bail!("--shard-tokens 0: a shard needs at least one token");
     }
     let bar = ProgressBar::new(0).with_style(
-        ProgressStyle::with_template("{spinner} tokenizing [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}")
-            .expect("a valid progress template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{spinner} tokenizing [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+        )
+        .expect("a valid progress template")
+        .progress_chars("=> "),
     );
-    let opts = PrepareOptions { tokenizer, val_fraction, shard_tokens };
+    let opts = PrepareOptions {
+        tokenizer,
+        val_fraction,
+        shard_tokens,
+    };
     let report = prepare_shards(inputs, output, &opts, &mut |done, total| {
         bar.set_length(total);
         bar.set_position(done);

@@ -9,7 +9,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "convoy", version, about = "Data-parallel training on your own machines")]
+#[command(
+    name = "convoy",
+    version,
+    about = "Data-parallel training on your own machines"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -51,9 +55,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => train::run(args),
-        Command::Data { command: DataCommand::Prepare { tokenizer, val_fraction, shard_tokens, output, inputs } } => {
-            data::prepare(&tokenizer, val_fraction, shard_tokens, &output, &inputs)
-        }
+        Command::Data {
+            command:
+                DataCommand::Prepare {
+                    tokenizer,
+                    val_fraction,
+                    shard_tokens,
+                    output,
+                    inputs,
+                },
+        } => data::prepare(&tokenizer, val_fraction, shard_tokens, &output, &inputs),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -38,7 +38,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let spec = JobSpec::load(&args.spec)?;
     if let Some(n) = args.threads.or(spec.threads) {
         anyhow::ensure!(n >= 1, "--threads 0: at least one thread is needed");
-        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("starting the thread pool")?;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("starting the thread pool")?;
     }
     let mut trainer = Trainer::new(&spec, Box::new(SingleProcess))?;
     if let Some(path) = &args.resume {
@@ -89,26 +92,48 @@ impl Output {
     fn new(args: &TrainArgs, steps: u64, done: u64, unit: &'static str) -> Output {
         let bar = (!args.json && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::new(steps).with_style(
-                ProgressStyle::with_template("[{elapsed_precise}] [{bar:30}] {pos}/{len} {msg} ETA {eta}")
-                    .expect("a valid progress template")
-                    .progress_chars("=> "),
+                ProgressStyle::with_template(
+                    "[{elapsed_precise}] [{bar:30}] {pos}/{len} {msg} ETA {eta}",
+                )
+                .expect("a valid progress template")
+                .progress_chars("=> "),
             );
             bar.set_position(done);
             bar.reset_eta();
             bar
         });
-        Output { json: args.json, bar, unit, every: (steps / 20).max(1) }
+        Output {
+            json: args.json,
+            bar,
+            unit,
+            every: (steps / 20).max(1),
+        }
     }
 
     fn step(&mut self, step: u64, loss: f64, throughput: f64, skipped: bool) {
-        let skipped_note = if skipped { " (update skipped: non-finite loss)" } else { "" };
+        let skipped_note = if skipped {
+            " (update skipped: non-finite loss)"
+        } else {
+            ""
+        };
         if self.json {
-            println!("{}", json!({"event": "step", "step": step, "loss": loss, "throughput": throughput, "unit": self.unit, "skipped": skipped}));
+            println!(
+                "{}",
+                json!({"event": "step", "step": step, "loss": loss, "throughput": throughput, "unit": self.unit, "skipped": skipped})
+            );
         } else if let Some(bar) = &self.bar {
             bar.set_position(step);
-            bar.set_message(format!("loss {loss:.4} | {} {}/s{skipped_note}", human(throughput), self.unit));
+            bar.set_message(format!(
+                "loss {loss:.4} | {} {}/s{skipped_note}",
+                human(throughput),
+                self.unit
+            ));
         } else if step % self.every == 0 || step == 1 || skipped {
-            eprintln!("step {step}: loss {loss:.4}, {} {}/s{skipped_note}", human(throughput), self.unit);
+            eprintln!(
+                "step {step}: loss {loss:.4}, {} {}/s{skipped_note}",
+                human(throughput),
+                self.unit
+            );
         }
     }
 
@@ -161,7 +186,11 @@ impl Output {
 fn eval_line(e: &EvalMetrics) -> String {
     let mut line = format!("step {}: val loss {:.4}", e.step, e.val_loss);
     if let Some(c) = &e.classification {
-        line += &format!(", accuracy {:.2} %, macro-F1 {:.4}", 100.0 * c.accuracy, c.macro_f1);
+        line += &format!(
+            ", accuracy {:.2} %, macro-F1 {:.4}",
+            100.0 * c.accuracy,
+            c.macro_f1
+        );
     }
     line
 }

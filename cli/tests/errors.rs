@@ -5,8 +5,15 @@
 use std::process::Command;
 
 fn convoy(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_convoy")).args(args).output().expect("run convoy");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    let out = Command::new(env!("CARGO_BIN_EXE_convoy"))
+        .args(args)
+        .output()
+        .expect("run convoy");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 #[test]
@@ -21,7 +28,18 @@ fn missing_spec_file_is_one_line_naming_it() {
 fn unknown_tokenizer_is_rejected() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("out");
-    let (ok, _, err) = convoy(&["data", "prepare", "--tokenizer", "bpe", "-o", out.to_str().expect("utf-8"), "x.txt"]);
+    let (ok, _, err) = convoy(&[
+        "data",
+        "prepare",
+        "--tokenizer",
+        "bpe",
+        "-o",
+        out.to_str().expect("utf-8"),
+        "x.txt",
+    ]);
     assert!(!ok);
-    assert!(err.contains("--tokenizer bpe") && err.contains("byte or gpt2"), "{err}");
+    assert!(
+        err.contains("--tokenizer bpe") && err.contains("byte or gpt2"),
+        "{err}"
+    );
 }

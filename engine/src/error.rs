@@ -28,11 +28,17 @@ pub enum EngineError {
 
 impl EngineError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        EngineError::Io { path: path.into(), source }
+        EngineError::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     pub fn data(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
-        EngineError::Data { path: path.into(), msg: msg.into() }
+        EngineError::Data {
+            path: path.into(),
+            msg: msg.into(),
+        }
     }
 }
 

@@ -27,11 +27,20 @@ pub fn from_confusion(confusion: &[u64], k: usize) -> ClassMetrics {
         let predicted: u64 = (0..k).map(|l| confusion[l * k + c]).sum();
         let actual: u64 = confusion[c * k..(c + 1) * k].iter().sum();
         let (p, r) = (ratio(tp, predicted), ratio(tp, actual));
-        f1_sum += if p + r > 0.0 { 2.0 * p * r / (p + r) } else { 0.0 };
+        f1_sum += if p + r > 0.0 {
+            2.0 * p * r / (p + r)
+        } else {
+            0.0
+        };
         precision.push(p);
         recall.push(r);
     }
-    ClassMetrics { accuracy: ratio(correct, total), precision, recall, macro_f1: f1_sum / k.max(1) as f64 }
+    ClassMetrics {
+        accuracy: ratio(correct, total),
+        precision,
+        recall,
+        macro_f1: f1_sum / k.max(1) as f64,
+    }
 }
 
 #[cfg(test)]

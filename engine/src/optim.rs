@@ -39,7 +39,15 @@ impl Optimizer {
             OptimizerKind::Adamw => vec![0.0; num_params],
             OptimizerKind::Sgd => Vec::new(),
         };
-        Optimizer { spec: spec.clone(), groups, state: OptimizerState { step: 0, m: vec![0.0; num_params], v } }
+        Optimizer {
+            spec: spec.clone(),
+            groups,
+            state: OptimizerState {
+                step: 0,
+                m: vec![0.0; num_params],
+                v,
+            },
+        }
     }
 
     fn decay_for(&self, group: &ParamGroup) -> f32 {

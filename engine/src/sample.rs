@@ -15,8 +15,14 @@ pub fn pick(logits: &[f32], temperature: f32, top_k: usize, rng: &mut impl Rng) 
         idx.truncate(top_k);
         idx.sort_unstable();
     }
-    let max = idx.iter().map(|&i| logits[i]).fold(f32::NEG_INFINITY, f32::max);
-    let weights: Vec<f64> = idx.iter().map(|&i| (((logits[i] - max) / temperature) as f64).exp()).collect();
+    let max = idx
+        .iter()
+        .map(|&i| logits[i])
+        .fold(f32::NEG_INFINITY, f32::max);
+    let weights: Vec<f64> = idx
+        .iter()
+        .map(|&i| (((logits[i] - max) / temperature) as f64).exp())
+        .collect();
     let total: f64 = weights.iter().sum();
     let mut u = rng.random::<f64>() * total;
     for (w, &i) in weights.iter().zip(&idx) {
@@ -56,7 +62,9 @@ mod tests {
         // Same seed, same draws.
         let draw = |seed| {
             let mut r = ChaCha8Rng::seed_from_u64(seed);
-            (0..20).map(|_| pick(&logits, 1.5, 0, &mut r)).collect::<Vec<_>>()
+            (0..20)
+                .map(|_| pick(&logits, 1.5, 0, &mut r))
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(7), draw(7));
     }

@@ -27,7 +27,11 @@ mod tests {
     use super::*;
 
     fn spec(kind: ScheduleKind, warmup: u64, min: f32) -> ScheduleSpec {
-        ScheduleSpec { kind, warmup_steps: warmup, min_lr_ratio: min }
+        ScheduleSpec {
+            kind,
+            warmup_steps: warmup,
+            min_lr_ratio: min,
+        }
     }
 
     #[test]

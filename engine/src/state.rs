@@ -19,18 +19,27 @@ pub fn encode(state: &TrainState) -> Vec<u8> {
 }
 
 pub fn decode(bytes: &[u8], origin: &Path) -> Result<TrainState> {
-    let bad = |msg: String| EngineError::Checkpoint { path: origin.to_path_buf(), msg };
+    let bad = |msg: String| EngineError::Checkpoint {
+        path: origin.to_path_buf(),
+        msg,
+    };
     if bytes.len() < 12 || &bytes[..8] != MAGIC {
         return Err(bad("not a convoy training state (bad magic)".into()));
     }
     let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
     if version != VERSION {
-        return Err(bad(format!("training state format version {version}; this convoy reads {VERSION}")));
+        return Err(bad(format!(
+            "training state format version {version}; this convoy reads {VERSION}"
+        )));
     }
-    let (state, used) = bincode::serde::decode_from_slice(&bytes[12..], bincode::config::standard())
-        .map_err(|e| bad(format!("corrupt or truncated training state: {e}")))?;
+    let (state, used) =
+        bincode::serde::decode_from_slice(&bytes[12..], bincode::config::standard())
+            .map_err(|e| bad(format!("corrupt or truncated training state: {e}")))?;
     if used != bytes.len() - 12 {
-        return Err(bad(format!("{} trailing bytes after the training state", bytes.len() - 12 - used)));
+        return Err(bad(format!(
+            "{} trailing bytes after the training state",
+            bytes.len() - 12 - used
+        )));
     }
     Ok(state)
 }

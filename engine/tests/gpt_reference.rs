@@ -27,7 +27,8 @@ struct Reference {
 
 impl Reference {
     fn load() -> Reference {
-        let bytes = std::fs::read(fixture_dir().join("reference.safetensors")).expect("fixture present");
+        let bytes =
+            std::fs::read(fixture_dir().join("reference.safetensors")).expect("fixture present");
         Reference { bytes }
     }
     fn st(&self) -> SafeTensors<'_> {
@@ -35,8 +36,13 @@ impl Reference {
     }
     fn f32s(&self, name: &str) -> Vec<f32> {
         let st = self.st();
-        let t = st.tensor(name).unwrap_or_else(|_| panic!("tensor {name} in fixture"));
-        t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+        let t = st
+            .tensor(name)
+            .unwrap_or_else(|_| panic!("tensor {name} in fixture"));
+        t.data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
     }
     fn tokens(&self, name: &str) -> Vec<u32> {
         let st = self.st();
@@ -49,13 +55,20 @@ impl Reference {
     }
     fn meta(&self, key: &str) -> String {
         let (_, meta) = SafeTensors::read_metadata(&self.bytes).expect("metadata");
-        meta.metadata().as_ref().and_then(|m| m.get(key)).cloned().unwrap_or_else(|| panic!("metadata {key}"))
+        meta.metadata()
+            .as_ref()
+            .and_then(|m| m.get(key))
+            .cloned()
+            .unwrap_or_else(|| panic!("metadata {key}"))
     }
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn load_model() -> Gpt {
@@ -98,13 +111,21 @@ fn forward_and_backward_match_pytorch() {
             Ok(())
         })
         .expect("backward");
-    assert_eq!(buckets_seen, model.grad_buckets(), "buckets announced in order");
+    assert_eq!(
+        buckets_seen,
+        model.grad_buckets(),
+        "buckets announced in order"
+    );
     for tensor in TENSORS {
         let ours = model.grad(tensor);
         let theirs = r.f32s(&format!("grad.{}", tensor.name()));
         let scale = theirs.iter().fold(0.0f32, |m, x| m.max(x.abs()));
         let diff = max_abs_diff(ours, &theirs);
-        assert!(diff <= 1e-3 * scale + 1e-7, "grad.{}: max diff {diff}, scale {scale}", tensor.name());
+        assert!(
+            diff <= 1e-3 * scale + 1e-7,
+            "grad.{}: max diff {diff}, scale {scale}",
+            tensor.name()
+        );
     }
 }
 
@@ -129,9 +150,14 @@ fn adamw_trajectory_matches_pytorch() {
     for (step, &ref_loss) in ref_losses.iter().enumerate() {
         model.grads_mut().fill(0.0);
         let (sum, n) = model.forward(&inputs, Some(&targets), Some(1.0), 2, 16);
-        model.backward(&inputs, &mut |_, _| Ok(())).expect("backward");
+        model
+            .backward(&inputs, &mut |_, _| Ok(()))
+            .expect("backward");
         let loss = (sum / n as f64) as f32;
-        assert!((loss - ref_loss).abs() <= 1e-4, "step {step}: loss {loss} vs {ref_loss}");
+        assert!(
+            (loss - ref_loss).abs() <= 1e-4,
+            "step {step}: loss {loss} vs {ref_loss}"
+        );
         let norm = gradnorm::global_norm(model.grads());
         gradnorm::clip_grads(model.grads_mut(), norm, 1.0);
         let (params, grads) = model.params_and_grads();

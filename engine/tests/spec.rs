@@ -23,7 +23,9 @@ tokenizer = "byte"
 "#;
 
 fn err(text: &str) -> String {
-    let e = JobSpec::parse(text, "job.toml").expect_err("spec should be rejected").to_string();
+    let e = JobSpec::parse(text, "job.toml")
+        .expect_err("spec should be rejected")
+        .to_string();
     assert!(!e.contains('\n'), "error is one line: {e}");
     assert!(e.contains("job.toml"), "error names the file: {e}");
     e
@@ -32,7 +34,12 @@ fn err(text: &str) -> String {
 #[test]
 fn examples_are_valid() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    for name in ["examples/digits-mlp.toml", "examples/shakespeare-char.toml", "examples/shakespeare-gpt2.toml", "bench/gpt-cpu.toml"] {
+    for name in [
+        "examples/digits-mlp.toml",
+        "examples/shakespeare-char.toml",
+        "examples/shakespeare-gpt2.toml",
+        "bench/gpt-cpu.toml",
+    ] {
         let spec = JobSpec::load(&root.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(!spec.name.is_empty());
     }
@@ -44,8 +51,15 @@ fn base_is_valid_and_paths_resolve_against_the_spec_file() {
     let path = dir.path().join("job.toml");
     std::fs::write(&path, BASE).expect("write");
     let spec = JobSpec::load(&path).expect("valid");
-    let convoy_engine::spec::DataSpec::Text(t) = &spec.data else { panic!("text data") };
-    assert_eq!(t.files[0], std::fs::canonicalize(dir.path()).expect("canon").join("x.txt"));
+    let convoy_engine::spec::DataSpec::Text(t) = &spec.data else {
+        panic!("text data")
+    };
+    assert_eq!(
+        t.files[0],
+        std::fs::canonicalize(dir.path())
+            .expect("canon")
+            .join("x.txt")
+    );
 }
 
 #[test]
@@ -62,17 +76,51 @@ fn unknown_keys_are_rejected_with_their_name_and_line() {
 fn invalid_values_name_field_value_and_allowed_range() {
     let cases = [
         (BASE.replace("steps = 10", "steps = 0"), "steps = 0"),
-        (BASE.replace("n_embd = 16", "n_embd = 15"), "model.n_embd = 15"),
-        (BASE.replace("seq_len = 8", "seq_len = 9"), "seq_len = 9: must be between 1 and model.context = 8"),
-        (BASE.replace("batch_size = 4", "batch_size = 0"), "batch_size = 0"),
-        (format!("{BASE}[optimizer]\nlr = -1.0\n"), "optimizer.lr = -1"),
-        (format!("{BASE}[optimizer]\nkind = \"sgd\"\nbeta1 = 0.9\n"), "optimizer.beta1 does not apply"),
-        (format!("{BASE}[optimizer]\nmomentum = 0.9\n"), "optimizer.momentum does not apply"),
-        (format!("{BASE}[schedule]\nwarmup_steps = 11\n"), "schedule.warmup_steps = 11"),
-        (BASE.replace("tokenizer = \"byte\"", "tokenizer = \"bpe\""), "bpe"),
-        (BASE.replace("kind = \"text\"", "kind = \"csv\"\npath = \"d.csv\"").replace("files = [\"x.txt\"]\ntokenizer = \"byte\"\n", ""), "needs model.kind = \"mlp\""),
-        (format!("{BASE}[sample]\ntemperature = 0.0\n"), "sample.temperature = 0"),
-        (BASE.replace("steps = 10", "steps = 10\nbackend = \"tpu\""), "tpu"),
+        (
+            BASE.replace("n_embd = 16", "n_embd = 15"),
+            "model.n_embd = 15",
+        ),
+        (
+            BASE.replace("seq_len = 8", "seq_len = 9"),
+            "seq_len = 9: must be between 1 and model.context = 8",
+        ),
+        (
+            BASE.replace("batch_size = 4", "batch_size = 0"),
+            "batch_size = 0",
+        ),
+        (
+            format!("{BASE}[optimizer]\nlr = -1.0\n"),
+            "optimizer.lr = -1",
+        ),
+        (
+            format!("{BASE}[optimizer]\nkind = \"sgd\"\nbeta1 = 0.9\n"),
+            "optimizer.beta1 does not apply",
+        ),
+        (
+            format!("{BASE}[optimizer]\nmomentum = 0.9\n"),
+            "optimizer.momentum does not apply",
+        ),
+        (
+            format!("{BASE}[schedule]\nwarmup_steps = 11\n"),
+            "schedule.warmup_steps = 11",
+        ),
+        (
+            BASE.replace("tokenizer = \"byte\"", "tokenizer = \"bpe\""),
+            "bpe",
+        ),
+        (
+            BASE.replace("kind = \"text\"", "kind = \"csv\"\npath = \"d.csv\"")
+                .replace("files = [\"x.txt\"]\ntokenizer = \"byte\"\n", ""),
+            "needs model.kind = \"mlp\"",
+        ),
+        (
+            format!("{BASE}[sample]\ntemperature = 0.0\n"),
+            "sample.temperature = 0",
+        ),
+        (
+            BASE.replace("steps = 10", "steps = 10\nbackend = \"tpu\""),
+            "tpu",
+        ),
         (BASE.replace("seq_len = 8\n", ""), "seq_len is missing"),
     ];
     for (text, expected) in cases {

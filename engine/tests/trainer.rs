@@ -70,7 +70,11 @@ fn same_spec_gives_bit_identical_parameters() {
     let b = train(&spec, 5);
     assert_eq!(bits(a.model().params()), bits(b.model().params()));
     let c = train(&tiny_spec(dir.path(), "seed = 2", "shuffle = true"), 5);
-    assert_ne!(bits(a.model().params()), bits(c.model().params()), "the seed matters");
+    assert_ne!(
+        bits(a.model().params()),
+        bits(c.model().params()),
+        "the seed matters"
+    );
 }
 
 #[test]
@@ -78,18 +82,27 @@ fn resumed_job_continues_bit_exactly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = tiny_spec(dir.path(), "", "shuffle = true");
     let mut straight = Trainer::new(&spec, Box::new(SingleProcess)).expect("trainer");
-    let losses: Vec<f64> = (0..8).map(|_| straight.train_step().expect("step").loss).collect();
+    let losses: Vec<f64> = (0..8)
+        .map(|_| straight.train_step().expect("step").loss)
+        .collect();
 
     let first = train(&spec, 4);
     let path = dir.path().join("state.bin");
     state::save(&path, &first.state()).expect("save");
     drop(first);
     let mut resumed = Trainer::new(&spec, Box::new(SingleProcess)).expect("trainer");
-    resumed.restore(state::load(&path).expect("load")).expect("restore");
+    resumed
+        .restore(state::load(&path).expect("load"))
+        .expect("restore");
     assert_eq!(resumed.step(), 4);
-    let resumed_losses: Vec<f64> = (0..4).map(|_| resumed.train_step().expect("step").loss).collect();
+    let resumed_losses: Vec<f64> = (0..4)
+        .map(|_| resumed.train_step().expect("step").loss)
+        .collect();
     assert_eq!(resumed_losses, losses[4..]);
-    assert_eq!(bits(resumed.model().params()), bits(straight.model().params()));
+    assert_eq!(
+        bits(resumed.model().params()),
+        bits(straight.model().params())
+    );
 
     // A truncated state file is an error, not garbage.
     let bytes = std::fs::read(&path).expect("read");
@@ -106,7 +119,13 @@ fn gradient_accumulation_matches_a_bigger_batch() {
     small.batch_size = 2;
     small.grad_accum = 2;
     let (a, b) = (train(&big, 3), train(&small, 3));
-    let diff = a.model().params().iter().zip(b.model().params()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+    let diff = a
+        .model()
+        .params()
+        .iter()
+        .zip(b.model().params())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max);
     assert!(diff <= 1e-5, "parameters differ by {diff}");
 }
 
@@ -135,7 +154,10 @@ impl GradReducer for Recorder {
         for r in self.buckets.drain(..).flatten() {
             covered[r].iter_mut().for_each(|c| *c += 1);
         }
-        assert!(covered.iter().all(|&c| c == 1), "buckets cover the gradient buffer exactly once");
+        assert!(
+            covered.iter().all(|&c| c == 1),
+            "buckets cover the gradient buffer exactly once"
+        );
         Ok(())
     }
     fn sum_scalars(&mut self, _v: &mut [f64]) -> convoy_engine::Result<()> {
@@ -156,7 +178,14 @@ fn every_gradient_is_announced_once_per_step_even_with_accumulation() {
 #[test]
 fn non_finite_loss_fails_naming_the_step_or_is_skipped() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = GptConfig { max_seq_len: 16, vocab_size: 256, padded_vocab_size: 256, n_layer: 2, n_head: 2, channels: 16 };
+    let cfg = GptConfig {
+        max_seq_len: 16,
+        vocab_size: 256,
+        padded_vocab_size: 256,
+        n_layer: 2,
+        n_head: 2,
+        channels: 16,
+    };
     let mut model = Gpt::new(cfg, 1);
     let lnfw = cfg.range(Tensor::Lnfw);
     use convoy_engine::model::Model;
@@ -166,7 +195,10 @@ fn non_finite_loss_fails_naming_the_step_or_is_skipped() {
 
     let spec = tiny_spec(dir.path(), "init_from = \"nan.bin\"", "");
     let mut t = Trainer::new(&spec, Box::new(SingleProcess)).expect("trainer");
-    let e = t.train_step().expect_err("NaN loss stops the job").to_string();
+    let e = t
+        .train_step()
+        .expect_err("NaN loss stops the job")
+        .to_string();
     assert!(e.contains("step 1") && e.contains("NaN"), "{e}");
 
     let spec = tiny_spec(dir.path(), "init_from = \"nan.bin\"\non_nan = \"skip\"", "");
@@ -174,17 +206,34 @@ fn non_finite_loss_fails_naming_the_step_or_is_skipped() {
     let before = bits(t.model().params());
     let m = t.train_step().expect("skipped step");
     assert!(m.skipped);
-    assert_eq!(bits(t.model().params()), before, "a skipped step leaves the parameters alone");
+    assert_eq!(
+        bits(t.model().params()),
+        before,
+        "a skipped step leaves the parameters alone"
+    );
 }
 
 #[test]
 fn init_from_a_different_model_is_a_clear_error() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = GptConfig { max_seq_len: 16, vocab_size: 256, padded_vocab_size: 256, n_layer: 3, n_head: 2, channels: 16 };
+    let cfg = GptConfig {
+        max_seq_len: 16,
+        vocab_size: 256,
+        padded_vocab_size: 256,
+        n_layer: 3,
+        n_head: 2,
+        channels: 16,
+    };
     let model = Gpt::new(cfg, 1);
     use convoy_engine::model::Model;
     llmc::write(&dir.path().join("other.bin"), &cfg, model.params()).expect("write");
     let spec = tiny_spec(dir.path(), "init_from = \"other.bin\"", "");
-    let e = Trainer::new(&spec, Box::new(SingleProcess)).err().expect("mismatch").to_string();
-    assert!(e.contains("other.bin") && e.contains("n_layer = 3") && e.contains("2"), "{e}");
+    let e = Trainer::new(&spec, Box::new(SingleProcess))
+        .err()
+        .expect("mismatch")
+        .to_string();
+    assert!(
+        e.contains("other.bin") && e.contains("n_layer = 3") && e.contains("2"),
+        "{e}"
+    );
 }

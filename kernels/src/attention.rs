@@ -7,7 +7,16 @@
 use rayon::prelude::*;
 
 /// Gathers head `h` of batch row `b` from the qkv [B, T, 3C] buffer: part 0 = q, 1 = k, 2 = v.
-fn head<'a>(inp: &'a [f32], b: usize, ti: usize, part: usize, h: usize, t: usize, c: usize, hs: usize) -> &'a [f32] {
+fn head<'a>(
+    inp: &'a [f32],
+    b: usize,
+    ti: usize,
+    part: usize,
+    h: usize,
+    t: usize,
+    c: usize,
+    hs: usize,
+) -> &'a [f32] {
     let base = (b * t + ti) * 3 * c + part * c + h * hs;
     &inp[base..base + hs]
 }
@@ -40,7 +49,10 @@ pub fn attention_forward(
             let mut y = vec![0.0f32; t * hs];
             for ti in 0..t {
                 let q = head(inp, bi, ti, 0, h, t, c, hs);
-                let (pre_row, at_row) = (&mut pre[ti * t..(ti + 1) * t], &mut at[ti * t..(ti + 1) * t]);
+                let (pre_row, at_row) = (
+                    &mut pre[ti * t..(ti + 1) * t],
+                    &mut at[ti * t..(ti + 1) * t],
+                );
                 let mut max = f32::NEG_INFINITY;
                 for t2 in 0..=ti {
                     let k = head(inp, bi, t2, 1, h, t, c, hs);
@@ -118,8 +130,11 @@ pub fn attention_backward(
             let (dk, dv) = rest.split_at_mut(t * hs);
             for ti in 0..t {
                 let dy = &dout[(bi * t + ti) * c + h * hs..(bi * t + ti) * c + (h + 1) * hs];
-                let (at_row, dat_row, dpre_row) =
-                    (&at[ti * t..(ti + 1) * t], &mut dat[ti * t..(ti + 1) * t], &mut dpre[ti * t..(ti + 1) * t]);
+                let (at_row, dat_row, dpre_row) = (
+                    &at[ti * t..(ti + 1) * t],
+                    &mut dat[ti * t..(ti + 1) * t],
+                    &mut dpre[ti * t..(ti + 1) * t],
+                );
                 // y = Σ att·v  →  datt = dy·v, dv += att·dy
                 for t2 in 0..=ti {
                     let v = head(inp, bi, t2, 2, h, t, c, hs);
@@ -132,7 +147,11 @@ pub fn attention_backward(
                 // softmax: dpre = att ⊙ (datt - Σ att·datt)
                 let dot: f32 = (0..=ti).map(|t2| at_row[t2] * dat_row[t2]).sum();
                 for t2 in 0..t {
-                    dpre_row[t2] = if t2 <= ti { at_row[t2] * (dat_row[t2] - dot) } else { 0.0 };
+                    dpre_row[t2] = if t2 <= ti {
+                        at_row[t2] * (dat_row[t2] - dot)
+                    } else {
+                        0.0
+                    };
                     if t2 > ti {
                         dat_row[t2] = 0.0;
                     }

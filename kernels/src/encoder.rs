@@ -3,7 +3,15 @@
 use rayon::prelude::*;
 
 /// out [B, T, C] = wte [V, C] row `inp[b, t]` + wpe [maxT, C] row `t`;  inp [B, T] token ids
-pub fn encoder_forward(out: &mut [f32], inp: &[u32], wte: &[f32], wpe: &[f32], b: usize, t: usize, c: usize) {
+pub fn encoder_forward(
+    out: &mut [f32],
+    inp: &[u32],
+    wte: &[f32],
+    wpe: &[f32],
+    b: usize,
+    t: usize,
+    c: usize,
+) {
     assert_eq!(out.len(), b * t * c);
     assert_eq!(inp.len(), b * t);
     assert!(wpe.len() >= t * c, "wpe has fewer than T rows");
@@ -20,7 +28,15 @@ pub fn encoder_forward(out: &mut [f32], inp: &[u32], wte: &[f32], wpe: &[f32], b
 /// dwte [V, C] += dout rows at their token ids;  dwpe [maxT, C] += dout summed over B.
 /// Sequential on purpose: rows of a repeated token must be added in a fixed order, and the
 /// work (B·T·C adds) is negligible beside the matmuls.
-pub fn encoder_backward(dwte: &mut [f32], dwpe: &mut [f32], dout: &[f32], inp: &[u32], b: usize, t: usize, c: usize) {
+pub fn encoder_backward(
+    dwte: &mut [f32],
+    dwpe: &mut [f32],
+    dout: &[f32],
+    inp: &[u32],
+    b: usize,
+    t: usize,
+    c: usize,
+) {
     assert_eq!(dout.len(), b * t * c);
     assert_eq!(inp.len(), b * t);
     assert!(dwpe.len() >= t * c, "dwpe has fewer than T rows");

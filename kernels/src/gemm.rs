@@ -17,7 +17,15 @@ pub(crate) struct Mat<'a> {
 const PARALLEL_MIN_WORK: usize = 1 << 18;
 
 /// c [m, n] (row-major, contiguous) = a [m, k] · b [k, n], or `+=` when `accumulate`.
-pub(crate) fn sgemm(m: usize, n: usize, k: usize, a: Mat<'_>, b: Mat<'_>, c: &mut [f32], accumulate: bool) {
+pub(crate) fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Mat<'_>,
+    b: Mat<'_>,
+    c: &mut [f32],
+    accumulate: bool,
+) {
     assert!(c.len() >= m * n, "output too small");
     if m == 0 || n == 0 {
         return;
@@ -29,7 +37,10 @@ pub(crate) fn sgemm(m: usize, n: usize, k: usize, a: Mat<'_>, b: Mat<'_>, c: &mu
         return;
     }
     let last = |x: Mat<'_>, rows: usize, cols: usize| (rows - 1) * x.rs + (cols - 1) * x.cs;
-    assert!(last(a, m, k) < a.data.len() && last(b, k, n) < b.data.len(), "operand too small for its shape");
+    assert!(
+        last(a, m, k) < a.data.len() && last(b, k, n) < b.data.len(),
+        "operand too small for its shape"
+    );
     let parallelism = if m * n * k >= PARALLEL_MIN_WORK {
         Parallelism::Rayon(rayon::current_num_threads())
     } else {

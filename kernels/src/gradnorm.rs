@@ -7,8 +7,10 @@ use crate::activation::CHUNK;
 /// The L2 norm of the whole gradient buffer. Squares are summed in f64 per fixed-size chunk and
 /// the chunk sums combined in order, so the norm is the same on every thread count.
 pub fn global_norm(grads: &[f32]) -> f32 {
-    let partial: Vec<f64> =
-        grads.par_chunks(CHUNK).map(|c| c.iter().map(|&g| (g as f64) * (g as f64)).sum()).collect();
+    let partial: Vec<f64> = grads
+        .par_chunks(CHUNK)
+        .map(|c| c.iter().map(|&g| (g as f64) * (g as f64)).sum())
+        .collect();
     partial.iter().sum::<f64>().sqrt() as f32
 }
 
@@ -19,6 +21,8 @@ pub fn clip_grads(grads: &mut [f32], norm: f32, max_norm: f32) -> f32 {
     if scale >= 1.0 {
         return 1.0;
     }
-    grads.par_chunks_mut(CHUNK).for_each(|c| c.iter_mut().for_each(|g| *g *= scale));
+    grads
+        .par_chunks_mut(CHUNK)
+        .for_each(|c| c.iter_mut().for_each(|g| *g *= scale));
     scale
 }

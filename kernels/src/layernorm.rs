@@ -53,7 +53,13 @@ pub fn layernorm_backward(
     c: usize,
 ) {
     assert!(dinp.len() == n * c && dout.len() == n * c && inp.len() == n * c);
-    assert!(dweight.len() == c && dbias.len() == c && weight.len() == c && mean.len() == n && rstd.len() == n);
+    assert!(
+        dweight.len() == c
+            && dbias.len() == c
+            && weight.len() == c
+            && mean.len() == n
+            && rstd.len() == n
+    );
     let partials: Vec<Vec<f32>> = dinp
         .par_chunks_mut(ROWS_PER_TASK * c)
         .enumerate()

@@ -33,7 +33,10 @@ pub fn crossentropy_forward_backward(
             return 0.0;
         }
         let target = target as usize;
-        assert!(target < v, "target {target} is outside the vocabulary of {v}");
+        assert!(
+            target < v,
+            "target {target} is outside the vocabulary of {v}"
+        );
         let row = &row[..v];
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         match d {
@@ -72,30 +75,41 @@ pub fn crossentropy_forward_backward(
             .zip(logits.par_chunks(vp).zip(targets.par_iter()))
             .for_each(|(l, (row, &tg))| *l = row_loss(row, tg, None)),
     }
-    let sum = losses.chunks(SUM_CHUNK).map(|c| c.iter().map(|&x| x as f64).sum::<f64>()).sum();
+    let sum = losses
+        .chunks(SUM_CHUNK)
+        .map(|c| c.iter().map(|&x| x as f64).sum::<f64>())
+        .sum();
     (sum, targets.iter().filter(|&&x| x != IGNORE_INDEX).count())
 }
 
 /// probs [N, Vp] = softmax over the first V columns of logits [N, Vp]; padding columns get 0.
 pub fn softmax_forward(probs: &mut [f32], logits: &[f32], n: usize, v: usize, vp: usize) {
     assert!(v <= vp && probs.len() == n * vp && logits.len() == n * vp);
-    probs.par_chunks_mut(vp).zip(logits.par_chunks(vp)).for_each(|(p, x)| {
-        let max = x[..v].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0f32;
-        for (p, &x) in p[..v].iter_mut().zip(&x[..v]) {
-            *p = (x - max).exp();
-            sum += *p;
-        }
-        for p in &mut p[..v] {
-            *p /= sum;
-        }
-        p[v..].fill(0.0);
-    });
+    probs
+        .par_chunks_mut(vp)
+        .zip(logits.par_chunks(vp))
+        .for_each(|(p, x)| {
+            let max = x[..v].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0f32;
+            for (p, &x) in p[..v].iter_mut().zip(&x[..v]) {
+                *p = (x - max).exp();
+                sum += *p;
+            }
+            for p in &mut p[..v] {
+                *p /= sum;
+            }
+            p[v..].fill(0.0);
+        });
 }
 
 /// Σ (pred − target)² over pred and target [N, D], as f64. dpred [N, D], when given, is
 /// overwritten with 2·(pred − target)·dloss_scale.
-pub fn mse_forward_backward(dpred: Option<&mut [f32]>, pred: &[f32], target: &[f32], dloss_scale: f32) -> f64 {
+pub fn mse_forward_backward(
+    dpred: Option<&mut [f32]>,
+    pred: &[f32],
+    target: &[f32],
+    dloss_scale: f32,
+) -> f64 {
     assert_eq!(pred.len(), target.len());
     if let Some(d) = dpred {
         assert_eq!(d.len(), pred.len());
@@ -103,5 +117,8 @@ pub fn mse_forward_backward(dpred: Option<&mut [f32]>, pred: &[f32], target: &[f
             *d = 2.0 * (p - t) * dloss_scale;
         }
     }
-    pred.iter().zip(target).map(|(p, t)| ((p - t) as f64).powi(2)).sum()
+    pred.iter()
+        .zip(target)
+        .map(|(p, t)| ((p - t) as f64).powi(2))
+        .sum()
 }

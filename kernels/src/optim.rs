@@ -59,8 +59,11 @@ pub fn sgd_update(
     first_step: bool,
 ) {
     assert!(params.len() == grads.len() && momentum_buf.len() == grads.len());
-    params.par_chunks_mut(CHUNK).zip(grads.par_chunks(CHUNK)).zip(momentum_buf.par_chunks_mut(CHUNK)).for_each(
-        |((p, g), buf)| {
+    params
+        .par_chunks_mut(CHUNK)
+        .zip(grads.par_chunks(CHUNK))
+        .zip(momentum_buf.par_chunks_mut(CHUNK))
+        .for_each(|((p, g), buf)| {
             for ((p, &g), b) in p.iter_mut().zip(g).zip(buf) {
                 let g = g + weight_decay * *p;
                 let step = if momentum == 0.0 {
@@ -71,6 +74,5 @@ pub fn sgd_update(
                 };
                 *p -= lr * step;
             }
-        },
-    );
+        });
 }

@@ -7,11 +7,14 @@ use crate::activation::CHUNK;
 /// out [N] = inp1 [N] + inp2 [N]
 pub fn residual_forward(out: &mut [f32], inp1: &[f32], inp2: &[f32]) {
     assert!(out.len() == inp1.len() && out.len() == inp2.len());
-    out.par_chunks_mut(CHUNK).zip(inp1.par_chunks(CHUNK)).zip(inp2.par_chunks(CHUNK)).for_each(|((o, a), b)| {
-        for ((o, a), b) in o.iter_mut().zip(a).zip(b) {
-            *o = a + b;
-        }
-    });
+    out.par_chunks_mut(CHUNK)
+        .zip(inp1.par_chunks(CHUNK))
+        .zip(inp2.par_chunks(CHUNK))
+        .for_each(|((o, a), b)| {
+            for ((o, a), b) in o.iter_mut().zip(a).zip(b) {
+                *o = a + b;
+            }
+        });
 }
 
 /// dinp1 [N] += dout;  dinp2 [N] += dout

@@ -7,14 +7,26 @@ use std::process::{Command, Output};
 pub fn convoy_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> → target/<profile>/convoy
-    let bin = exe.parent().and_then(|d| d.parent()).expect("target dir").join("convoy");
-    assert!(bin.exists(), "{} is missing: run `cargo test --workspace` (or `cargo build --bins`) first", bin.display());
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .join("convoy");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo test --workspace` (or `cargo build --bins`) first",
+        bin.display()
+    );
     bin
 }
 
 /// Runs `convoy` with `args` from the repository root.
 pub fn convoy(args: &[&str]) -> Output {
-    Command::new(convoy_bin()).args(args).current_dir(repo_root()).output().expect("run convoy")
+    Command::new(convoy_bin())
+        .args(args)
+        .current_dir(repo_root())
+        .output()
+        .expect("run convoy")
 }
 
 pub fn repo_root() -> PathBuf {

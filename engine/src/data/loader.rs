@@ -24,7 +24,10 @@ use crate::error::{EngineError, Result};
 pub enum TokenSource {
     Shard(TokenShard),
     /// Text tokenized at start-up; `name` stands in for a file name in errors.
-    Memory { name: String, tokens: Vec<u16> },
+    Memory {
+        name: String,
+        tokens: Vec<u16>,
+    },
 }
 
 impl TokenSource {
@@ -130,20 +133,28 @@ impl TokenLoader {
             )));
         }
         if cfg.vocab_size == 0 {
-            return Err(EngineError::Spec("data: vocab_size must be at least 1".into()));
+            return Err(EngineError::Spec(
+                "data: vocab_size must be at least 1".into(),
+            ));
         }
-        let samples: Vec<usize> = sources.iter().map(|s| (s.tokens().len() - 1) / global).collect();
+        let samples: Vec<usize> = sources
+            .iter()
+            .map(|s| s.tokens().len().saturating_sub(1) / global)
+            .collect();
         if samples.iter().all(|&s| s == 0) {
             let largest = sources
                 .iter()
                 .max_by_key(|s| s.tokens().len())
                 .map_or(0, |s| s.tokens().len());
-            let names: Vec<String> = sources.iter().map(|s| s.path().display().to_string()).collect();
+            let names: Vec<String> = sources
+                .iter()
+                .map(|s| s.path().display().to_string())
+                .collect();
             return Err(EngineError::data(
                 sources[0].path(),
                 format!(
                     "no complete batch: need at least world·B·T+1 = {} tokens in a shard, largest has {largest} (sources: {})",
-                    global + 1,
+                    global.saturating_add(1),
                     names.join(", ")
                 ),
             ));
@@ -154,7 +165,7 @@ impl TokenLoader {
                     "{}: skipped: {} tokens is less than one global batch of world·B·T+1 = {}",
                     s.path().display(),
                     s.tokens().len(),
-                    global + 1
+                    global.saturating_add(1)
                 );
             }
         }
@@ -162,7 +173,11 @@ impl TokenLoader {
             sources,
             samples,
             cfg,
-            pos: LoaderPosition { epoch: 0, shard: 0, sample: 0 },
+            pos: LoaderPosition {
+                epoch: 0,
+                shard: 0,
+                sample: 0,
+            },
             source_order: Vec::new(),
             sample_order: Vec::new(),
         };
@@ -185,8 +200,16 @@ impl TokenLoader {
     /// If a buffer is not `B·T` long: that is a bug in the caller, not bad data.
     pub fn next_batch(&mut self, inputs: &mut [u32], targets: &mut [u32]) -> Result<()> {
         let local = self.cfg.batch * self.cfg.seq_len;
-        assert_eq!(inputs.len(), local, "inputs buffer must hold batch·seq_len tokens");
-        assert_eq!(targets.len(), local, "targets buffer must hold batch·seq_len tokens");
+        assert_eq!(
+            inputs.len(),
+            local,
+            "inputs buffer must hold batch·seq_len tokens"
+        );
+        assert_eq!(
+            targets.len(),
+            local,
+            "targets buffer must hold batch·seq_len tokens"
+        );
         let source_index = self.source_order[self.pos.shard];
         let sample = if self.cfg.shuffle {
             self.sample_order[self.pos.sample]
@@ -196,7 +219,10 @@ impl TokenLoader {
         let start = sample * self.cfg.world * local + self.cfg.rank * local;
         let source = &self.sources[source_index];
         let window = &source.tokens()[start..start + local + 1];
-        if let Some(i) = window.iter().position(|&t| usize::from(t) >= self.cfg.vocab_size) {
+        if let Some(i) = window
+            .iter()
+            .position(|&t| usize::from(t) >= self.cfg.vocab_size)
+        {
             return Err(EngineError::data(
                 source.path(),
                 format!(
@@ -258,7 +284,11 @@ impl TokenLoader {
     }
 
     pub fn reset(&mut self) {
-        self.pos = LoaderPosition { epoch: 0, shard: 0, sample: 0 };
+        self.pos = LoaderPosition {
+            epoch: 0,
+            shard: 0,
+            sample: 0,
+        };
         self.source_order = self.order_of_sources(0);
         self.sample_order = self.order_of_samples(0, self.source_order[0]);
         self.settle();
@@ -299,7 +329,12 @@ impl TokenLoader {
 
     fn order_of_samples(&self, epoch: u64, source: usize) -> Vec<usize> {
         if self.cfg.shuffle {
-            permutation(self.samples[source], self.cfg.seed, epoch, sample_order_stream(source))
+            permutation(
+                self.samples[source],
+                self.cfg.seed,
+                epoch,
+                sample_order_stream(source),
+            )
         } else {
             Vec::new()
         }
@@ -321,7 +356,10 @@ pub fn expand_paths(pattern: &Path) -> Result<Vec<PathBuf>> {
         .to_str()
         .ok_or_else(|| EngineError::data(pattern, "data path is not valid UTF-8"))?;
     let (dir, name_pattern) = if text.contains('*') {
-        let name = pattern.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = pattern
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         let parent = pattern.parent().unwrap_or(Path::new(""));
         if !name.contains('*') || parent.to_string_lossy().contains('*') {
             return Err(EngineError::data(
@@ -337,7 +375,11 @@ pub fn expand_paths(pattern: &Path) -> Result<Vec<PathBuf>> {
         }
         (pattern.to_path_buf(), "*.bin".to_string())
     };
-    let listed = if dir.as_os_str().is_empty() { Path::new(".") } else { &dir };
+    let listed = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        &dir
+    };
     let entries = std::fs::read_dir(listed).map_err(|e| EngineError::io(listed, e))?;
     let mut paths = Vec::new();
     for entry in entries {
@@ -382,18 +424,34 @@ mod tests {
     use crate::data::shard::write_shard;
 
     fn cfg(batch: usize, seq_len: usize, rank: usize, world: usize, shuffle: bool) -> LoaderConfig {
-        LoaderConfig { batch, seq_len, rank, world, shuffle, seed: 7, vocab_size: 65536 }
+        LoaderConfig {
+            batch,
+            seq_len,
+            rank,
+            world,
+            shuffle,
+            seed: 7,
+            vocab_size: 65536,
+        }
     }
 
     fn memory(name: &str, tokens: Vec<u16>) -> TokenSource {
-        TokenSource::Memory { name: name.into(), tokens }
+        TokenSource::Memory {
+            name: name.into(),
+            tokens,
+        }
     }
 
     /// Sources whose token at index i is `base + i`, so a batch reveals where it was read from.
     fn counting(lens: &[usize]) -> Vec<TokenSource> {
         lens.iter()
             .enumerate()
-            .map(|(k, &n)| memory(&format!("src{k}"), (0..n).map(|i| (k * 10_000 + i) as u16).collect()))
+            .map(|(k, &n)| {
+                memory(
+                    &format!("src{k}"),
+                    (0..n).map(|i| (k * 10_000 + i) as u16).collect(),
+                )
+            })
             .collect()
     }
 
@@ -411,7 +469,14 @@ mod tests {
         assert_eq!(l.batches_per_epoch(), 3);
         for step in 0..7u64 {
             let i = (step % 3) as u32;
-            assert_eq!(l.position(), LoaderPosition { epoch: step / 3, shard: 0, sample: i as usize });
+            assert_eq!(
+                l.position(),
+                LoaderPosition {
+                    epoch: step / 3,
+                    shard: 0,
+                    sample: i as usize
+                }
+            );
             let (x, y) = batch(&mut l);
             let want: Vec<u32> = (i * 8..i * 8 + 9).collect();
             assert_eq!(x, want[..8], "step {step}");
@@ -432,12 +497,24 @@ mod tests {
             for (r, l) in loaders.iter_mut().enumerate() {
                 assert_eq!(
                     l.position(),
-                    LoaderPosition { epoch: (step / 3) as u64, shard: src, sample: i }
+                    LoaderPosition {
+                        epoch: (step / 3) as u64,
+                        shard: src,
+                        sample: i
+                    }
                 );
                 let (x, y) = batch(l);
                 let start = (src * 10_000 + i * 9 + r * 3) as u32;
-                assert_eq!(x, (start..start + 3).collect::<Vec<_>>(), "step {step} rank {r}");
-                assert_eq!(y, (start + 1..start + 4).collect::<Vec<_>>(), "step {step} rank {r}");
+                assert_eq!(
+                    x,
+                    (start..start + 3).collect::<Vec<_>>(),
+                    "step {step} rank {r}"
+                );
+                assert_eq!(
+                    y,
+                    (start + 1..start + 4).collect::<Vec<_>>(),
+                    "step {step} rank {r}"
+                );
             }
         }
         assert_eq!(loaders[0].batches_per_epoch(), 3);
@@ -445,11 +522,28 @@ mod tests {
 
     #[test]
     fn no_complete_batch_is_an_error_naming_sizes() {
-        let err = TokenLoader::new(counting(&[5, 9]), cfg(2, 4, 0, 1, false)).err().unwrap().to_string();
+        let err = TokenLoader::new(counting(&[5, 8]), cfg(2, 4, 0, 1, false))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(
-            err.contains("no complete batch") && err.contains("= 9 tokens") && err.contains("largest has 9")
-                && err.contains("src0") && err.contains("src1"),
+            err.contains("no complete batch")
+                && err.contains("= 9 tokens")
+                && err.contains("largest has 8")
+                && err.contains("src0")
+                && err.contains("src1"),
             "{err}"
+        );
+        // An empty in-memory source (say, a validation split of 0 tokens) is skipped, not a panic.
+        let err = TokenLoader::new(counting(&[0]), cfg(2, 4, 0, 1, false))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("largest has 0"), "{err}");
+        assert_eq!(
+            TokenLoader::new(counting(&[0, 20]), cfg(2, 4, 0, 1, false))
+                .unwrap()
+                .batches_per_epoch(),
+            2
         );
         // 9 tokens is exactly one sample.
         assert!(TokenLoader::new(counting(&[9]), cfg(2, 4, 0, 1, false)).is_ok());
@@ -474,7 +568,10 @@ mod tests {
         }
         let (mut x, mut y) = (vec![0; 4], vec![0; 4]);
         let err = l.next_batch(&mut x, &mut y).unwrap_err().to_string();
-        assert_eq!(err, "bad.txt: token 300 at index 13 is out of range for vocab size 256");
+        assert_eq!(
+            err,
+            "bad.txt: token 300 at index 13 is out of range for vocab size 256"
+        );
         // The position did not move past the bad batch.
         assert_eq!(l.position().sample, 3);
     }
@@ -497,7 +594,7 @@ mod tests {
         assert_eq!(permutation(8, 42, 0, 0), PINNED_PERMUTATION);
     }
 
-    const PINNED_PERMUTATION: [usize; 8] = [0; 8];
+    const PINNED_PERMUTATION: [usize; 8] = [4, 5, 0, 3, 6, 7, 1, 2];
 
     #[test]
     fn shuffle_visits_every_sample_once_per_epoch_and_depends_only_on_seed_and_epoch() {
@@ -527,7 +624,10 @@ mod tests {
             for (k, &n) in lens.iter().enumerate() {
                 expected.extend((0..(n - 1) / 4).map(|i| (k * 10_000 + i * 4) as u32));
             }
-            assert_eq!(sorted, expected, "epoch {epoch} is not a permutation of the samples");
+            assert_eq!(
+                sorted, expected,
+                "epoch {epoch} is not a permutation of the samples"
+            );
             epochs.push(firsts);
         }
         assert_ne!(epochs[0], epochs[1]);
@@ -561,10 +661,16 @@ mod tests {
                 let saved = l.position();
                 let json = serde_json::to_string(&saved).unwrap();
                 let mut fresh = TokenLoader::new(counting(&lens), c.clone()).unwrap();
-                fresh.set_position(serde_json::from_str(&json).unwrap()).unwrap();
+                fresh
+                    .set_position(serde_json::from_str(&json).unwrap())
+                    .unwrap();
                 assert_eq!(fresh.position(), saved);
                 for (j, want) in all[k..k + 9].iter().enumerate() {
-                    assert_eq!(&batch(&mut fresh), want, "shuffle={shuffle} resume at {k}, +{j}");
+                    assert_eq!(
+                        &batch(&mut fresh),
+                        want,
+                        "shuffle={shuffle} resume at {k}, +{j}"
+                    );
                 }
             }
             reference.reset();
@@ -575,13 +681,42 @@ mod tests {
     #[test]
     fn set_position_out_of_range_is_refused() {
         let mut l = TokenLoader::new(counting(&[41, 3]), cfg(1, 4, 0, 1, false)).unwrap();
-        let err = l.set_position(LoaderPosition { epoch: 0, shard: 2, sample: 0 }).unwrap_err();
+        let err = l
+            .set_position(LoaderPosition {
+                epoch: 0,
+                shard: 2,
+                sample: 0,
+            })
+            .unwrap_err();
         assert!(err.to_string().contains("only 2 sources"), "{err}");
-        let err = l.set_position(LoaderPosition { epoch: 0, shard: 0, sample: 10 }).unwrap_err();
-        assert!(err.to_string().contains("src0") && err.to_string().contains("10 samples"), "{err}");
+        let err = l
+            .set_position(LoaderPosition {
+                epoch: 0,
+                shard: 0,
+                sample: 10,
+            })
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("src0") && err.to_string().contains("10 samples"),
+            "{err}"
+        );
         // The skipped (too short) source has no samples to resume at.
-        assert!(l.set_position(LoaderPosition { epoch: 0, shard: 1, sample: 0 }).is_err());
-        assert!(l.set_position(LoaderPosition { epoch: 5, shard: 0, sample: 9 }).is_ok());
+        assert!(
+            l.set_position(LoaderPosition {
+                epoch: 0,
+                shard: 1,
+                sample: 0
+            })
+            .is_err()
+        );
+        assert!(
+            l.set_position(LoaderPosition {
+                epoch: 5,
+                shard: 0,
+                sample: 9
+            })
+            .is_ok()
+        );
     }
 
     #[test]
@@ -590,7 +725,11 @@ mod tests {
         let paths: Vec<PathBuf> = (0..2)
             .map(|k| {
                 let p = dir.path().join(format!("train_{k:06}.bin"));
-                write_shard(&p, &(0..20).map(|i| (k * 100 + i) as u16).collect::<Vec<_>>()).unwrap();
+                write_shard(
+                    &p,
+                    &(0..20).map(|i| (k * 100 + i) as u16).collect::<Vec<_>>(),
+                )
+                .unwrap();
                 p
             })
             .collect();
@@ -604,28 +743,53 @@ mod tests {
     fn expand_paths_directory_file_and_patterns() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        for name in ["val_000000.bin", "train_000001.bin", "train_000000.bin", "notes.txt"] {
+        for name in [
+            "val_000000.bin",
+            "train_000001.bin",
+            "train_000000.bin",
+            "notes.txt",
+        ] {
             std::fs::write(d.join(name), b"x").unwrap();
         }
         std::fs::create_dir(d.join("sub.bin")).unwrap();
         assert_eq!(
             expand_paths(d).unwrap(),
-            [d.join("train_000000.bin"), d.join("train_000001.bin"), d.join("val_000000.bin")]
+            [
+                d.join("train_000000.bin"),
+                d.join("train_000001.bin"),
+                d.join("val_000000.bin")
+            ]
         );
         assert_eq!(
             expand_paths(&d.join("train_*.bin")).unwrap(),
             [d.join("train_000000.bin"), d.join("train_000001.bin")]
         );
-        assert_eq!(expand_paths(&d.join("*_000000.*")).unwrap(), [d.join("train_000000.bin"), d.join("val_000000.bin")]);
-        assert_eq!(expand_paths(&d.join("notes.txt")).unwrap(), [d.join("notes.txt")]);
+        assert_eq!(
+            expand_paths(&d.join("*_000000.*")).unwrap(),
+            [d.join("train_000000.bin"), d.join("val_000000.bin")]
+        );
+        assert_eq!(
+            expand_paths(&d.join("notes.txt")).unwrap(),
+            [d.join("notes.txt")]
+        );
         let err = expand_paths(&d.join("test_*.bin")).unwrap_err().to_string();
-        assert!(err.contains("test_*.bin") && err.contains("no data files match"), "{err}");
-        let err = expand_paths(&d.join("missing.bin")).unwrap_err().to_string();
+        assert!(
+            err.contains("test_*.bin") && err.contains("no data files match"),
+            "{err}"
+        );
+        let err = expand_paths(&d.join("missing.bin"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("missing.bin"), "{err}");
         assert!(expand_paths(&d.join("*/train.bin")).is_err());
         let empty = d.join("empty");
         std::fs::create_dir(&empty).unwrap();
-        assert!(expand_paths(&empty).unwrap_err().to_string().contains("no data files"));
+        assert!(
+            expand_paths(&empty)
+                .unwrap_err()
+                .to_string()
+                .contains("no data files")
+        );
     }
 
     #[test]

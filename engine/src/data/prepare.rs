@@ -122,7 +122,9 @@ pub fn prepare(
         )));
     }
     if inputs.is_empty() {
-        return Err(EngineError::Spec("data prepare: no input files given".into()));
+        return Err(EngineError::Spec(
+            "data prepare: no input files given".into(),
+        ));
     }
     let mut total = 0u64;
     for input in inputs {
@@ -131,7 +133,10 @@ pub fn prepare(
             return Err(EngineError::data(input, "input is not a regular file"));
         }
         if meta.len() == 0 {
-            return Err(EngineError::data(input, "input file is empty (no text to tokenize)"));
+            return Err(EngineError::data(
+                input,
+                "input file is empty (no text to tokenize)",
+            ));
         }
         total += meta.len();
     }
@@ -141,7 +146,9 @@ pub fn prepare(
     // fails part way.
     let info_path = out_dir.join(DATASET_INFO_FILE);
     match std::fs::remove_file(&info_path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(EngineError::io(&info_path, e)),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(EngineError::io(&info_path, e));
+        }
         _ => {}
     }
 
@@ -189,8 +196,15 @@ pub fn prepare(
     };
     let json = serde_json::to_string_pretty(&info)
         .map_err(|e| EngineError::data(&info_path, format!("cannot serialize: {e}")))?;
-    write_atomically(&info_path, |w| std::io::Write::write_all(w, json.as_bytes()))?;
-    Ok(PrepareReport { train_tokens, val_tokens, train_shards, val_shards })
+    write_atomically(&info_path, |w| {
+        std::io::Write::write_all(w, json.as_bytes())
+    })?;
+    Ok(PrepareReport {
+        train_tokens,
+        val_tokens,
+        train_shards,
+        val_shards,
+    })
 }
 
 /// Buffers one split's tokens and writes a shard each time `shard_tokens` accumulate.
@@ -205,7 +219,14 @@ struct ShardWriter<'a> {
 
 impl<'a> ShardWriter<'a> {
     fn new(dir: &'a Path, prefix: &'static str, shard_tokens: usize) -> Self {
-        ShardWriter { dir, prefix, shard_tokens, buf: Vec::new(), written: Vec::new(), total: 0 }
+        ShardWriter {
+            dir,
+            prefix,
+            shard_tokens,
+            buf: Vec::new(),
+            written: Vec::new(),
+            total: 0,
+        }
     }
 
     fn push(&mut self, mut tokens: &[u16]) -> Result<()> {
@@ -222,7 +243,9 @@ impl<'a> ShardWriter<'a> {
     }
 
     fn flush(&mut self) -> Result<()> {
-        let path = self.dir.join(format!("{}_{:06}.bin", self.prefix, self.written.len()));
+        let path = self
+            .dir
+            .join(format!("{}_{:06}.bin", self.prefix, self.written.len()));
         write_shard(&path, &self.buf)?;
         self.written.push(path);
         self.buf.clear();
@@ -242,14 +265,21 @@ fn remove_stale_shards(dir: &Path, train: &[PathBuf], val: &[PathBuf]) -> Result
     let entries = std::fs::read_dir(dir).map_err(|e| EngineError::io(dir, e))?;
     for entry in entries {
         let path = entry.map_err(|e| EngineError::io(dir, e))?.path();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
         let is_shard_name = ["train_", "val_"].iter().any(|prefix| {
             name.strip_prefix(prefix)
                 .and_then(|rest| rest.strip_suffix(".bin"))
-                .is_some_and(|digits| digits.len() == 6 && digits.bytes().all(|b| b.is_ascii_digit()))
+                .is_some_and(|digits| {
+                    digits.len() == 6 && digits.bytes().all(|b| b.is_ascii_digit())
+                })
         });
         if is_shard_name && !train.contains(&path) && !val.contains(&path) {
-            tracing::info!("{}: removing a shard left from an earlier run", path.display());
+            tracing::info!(
+                "{}: removing a shard left from an earlier run",
+                path.display()
+            );
             std::fs::remove_file(&path).map_err(|e| EngineError::io(&path, e))?;
         }
     }
@@ -300,27 +330,30 @@ fn tokenize_file(
         let cut = if eof {
             pending.len()
         } else {
-            let cut = last_cut(&pending[searched..valid]).map_or(0, |c| searched + c);
-            searched = valid.saturating_sub(2).max(cut);
-            cut
+            last_cut(&pending[searched..valid]).map_or(0, |c| searched + c)
         };
         if cut > 0 {
             let text = std::str::from_utf8(&pending[..cut])
                 .map_err(|e| EngineError::data(path, format!("not valid UTF-8: {e}")))?;
             append_tokens(&mut doc, path, tokenizer.encode(text))?;
-            pending.drain(..cut);
-            offset += cut as u64;
-            valid -= cut;
-            searched -= cut;
         }
-        progress(n as u64);
         if eof {
             return Ok(doc);
         }
+        // Windows starting before valid - 2 have been searched; none of them lies past `cut`.
+        searched = valid.saturating_sub(2).max(cut) - cut;
+        pending.drain(..cut);
+        offset += cut as u64;
+        valid -= cut;
+        progress(n as u64);
     }
 }
 
-fn append_tokens(doc: &mut Vec<u16>, path: &Path, tokens: impl IntoIterator<Item = u32>) -> Result<()> {
+fn append_tokens(
+    doc: &mut Vec<u16>,
+    path: &Path,
+    tokens: impl IntoIterator<Item = u32>,
+) -> Result<()> {
     for t in tokens {
         let t = u16::try_from(t).map_err(|_| {
             EngineError::data(path, format!("token id {t} does not fit a uint16 shard"))
@@ -354,13 +387,17 @@ mod tests {
     use crate::data::shard::TokenShard;
 
     fn shakespeare() -> String {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/data/tinyshakespeare.txt");
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/data/tinyshakespeare.txt");
         let text = std::fs::read_to_string(path).unwrap();
         text.chars().take(20_000).collect()
     }
 
     fn read_tokens(paths: &[PathBuf]) -> Vec<u16> {
-        paths.iter().flat_map(|p| TokenShard::open(p).unwrap().tokens().to_vec()).collect()
+        paths
+            .iter()
+            .flat_map(|p| TokenShard::open(p).unwrap().tokens().to_vec())
+            .collect()
     }
 
     #[test]
@@ -382,15 +419,25 @@ mod tests {
         assert_eq!(train, [50256, 15496, 995]);
         assert!(val.is_empty());
         let (train, val) = tokenize_text("Hello world", &gpt2, 0.5);
-        assert_eq!((train.as_slice(), val.as_slice()), (&[995u16][..], &[50256u16, 15496][..]));
+        assert_eq!(
+            (train.as_slice(), val.as_slice()),
+            (&[995u16][..], &[50256u16, 15496][..])
+        );
         let byte = Tokenizer::new(TokenizerKind::Byte).unwrap();
         let (train, val) = tokenize_text("abcd", &byte, 0.25);
-        assert_eq!((train.as_slice(), val.as_slice()), (&[98u16, 99, 100][..], &[97u16][..]));
+        assert_eq!(
+            (train.as_slice(), val.as_slice()),
+            (&[98u16, 99, 100][..], &[97u16][..])
+        );
     }
 
     #[test]
     fn chunked_tokenization_equals_whole_text() {
-        let text = format!("{}\nend  \n\nx\n \n{}", shakespeare(), "héllo wörld\n".repeat(50));
+        let text = format!(
+            "{}\nend  \n\nx\n \n{}",
+            shakespeare(),
+            "héllo wörld\n".repeat(50)
+        );
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("in.txt");
         std::fs::write(&path, &text).unwrap();
@@ -415,9 +462,16 @@ mod tests {
         std::fs::write(&a, &text_a).unwrap();
         std::fs::write(&b, &text_b).unwrap();
         let out = dir.path().join("out");
-        let opts = PrepareOptions { tokenizer: TokenizerKind::Gpt2, val_fraction: 0.1, shard_tokens: 1000 };
+        let opts = PrepareOptions {
+            tokenizer: TokenizerKind::Gpt2,
+            val_fraction: 0.1,
+            shard_tokens: 1000,
+        };
         let mut calls = Vec::new();
-        let report = prepare(&[a.clone(), b.clone()], &out, &opts, &mut |d, t| calls.push((d, t))).unwrap();
+        let report = prepare(&[a.clone(), b.clone()], &out, &opts, &mut |d, t| {
+            calls.push((d, t))
+        })
+        .unwrap();
 
         let tok = Tokenizer::new(TokenizerKind::Gpt2).unwrap();
         let (ta, va) = tokenize_text(&text_a, &tok, 0.1);
@@ -426,13 +480,18 @@ mod tests {
         let val: Vec<u16> = va.iter().chain(&vb).copied().collect();
         assert_eq!(read_tokens(&report.train_shards), train);
         assert_eq!(read_tokens(&report.val_shards), val);
-        assert_eq!((report.train_tokens, report.val_tokens), (train.len(), val.len()));
+        assert_eq!(
+            (report.train_tokens, report.val_tokens),
+            (train.len(), val.len())
+        );
         assert_eq!(report.train_shards.len(), train.len().div_ceil(1000));
         assert_eq!(report.train_shards[1], out.join("train_000001.bin"));
         assert_eq!(report.val_shards[0], out.join("val_000000.bin"));
-        assert!(report.train_shards[..report.train_shards.len() - 1]
-            .iter()
-            .all(|p| TokenShard::open(p).unwrap().len() == 1000));
+        assert!(
+            report.train_shards[..report.train_shards.len() - 1]
+                .iter()
+                .all(|p| TokenShard::open(p).unwrap().len() == 1000)
+        );
 
         let total = (text_a.len() + text_b.len()) as u64;
         assert_eq!(calls.first(), Some(&(0, total)));
@@ -443,13 +502,19 @@ mod tests {
         assert_eq!(info.tokenizer, TokenizerKind::Gpt2);
         assert_eq!(info.vocab_size, 50257);
         assert_eq!(info.eot, Some(50256));
-        assert_eq!((info.train_tokens, info.val_tokens), (train.len(), val.len()));
+        assert_eq!(
+            (info.train_tokens, info.val_tokens),
+            (train.len(), val.len())
+        );
         assert_eq!(info.train_shards[0], "train_000000.bin");
         let json = std::fs::read_to_string(out.join(DATASET_INFO_FILE)).unwrap();
         assert!(json.contains("\"tokenizer\": \"gpt2\""), "{json}");
 
         // A second, smaller run into the same directory leaves no stale shards behind.
-        let opts = PrepareOptions { val_fraction: 0.0, ..opts };
+        let opts = PrepareOptions {
+            val_fraction: 0.0,
+            ..opts
+        };
         let report = prepare(&[b], &out, &opts, &mut |_, _| {}).unwrap();
         assert!(report.val_shards.is_empty());
         let mut names: Vec<String> = std::fs::read_dir(&out)
@@ -464,9 +529,15 @@ mod tests {
     fn prepare_errors() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
-        let opts = PrepareOptions { tokenizer: TokenizerKind::Byte, val_fraction: 0.1, shard_tokens: 100 };
+        let opts = PrepareOptions {
+            tokenizer: TokenizerKind::Byte,
+            val_fraction: 0.1,
+            shard_tokens: 100,
+        };
         let run = |inputs: &[PathBuf], opts: &PrepareOptions| {
-            prepare(inputs, &out, opts, &mut |_, _| {}).unwrap_err().to_string()
+            prepare(inputs, &out, opts, &mut |_, _| {})
+                .unwrap_err()
+                .to_string()
         };
 
         let missing = dir.path().join("missing.txt");
@@ -480,7 +551,10 @@ mod tests {
         let bad = dir.path().join("bad.txt");
         std::fs::write(&bad, b"hello \xff world").unwrap();
         let err = run(&[bad], &opts);
-        assert!(err.contains("bad.txt") && err.contains("UTF-8 at byte offset 6"), "{err}");
+        assert!(
+            err.contains("bad.txt") && err.contains("UTF-8 at byte offset 6"),
+            "{err}"
+        );
 
         let cut = dir.path().join("cut.txt");
         std::fs::write(&cut, "ok \u{00e9}".as_bytes().split_last().unwrap().1).unwrap();
@@ -489,15 +563,36 @@ mod tests {
         let good = dir.path().join("good.txt");
         std::fs::write(&good, "some text").unwrap();
         for f in [1.0, -0.1, f64::NAN] {
-            let err = run(&[good.clone()], &PrepareOptions { val_fraction: f, ..opts.clone() });
+            let err = run(
+                std::slice::from_ref(&good),
+                &PrepareOptions {
+                    val_fraction: f,
+                    ..opts.clone()
+                },
+            );
             assert!(err.contains("val_fraction"), "{err}");
         }
-        let err = run(&[good], &PrepareOptions { shard_tokens: 0, ..opts.clone() });
+        let err = run(
+            &[good],
+            &PrepareOptions {
+                shard_tokens: 0,
+                ..opts.clone()
+            },
+        );
         assert!(err.contains("shard_tokens"), "{err}");
 
         let tiny = dir.path().join("tiny.txt");
         std::fs::write(&tiny, "a").unwrap();
-        let err = run(&[tiny], &PrepareOptions { val_fraction: 0.5, ..opts });
-        assert!(err.contains("tiny.txt") && err.contains("no training tokens"), "{err}");
+        let err = run(
+            &[tiny],
+            &PrepareOptions {
+                val_fraction: 0.5,
+                ..opts
+            },
+        );
+        assert!(
+            err.contains("tiny.txt") && err.contains("no training tokens"),
+            "{err}"
+        );
     }
 }

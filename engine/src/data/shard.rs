@@ -14,7 +14,9 @@ use crate::error::{EngineError, Result};
 // The token view reinterprets the mapped bytes as `u16` in place, which is only correct when the
 // host byte order matches the file's.
 #[cfg(target_endian = "big")]
-compile_error!("convoy reads llm.c token shards (little-endian) in place and needs a little-endian target");
+compile_error!(
+    "convoy reads llm.c token shards (little-endian) in place and needs a little-endian target"
+);
 
 /// Identifies an llm.c token shard (`dev/data/data_common.py`).
 pub const SHARD_MAGIC: i32 = 20240520;
@@ -87,14 +89,24 @@ impl TokenShard {
             ));
         }
         let len = usize::try_from(count).map_err(|_| {
-            EngineError::data(path, format!("token shard header has a negative token count ({count})"))
+            EngineError::data(
+                path,
+                format!("token shard header has a negative token count ({count})"),
+            )
         })?;
         if len == 0 {
-            return Err(EngineError::data(path, "token shard is empty (header says 0 tokens)"));
+            return Err(EngineError::data(
+                path,
+                "token shard is empty (header says 0 tokens)",
+            ));
         }
         let expected = SHARD_HEADER_BYTES as u64 + 2 * len as u64;
         if size != expected {
-            let what = if size < expected { "truncated" } else { "trailing bytes after the tokens" };
+            let what = if size < expected {
+                "truncated"
+            } else {
+                "trailing bytes after the tokens"
+            };
             return Err(EngineError::data(
                 path,
                 format!(
@@ -106,7 +118,11 @@ impl TokenShard {
             // Unreachable in practice (maps are page-aligned), but `tokens` relies on it.
             return Err(EngineError::data(path, "memory map is not 2-byte aligned"));
         }
-        Ok(TokenShard { path: path.to_path_buf(), map, len })
+        Ok(TokenShard {
+            path: path.to_path_buf(),
+            map,
+            len,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -138,12 +154,19 @@ impl TokenShard {
 /// `path`.
 pub fn write_shard(path: &Path, tokens: &[u16]) -> Result<()> {
     if tokens.is_empty() {
-        return Err(EngineError::data(path, "refusing to write a token shard with no tokens"));
+        return Err(EngineError::data(
+            path,
+            "refusing to write a token shard with no tokens",
+        ));
     }
     let count = i32::try_from(tokens.len()).map_err(|_| {
         EngineError::data(
             path,
-            format!("{} tokens do not fit a shard header (at most {})", tokens.len(), i32::MAX),
+            format!(
+                "{} tokens do not fit a shard header (at most {})",
+                tokens.len(),
+                i32::MAX
+            ),
         )
     })?;
     write_atomically(path, |w| {
@@ -225,7 +248,10 @@ mod tests {
         assert_eq!(&bytes[4..8], &SHARD_VERSION.to_le_bytes());
         assert_eq!(&bytes[8..12], &5000i32.to_le_bytes());
         assert!(bytes[12..SHARD_HEADER_BYTES].iter().all(|&b| b == 0));
-        assert_eq!(&bytes[SHARD_HEADER_BYTES..SHARD_HEADER_BYTES + 2], &tokens[0].to_le_bytes());
+        assert_eq!(
+            &bytes[SHARD_HEADER_BYTES..SHARD_HEADER_BYTES + 2],
+            &tokens[0].to_le_bytes()
+        );
 
         let shard = TokenShard::open(&path).unwrap();
         assert_eq!(shard.len(), 5000);
@@ -242,7 +268,9 @@ mod tests {
         write_shard(&path, &[1, 2, 3]).unwrap();
         write_shard(&path, &[4, 5]).unwrap();
         assert_eq!(TokenShard::open(&path).unwrap().tokens(), &[4, 5]);
-        let err = write_shard(&dir.path().join("e.bin"), &[]).unwrap_err().to_string();
+        let err = write_shard(&dir.path().join("e.bin"), &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("e.bin") && err.contains("no tokens"), "{err}");
     }
 
@@ -251,10 +279,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = raw_shard(dir.path(), "m.bin", &[1234, 1, 2], &[1, 2]);
         let err = open_err(&p);
-        assert!(err.contains("m.bin") && err.contains("1234") && err.contains("20240520"), "{err}");
+        assert!(
+            err.contains("m.bin") && err.contains("1234") && err.contains("20240520"),
+            "{err}"
+        );
         let p = raw_shard(dir.path(), "model.bin", &[20240326, 3, 2], &[1, 2]);
         let err = open_err(&p);
-        assert!(err.contains("model checkpoint") && err.contains("20240326"), "{err}");
+        assert!(
+            err.contains("model checkpoint") && err.contains("20240326"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -262,7 +296,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = raw_shard(dir.path(), "v.bin", &[SHARD_MAGIC, 2, 2], &[1, 2]);
         let err = open_err(&p);
-        assert!(err.contains("v.bin") && err.contains("version 2") && err.contains("uint32"), "{err}");
+        assert!(
+            err.contains("v.bin") && err.contains("version 2") && err.contains("uint32"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -271,7 +308,10 @@ mod tests {
         let p = dir.path().join("short.bin");
         std::fs::write(&p, [0u8; 100]).unwrap();
         let err = open_err(&p);
-        assert!(err.contains("short.bin") && err.contains("100 bytes") && err.contains("header"), "{err}");
+        assert!(
+            err.contains("short.bin") && err.contains("100 bytes") && err.contains("header"),
+            "{err}"
+        );
         let p = dir.path().join("zero.bin");
         std::fs::write(&p, []).unwrap();
         assert!(open_err(&p).contains("0 bytes"));
@@ -280,14 +320,27 @@ mod tests {
     #[test]
     fn truncated() {
         let dir = tempfile::tempdir().unwrap();
-        let p = raw_shard(dir.path(), "t.bin", &[SHARD_MAGIC, SHARD_VERSION, 10], &[1, 2, 3]);
+        let p = raw_shard(
+            dir.path(),
+            "t.bin",
+            &[SHARD_MAGIC, SHARD_VERSION, 10],
+            &[1, 2, 3],
+        );
         let err = open_err(&p);
         assert!(
-            err.contains("t.bin") && err.contains("10 tokens") && err.contains("1044 bytes")
-                && err.contains("1030 bytes") && err.contains("truncated"),
+            err.contains("t.bin")
+                && err.contains("10 tokens")
+                && err.contains("1044 bytes")
+                && err.contains("1030 bytes")
+                && err.contains("truncated"),
             "{err}"
         );
-        let p = raw_shard(dir.path(), "long.bin", &[SHARD_MAGIC, SHARD_VERSION, 1], &[1, 2]);
+        let p = raw_shard(
+            dir.path(),
+            "long.bin",
+            &[SHARD_MAGIC, SHARD_VERSION, 1],
+            &[1, 2],
+        );
         assert!(open_err(&p).contains("trailing bytes"));
     }
 

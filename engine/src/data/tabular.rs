@@ -84,14 +84,19 @@ impl Tabular {
                     }
                 }
             }
-            labels.push(parse_label(&record[n_fields - 1]).map_err(|msg| {
-                row_err(format!("column {n_fields} (the label): {msg}"))
-            })?);
+            labels.push(
+                parse_label(&record[n_fields - 1])
+                    .map_err(|msg| row_err(format!("column {n_fields} (the label): {msg}")))?,
+            );
         }
         if labels.is_empty() {
             return Err(EngineError::data(path, "empty file: no rows"));
         }
-        Ok(Tabular { features, labels, n_features: n_fields - 1 })
+        Ok(Tabular {
+            features,
+            labels,
+            n_features: n_fields - 1,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -126,7 +131,11 @@ impl Tabular {
 
     fn select(&self, rows: &[usize]) -> Tabular {
         Tabular {
-            features: rows.iter().flat_map(|&i| self.feature_row(i)).copied().collect(),
+            features: rows
+                .iter()
+                .flat_map(|&i| self.feature_row(i))
+                .copied()
+                .collect(),
             labels: rows.iter().map(|&i| self.labels[i]).collect(),
             n_features: self.n_features,
         }
@@ -139,7 +148,9 @@ fn parse_label(field: &str) -> std::result::Result<u32, String> {
     }
     Err(match field.parse::<f64>() {
         Ok(v) if !v.is_finite() => format!("label {field} is not a finite number"),
-        Ok(v) if v < 0.0 => format!("label {field} is negative; labels are class indices 0, 1, 2, …"),
+        Ok(v) if v < 0.0 => {
+            format!("label {field} is negative; labels are class indices 0, 1, 2, …")
+        }
         Ok(v) if v.fract() != 0.0 => format!("label {field} is not an integer"),
         Ok(v) if v > f64::from(u32::MAX) => format!("label {field} is too large"),
         Ok(_) => format!("label {field} must be written as a plain integer"),
@@ -167,7 +178,10 @@ impl Standardizer {
                 *s += f64::from(x);
             }
         }
-        let mean: Vec<f64> = sum.iter().map(|s| if n == 0 { 0.0 } else { s / n as f64 }).collect();
+        let mean: Vec<f64> = sum
+            .iter()
+            .map(|s| if n == 0 { 0.0 } else { s / n as f64 })
+            .collect();
         let mut sq = vec![0f64; d];
         for i in 0..n {
             for ((s, &x), m) in sq.iter_mut().zip(data.feature_row(i)).zip(&mean) {
@@ -181,7 +195,10 @@ impl Standardizer {
                 if v > 0.0 { v as f32 } else { 1.0 }
             })
             .collect();
-        Standardizer { mean: mean.iter().map(|&m| m as f32).collect(), std }
+        Standardizer {
+            mean: mean.iter().map(|&m| m as f32).collect(),
+            std,
+        }
     }
 
     /// # Panics
@@ -221,7 +238,14 @@ pub struct TabularLoader {
 }
 
 impl TabularLoader {
-    pub fn new(data: Tabular, batch: usize, rank: usize, world: usize, shuffle: bool, seed: u64) -> Result<Self> {
+    pub fn new(
+        data: Tabular,
+        batch: usize,
+        rank: usize,
+        world: usize,
+        shuffle: bool,
+        seed: u64,
+    ) -> Result<Self> {
         if batch == 0 || world == 0 || rank >= world {
             return Err(EngineError::Spec(format!(
                 "data: need batch ≥ 1, world ≥ 1 and rank < world; got batch {batch}, rank {rank}, world {world}"
@@ -241,7 +265,11 @@ impl TabularLoader {
             world,
             shuffle,
             seed,
-            pos: LoaderPosition { epoch: 0, shard: 0, sample: 0 },
+            pos: LoaderPosition {
+                epoch: 0,
+                shard: 0,
+                sample: 0,
+            },
             order: Vec::new(),
         };
         loader.order = loader.order_for(0);
@@ -255,7 +283,11 @@ impl TabularLoader {
     /// If a buffer has the wrong length: a bug in the caller, not bad data.
     pub fn next_batch(&mut self, x: &mut [f32], y: &mut [u32]) {
         let d = self.data.n_features;
-        assert_eq!(x.len(), self.batch * d, "x buffer must hold batch·n_features values");
+        assert_eq!(
+            x.len(),
+            self.batch * d,
+            "x buffer must hold batch·n_features values"
+        );
         assert_eq!(y.len(), self.batch, "y buffer must hold batch labels");
         let start = (self.pos.sample * self.world + self.rank) * self.batch;
         let rows = &self.order[start..start + self.batch];
@@ -325,7 +357,9 @@ mod tests {
     }
 
     fn load_err(dir: &Path, text: &str) -> String {
-        Tabular::load_csv(&write(dir, "t.csv", text)).unwrap_err().to_string()
+        Tabular::load_csv(&write(dir, "t.csv", text))
+            .unwrap_err()
+            .to_string()
     }
 
     /// N rows, 2 features: row i is [i, -i] with label i % 3.
@@ -364,25 +398,37 @@ mod tests {
         let d = dir.path();
         let err = load_err(d, "1,2,0\n3,4,1\n5,1\n");
         assert!(
-            err.contains("t.csv: line 3:") && err.contains("expected 3 fields") && err.contains("found 2"),
+            err.contains("t.csv: line 3:")
+                && err.contains("expected 3 fields")
+                && err.contains("found 2"),
             "{err}"
         );
         let err = load_err(d, "1,2,0\n3,x,1\n");
-        assert!(err.contains("line 2: column 2: 'x' is not a finite number"), "{err}");
+        assert!(
+            err.contains("line 2: column 2: 'x' is not a finite number"),
+            "{err}"
+        );
         let err = load_err(d, "f1,f2,label\n1,2,0\n");
         assert!(err.contains("line 1: column 1: 'f1'"), "{err}");
         assert!(load_err(d, "1,2,nan\n").contains("label nan is not a finite number"));
         assert!(load_err(d, "1,2,cat\n").contains("label 'cat' is not a number"));
         assert!(load_err(d, "1,inf,0\n").contains("column 2"));
         assert!(load_err(d, "1,2,-1\n").contains("label -1 is negative"));
-        assert!(load_err(d, "1,2,0\n1,2,1.5\n").contains("line 2: column 3 (the label): label 1.5 is not an integer"));
+        assert!(
+            load_err(d, "1,2,0\n1,2,1.5\n")
+                .contains("line 2: column 3 (the label): label 1.5 is not an integer")
+        );
         assert!(load_err(d, "1,2,1.0\n").contains("plain integer"));
         assert!(load_err(d, "1\n").contains("at least one feature"));
         let err = load_err(d, "\n\n");
         assert!(err.contains("t.csv") && err.contains("empty file"), "{err}");
-        let err = Tabular::load_csv(&write(d, "bad.csv.gz", "not gzip")).unwrap_err().to_string();
+        let err = Tabular::load_csv(&write(d, "bad.csv.gz", "not gzip"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bad.csv.gz"), "{err}");
-        let err = Tabular::load_csv(&d.join("none.csv")).unwrap_err().to_string();
+        let err = Tabular::load_csv(&d.join("none.csv"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("none.csv"), "{err}");
     }
 
@@ -392,10 +438,19 @@ mod tests {
         let (train, val) = t.split(0.2, 5);
         assert_eq!((train.len(), val.len()), (80, 21)); // ceil(20.2) = 21
         let (train2, val2) = t.split(0.2, 5);
-        assert_eq!((&train.features, &val.labels), (&train2.features, &val2.labels));
+        assert_eq!(
+            (&train.features, &val.labels),
+            (&train2.features, &val2.labels)
+        );
         let (other, _) = t.split(0.2, 6);
         assert_ne!(other.features, train.features);
-        let mut rows: Vec<f32> = train.features.iter().chain(&val.features).step_by(2).copied().collect();
+        let mut rows: Vec<f32> = train
+            .features
+            .iter()
+            .chain(&val.features)
+            .step_by(2)
+            .copied()
+            .collect();
         rows.sort_by(f32::total_cmp);
         assert_eq!(rows, (0..101).map(|i| i as f32).collect::<Vec<_>>());
         // Labels travel with their rows.
@@ -418,7 +473,9 @@ mod tests {
         let n = train.len() as f64;
         let mut constant = 0;
         for j in 0..train.n_features {
-            let col: Vec<f64> = (0..train.len()).map(|i| f64::from(train.feature_row(i)[j])).collect();
+            let col: Vec<f64> = (0..train.len())
+                .map(|i| f64::from(train.feature_row(i)[j]))
+                .collect();
             let mean = col.iter().sum::<f64>() / n;
             let std = (col.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
             assert!(mean.abs() < 1e-4, "feature {j}: mean {mean}");
@@ -428,7 +485,10 @@ mod tests {
                 assert!((std - 1.0).abs() < 1e-3, "feature {j}: std {std}");
             }
         }
-        assert!(constant >= 1, "digits has constant pixels; they must map to 0, not NaN");
+        assert!(
+            constant >= 1,
+            "digits has constant pixels; they must map to 0, not NaN"
+        );
         assert!(val.features.iter().all(|x| x.is_finite()));
         let json = serde_json::to_string(&s).unwrap();
         let back: Standardizer = serde_json::from_str(&json).unwrap();
@@ -446,15 +506,31 @@ mod tests {
     #[test]
     fn loader_rank_slices_without_shuffle() {
         // 14 rows, batch 2, world 3: global batch 6, 2 batches per epoch, 2 rows unused.
-        let mut loaders: Vec<TabularLoader> =
-            (0..3).map(|r| TabularLoader::new(synthetic(14), 2, r, 3, false, 0).unwrap()).collect();
+        let mut loaders: Vec<TabularLoader> = (0..3)
+            .map(|r| TabularLoader::new(synthetic(14), 2, r, 3, false, 0).unwrap())
+            .collect();
         assert_eq!(loaders[0].batches_per_epoch(), 2);
         for step in 0..5 {
             for (r, l) in loaders.iter_mut().enumerate() {
-                assert_eq!(l.position(), LoaderPosition { epoch: step / 2, shard: 0, sample: step as usize % 2 });
+                assert_eq!(
+                    l.position(),
+                    LoaderPosition {
+                        epoch: step / 2,
+                        shard: 0,
+                        sample: step as usize % 2
+                    }
+                );
                 let (x, y) = take(l);
                 let first = (step as usize % 2) * 6 + r * 2;
-                assert_eq!(x, [first as f32, -(first as f32), first as f32 + 1.0, -(first as f32) - 1.0]);
+                assert_eq!(
+                    x,
+                    [
+                        first as f32,
+                        -(first as f32),
+                        first as f32 + 1.0,
+                        -(first as f32) - 1.0
+                    ]
+                );
                 assert_eq!(y, [(first % 3) as u32, ((first + 1) % 3) as u32]);
             }
         }
@@ -462,8 +538,9 @@ mod tests {
 
     #[test]
     fn loader_shuffle_ranks_partition_each_epoch() {
-        let mut loaders: Vec<TabularLoader> =
-            (0..2).map(|r| TabularLoader::new(synthetic(12), 3, r, 2, true, 9).unwrap()).collect();
+        let mut loaders: Vec<TabularLoader> = (0..2)
+            .map(|r| TabularLoader::new(synthetic(12), 3, r, 2, true, 9).unwrap())
+            .collect();
         let mut epochs = Vec::new();
         for _ in 0..2 {
             let mut seen = Vec::new();
@@ -502,12 +579,36 @@ mod tests {
 
     #[test]
     fn loader_rejects_bad_setups_and_positions() {
-        let err = TabularLoader::new(synthetic(5), 3, 0, 2, false, 0).err().unwrap().to_string();
+        let err = TabularLoader::new(synthetic(5), 3, 0, 2, false, 0)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("5 rows") && err.contains("= 6 rows"), "{err}");
         assert!(TabularLoader::new(synthetic(5), 1, 2, 2, false, 0).is_err());
         let mut l = TabularLoader::new(synthetic(10), 2, 0, 1, false, 0).unwrap();
-        assert!(l.set_position(LoaderPosition { epoch: 0, shard: 1, sample: 0 }).is_err());
-        assert!(l.set_position(LoaderPosition { epoch: 0, shard: 0, sample: 5 }).is_err());
-        assert!(l.set_position(LoaderPosition { epoch: 3, shard: 0, sample: 4 }).is_ok());
+        assert!(
+            l.set_position(LoaderPosition {
+                epoch: 0,
+                shard: 1,
+                sample: 0
+            })
+            .is_err()
+        );
+        assert!(
+            l.set_position(LoaderPosition {
+                epoch: 0,
+                shard: 0,
+                sample: 5
+            })
+            .is_err()
+        );
+        assert!(
+            l.set_position(LoaderPosition {
+                epoch: 3,
+                shard: 0,
+                sample: 4
+            })
+            .is_ok()
+        );
     }
 }

@@ -29,7 +29,9 @@ pub struct Tokenizer {
 
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tokenizer").field("kind", &self.kind).finish()
+        f.debug_struct("Tokenizer")
+            .field("kind", &self.kind)
+            .finish()
     }
 }
 
@@ -155,7 +157,13 @@ mod tests {
 
     #[test]
     fn kind_serializes_lowercase() {
-        assert_eq!(serde_json::to_string(&TokenizerKind::Gpt2).unwrap(), "\"gpt2\"");
-        assert_eq!(serde_json::from_str::<TokenizerKind>("\"byte\"").unwrap(), TokenizerKind::Byte);
+        assert_eq!(
+            serde_json::to_string(&TokenizerKind::Gpt2).unwrap(),
+            "\"gpt2\""
+        );
+        assert_eq!(
+            serde_json::from_str::<TokenizerKind>("\"byte\"").unwrap(),
+            TokenizerKind::Byte
+        );
     }
 }

@@ -112,7 +112,12 @@ impl Tensor {
     fn is_matrix(self) -> bool {
         matches!(
             self,
-            Tensor::Wte | Tensor::Wpe | Tensor::Qkvw | Tensor::Attprojw | Tensor::Fcw | Tensor::Fcprojw
+            Tensor::Wte
+                | Tensor::Wpe
+                | Tensor::Qkvw
+                | Tensor::Attprojw
+                | Tensor::Fcw
+                | Tensor::Fcprojw
         )
     }
 }
@@ -120,11 +125,21 @@ impl Tensor {
 impl GptConfig {
     /// The shape of a tensor (per-layer tensors with the layer dimension first).
     pub fn shape(&self, t: Tensor) -> Vec<usize> {
-        let (v, c, l, p) = (self.padded_vocab_size, self.channels, self.n_layer, self.max_seq_len);
+        let (v, c, l, p) = (
+            self.padded_vocab_size,
+            self.channels,
+            self.n_layer,
+            self.max_seq_len,
+        );
         match t {
             Tensor::Wte => vec![v, c],
             Tensor::Wpe => vec![p, c],
-            Tensor::Ln1w | Tensor::Ln1b | Tensor::Attprojb | Tensor::Ln2w | Tensor::Ln2b | Tensor::Fcprojb => {
+            Tensor::Ln1w
+            | Tensor::Ln1b
+            | Tensor::Attprojb
+            | Tensor::Ln2w
+            | Tensor::Ln2b
+            | Tensor::Fcprojb => {
                 vec![l, c]
             }
             Tensor::Qkvw => vec![l, 3 * c, c],
@@ -147,7 +162,11 @@ impl GptConfig {
 
     /// Where a tensor lives in the flat parameter buffer.
     pub fn range(&self, t: Tensor) -> Range<usize> {
-        let start: usize = TENSORS.iter().take_while(|&&x| x != t).map(|&x| self.tensor_len(x)).sum();
+        let start: usize = TENSORS
+            .iter()
+            .take_while(|&&x| x != t)
+            .map(|&x| self.tensor_len(x))
+            .sum();
         start..start + self.tensor_len(t)
     }
 
@@ -244,7 +263,11 @@ impl Gpt {
 
     /// A model with the given flat parameters (llm.c order). The length must match `cfg`.
     pub fn from_params(cfg: GptConfig, params: Vec<f32>) -> Gpt {
-        assert_eq!(params.len(), cfg.num_params(), "parameter buffer does not match the config");
+        assert_eq!(
+            params.len(),
+            cfg.num_params(),
+            "parameter buffer does not match the config"
+        );
         let grads = vec![0.0; params.len()];
         Gpt {
             cfg,
@@ -270,7 +293,13 @@ impl Gpt {
     }
 
     fn ensure_buffers(&mut self, b: usize, t: usize, training: bool) {
-        let GptConfig { n_layer: l, n_head: nh, channels: c, padded_vocab_size: vp, .. } = self.cfg;
+        let GptConfig {
+            n_layer: l,
+            n_head: nh,
+            channels: c,
+            padded_vocab_size: vp,
+            ..
+        } = self.cfg;
         let (btc, bt, att) = (b * t * c, b * t, b * nh * t * t);
         let a = &mut self.acts;
         for (v, len) in [
@@ -334,9 +363,19 @@ impl Gpt {
         let cfg = self.cfg;
         let (c, bt, vp) = (cfg.channels, b * t, cfg.padded_vocab_size);
         let a = &mut self.acts;
-        matmul::matmul_forward(&mut a.logits[..bt * vp], &a.lnf[..bt * c], &self.params[cfg.range(Tensor::Wte)], None, bt, c, vp);
+        matmul::matmul_forward(
+            &mut a.logits[..bt * vp],
+            &a.lnf[..bt * c],
+            &self.params[cfg.range(Tensor::Wte)],
+            None,
+            bt,
+            c,
+            vp,
+        );
         self.has_dlogits = false;
-        let Some(targets) = targets else { return (0.0, 0) };
+        let Some(targets) = targets else {
+            return (0.0, 0);
+        };
         assert_eq!(targets.len(), bt);
         let counted = targets.iter().filter(|&&x| x != IGNORE_INDEX).count();
         let dlogits = match grad_scale {
@@ -366,7 +405,15 @@ impl Gpt {
         let (c, vp) = (cfg.channels, cfg.padded_vocab_size);
         let a = &mut self.acts;
         let last = &a.lnf[(t - 1) * c..t * c];
-        matmul::matmul_forward(&mut a.logits[..vp], last, &self.params[cfg.range(Tensor::Wte)], None, 1, c, vp);
+        matmul::matmul_forward(
+            &mut a.logits[..vp],
+            last,
+            &self.params[cfg.range(Tensor::Wte)],
+            None,
+            1,
+            c,
+            vp,
+        );
         self.has_dlogits = false;
         &a.logits[..cfg.vocab_size]
     }
@@ -374,7 +421,11 @@ impl Gpt {
     /// Everything up to and including the final LayerNorm.
     fn forward_hidden(&mut self, inputs: &[u32], b: usize, t: usize, training: bool) {
         let cfg = self.cfg;
-        assert!(t <= cfg.max_seq_len, "sequence length {t} exceeds the context {}", cfg.max_seq_len);
+        assert!(
+            t <= cfg.max_seq_len,
+            "sequence length {t} exceeds the context {}",
+            cfg.max_seq_len
+        );
         assert_eq!(inputs.len(), b * t);
         self.ensure_buffers(b, t, training);
         let (c, nh, bt) = (cfg.channels, cfg.n_head, b * t);
@@ -383,11 +434,23 @@ impl Gpt {
         let w = |x: Tensor, l: usize| &p[cfg.layer_range(x, l)];
         let a = &mut self.acts;
 
-        encoder::encoder_forward(&mut a.encoded[..btc], inputs, &p[cfg.range(Tensor::Wte)], &p[cfg.range(Tensor::Wpe)], b, t, c);
+        encoder::encoder_forward(
+            &mut a.encoded[..btc],
+            inputs,
+            &p[cfg.range(Tensor::Wte)],
+            &p[cfg.range(Tensor::Wpe)],
+            b,
+            t,
+            c,
+        );
         for l in 0..cfg.n_layer {
             let lc = l * btc..(l + 1) * btc;
             let lm = l * bt..(l + 1) * bt;
-            let residual = if l == 0 { &a.encoded[..btc] } else { &a.residual3[(l - 1) * btc..l * btc] };
+            let residual = if l == 0 {
+                &a.encoded[..btc]
+            } else {
+                &a.residual3[(l - 1) * btc..l * btc]
+            };
             layernorm::layernorm_forward(
                 &mut a.ln1[lc.clone()],
                 &mut a.ln1_mean[lm.clone()],
@@ -399,7 +462,15 @@ impl Gpt {
                 c,
             );
             let qkv = &mut a.qkv[3 * l * btc..3 * (l + 1) * btc];
-            matmul::matmul_forward(qkv, &a.ln1[lc.clone()], w(Tensor::Qkvw, l), Some(w(Tensor::Qkvb, l)), bt, c, 3 * c);
+            matmul::matmul_forward(
+                qkv,
+                &a.ln1[lc.clone()],
+                w(Tensor::Qkvw, l),
+                Some(w(Tensor::Qkvb, l)),
+                bt,
+                c,
+                3 * c,
+            );
             let la = l * att_len..(l + 1) * att_len;
             attention::attention_forward(
                 &mut a.atty[lc.clone()],
@@ -420,7 +491,11 @@ impl Gpt {
                 c,
                 c,
             );
-            let residual = if l == 0 { &a.encoded[..btc] } else { &a.residual3[(l - 1) * btc..l * btc] };
+            let residual = if l == 0 {
+                &a.encoded[..btc]
+            } else {
+                &a.residual3[(l - 1) * btc..l * btc]
+            };
             residual::residual_forward(&mut a.residual2[lc.clone()], residual, &a.proj[..btc]);
             layernorm::layernorm_forward(
                 &mut a.ln2[lc.clone()],
@@ -433,7 +508,15 @@ impl Gpt {
                 c,
             );
             let l4 = 4 * l * btc..4 * (l + 1) * btc;
-            matmul::matmul_forward(&mut a.fch[l4.clone()], &a.ln2[lc.clone()], w(Tensor::Fcw, l), Some(w(Tensor::Fcb, l)), bt, c, 4 * c);
+            matmul::matmul_forward(
+                &mut a.fch[l4.clone()],
+                &a.ln2[lc.clone()],
+                w(Tensor::Fcw, l),
+                Some(w(Tensor::Fcb, l)),
+                bt,
+                c,
+                4 * c,
+            );
             activation::gelu_forward(&mut a.fch_gelu[l4.clone()], &a.fch[l4.clone()]);
             matmul::matmul_forward(
                 &mut a.proj[..btc],
@@ -444,7 +527,11 @@ impl Gpt {
                 4 * c,
                 c,
             );
-            residual::residual_forward(&mut a.residual3[lc.clone()], &a.residual2[lc], &a.proj[..btc]);
+            residual::residual_forward(
+                &mut a.residual3[lc.clone()],
+                &a.residual2[lc],
+                &a.proj[..btc],
+            );
         }
         let last = (cfg.n_layer - 1) * btc..cfg.n_layer * btc;
         layernorm::layernorm_forward(
@@ -464,7 +551,10 @@ impl Gpt {
     /// calling `hook` as each bucket of [`Model::grad_buckets`] becomes final.
     pub fn backward(&mut self, inputs: &[u32], hook: BucketHook<'_>) -> crate::Result<()> {
         let (b, t) = self.shape.expect("forward must run before backward");
-        assert!(self.has_dlogits, "backward needs a forward with targets and grad_scale");
+        assert!(
+            self.has_dlogits,
+            "backward needs a forward with targets and grad_scale"
+        );
         let cfg = self.cfg;
         let (c, nh, bt, vp) = (cfg.channels, cfg.n_head, b * t, cfg.padded_vocab_size);
         let (btc, att_len) = (bt * c, b * nh * t * t);
@@ -480,7 +570,17 @@ impl Gpt {
         dln.fill(0.0);
         {
             let dwte = &mut g[cfg.range(Tensor::Wte)];
-            matmul::matmul_backward(dln, dwte, None, &s.dlogits[..bt * vp], &a.lnf[..btc], &p[cfg.range(Tensor::Wte)], bt, c, vp);
+            matmul::matmul_backward(
+                dln,
+                dwte,
+                None,
+                &s.dlogits[..bt * vp],
+                &a.lnf[..btc],
+                &p[cfg.range(Tensor::Wte)],
+                bt,
+                c,
+                vp,
+            );
         }
         let dres = &mut s.dresidual[..btc];
         dres.fill(0.0);
@@ -508,14 +608,32 @@ impl Gpt {
             let l4 = 4 * l * btc..4 * (l + 1) * btc;
             let la = l * att_len..(l + 1) * att_len;
             let w = |x: Tensor| &p[cfg.layer_range(x, l)];
-            let residual = if l == 0 { &a.encoded[..btc] } else { &a.residual3[(l - 1) * btc..l * btc] };
+            let residual = if l == 0 {
+                &a.encoded[..btc]
+            } else {
+                &a.residual3[(l - 1) * btc..l * btc]
+            };
 
             // MLP block: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2)))).
             let dfch_gelu = &mut s.dfch_gelu[..4 * btc];
             dfch_gelu.fill(0.0);
             {
-                let (dw, db) = split_pair(g, cfg.layer_range(Tensor::Fcprojw, l), cfg.layer_range(Tensor::Fcprojb, l));
-                matmul::matmul_backward(dfch_gelu, dw, Some(db), &s.dresidual[..btc], &a.fch_gelu[l4.clone()], w(Tensor::Fcprojw), bt, 4 * c, c);
+                let (dw, db) = split_pair(
+                    g,
+                    cfg.layer_range(Tensor::Fcprojw, l),
+                    cfg.layer_range(Tensor::Fcprojb, l),
+                );
+                matmul::matmul_backward(
+                    dfch_gelu,
+                    dw,
+                    Some(db),
+                    &s.dresidual[..btc],
+                    &a.fch_gelu[l4.clone()],
+                    w(Tensor::Fcprojw),
+                    bt,
+                    4 * c,
+                    c,
+                );
             }
             let dfch = &mut s.dfch[..4 * btc];
             dfch.fill(0.0);
@@ -523,11 +641,29 @@ impl Gpt {
             let dln = &mut s.dln[..btc];
             dln.fill(0.0);
             {
-                let (dw, db) = split_pair(g, cfg.layer_range(Tensor::Fcw, l), cfg.layer_range(Tensor::Fcb, l));
-                matmul::matmul_backward(dln, dw, Some(db), &s.dfch[..4 * btc], &a.ln2[lc.clone()], w(Tensor::Fcw), bt, c, 4 * c);
+                let (dw, db) = split_pair(
+                    g,
+                    cfg.layer_range(Tensor::Fcw, l),
+                    cfg.layer_range(Tensor::Fcb, l),
+                );
+                matmul::matmul_backward(
+                    dln,
+                    dw,
+                    Some(db),
+                    &s.dfch[..4 * btc],
+                    &a.ln2[lc.clone()],
+                    w(Tensor::Fcw),
+                    bt,
+                    c,
+                    4 * c,
+                );
             }
             {
-                let (dw, db) = split_pair(g, cfg.layer_range(Tensor::Ln2w, l), cfg.layer_range(Tensor::Ln2b, l));
+                let (dw, db) = split_pair(
+                    g,
+                    cfg.layer_range(Tensor::Ln2w, l),
+                    cfg.layer_range(Tensor::Ln2b, l),
+                );
                 layernorm::layernorm_backward(
                     &mut s.dresidual[..btc],
                     dw,
@@ -546,8 +682,22 @@ impl Gpt {
             let datty = &mut s.datty[..btc];
             datty.fill(0.0);
             {
-                let (dw, db) = split_pair(g, cfg.layer_range(Tensor::Attprojw, l), cfg.layer_range(Tensor::Attprojb, l));
-                matmul::matmul_backward(datty, dw, Some(db), &s.dresidual[..btc], &a.atty[lc.clone()], w(Tensor::Attprojw), bt, c, c);
+                let (dw, db) = split_pair(
+                    g,
+                    cfg.layer_range(Tensor::Attprojw, l),
+                    cfg.layer_range(Tensor::Attprojb, l),
+                );
+                matmul::matmul_backward(
+                    datty,
+                    dw,
+                    Some(db),
+                    &s.dresidual[..btc],
+                    &a.atty[lc.clone()],
+                    w(Tensor::Attprojw),
+                    bt,
+                    c,
+                    c,
+                );
             }
             let dqkv = &mut s.dqkv[..3 * btc];
             dqkv.fill(0.0);
@@ -566,11 +716,29 @@ impl Gpt {
             let dln = &mut s.dln[..btc];
             dln.fill(0.0);
             {
-                let (dw, db) = split_pair(g, cfg.layer_range(Tensor::Qkvw, l), cfg.layer_range(Tensor::Qkvb, l));
-                matmul::matmul_backward(dln, dw, Some(db), &s.dqkv[..3 * btc], &a.ln1[lc], w(Tensor::Qkvw), bt, c, 3 * c);
+                let (dw, db) = split_pair(
+                    g,
+                    cfg.layer_range(Tensor::Qkvw, l),
+                    cfg.layer_range(Tensor::Qkvb, l),
+                );
+                matmul::matmul_backward(
+                    dln,
+                    dw,
+                    Some(db),
+                    &s.dqkv[..3 * btc],
+                    &a.ln1[lc],
+                    w(Tensor::Qkvw),
+                    bt,
+                    c,
+                    3 * c,
+                );
             }
             {
-                let (dw, db) = split_pair(g, cfg.layer_range(Tensor::Ln1w, l), cfg.layer_range(Tensor::Ln1b, l));
+                let (dw, db) = split_pair(
+                    g,
+                    cfg.layer_range(Tensor::Ln1w, l),
+                    cfg.layer_range(Tensor::Ln1b, l),
+                );
                 layernorm::layernorm_backward(
                     &mut s.dresidual[..btc],
                     dw,
@@ -607,7 +775,8 @@ impl Gpt {
 }
 
 fn next_bucket<'a>(it: &mut std::slice::Iter<'a, Bucket>) -> &'a Bucket {
-    it.next().expect("the backward pass and grad_buckets agree on the bucket count")
+    it.next()
+        .expect("the backward pass and grad_buckets agree on the bucket count")
 }
 
 /// Two disjoint mutable ranges of one buffer, for kernels that write a weight and a bias grad.
@@ -649,7 +818,11 @@ impl Model for Gpt {
     fn param_groups(&self) -> Vec<ParamGroup> {
         TENSORS
             .iter()
-            .map(|&t| ParamGroup { name: t.name(), range: self.cfg.range(t), is_matrix: t.is_matrix() })
+            .map(|&t| ParamGroup {
+                name: t.name(),
+                range: self.cfg.range(t),
+                is_matrix: t.is_matrix(),
+            })
             .collect()
     }
     fn grad_buckets(&self) -> Vec<Bucket> {

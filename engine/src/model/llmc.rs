@@ -14,24 +14,55 @@ const HEADER_INTS: usize = 256;
 
 /// Reads a checkpoint: its config and the flat parameters in llm.c's order.
 pub fn read(path: &Path) -> Result<(GptConfig, Vec<f32>)> {
-    let bad = |msg: String| EngineError::Checkpoint { path: path.to_path_buf(), msg };
+    let bad = |msg: String| EngineError::Checkpoint {
+        path: path.to_path_buf(),
+        msg,
+    };
     let mut file = std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?;
     let file_len = file.metadata().map_err(|e| EngineError::io(path, e))?.len();
     let mut header = [0u8; HEADER_INTS * 4];
-    file.read_exact(&mut header)
-        .map_err(|_| bad(format!("file is {file_len} bytes, shorter than the 1024-byte llm.c header")))?;
-    let h = |i: usize| i32::from_le_bytes([header[4 * i], header[4 * i + 1], header[4 * i + 2], header[4 * i + 3]]);
+    file.read_exact(&mut header).map_err(|_| {
+        bad(format!(
+            "file is {file_len} bytes, shorter than the 1024-byte llm.c header"
+        ))
+    })?;
+    let h = |i: usize| {
+        i32::from_le_bytes([
+            header[4 * i],
+            header[4 * i + 1],
+            header[4 * i + 2],
+            header[4 * i + 3],
+        ])
+    };
     if h(0) != MODEL_MAGIC {
-        let hint = if h(0) == 20240520 { " (this is a token shard, not a model)" } else { "" };
-        return Err(bad(format!("bad magic {}: expected {MODEL_MAGIC} for an llm.c GPT-2 model{hint}", h(0))));
+        let hint = if h(0) == 20240520 {
+            " (this is a token shard, not a model)"
+        } else {
+            ""
+        };
+        return Err(bad(format!(
+            "bad magic {}: expected {MODEL_MAGIC} for an llm.c GPT-2 model{hint}",
+            h(0)
+        )));
     }
     match h(1) {
         MODEL_VERSION_FP32 => {}
-        5 => return Err(bad("version 5 (bf16) is not supported; export an fp32 (version 3) checkpoint".into())),
-        v => return Err(bad(format!("unsupported version {v}: expected {MODEL_VERSION_FP32} (fp32)"))),
+        5 => {
+            return Err(bad(
+                "version 5 (bf16) is not supported; export an fp32 (version 3) checkpoint".into(),
+            ));
+        }
+        v => {
+            return Err(bad(format!(
+                "unsupported version {v}: expected {MODEL_VERSION_FP32} (fp32)"
+            )));
+        }
     }
     let dim = |i: usize, name: &str| -> Result<usize> {
-        usize::try_from(h(i)).ok().filter(|&d| d > 0).ok_or_else(|| bad(format!("header {name} = {} is not positive", h(i))))
+        usize::try_from(h(i))
+            .ok()
+            .filter(|&d| d > 0)
+            .ok_or_else(|| bad(format!("header {name} = {} is not positive", h(i))))
     };
     let cfg = GptConfig {
         max_seq_len: dim(2, "max_seq_len")?,
@@ -52,8 +83,12 @@ pub fn read(path: &Path) -> Result<(GptConfig, Vec<f32>)> {
         )));
     }
     let mut bytes = vec![0u8; n * 4];
-    file.read_exact(&mut bytes).map_err(|e| EngineError::io(path, e))?;
-    let params = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    file.read_exact(&mut bytes)
+        .map_err(|e| EngineError::io(path, e))?;
+    let params = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
     Ok((cfg, params))
 }
 
@@ -98,7 +133,11 @@ pub fn check_matches(path: &Path, found: &GptConfig, wanted: &GptConfig) -> Resu
         ("n_embd", found.channels, wanted.channels),
         ("context", found.max_seq_len, wanted.max_seq_len),
         ("vocab_size", found.vocab_size, wanted.vocab_size),
-        ("padded_vocab_size", found.padded_vocab_size, wanted.padded_vocab_size),
+        (
+            "padded_vocab_size",
+            found.padded_vocab_size,
+            wanted.padded_vocab_size,
+        ),
     ];
     for (name, f, w) in fields {
         if f != w {
@@ -116,7 +155,14 @@ mod tests {
     use super::*;
 
     fn tiny() -> GptConfig {
-        GptConfig { max_seq_len: 8, vocab_size: 10, padded_vocab_size: 16, n_layer: 2, n_head: 2, channels: 4 }
+        GptConfig {
+            max_seq_len: 8,
+            vocab_size: 10,
+            padded_vocab_size: 16,
+            n_layer: 2,
+            n_head: 2,
+            channels: 4,
+        }
     }
 
     #[test]
@@ -140,7 +186,10 @@ mod tests {
         shard[..4].copy_from_slice(&20240520i32.to_le_bytes());
         std::fs::write(&path, &shard).unwrap();
         let err = read(&path).unwrap_err().to_string();
-        assert!(err.contains("bad magic") && err.contains("token shard"), "{err}");
+        assert!(
+            err.contains("bad magic") && err.contains("token shard"),
+            "{err}"
+        );
         // Config mismatch names the field.
         let other = GptConfig { n_layer: 3, ..cfg };
         let err = check_matches(&path, &cfg, &other).unwrap_err().to_string();

@@ -303,7 +303,10 @@ pub struct EvalSpec {
 
 impl Default for EvalSpec {
     fn default() -> Self {
-        EvalSpec { interval: 0, batches: defaults::eval_batches() }
+        EvalSpec {
+            interval: 0,
+            batches: defaults::eval_batches(),
+        }
     }
 }
 
@@ -388,7 +391,8 @@ impl JobSpec {
                 .unwrap_or_default();
             EngineError::Spec(format!("{origin}{at}: {}", e.message().trim()))
         })?;
-        spec.validate().map_err(|msg| EngineError::Spec(format!("{origin}: {msg}")))?;
+        spec.validate()
+            .map_err(|msg| EngineError::Spec(format!("{origin}: {msg}")))?;
         Ok(spec)
     }
 
@@ -398,7 +402,10 @@ impl JobSpec {
     pub fn load(path: &Path) -> Result<JobSpec> {
         let text = std::fs::read_to_string(path).map_err(|e| EngineError::io(path, e))?;
         let mut spec = JobSpec::parse(&text, &path.display().to_string())?;
-        let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         let base = std::fs::canonicalize(base).map_err(|e| EngineError::io(base, e))?;
         spec.resolve_paths(&base);
         Ok(spec)

@@ -8,42 +8,76 @@ fn check(ok: bool, msg: impl FnOnce() -> String) -> Result<(), String> {
 }
 
 fn fraction(field: &str, v: f64) -> Result<(), String> {
-    check((0.0..1.0).contains(&v), || format!("{field} = {v}: must be in [0, 1)"))
+    check((0.0..1.0).contains(&v), || {
+        format!("{field} = {v}: must be in [0, 1)")
+    })
 }
 
 impl JobSpec {
     /// Checks every value against what the engine supports; the `Err` is a one-line message.
     pub fn validate(&self) -> Result<(), String> {
-        check(!self.name.trim().is_empty(), || "name = \"\": must not be empty".into())?;
-        check(self.name.len() <= 128, || format!("name is {} characters long: at most 128 allowed", self.name.len()))?;
+        check(!self.name.trim().is_empty(), || {
+            "name = \"\": must not be empty".into()
+        })?;
+        check(self.name.len() <= 128, || {
+            format!(
+                "name is {} characters long: at most 128 allowed",
+                self.name.len()
+            )
+        })?;
         check(self.steps >= 1, || "steps = 0: must be at least 1".into())?;
-        check(self.batch_size >= 1, || "batch_size = 0: must be at least 1".into())?;
-        check(self.grad_accum >= 1, || "grad_accum = 0: must be at least 1".into())?;
+        check(self.batch_size >= 1, || {
+            "batch_size = 0: must be at least 1".into()
+        })?;
+        check(self.grad_accum >= 1, || {
+            "grad_accum = 0: must be at least 1".into()
+        })?;
         check((1..=4096).contains(&self.world_size), || {
-            format!("world_size = {}: must be between 1 and 4096", self.world_size)
+            format!(
+                "world_size = {}: must be between 1 and 4096",
+                self.world_size
+            )
         })?;
         if let Some(t) = self.threads {
-            check(t >= 1, || "threads = 0: must be at least 1 (or left out to use every core)".into())?;
+            check(t >= 1, || {
+                "threads = 0: must be at least 1 (or left out to use every core)".into()
+            })?;
         }
         self.validate_model()?;
         self.validate_data()?;
         self.validate_optimizer()?;
         let s = &self.schedule;
         check(s.warmup_steps <= self.steps, || {
-            format!("schedule.warmup_steps = {}: must not exceed steps = {}", s.warmup_steps, self.steps)
+            format!(
+                "schedule.warmup_steps = {}: must not exceed steps = {}",
+                s.warmup_steps, self.steps
+            )
         })?;
         check((0.0..=1.0).contains(&s.min_lr_ratio), || {
-            format!("schedule.min_lr_ratio = {}: must be in [0, 1]", s.min_lr_ratio)
+            format!(
+                "schedule.min_lr_ratio = {}: must be in [0, 1]",
+                s.min_lr_ratio
+            )
         })?;
-        check(self.eval.batches >= 1, || "eval.batches = 0: must be at least 1".into())?;
+        check(self.eval.batches >= 1, || {
+            "eval.batches = 0: must be at least 1".into()
+        })?;
         if let Some(sample) = &self.sample {
             check(matches!(self.model, ModelSpec::Gpt(_)), || {
                 "[sample] applies to language models (model.kind = \"gpt\") only".into()
             })?;
-            check(sample.tokens >= 1, || "sample.tokens = 0: must be at least 1".into())?;
-            check(sample.temperature.is_finite() && sample.temperature > 0.0, || {
-                format!("sample.temperature = {}: must be a positive number", sample.temperature)
+            check(sample.tokens >= 1, || {
+                "sample.tokens = 0: must be at least 1".into()
             })?;
+            check(
+                sample.temperature.is_finite() && sample.temperature > 0.0,
+                || {
+                    format!(
+                        "sample.temperature = {}: must be a positive number",
+                        sample.temperature
+                    )
+                },
+            )?;
         }
         Ok(())
     }
@@ -51,40 +85,57 @@ impl JobSpec {
     fn validate_model(&self) -> Result<(), String> {
         match &self.model {
             ModelSpec::Gpt(g) => {
-                check(g.n_layer >= 1, || "model.n_layer = 0: must be at least 1".into())?;
-                check(g.n_head >= 1, || "model.n_head = 0: must be at least 1".into())?;
+                check(g.n_layer >= 1, || {
+                    "model.n_layer = 0: must be at least 1".into()
+                })?;
+                check(g.n_head >= 1, || {
+                    "model.n_head = 0: must be at least 1".into()
+                })?;
                 check(g.n_embd >= 1 && g.n_embd % g.n_head == 0, || {
                     format!(
                         "model.n_embd = {}: must be a positive multiple of model.n_head = {}",
                         g.n_embd, g.n_head
                     )
                 })?;
-                check(g.context >= 1, || "model.context = 0: must be at least 1".into())?;
+                check(g.context >= 1, || {
+                    "model.context = 0: must be at least 1".into()
+                })?;
                 let seq_len = self.seq_len.ok_or_else(|| {
                     "seq_len is missing: a GPT job needs the tokens per sequence (at most model.context)".to_string()
                 })?;
                 check((1..=g.context).contains(&seq_len), || {
-                    format!("seq_len = {seq_len}: must be between 1 and model.context = {}", g.context)
+                    format!(
+                        "seq_len = {seq_len}: must be between 1 and model.context = {}",
+                        g.context
+                    )
                 })?;
                 if let Some(tok) = self.tokenizer() {
                     let need = super::tokenizer_vocab(tok);
                     if let Some(v) = g.vocab_size {
                         check(v >= need, || {
-                            format!("model.vocab_size = {v}: the {tok:?} tokenizer needs at least {need}")
+                            format!(
+                                "model.vocab_size = {v}: the {tok:?} tokenizer needs at least {need}"
+                            )
                         })?;
                     }
                 }
                 if let (Some(p), Some(v)) = (g.padded_vocab_size, self.gpt_vocab_size()) {
                     check(p >= v, || {
-                        format!("model.padded_vocab_size = {p}: must be at least the vocabulary size {v}")
+                        format!(
+                            "model.padded_vocab_size = {p}: must be at least the vocabulary size {v}"
+                        )
                     })?;
                 }
             }
             ModelSpec::Mlp(m) => {
                 if let Some(i) = m.hidden.iter().position(|&h| h == 0) {
-                    return Err(format!("model.hidden[{i}] = 0: every hidden layer needs at least 1 unit"));
+                    return Err(format!(
+                        "model.hidden[{i}] = 0: every hidden layer needs at least 1 unit"
+                    ));
                 }
-                check(self.seq_len.is_none(), || "seq_len applies to GPT models only; remove it".into())?;
+                check(self.seq_len.is_none(), || {
+                    "seq_len applies to GPT models only; remove it".into()
+                })?;
                 check(self.init_from.is_none(), || {
                     "init_from supports GPT models (llm.c checkpoint files) only".into()
                 })?;
@@ -103,7 +154,9 @@ impl JobSpec {
                 check(is_gpt, || {
                     "data.kind = \"text\" needs model.kind = \"gpt\" (an MLP reads data.kind = \"csv\")".into()
                 })?;
-                check(!t.files.is_empty(), || "data.files = []: name at least one text file".into())?;
+                check(!t.files.is_empty(), || {
+                    "data.files = []: name at least one text file".into()
+                })?;
                 fraction("data.val_fraction", t.val_fraction)
             }
             DataSpec::Csv(c) => {
@@ -118,31 +171,59 @@ impl JobSpec {
 
     fn validate_optimizer(&self) -> Result<(), String> {
         let o = &self.optimizer;
-        check(o.lr.is_finite() && o.lr > 0.0, || format!("optimizer.lr = {}: must be a positive number", o.lr))?;
+        check(o.lr.is_finite() && o.lr > 0.0, || {
+            format!("optimizer.lr = {}: must be a positive number", o.lr)
+        })?;
         check(o.weight_decay.is_finite() && o.weight_decay >= 0.0, || {
-            format!("optimizer.weight_decay = {}: must be zero or positive", o.weight_decay)
+            format!(
+                "optimizer.weight_decay = {}: must be zero or positive",
+                o.weight_decay
+            )
         })?;
         check(o.grad_clip.is_finite() && o.grad_clip >= 0.0, || {
-            format!("optimizer.grad_clip = {}: must be zero (off) or positive", o.grad_clip)
+            format!(
+                "optimizer.grad_clip = {}: must be zero (off) or positive",
+                o.grad_clip
+            )
         })?;
         let (kind, foreign): (&str, &[(&str, bool)]) = match o.kind {
-            OptimizerKind::Adamw => {
-                ("adamw", &[("momentum", o.momentum.is_some()), ("nesterov", o.nesterov.is_some())])
-            }
+            OptimizerKind::Adamw => (
+                "adamw",
+                &[
+                    ("momentum", o.momentum.is_some()),
+                    ("nesterov", o.nesterov.is_some()),
+                ],
+            ),
             OptimizerKind::Sgd => (
                 "sgd",
-                &[("beta1", o.beta1.is_some()), ("beta2", o.beta2.is_some()), ("eps", o.eps.is_some())],
+                &[
+                    ("beta1", o.beta1.is_some()),
+                    ("beta2", o.beta2.is_some()),
+                    ("eps", o.eps.is_some()),
+                ],
             ),
         };
         if let Some((field, _)) = foreign.iter().find(|(_, set)| *set) {
-            return Err(format!("optimizer.{field} does not apply to optimizer.kind = \"{kind}\""));
+            return Err(format!(
+                "optimizer.{field} does not apply to optimizer.kind = \"{kind}\""
+            ));
         }
-        for (field, v) in [("beta1", o.beta1()), ("beta2", o.beta2()), ("momentum", o.momentum())] {
-            check((0.0..1.0).contains(&v), || format!("optimizer.{field} = {v}: must be in [0, 1)"))?;
+        for (field, v) in [
+            ("beta1", o.beta1()),
+            ("beta2", o.beta2()),
+            ("momentum", o.momentum()),
+        ] {
+            check((0.0..1.0).contains(&v), || {
+                format!("optimizer.{field} = {v}: must be in [0, 1)")
+            })?;
         }
-        check(o.eps() > 0.0 && o.eps().is_finite(), || format!("optimizer.eps = {}: must be positive", o.eps()))?;
+        check(o.eps() > 0.0 && o.eps().is_finite(), || {
+            format!("optimizer.eps = {}: must be positive", o.eps())
+        })?;
         if o.nesterov() {
-            check(o.momentum() > 0.0, || "optimizer.nesterov = true needs optimizer.momentum > 0".into())?;
+            check(o.momentum() > 0.0, || {
+                "optimizer.nesterov = true needs optimizer.momentum > 0".into()
+            })?;
         }
         Ok(())
     }
@@ -150,7 +231,9 @@ impl JobSpec {
     /// The model's vocabulary: the spec's `model.vocab_size`, else the tokenizer's.
     pub fn gpt_vocab_size(&self) -> Option<usize> {
         match &self.model {
-            ModelSpec::Gpt(g) => g.vocab_size.or_else(|| self.tokenizer().map(super::tokenizer_vocab)),
+            ModelSpec::Gpt(g) => g
+                .vocab_size
+                .or_else(|| self.tokenizer().map(super::tokenizer_vocab)),
             ModelSpec::Mlp(_) => None,
         }
     }

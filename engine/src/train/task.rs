@@ -5,9 +5,9 @@
 use std::path::PathBuf;
 
 use crate::data::loader::{LoaderConfig, LoaderPosition, TokenLoader, TokenSource, expand_paths};
-use crate::data::prepare::tokenize_text;
+use crate::data::prepare::{DATASET_INFO_FILE, DatasetInfo, tokenize_text};
 use crate::data::tabular::{Standardizer, Tabular, TabularLoader};
-use crate::data::tokenizer::Tokenizer;
+use crate::data::tokenizer::{Tokenizer, TokenizerKind};
 use crate::error::{EngineError, Result};
 use crate::metrics::{self, ClassMetrics};
 use crate::model::gpt::{Gpt, GptConfig};
@@ -80,11 +80,17 @@ impl Task {
 
     /// Forward and backward on the next micro-batch; gradients accumulate into the model's
     /// buffer scaled by `grad_scale`. Returns (loss sum, loss count).
-    pub fn forward_backward(&mut self, grad_scale: f32, hook: BucketHook<'_>) -> Result<(f64, usize)> {
+    pub fn forward_backward(
+        &mut self,
+        grad_scale: f32,
+        hook: BucketHook<'_>,
+    ) -> Result<(f64, usize)> {
         match self {
             Task::Lm(t) => {
                 t.train.next_batch(&mut t.inputs, &mut t.targets)?;
-                let r = t.model.forward(&t.inputs, Some(&t.targets), Some(grad_scale), t.b, t.t);
+                let r = t
+                    .model
+                    .forward(&t.inputs, Some(&t.targets), Some(grad_scale), t.b, t.t);
                 t.model.backward(&t.inputs, hook)?;
                 Ok(r)
             }
@@ -99,10 +105,15 @@ impl Task {
     }
 
     /// Loss sums and counts (to be summed over ranks) plus classification metrics.
-    pub fn evaluate(&mut self, batches: usize) -> Result<Option<(f64, usize, Option<ClassMetrics>)>> {
+    pub fn evaluate(
+        &mut self,
+        batches: usize,
+    ) -> Result<Option<(f64, usize, Option<ClassMetrics>)>> {
         match self {
             Task::Lm(t) => {
-                let Some(val) = &mut t.val else { return Ok(None) };
+                let Some(val) = &mut t.val else {
+                    return Ok(None);
+                };
                 val.reset();
                 let (mut sum, mut count) = (0.0, 0);
                 for _ in 0..batches.min(val.batches_per_epoch()) {
@@ -131,7 +142,11 @@ impl Task {
                     sum += s;
                     count += c;
                 }
-                Ok(Some((sum, count, Some(metrics::from_confusion(&confusion, k)))))
+                Ok(Some((
+                    sum,
+                    count,
+                    Some(metrics::from_confusion(&confusion, k)),
+                )))
             }
         }
     }
@@ -153,13 +168,17 @@ impl Task {
 
 impl LmTask {
     fn new(spec: &JobSpec, g: &GptSpec, rank: usize, world: usize) -> Result<LmTask> {
-        let tokenizer_kind = spec.tokenizer().expect("validation pairs GPT models with token data");
+        let tokenizer_kind = spec
+            .tokenizer()
+            .expect("validation pairs GPT models with token data");
         let tokenizer = Tokenizer::new(tokenizer_kind)?;
         let vocab_size = spec.gpt_vocab_size().expect("a GPT spec has a vocabulary");
         let cfg = GptConfig {
             max_seq_len: g.context,
             vocab_size,
-            padded_vocab_size: g.padded_vocab_size.unwrap_or(vocab_size.div_ceil(128) * 128),
+            padded_vocab_size: g
+                .padded_vocab_size
+                .unwrap_or(vocab_size.div_ceil(128) * 128),
             n_layer: g.n_layer,
             n_head: g.n_head,
             channels: g.n_embd,
@@ -173,11 +192,24 @@ impl LmTask {
             }
             None => Gpt::new(cfg, spec.seed),
         };
-        let (b, t) = (spec.batch_size, spec.seq_len.expect("validation requires seq_len for GPT"));
-        let loader_cfg = |shuffle| LoaderConfig { batch: b, seq_len: t, rank, world, shuffle, seed: spec.seed, vocab_size };
+        let (b, t) = (
+            spec.batch_size,
+            spec.seq_len.expect("validation requires seq_len for GPT"),
+        );
+        let loader_cfg = |shuffle| LoaderConfig {
+            batch: b,
+            seq_len: t,
+            rank,
+            world,
+            shuffle,
+            seed: spec.seed,
+            vocab_size,
+        };
         let (train, val) = match &spec.data {
             DataSpec::Tokens(d) => {
-                let train = TokenLoader::open(&expand_paths(&d.train)?, loader_cfg(d.shuffle))?;
+                let paths = expand_paths(&d.train)?;
+                check_dataset_tokenizer(&paths, tokenizer_kind)?;
+                let train = TokenLoader::open(&paths, loader_cfg(d.shuffle))?;
                 let val = match &d.val {
                     Some(v) => Some(TokenLoader::open(&expand_paths(v)?, loader_cfg(false))?),
                     None => None,
@@ -187,21 +219,38 @@ impl LmTask {
             DataSpec::Text(d) => {
                 let (mut train_src, mut val_src) = (Vec::new(), Vec::new());
                 for path in &d.files {
-                    let text = std::fs::read_to_string(path).map_err(|e| EngineError::io(path, e))?;
+                    let text =
+                        std::fs::read_to_string(path).map_err(|e| EngineError::io(path, e))?;
                     let (tr, va) = tokenize_text(&text, &tokenizer, d.val_fraction);
                     let name = path.display().to_string();
-                    train_src.push(TokenSource::Memory { name: name.clone(), tokens: tr });
+                    train_src.push(TokenSource::Memory {
+                        name: name.clone(),
+                        tokens: tr,
+                    });
                     if !va.is_empty() {
                         val_src.push(TokenSource::Memory { name, tokens: va });
                     }
                 }
                 let train = TokenLoader::new(train_src, loader_cfg(d.shuffle))?;
-                let val = if val_src.is_empty() { None } else { Some(TokenLoader::new(val_src, loader_cfg(false))?) };
+                let val = if val_src.is_empty() {
+                    None
+                } else {
+                    Some(TokenLoader::new(val_src, loader_cfg(false))?)
+                };
                 (train, val)
             }
             DataSpec::Csv(_) => unreachable!("validation pairs GPT models with token data"),
         };
-        Ok(LmTask { model, train, val, tokenizer, b, t, inputs: vec![0; b * t], targets: vec![0; b * t] })
+        Ok(LmTask {
+            model,
+            train,
+            val,
+            tokenizer,
+            b,
+            t,
+            inputs: vec![0; b * t],
+            targets: vec![0; b * t],
+        })
     }
 
     /// Generates text after `prompt` (or after end-of-text / a newline when it is empty).
@@ -224,6 +273,32 @@ impl LmTask {
     }
 }
 
+/// Shards written by `convoy data prepare` sit beside a `dataset.json` naming their tokenizer;
+/// training them with another tokenizer would silently learn garbage, so refuse.
+fn check_dataset_tokenizer(paths: &[PathBuf], kind: TokenizerKind) -> Result<()> {
+    let Some(info_path) = paths
+        .first()
+        .and_then(|p| p.parent())
+        .map(|d| d.join(DATASET_INFO_FILE))
+    else {
+        return Ok(());
+    };
+    if !info_path.exists() {
+        return Ok(());
+    }
+    let info = DatasetInfo::load(&info_path)?;
+    if info.tokenizer != kind {
+        return Err(EngineError::data(
+            &info_path,
+            format!(
+                "the shards were written with the {:?} tokenizer but the spec says {kind:?}",
+                info.tokenizer
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl ClsTask {
     fn new(spec: &JobSpec, rank: usize, world: usize) -> Result<ClsTask> {
         let (ModelSpec::Mlp(m), DataSpec::Csv(d)) = (&spec.model, &spec.data) else {
@@ -234,7 +309,14 @@ impl ClsTask {
             all.split(d.val_fraction, spec.seed)
         } else {
             let n_features = all.n_features;
-            (all, Tabular { features: Vec::new(), labels: Vec::new(), n_features })
+            (
+                all,
+                Tabular {
+                    features: Vec::new(),
+                    labels: Vec::new(),
+                    n_features,
+                },
+            )
         };
         if d.standardize {
             let s = Standardizer::fit(&train);
@@ -249,13 +331,23 @@ impl ClsTask {
             loss: m.loss,
         };
         if cfg.classes < 2 {
-            return Err(EngineError::data(&d.path, "needs at least two classes (labels 0 and 1)"));
+            return Err(EngineError::data(
+                &d.path,
+                "needs at least two classes (labels 0 and 1)",
+            ));
         }
         let model = Mlp::new(cfg, spec.seed);
         let b = spec.batch_size;
         let nf = train.n_features;
         let train = TabularLoader::new(train, b, rank, world, d.shuffle, spec.seed)?;
         let val = if val.len() > 0 { Some(val) } else { None };
-        Ok(ClsTask { model, train, val, b, x: vec![0.0; b * nf], y: vec![0; b] })
+        Ok(ClsTask {
+            model,
+            train,
+            val,
+            b,
+            x: vec![0.0; b * nf],
+            y: vec![0; b],
+        })
     }
 }
