@@ -6,19 +6,16 @@
 
 use rayon::prelude::*;
 
-/// Gathers head `h` of batch row `b` from the qkv [B, T, 3C] buffer: part 0 = q, 1 = k, 2 = v.
-fn head<'a>(
-    inp: &'a [f32],
-    b: usize,
-    ti: usize,
-    part: usize,
-    h: usize,
-    t: usize,
-    c: usize,
-    hs: usize,
-) -> &'a [f32] {
-    let base = (b * t + ti) * 3 * c + part * c + h * hs;
-    &inp[base..base + hs]
+use crate::gemm::{Mat, sgemm};
+
+/// Head `h` of batch row `b` in the qkv [B, T, 3C] buffer as a [T, hs] matrix with row stride
+/// 3C: part 0 = q, 1 = k, 2 = v. Transposing is swapping the strides, never a copy.
+fn head(inp: &[f32], b: usize, part: usize, h: usize, t: usize, c: usize, hs: usize) -> Mat<'_> {
+    Mat { data: &inp[b * t * 3 * c + part * c + h * hs..], rs: 3 * c, cs: 1 }
+}
+
+fn transposed(m: Mat<'_>) -> Mat<'_> {
+    Mat { data: m.data, rs: m.cs, cs: m.rs }
 }
 
 /// out [B, T, C] = softmax(causal(q·kᵀ / sqrt(hs))) · v per head, from inp = qkv [B, T, 3C]
@@ -46,52 +43,35 @@ pub fn attention_forward(
         .enumerate()
         .map(|(bh, (pre, at))| {
             let (bi, h) = (bh / nh, bh % nh);
-            let mut y = vec![0.0f32; t * hs];
-            for ti in 0..t {
-                let q = head(inp, bi, ti, 0, h, t, c, hs);
-                let (pre_row, at_row) = (
-                    &mut pre[ti * t..(ti + 1) * t],
-                    &mut at[ti * t..(ti + 1) * t],
-                );
+            let (q, k, v) = (head(inp, bi, 0, h, t, c, hs), head(inp, bi, 1, h, t, c, hs), head(inp, bi, 2, h, t, c, hs));
+            // The full T×T product costs twice the causal half but runs at GEMM speed.
+            sgemm(t, t, hs, q, transposed(k), pre, false);
+            for (ti, (pre_row, at_row)) in pre.chunks_exact_mut(t).zip(at.chunks_exact_mut(t)).enumerate() {
                 let mut max = f32::NEG_INFINITY;
-                for t2 in 0..=ti {
-                    let k = head(inp, bi, t2, 1, h, t, c, hs);
-                    let s = q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
-                    pre_row[t2] = s;
-                    max = max.max(s);
+                for p in &mut pre_row[..=ti] {
+                    *p *= scale;
+                    max = max.max(*p);
                 }
                 let mut sum = 0.0f32;
-                for t2 in 0..=ti {
-                    let e = (pre_row[t2] - max).exp();
-                    at_row[t2] = e;
-                    sum += e;
+                for (a, p) in at_row[..=ti].iter_mut().zip(&pre_row[..=ti]) {
+                    *a = (p - max).exp();
+                    sum += *a;
                 }
                 let inv = 1.0 / sum;
-                for t2 in 0..t {
-                    if t2 <= ti {
-                        at_row[t2] *= inv;
-                    } else {
-                        at_row[t2] = 0.0;
-                        pre_row[t2] = 0.0;
-                    }
-                }
-                let yrow = &mut y[ti * hs..(ti + 1) * hs];
-                for t2 in 0..=ti {
-                    let v = head(inp, bi, t2, 2, h, t, c, hs);
-                    let a = at_row[t2];
-                    for (y, v) in yrow.iter_mut().zip(v) {
-                        *y += a * v;
-                    }
-                }
+                at_row[..=ti].iter_mut().for_each(|a| *a *= inv);
+                at_row[ti + 1..].fill(0.0);
+                pre_row[ti + 1..].fill(0.0);
             }
+            let mut y = vec![0.0f32; t * hs];
+            sgemm(t, hs, t, Mat { data: at, rs: t, cs: 1 }, v, &mut y, false);
             y
         })
         .collect();
     for (bh, y) in heads.iter().enumerate() {
         let (bi, h) = (bh / nh, bh % nh);
-        for ti in 0..t {
+        for (ti, row) in y.chunks_exact(hs).enumerate() {
             let dst = (bi * t + ti) * c + h * hs;
-            out[dst..dst + hs].copy_from_slice(&y[ti * hs..(ti + 1) * hs]);
+            out[dst..dst + hs].copy_from_slice(row);
         }
     }
 }
@@ -124,53 +104,29 @@ pub fn attention_backward(
         .enumerate()
         .map(|(bh, (dpre, dat))| {
             let (bi, h) = (bh / nh, bh % nh);
-            let at = &att[bh * t * t..(bh + 1) * t * t];
+            let (q, k, v) = (head(inp, bi, 0, h, t, c, hs), head(inp, bi, 1, h, t, c, hs), head(inp, bi, 2, h, t, c, hs));
+            let at = Mat { data: &att[bh * t * t..(bh + 1) * t * t], rs: t, cs: 1 };
+            let dy = Mat { data: &dout[bi * t * c + h * hs..], rs: c, cs: 1 };
             let mut g = vec![0.0f32; 3 * t * hs];
             let (dq, rest) = g.split_at_mut(t * hs);
             let (dk, dv) = rest.split_at_mut(t * hs);
-            for ti in 0..t {
-                let dy = &dout[(bi * t + ti) * c + h * hs..(bi * t + ti) * c + (h + 1) * hs];
-                let (at_row, dat_row, dpre_row) = (
-                    &at[ti * t..(ti + 1) * t],
-                    &mut dat[ti * t..(ti + 1) * t],
-                    &mut dpre[ti * t..(ti + 1) * t],
-                );
-                // y = Σ att·v  →  datt = dy·v, dv += att·dy
-                for t2 in 0..=ti {
-                    let v = head(inp, bi, t2, 2, h, t, c, hs);
-                    dat_row[t2] = dy.iter().zip(v).map(|(a, b)| a * b).sum();
-                    let a = at_row[t2];
-                    for (d, y) in dv[t2 * hs..(t2 + 1) * hs].iter_mut().zip(dy) {
-                        *d += a * y;
-                    }
+            // y = att·v  →  datt = dy·vᵀ, dv = attᵀ·dy
+            sgemm(t, t, hs, dy, transposed(v), dat, false);
+            sgemm(t, hs, t, transposed(at), dy, dv, false);
+            // softmax: dpre = att ⊙ (datt − Σ att·datt), times the 1/sqrt(hs) of the scores.
+            for (ti, ((dpre_row, dat_row), at_row)) in
+                dpre.chunks_exact_mut(t).zip(dat.chunks_exact(t)).zip(at.data.chunks_exact(t)).enumerate()
+            {
+                let dot: f32 = at_row[..=ti].iter().zip(&dat_row[..=ti]).map(|(a, d)| a * d).sum();
+                for ((dp, a), d) in dpre_row[..=ti].iter_mut().zip(&at_row[..=ti]).zip(&dat_row[..=ti]) {
+                    *dp = a * (d - dot) * scale;
                 }
-                // softmax: dpre = att ⊙ (datt - Σ att·datt)
-                let dot: f32 = (0..=ti).map(|t2| at_row[t2] * dat_row[t2]).sum();
-                for t2 in 0..t {
-                    dpre_row[t2] = if t2 <= ti {
-                        at_row[t2] * (dat_row[t2] - dot)
-                    } else {
-                        0.0
-                    };
-                    if t2 > ti {
-                        dat_row[t2] = 0.0;
-                    }
-                }
-                // pre = q·k·scale  →  dq += Σ dpre·k·scale, dk += dpre·q·scale
-                let q = head(inp, bi, ti, 0, h, t, c, hs);
-                for t2 in 0..=ti {
-                    let k = head(inp, bi, t2, 1, h, t, c, hs);
-                    let d = dpre_row[t2] * scale;
-                    for ((dq, dk), (k, q)) in dq[ti * hs..(ti + 1) * hs]
-                        .iter_mut()
-                        .zip(&mut dk[t2 * hs..(t2 + 1) * hs])
-                        .zip(k.iter().zip(q))
-                    {
-                        *dq += d * k;
-                        *dk += d * q;
-                    }
-                }
+                dpre_row[ti + 1..].fill(0.0);
             }
+            // pre = q·kᵀ  →  dq = dpre·k, dk = dpreᵀ·q
+            let dp = Mat { data: dpre, rs: t, cs: 1 };
+            sgemm(t, hs, t, dp, k, dq, false);
+            sgemm(t, hs, t, transposed(dp), q, dk, false);
             g
         })
         .collect();
