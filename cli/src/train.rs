@@ -54,10 +54,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         Event::Step(m) => out.step(m.step, m.loss, m.throughput, m.skipped),
         Event::Eval(e) => out.eval(e),
         Event::Checkpoint(st) => {
-            if let Some(path) = &args.save_state {
-                if let Err(e) = state::save(path, &st) {
-                    save_error.get_or_insert(e);
-                }
+            if let Some(path) = &args.save_state
+                && let Err(e) = state::save(path, &st)
+            {
+                save_error.get_or_insert(e);
             }
         }
         Event::Sample(_) => {}
@@ -67,10 +67,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if let Some(e) = save_error {
         return Err(e).context("saving the training state");
     }
-    if let Some(path) = &args.save_state {
-        if spec.checkpoint.interval == 0 {
-            state::save(path, &trainer.state())?;
-        }
+    if let Some(path) = &args.save_state
+        && spec.checkpoint.interval == 0
+    {
+        state::save(path, &trainer.state())?;
     }
     if let Some(path) = &args.export {
         trainer.export_llmc(path)?;
@@ -128,7 +128,7 @@ impl Output {
                 human(throughput),
                 self.unit
             ));
-        } else if step % self.every == 0 || step == 1 || skipped {
+        } else if step.is_multiple_of(self.every) || step == 1 || skipped {
             eprintln!(
                 "step {step}: loss {loss:.4}, {} {}/s{skipped_note}",
                 human(throughput),

@@ -237,3 +237,24 @@ fn init_from_a_different_model_is_a_clear_error() {
         "{e}"
     );
 }
+
+#[test]
+fn parameters_do_not_depend_on_the_thread_count() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spec = tiny_spec(dir.path(), "", "shuffle = true");
+    // Wide enough that the GEMMs split work across threads.
+    spec.batch_size = 16;
+    if let convoy_engine::spec::ModelSpec::Gpt(g) = &mut spec.model {
+        g.n_embd = 64;
+    }
+    let run = |threads| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("pool");
+        pool.install(|| bits(train(&spec, 4).model().params()))
+    };
+    let one = run(1);
+    assert_eq!(one, run(2));
+    assert_eq!(one, run(3));
+}

@@ -11,11 +11,19 @@ use crate::gemm::{Mat, sgemm};
 /// Head `h` of batch row `b` in the qkv [B, T, 3C] buffer as a [T, hs] matrix with row stride
 /// 3C: part 0 = q, 1 = k, 2 = v. Transposing is swapping the strides, never a copy.
 fn head(inp: &[f32], b: usize, part: usize, h: usize, t: usize, c: usize, hs: usize) -> Mat<'_> {
-    Mat { data: &inp[b * t * 3 * c + part * c + h * hs..], rs: 3 * c, cs: 1 }
+    Mat {
+        data: &inp[b * t * 3 * c + part * c + h * hs..],
+        rs: 3 * c,
+        cs: 1,
+    }
 }
 
 fn transposed(m: Mat<'_>) -> Mat<'_> {
-    Mat { data: m.data, rs: m.cs, cs: m.rs }
+    Mat {
+        data: m.data,
+        rs: m.cs,
+        cs: m.rs,
+    }
 }
 
 /// out [B, T, C] = softmax(causal(q·kᵀ / sqrt(hs))) · v per head, from inp = qkv [B, T, 3C]
@@ -32,7 +40,10 @@ pub fn attention_forward(
     c: usize,
     nh: usize,
 ) {
-    assert!(c % nh == 0, "channels must split evenly into heads");
+    assert!(
+        c.is_multiple_of(nh),
+        "channels must split evenly into heads"
+    );
     assert!(out.len() == b * t * c && inp.len() == b * t * 3 * c);
     assert!(preatt.len() == b * nh * t * t && att.len() == b * nh * t * t);
     let hs = c / nh;
@@ -43,10 +54,18 @@ pub fn attention_forward(
         .enumerate()
         .map(|(bh, (pre, at))| {
             let (bi, h) = (bh / nh, bh % nh);
-            let (q, k, v) = (head(inp, bi, 0, h, t, c, hs), head(inp, bi, 1, h, t, c, hs), head(inp, bi, 2, h, t, c, hs));
+            let (q, k, v) = (
+                head(inp, bi, 0, h, t, c, hs),
+                head(inp, bi, 1, h, t, c, hs),
+                head(inp, bi, 2, h, t, c, hs),
+            );
             // The full T×T product costs twice the causal half but runs at GEMM speed.
             sgemm(t, t, hs, q, transposed(k), pre, false);
-            for (ti, (pre_row, at_row)) in pre.chunks_exact_mut(t).zip(at.chunks_exact_mut(t)).enumerate() {
+            for (ti, (pre_row, at_row)) in pre
+                .chunks_exact_mut(t)
+                .zip(at.chunks_exact_mut(t))
+                .enumerate()
+            {
                 let mut max = f32::NEG_INFINITY;
                 for p in &mut pre_row[..=ti] {
                     *p *= scale;
@@ -63,7 +82,19 @@ pub fn attention_forward(
                 pre_row[ti + 1..].fill(0.0);
             }
             let mut y = vec![0.0f32; t * hs];
-            sgemm(t, hs, t, Mat { data: at, rs: t, cs: 1 }, v, &mut y, false);
+            sgemm(
+                t,
+                hs,
+                t,
+                Mat {
+                    data: at,
+                    rs: t,
+                    cs: 1,
+                },
+                v,
+                &mut y,
+                false,
+            );
             y
         })
         .collect();
@@ -92,7 +123,10 @@ pub fn attention_backward(
     c: usize,
     nh: usize,
 ) {
-    assert!(c % nh == 0, "channels must split evenly into heads");
+    assert!(
+        c.is_multiple_of(nh),
+        "channels must split evenly into heads"
+    );
     assert!(dinp.len() == b * t * 3 * c && inp.len() == b * t * 3 * c && dout.len() == b * t * c);
     assert!(att.len() == b * nh * t * t && dpreatt.len() == att.len() && datt.len() == att.len());
     let hs = c / nh;
@@ -104,9 +138,21 @@ pub fn attention_backward(
         .enumerate()
         .map(|(bh, (dpre, dat))| {
             let (bi, h) = (bh / nh, bh % nh);
-            let (q, k, v) = (head(inp, bi, 0, h, t, c, hs), head(inp, bi, 1, h, t, c, hs), head(inp, bi, 2, h, t, c, hs));
-            let at = Mat { data: &att[bh * t * t..(bh + 1) * t * t], rs: t, cs: 1 };
-            let dy = Mat { data: &dout[bi * t * c + h * hs..], rs: c, cs: 1 };
+            let (q, k, v) = (
+                head(inp, bi, 0, h, t, c, hs),
+                head(inp, bi, 1, h, t, c, hs),
+                head(inp, bi, 2, h, t, c, hs),
+            );
+            let at = Mat {
+                data: &att[bh * t * t..(bh + 1) * t * t],
+                rs: t,
+                cs: 1,
+            };
+            let dy = Mat {
+                data: &dout[bi * t * c + h * hs..],
+                rs: c,
+                cs: 1,
+            };
             let mut g = vec![0.0f32; 3 * t * hs];
             let (dq, rest) = g.split_at_mut(t * hs);
             let (dk, dv) = rest.split_at_mut(t * hs);
@@ -114,17 +160,32 @@ pub fn attention_backward(
             sgemm(t, t, hs, dy, transposed(v), dat, false);
             sgemm(t, hs, t, transposed(at), dy, dv, false);
             // softmax: dpre = att ⊙ (datt − Σ att·datt), times the 1/sqrt(hs) of the scores.
-            for (ti, ((dpre_row, dat_row), at_row)) in
-                dpre.chunks_exact_mut(t).zip(dat.chunks_exact(t)).zip(at.data.chunks_exact(t)).enumerate()
+            for (ti, ((dpre_row, dat_row), at_row)) in dpre
+                .chunks_exact_mut(t)
+                .zip(dat.chunks_exact(t))
+                .zip(at.data.chunks_exact(t))
+                .enumerate()
             {
-                let dot: f32 = at_row[..=ti].iter().zip(&dat_row[..=ti]).map(|(a, d)| a * d).sum();
-                for ((dp, a), d) in dpre_row[..=ti].iter_mut().zip(&at_row[..=ti]).zip(&dat_row[..=ti]) {
+                let dot: f32 = at_row[..=ti]
+                    .iter()
+                    .zip(&dat_row[..=ti])
+                    .map(|(a, d)| a * d)
+                    .sum();
+                for ((dp, a), d) in dpre_row[..=ti]
+                    .iter_mut()
+                    .zip(&at_row[..=ti])
+                    .zip(&dat_row[..=ti])
+                {
                     *dp = a * (d - dot) * scale;
                 }
                 dpre_row[ti + 1..].fill(0.0);
             }
             // pre = q·kᵀ  →  dq = dpre·k, dk = dpreᵀ·q
-            let dp = Mat { data: dpre, rs: t, cs: 1 };
+            let dp = Mat {
+                data: dpre,
+                rs: t,
+                cs: 1,
+            };
             sgemm(t, hs, t, dp, k, dq, false);
             sgemm(t, hs, t, transposed(dp), q, dk, false);
             g

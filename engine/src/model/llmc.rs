@@ -72,7 +72,7 @@ pub fn read(path: &Path) -> Result<(GptConfig, Vec<f32>)> {
         channels: dim(6, "channels")?,
         padded_vocab_size: dim(7, "padded_vocab_size")?,
     };
-    if cfg.padded_vocab_size < cfg.vocab_size || cfg.channels % cfg.n_head != 0 {
+    if cfg.padded_vocab_size < cfg.vocab_size || !cfg.channels.is_multiple_of(cfg.n_head) {
         return Err(bad(format!("inconsistent header: {cfg:?}")));
     }
     let n = cfg.num_params();

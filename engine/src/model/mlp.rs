@@ -52,6 +52,8 @@ impl MlpConfig {
 pub struct Mlp {
     cfg: MlpConfig,
     layers: Vec<(Range<usize>, Range<usize>)>,
+    /// One bucket per layer (weight and bias are adjacent), last layer first.
+    buckets: Vec<Bucket>,
     params: Vec<f32>,
     grads: Vec<f32>,
     /// Pre-activation outputs of each linear layer [B, out]; the last one holds the logits.
@@ -79,9 +81,15 @@ impl Mlp {
             }
         }
         let grads = vec![0.0; params.len()];
+        let buckets = layers
+            .iter()
+            .rev()
+            .map(|(w, b)| std::iter::once(w.start..b.end).collect())
+            .collect();
         Mlp {
             cfg,
             layers,
+            buckets,
             params,
             grads,
             pre: Vec::new(),
@@ -230,7 +238,7 @@ impl Mlp {
                 cout,
             );
             cur = 1 - cur;
-            hook(&self.grads, &vec![wr.start..br.end])?;
+            hook(&self.grads, &self.buckets[n - 1 - i])?;
         }
         Ok(())
     }
@@ -272,11 +280,7 @@ impl Model for Mlp {
             .collect()
     }
     fn grad_buckets(&self) -> Vec<Bucket> {
-        self.layers
-            .iter()
-            .rev()
-            .map(|(w, b)| vec![w.start..b.end])
-            .collect()
+        self.buckets.clone()
     }
     fn fingerprint(&self) -> String {
         let c = &self.cfg;

@@ -382,11 +382,15 @@ impl JobSpec {
     /// Parses and validates a spec. `origin` names the text's source in error messages.
     pub fn parse(text: &str, origin: &str) -> Result<JobSpec> {
         let spec: JobSpec = toml::from_str(text).map_err(|e| {
+            // toml's own rendering spans several lines; keep one, quoting the offending line
+            // so a type error ("expected usize") still shows which key it is about.
             let at = e
                 .span()
                 .map(|s| {
-                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
-                    format!(" (line {line})")
+                    let start = s.start.min(text.len());
+                    let line_no = text[..start].matches('\n').count() + 1;
+                    let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+                    format!(" (line {line_no}: `{line}`)")
                 })
                 .unwrap_or_default();
             EngineError::Spec(format!("{origin}{at}: {}", e.message().trim()))

@@ -283,12 +283,14 @@ impl Trainer {
             final_loss = Some(m.loss);
             throughputs.push(m.throughput);
             observe(Event::Step(&m));
-            if eval_every > 0 && self.step % eval_every == 0 && self.step < steps {
-                if let Some(e) = self.evaluate()? {
-                    observe(Event::Eval(&e));
-                }
+            if eval_every > 0
+                && self.step.is_multiple_of(eval_every)
+                && self.step < steps
+                && let Some(e) = self.evaluate()?
+            {
+                observe(Event::Eval(&e));
             }
-            if ckpt_every > 0 && (self.step % ckpt_every == 0 || self.step == steps) {
+            if ckpt_every > 0 && (self.step.is_multiple_of(ckpt_every) || self.step == steps) {
                 observe(Event::Checkpoint(self.state()));
             }
         }

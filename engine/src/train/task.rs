@@ -16,6 +16,10 @@ use crate::model::{BucketHook, Model, llmc};
 use crate::sample;
 use crate::spec::{DataSpec, GptSpec, JobSpec, ModelSpec, SampleSpec};
 
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a trainer holds exactly one task"
+)]
 pub(crate) enum Task {
     Lm(LmTask),
     Classify(ClsTask),
@@ -340,7 +344,7 @@ impl ClsTask {
         let b = spec.batch_size;
         let nf = train.n_features;
         let train = TabularLoader::new(train, b, rank, world, d.shuffle, spec.seed)?;
-        let val = if val.len() > 0 { Some(val) } else { None };
+        let val = if !val.is_empty() { Some(val) } else { None };
         Ok(ClsTask {
             model,
             train,
