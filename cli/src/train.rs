@@ -174,9 +174,6 @@ impl Output {
         if let Some(loss) = s.final_loss {
             println!("final train loss {loss:.4}");
         }
-        if let Some(e) = &s.eval {
-            println!("{}", eval_line(e));
-        }
         if let Some(text) = &s.sample {
             println!("--- sample ---\n{text}\n--------------");
         }
