@@ -275,7 +275,7 @@ fn attention_gradient_and_causality() {
     attention::attention_backward(&mut dinp, &mut dpre, &mut datt, &r, &qkv, &att, b, t, c, nh);
     check(
         "attention",
-        &[qkv.clone()],
+        std::slice::from_ref(&qkv),
         &r,
         |x| attention_out(&x[0], b, t, c, nh),
         &[dinp],
