@@ -5,6 +5,11 @@
 //! *gradients* use single-layer scratch buffers that each layer's backward reuses, so the
 //! backward pass costs one layer's worth of memory rather than a mirror of every activation.
 
+mod config;
+
+use config::PER_LAYER;
+pub use config::{GptConfig, TENSORS, Tensor};
+
 use std::ops::Range;
 
 use convoy_kernels::{
@@ -17,166 +22,6 @@ use rand_distr::{Distribution, Normal};
 use super::{BucketHook, Model};
 use crate::collective::Bucket;
 use crate::optim::ParamGroup;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct GptConfig {
-    pub max_seq_len: usize,
-    pub vocab_size: usize,
-    /// Rows of the embedding table; rows past `vocab_size` are padding that keeps GEMM shapes
-    /// friendly and never receives a gradient.
-    pub padded_vocab_size: usize,
-    pub n_layer: usize,
-    pub n_head: usize,
-    pub channels: usize,
-}
-
-/// The 16 parameter tensors, in llm.c's order (which is also the checkpoint file's order).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Tensor {
-    Wte,
-    Wpe,
-    Ln1w,
-    Ln1b,
-    Qkvw,
-    Qkvb,
-    Attprojw,
-    Attprojb,
-    Ln2w,
-    Ln2b,
-    Fcw,
-    Fcb,
-    Fcprojw,
-    Fcprojb,
-    Lnfw,
-    Lnfb,
-}
-
-pub const TENSORS: [Tensor; 16] = [
-    Tensor::Wte,
-    Tensor::Wpe,
-    Tensor::Ln1w,
-    Tensor::Ln1b,
-    Tensor::Qkvw,
-    Tensor::Qkvb,
-    Tensor::Attprojw,
-    Tensor::Attprojb,
-    Tensor::Ln2w,
-    Tensor::Ln2b,
-    Tensor::Fcw,
-    Tensor::Fcb,
-    Tensor::Fcprojw,
-    Tensor::Fcprojb,
-    Tensor::Lnfw,
-    Tensor::Lnfb,
-];
-
-/// The tensors that exist once per layer, stacked over layers in the flat buffer.
-const PER_LAYER: [Tensor; 12] = [
-    Tensor::Ln1w,
-    Tensor::Ln1b,
-    Tensor::Qkvw,
-    Tensor::Qkvb,
-    Tensor::Attprojw,
-    Tensor::Attprojb,
-    Tensor::Ln2w,
-    Tensor::Ln2b,
-    Tensor::Fcw,
-    Tensor::Fcb,
-    Tensor::Fcprojw,
-    Tensor::Fcprojb,
-];
-
-impl Tensor {
-    pub fn name(self) -> &'static str {
-        match self {
-            Tensor::Wte => "wte",
-            Tensor::Wpe => "wpe",
-            Tensor::Ln1w => "ln1w",
-            Tensor::Ln1b => "ln1b",
-            Tensor::Qkvw => "qkvw",
-            Tensor::Qkvb => "qkvb",
-            Tensor::Attprojw => "attprojw",
-            Tensor::Attprojb => "attprojb",
-            Tensor::Ln2w => "ln2w",
-            Tensor::Ln2b => "ln2b",
-            Tensor::Fcw => "fcw",
-            Tensor::Fcb => "fcb",
-            Tensor::Fcprojw => "fcprojw",
-            Tensor::Fcprojb => "fcprojb",
-            Tensor::Lnfw => "lnfw",
-            Tensor::Lnfb => "lnfb",
-        }
-    }
-
-    /// Weight matrices and embeddings: the tensors weight decay applies to.
-    fn is_matrix(self) -> bool {
-        matches!(
-            self,
-            Tensor::Wte
-                | Tensor::Wpe
-                | Tensor::Qkvw
-                | Tensor::Attprojw
-                | Tensor::Fcw
-                | Tensor::Fcprojw
-        )
-    }
-}
-
-impl GptConfig {
-    /// The shape of a tensor (per-layer tensors with the layer dimension first).
-    pub fn shape(&self, t: Tensor) -> Vec<usize> {
-        let (v, c, l, p) = (
-            self.padded_vocab_size,
-            self.channels,
-            self.n_layer,
-            self.max_seq_len,
-        );
-        match t {
-            Tensor::Wte => vec![v, c],
-            Tensor::Wpe => vec![p, c],
-            Tensor::Ln1w
-            | Tensor::Ln1b
-            | Tensor::Attprojb
-            | Tensor::Ln2w
-            | Tensor::Ln2b
-            | Tensor::Fcprojb => {
-                vec![l, c]
-            }
-            Tensor::Qkvw => vec![l, 3 * c, c],
-            Tensor::Qkvb => vec![l, 3 * c],
-            Tensor::Attprojw => vec![l, c, c],
-            Tensor::Fcw => vec![l, 4 * c, c],
-            Tensor::Fcb => vec![l, 4 * c],
-            Tensor::Fcprojw => vec![l, c, 4 * c],
-            Tensor::Lnfw | Tensor::Lnfb => vec![c],
-        }
-    }
-
-    pub fn tensor_len(&self, t: Tensor) -> usize {
-        self.shape(t).iter().product()
-    }
-
-    pub fn num_params(&self) -> usize {
-        TENSORS.iter().map(|&t| self.tensor_len(t)).sum()
-    }
-
-    /// Where a tensor lives in the flat parameter buffer.
-    pub fn range(&self, t: Tensor) -> Range<usize> {
-        let start: usize = TENSORS
-            .iter()
-            .take_while(|&&x| x != t)
-            .map(|&x| self.tensor_len(x))
-            .sum();
-        start..start + self.tensor_len(t)
-    }
-
-    /// Layer `l`'s slice of a per-layer tensor.
-    fn layer_range(&self, t: Tensor, l: usize) -> Range<usize> {
-        let r = self.range(t);
-        let per = r.len() / self.n_layer;
-        r.start + l * per..r.start + (l + 1) * per
-    }
-}
 
 /// Forward activations for a (B, T); per-layer buffers are stacked over layers.
 #[derive(Default)]
@@ -607,102 +452,68 @@ impl Gpt {
             let lm = l * bt..(l + 1) * bt;
             let l4 = 4 * l * btc..4 * (l + 1) * btc;
             let la = l * att_len..(l + 1) * att_len;
-            let w = |x: Tensor| &p[cfg.layer_range(x, l)];
             let residual = if l == 0 {
                 &a.encoded[..btc]
             } else {
                 &a.residual3[(l - 1) * btc..l * btc]
             };
+            let layer = Layer {
+                cfg: &cfg,
+                params: p,
+                l,
+            };
 
             // MLP block: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2)))).
-            let dfch_gelu = &mut s.dfch_gelu[..4 * btc];
-            dfch_gelu.fill(0.0);
-            {
-                let (dw, db) = split_pair(
-                    g,
-                    cfg.layer_range(Tensor::Fcprojw, l),
-                    cfg.layer_range(Tensor::Fcprojb, l),
-                );
-                matmul::matmul_backward(
-                    dfch_gelu,
-                    dw,
-                    Some(db),
-                    &s.dresidual[..btc],
-                    &a.fch_gelu[l4.clone()],
-                    w(Tensor::Fcprojw),
-                    bt,
-                    4 * c,
-                    c,
-                );
-            }
-            let dfch = &mut s.dfch[..4 * btc];
-            dfch.fill(0.0);
-            activation::gelu_backward(dfch, &a.fch[l4], &s.dfch_gelu[..4 * btc]);
-            let dln = &mut s.dln[..btc];
-            dln.fill(0.0);
-            {
-                let (dw, db) = split_pair(
-                    g,
-                    cfg.layer_range(Tensor::Fcw, l),
-                    cfg.layer_range(Tensor::Fcb, l),
-                );
-                matmul::matmul_backward(
-                    dln,
-                    dw,
-                    Some(db),
-                    &s.dfch[..4 * btc],
-                    &a.ln2[lc.clone()],
-                    w(Tensor::Fcw),
-                    bt,
-                    c,
-                    4 * c,
-                );
-            }
-            {
-                let (dw, db) = split_pair(
-                    g,
-                    cfg.layer_range(Tensor::Ln2w, l),
-                    cfg.layer_range(Tensor::Ln2b, l),
-                );
-                layernorm::layernorm_backward(
-                    &mut s.dresidual[..btc],
-                    dw,
-                    db,
-                    &s.dln[..btc],
-                    &a.residual2[lc.clone()],
-                    w(Tensor::Ln2w),
-                    &a.ln2_mean[lm.clone()],
-                    &a.ln2_rstd[lm.clone()],
-                    bt,
-                    c,
-                );
-            }
+            // The residual add passes dresidual through unchanged, to both branches.
+            let (fcproj, fc) = (
+                (Tensor::Fcprojw, Tensor::Fcprojb),
+                (Tensor::Fcw, Tensor::Fcb),
+            );
+            layer.linear_backward(
+                g,
+                fcproj,
+                &mut s.dfch_gelu[..4 * btc],
+                &s.dresidual[..btc],
+                &a.fch_gelu[l4.clone()],
+                bt,
+            );
+            s.dfch[..4 * btc].fill(0.0);
+            activation::gelu_backward(&mut s.dfch[..4 * btc], &a.fch[l4], &s.dfch_gelu[..4 * btc]);
+            layer.linear_backward(
+                g,
+                fc,
+                &mut s.dln[..btc],
+                &s.dfch[..4 * btc],
+                &a.ln2[lc.clone()],
+                bt,
+            );
+            let stats = (&a.ln2_mean[lm.clone()], &a.ln2_rstd[lm.clone()]);
+            layer.layernorm_backward(
+                g,
+                (Tensor::Ln2w, Tensor::Ln2b),
+                &mut s.dresidual[..btc],
+                &s.dln[..btc],
+                &a.residual2[lc.clone()],
+                stats,
+                bt,
+            );
 
             // Attention block: residual2 = residual + attproj(attention(qkv(ln1(residual)))).
-            let datty = &mut s.datty[..btc];
-            datty.fill(0.0);
-            {
-                let (dw, db) = split_pair(
-                    g,
-                    cfg.layer_range(Tensor::Attprojw, l),
-                    cfg.layer_range(Tensor::Attprojb, l),
-                );
-                matmul::matmul_backward(
-                    datty,
-                    dw,
-                    Some(db),
-                    &s.dresidual[..btc],
-                    &a.atty[lc.clone()],
-                    w(Tensor::Attprojw),
-                    bt,
-                    c,
-                    c,
-                );
-            }
-            let dqkv = &mut s.dqkv[..3 * btc];
-            dqkv.fill(0.0);
+            let (attproj, qkv) = (
+                (Tensor::Attprojw, Tensor::Attprojb),
+                (Tensor::Qkvw, Tensor::Qkvb),
+            );
+            layer.linear_backward(
+                g,
+                attproj,
+                &mut s.datty[..btc],
+                &s.dresidual[..btc],
+                &a.atty[lc.clone()],
+                bt,
+            );
+            s.dqkv[..3 * btc].fill(0.0);
             attention::attention_backward(
-                dqkv,
+                &mut s.dqkv[..3 * btc],
                 &mut s.dpreatt[..att_len],
                 &mut s.datt[..att_len],
                 &s.datty[..btc],
@@ -713,45 +524,24 @@ impl Gpt {
                 c,
                 nh,
             );
-            let dln = &mut s.dln[..btc];
-            dln.fill(0.0);
-            {
-                let (dw, db) = split_pair(
-                    g,
-                    cfg.layer_range(Tensor::Qkvw, l),
-                    cfg.layer_range(Tensor::Qkvb, l),
-                );
-                matmul::matmul_backward(
-                    dln,
-                    dw,
-                    Some(db),
-                    &s.dqkv[..3 * btc],
-                    &a.ln1[lc],
-                    w(Tensor::Qkvw),
-                    bt,
-                    c,
-                    3 * c,
-                );
-            }
-            {
-                let (dw, db) = split_pair(
-                    g,
-                    cfg.layer_range(Tensor::Ln1w, l),
-                    cfg.layer_range(Tensor::Ln1b, l),
-                );
-                layernorm::layernorm_backward(
-                    &mut s.dresidual[..btc],
-                    dw,
-                    db,
-                    &s.dln[..btc],
-                    residual,
-                    w(Tensor::Ln1w),
-                    &a.ln1_mean[lm.clone()],
-                    &a.ln1_rstd[lm],
-                    bt,
-                    c,
-                );
-            }
+            layer.linear_backward(
+                g,
+                qkv,
+                &mut s.dln[..btc],
+                &s.dqkv[..3 * btc],
+                &a.ln1[lc],
+                bt,
+            );
+            let stats = (&a.ln1_mean[lm.clone()], &a.ln1_rstd[lm]);
+            layer.layernorm_backward(
+                g,
+                (Tensor::Ln1w, Tensor::Ln1b),
+                &mut s.dresidual[..btc],
+                &s.dln[..btc],
+                residual,
+                stats,
+                bt,
+            );
             hook(g, next_bucket(&mut buckets))?;
         }
 
@@ -771,6 +561,71 @@ impl Gpt {
         }
         buckets.push(vec![cfg.range(Tensor::Wte), cfg.range(Tensor::Wpe)]);
         buckets
+    }
+}
+
+/// One layer's view of the parameters, for the per-layer backward steps.
+struct Layer<'a> {
+    cfg: &'a GptConfig,
+    params: &'a [f32],
+    l: usize,
+}
+
+impl Layer<'_> {
+    /// Backward of this layer's linear `(weight, bias)` over `n` rows: zeroes `dinp`, then
+    /// accumulates dinp, dweight and dbias. The layer's widths come from the weight's shape.
+    fn linear_backward(
+        &self,
+        grads: &mut [f32],
+        (w, bias): (Tensor, Tensor),
+        dinp: &mut [f32],
+        dout: &[f32],
+        inp: &[f32],
+        n: usize,
+    ) {
+        let shape = self.cfg.shape(w);
+        let (cout, cin) = (shape[1], shape[2]);
+        dinp.fill(0.0);
+        let (dw, db) = split_pair(
+            grads,
+            self.cfg.layer_range(w, self.l),
+            self.cfg.layer_range(bias, self.l),
+        );
+        let weight = &self.params[self.cfg.layer_range(w, self.l)];
+        matmul::matmul_backward(dinp, dw, Some(db), dout, inp, weight, n, cin, cout);
+    }
+
+    /// Backward of this layer's LayerNorm `(weight, bias)`, accumulating into `dinp` (the
+    /// residual stream's gradient) and the parameter gradients.
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_backward(
+        &self,
+        grads: &mut [f32],
+        (w, bias): (Tensor, Tensor),
+        dinp: &mut [f32],
+        dout: &[f32],
+        inp: &[f32],
+        (mean, rstd): (&[f32], &[f32]),
+        n: usize,
+    ) {
+        let (dw, db) = split_pair(
+            grads,
+            self.cfg.layer_range(w, self.l),
+            self.cfg.layer_range(bias, self.l),
+        );
+        let weight = &self.params[self.cfg.layer_range(w, self.l)];
+        layernorm::layernorm_backward(
+            dinp,
+            dw,
+            db,
+            dout,
+            inp,
+            weight,
+            mean,
+            rstd,
+            n,
+            self.cfg.channels,
+        );
     }
 }
 
