@@ -34,24 +34,28 @@ def main():
         x, w = torch.randn(M, K), torch.randn(K, N)
         out = torch.empty(M, N)
         torch.matmul(x, w, out=out)  # warm-up
-        times = []
+        times, cpu = [], 0.0
         for _ in range(a.reps):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             torch.matmul(x, w, out=out)
             times.append(time.perf_counter() - t0)
+            cpu += time.process_time() - c0
         median = statistics.median(times)
         rows.append({"shape": label, "m": M, "k": K, "n": N, "median_s": median,
-                     "gflops": 2 * M * K * N / median / 1e9})
+                     "gflops": 2 * M * K * N / median / 1e9,
+                     # CPU time / wall time; ~threads when the cores were not shared
+                     "cpu_utilisation": cpu / sum(times)})
 
     if a.json:
         print(json.dumps({"framework": f"torch {torch.__version__}", "threads": a.threads,
                           "reps": a.reps, "results": rows}))
         return
     print(f"torch {torch.__version__}, {a.threads} threads, median of {a.reps}")
-    print(f"{'shape':<12} {'[M,K] x [K,N]':>26} {'ms':>9} {'GFLOP/s':>9}")
+    print(f"{'shape':<12} {'[M,K] x [K,N]':>26} {'ms':>9} {'GFLOP/s':>9} {'CPU util':>9}")
     for r in rows:
         dims = f"[{r['m']},{r['k']}]x[{r['k']},{r['n']}]"
-        print(f"{r['shape']:<12} {dims:>26} {r['median_s'] * 1e3:9.2f} {r['gflops']:9.1f}")
+        print(f"{r['shape']:<12} {dims:>26} {r['median_s'] * 1e3:9.2f} {r['gflops']:9.1f} "
+              f"{r['cpu_utilisation']:9.2f}")
 
 
 if __name__ == "__main__":

@@ -88,16 +88,19 @@ def main():
     idx = torch.randint(0, a.vocab, (a.batch, a.seq_len))
     targets = torch.randint(0, a.vocab, (a.batch, a.seq_len))
 
-    times, losses = [], []
+    # Process CPU time is recorded too: on a shared machine, CPU time / wall time
+    # well below the thread count means the step was competing for cores.
+    times, cpu_times, losses = [], [], []
     for step in range(a.warmup + a.steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loss = model(idx, targets)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        dt = time.perf_counter() - t0
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
         if step >= a.warmup:
             times.append(dt)
+            cpu_times.append(dc)
             losses.append(loss.item())
 
     n = sum(p.numel() for p in params)
@@ -110,6 +113,8 @@ def main():
         "params": n, "steps": a.steps, "warmup": a.warmup,
         "median_step_s": median, "min_step_s": min(times), "max_step_s": max(times),
         "tokens_per_s": a.batch * a.seq_len / median,
+        "median_step_cpu_s": statistics.median(cpu_times),
+        "cpu_utilisation": sum(cpu_times) / sum(times),  # ~threads when uncontended
         "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,  # KB on Linux
         # fp32 params + grads + AdamW m and v; activations etc. make up the rest of RSS
         "bytes_params": 4 * n, "bytes_grads": 4 * n, "bytes_optimizer": 8 * n,
@@ -124,6 +129,8 @@ def main():
     print(f"median step  {median * 1e3:.1f} ms  (min {min(times) * 1e3:.1f}, "
           f"max {max(times) * 1e3:.1f}, {a.steps} steps after {a.warmup} warmup)")
     print(f"tokens/s     {result['tokens_per_s']:.0f}")
+    print(f"CPU time     {result['median_step_cpu_s'] * 1e3:.1f} ms/step median, "
+          f"utilisation {result['cpu_utilisation']:.2f} of {a.threads} threads")
     print(f"peak RSS     {mib(result['peak_rss_kb'] * 1024)}  (params {mib(4 * n)}, "
           f"grads {mib(4 * n)}, AdamW state {mib(8 * n)})")
     print(f"loss         {losses[0]:.4f} -> {losses[-1]:.4f}")
