@@ -174,6 +174,12 @@ impl Output {
         if let Some(loss) = s.final_loss {
             println!("final train loss {loss:.4}");
         }
+        if let Some(c) = s.eval.as_ref().and_then(|e| e.classification.as_ref()) {
+            println!("class  precision  recall");
+            for (k, (p, r)) in c.precision.iter().zip(&c.recall).enumerate() {
+                println!("{k:>5}  {p:>9.3}  {r:>6.3}");
+            }
+        }
         if let Some(text) = &s.sample {
             println!("--- sample ---\n{text}\n--------------");
         }
