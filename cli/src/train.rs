@@ -45,7 +45,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     let mut trainer = Trainer::new(&spec, Box::new(SingleProcess))?;
     if let Some(path) = &args.resume {
-        trainer.restore(state::load(path)?)?;
+        let saved = state::load(path)?;
+        trainer
+            .restore(saved)
+            .with_context(|| format!("resuming from {}", path.display()))?;
     }
     let unit = trainer.unit();
     let mut out = Output::new(&args, spec.steps, trainer.step(), unit);

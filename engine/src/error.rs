@@ -19,6 +19,9 @@ pub enum EngineError {
     /// A model checkpoint file that cannot be used for this spec.
     #[error("{}: {msg}", path.display())]
     Checkpoint { path: PathBuf, msg: String },
+    /// A saved training state that does not fit this job.
+    #[error("cannot resume: {0}")]
+    Resume(String),
     #[error("step {step}: loss is {value} (non-finite); stopping")]
     NonFiniteLoss { step: u64, value: f32 },
     /// The gradient all-reduce failed (a lost peer, a timeout).

@@ -258,3 +258,23 @@ fn parameters_do_not_depend_on_the_thread_count() {
     assert_eq!(one, run(2));
     assert_eq!(one, run(3));
 }
+
+#[test]
+fn a_state_from_another_model_is_refused_by_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = tiny_spec(dir.path(), "", "");
+    let state = train(&spec, 1).state();
+    let mut other = spec.clone();
+    if let convoy_engine::spec::ModelSpec::Gpt(g) = &mut other.model {
+        g.n_layer = 3;
+    }
+    let mut t = Trainer::new(&other, Box::new(SingleProcess)).expect("trainer");
+    let e = t
+        .restore(state)
+        .expect_err("different architecture")
+        .to_string();
+    assert!(
+        e.contains("cannot resume") && e.contains("n_layer=2") && e.contains("n_layer=3"),
+        "{e}"
+    );
+}

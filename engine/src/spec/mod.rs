@@ -332,6 +332,9 @@ pub struct SampleSpec {
     /// Text the sample continues; empty starts from the end-of-text token (or a newline).
     #[serde(default)]
     pub prompt: String,
+    /// Seeds the draws; defaults to the job's seed plus the step at which the sample is taken.
+    #[serde(default)]
+    pub seed: Option<u64>,
 }
 
 /// The vocabulary a tokenizer produces; kept here so validation needs no tokenizer tables.

@@ -215,7 +215,9 @@ impl Trainer {
     pub fn sample(&mut self) -> Option<String> {
         let s = self.spec.sample.clone()?;
         match &mut self.task {
-            Task::Lm(t) => Some(t.sample(&s, self.spec.seed.wrapping_add(self.step))),
+            Task::Lm(t) => {
+                Some(t.sample(&s, s.seed.unwrap_or(self.spec.seed.wrapping_add(self.step))))
+            }
             Task::Classify(_) => None,
         }
     }
@@ -244,7 +246,7 @@ impl Trainer {
     /// Continues from a saved state; it must come from the same model architecture.
     pub fn restore(&mut self, state: TrainState) -> Result<()> {
         let mine = self.model().fingerprint();
-        let bad = |msg: String| EngineError::Spec(format!("cannot resume: {msg}"));
+        let bad = EngineError::Resume;
         if state.model != mine {
             return Err(bad(format!(
                 "the saved state is for {} but the spec builds {mine}",
