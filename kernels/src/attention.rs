@@ -1,35 +1,71 @@
 //! Causal multi-head self-attention in llm.c's layout.
 //!
-//! Work is split by (batch, head): every (b, h) pair owns one contiguous [T, T] block of the
-//! attention matrices and one column block of the outputs, so pairs run in parallel and each
-//! result is computed in a fixed order whatever the thread count.
+//! The products run as small GEMMs per (batch, head), one thread each, on strided views of the
+//! `[T, 3C]` activations: about three times faster than vectorised dot-product loops at GPT's
+//! shapes (B=8, T=128, C=256), even though they also compute the masked upper triangle. Its
+//! attention weights and score gradients are exact zeros, so it adds nothing to the sums (unless
+//! a future position holds an inf or NaN, which has then already diverged the step). Each kernel
+//! runs in two phases so that every task writes one contiguous block (safe, race-free parallelism
+//! and a fixed summation order): the `[T, T]` matrices are split by (batch, head), the
+//! activations by batch.
 
 use rayon::prelude::*;
 
-use crate::gemm::{Mat, sgemm};
+use crate::gemm::{Threads, View, ViewMut, sgemm};
+use crate::par::min_items;
+use crate::simd::{self, multiversion};
 
-/// Head `h` of batch row `b` in the qkv [B, T, 3C] buffer as a [T, hs] matrix with row stride
-/// 3C: part 0 = q, 1 = k, 2 = v. Transposing is swapping the strides, never a copy.
-fn head(inp: &[f32], b: usize, part: usize, h: usize, t: usize, c: usize, hs: usize) -> Mat<'_> {
-    Mat {
-        data: &inp[b * t * 3 * c + part * c + h * hs..],
-        rs: 3 * c,
-        cs: 1,
+/// Shapes derived from (B, T, C, NH), checked once.
+struct Dims {
+    t: usize,
+    c: usize,
+    nh: usize,
+    hs: usize,
+    scale: f32,
+}
+
+impl Dims {
+    fn new(b: usize, t: usize, c: usize, nh: usize, inp: usize, att: usize) -> Self {
+        assert!(
+            nh > 0 && c.is_multiple_of(nh),
+            "attention: C must be a multiple of NH"
+        );
+        assert_eq!(inp, b * t * 3 * c, "attention: inp must be [B, T, 3C]");
+        assert_eq!(
+            att,
+            b * nh * t * t,
+            "attention: att buffers must be [B, NH, T, T]"
+        );
+        let hs = c / nh;
+        Dims {
+            t,
+            c,
+            nh,
+            hs,
+            scale: 1.0 / (hs as f32).sqrt(),
+        }
+    }
+
+    /// Query, key and value `[T, hs]` views of (b, h) = `bh` in `qkv [B, T, 3C]`.
+    fn head_qkv<'a>(&self, qkv: &'a [f32], bh: usize) -> [View<'a>; 3] {
+        let start = bh / self.nh * self.t * 3 * self.c + bh % self.nh * self.hs;
+        [0, 1, 2]
+            .map(|part| View::strided(&qkv[start + part * self.c..], self.t, self.hs, 3 * self.c))
+    }
+
+    /// The `[T, hs]` view of (b, h) = `bh` in a `[B, T, C]` buffer.
+    fn head_view<'a>(&self, x: &'a [f32], bh: usize) -> View<'a> {
+        let start = bh / self.nh * self.t * self.c + bh % self.nh * self.hs;
+        View::strided(&x[start..], self.t, self.hs, self.c)
     }
 }
 
-fn transposed(m: Mat<'_>) -> Mat<'_> {
-    Mat {
-        data: m.data,
-        rs: m.cs,
-        cs: m.rs,
-    }
-}
-
-/// out [B, T, C] = softmax(causal(q·kᵀ / sqrt(hs))) · v per head, from inp = qkv [B, T, 3C]
-/// (q, k, v at channel offsets 0, C, 2C; head h at h·hs.. (h+1)·hs, hs = C / NH).
-/// Saves preatt and att [B, NH, T, T] for backward (entries above the diagonal are 0).
-#[allow(clippy::too_many_arguments)]
+/// `out [B, T, C]` = causal softmax(q·kᵀ/sqrt(hs))·v per head, from `inp` = qkv `[B, T, 3C]`
+/// (q = `[.., 0:C]`, k = `[.., C:2C]`, v = `[.., 2C:3C]`; head h uses channels `h·hs..(h+1)·hs`,
+/// hs = C/NH). Saves `preatt` (the scaled scores) and `att` (their softmax), both
+/// `[B, NH, T, T]`, for the backward; entries above the diagonal are 0 in both. All outputs are
+/// overwritten.
+#[allow(clippy::too_many_arguments)] // the contract: every buffer with its shape
 pub fn attention_forward(
     out: &mut [f32],
     preatt: &mut [f32],
@@ -40,77 +76,75 @@ pub fn attention_forward(
     c: usize,
     nh: usize,
 ) {
-    assert!(
-        c.is_multiple_of(nh),
-        "channels must split evenly into heads"
+    let d = Dims::new(b, t, c, nh, inp.len(), att.len());
+    assert_eq!(
+        preatt.len(),
+        att.len(),
+        "attention_forward: preatt must be [B, NH, T, T]"
     );
-    assert!(out.len() == b * t * c && inp.len() == b * t * 3 * c);
-    assert!(preatt.len() == b * nh * t * t && att.len() == b * nh * t * t);
-    let hs = c / nh;
-    let scale = 1.0 / (hs as f32).sqrt();
-    let heads: Vec<Vec<f32>> = preatt
-        .par_chunks_mut(t * t)
-        .zip(att.par_chunks_mut(t * t))
+    assert_eq!(
+        out.len(),
+        b * t * c,
+        "attention_forward: out must be [B, T, C]"
+    );
+    if t == 0 || c == 0 {
+        return;
+    }
+    let tt = t * t;
+    preatt
+        .par_chunks_mut(tt)
+        .zip(att.par_chunks_mut(tt))
         .enumerate()
-        .map(|(bh, (pre, at))| {
-            let (bi, h) = (bh / nh, bh % nh);
-            let (q, k, v) = (
-                head(inp, bi, 0, h, t, c, hs),
-                head(inp, bi, 1, h, t, c, hs),
-                head(inp, bi, 2, h, t, c, hs),
-            );
-            // The full T×T product costs twice the causal half but runs at GEMM speed.
-            sgemm(t, t, hs, q, transposed(k), pre, false);
-            for (ti, (pre_row, at_row)) in pre
-                .chunks_exact_mut(t)
-                .zip(at.chunks_exact_mut(t))
-                .enumerate()
-            {
-                let mut max = f32::NEG_INFINITY;
-                for p in &mut pre_row[..=ti] {
-                    *p *= scale;
-                    max = max.max(*p);
-                }
-                let mut sum = 0.0f32;
-                for (a, p) in at_row[..=ti].iter_mut().zip(&pre_row[..=ti]) {
-                    *a = (p - max).exp();
-                    sum += *a;
-                }
-                let inv = 1.0 / sum;
-                at_row[..=ti].iter_mut().for_each(|a| *a *= inv);
-                at_row[ti + 1..].fill(0.0);
-                pre_row[ti + 1..].fill(0.0);
-            }
-            let mut y = vec![0.0f32; t * hs];
+        .with_min_len(min_items(tt * d.hs))
+        .for_each(|(bh, (pre, at))| {
+            let [q, k, _] = d.head_qkv(inp, bh);
             sgemm(
-                t,
-                hs,
-                t,
-                Mat {
-                    data: at,
-                    rs: t,
-                    cs: 1,
-                },
-                v,
-                &mut y,
+                ViewMut::new(pre, t, t),
+                q,
+                k.t(),
+                d.scale,
                 false,
+                Threads::One,
             );
-            y
-        })
-        .collect();
-    for (bh, y) in heads.iter().enumerate() {
-        let (bi, h) = (bh / nh, bh % nh);
-        for (ti, row) in y.chunks_exact(hs).enumerate() {
-            let dst = (bi * t + ti) * c + h * hs;
-            out[dst..dst + hs].copy_from_slice(row);
+            causal_softmax(pre, at, t);
+        });
+    let att = &*att;
+    out.par_chunks_mut(t * c)
+        .enumerate()
+        .with_min_len(min_items(t * t * c))
+        .for_each(|(bi, ob)| {
+            for h in 0..nh {
+                let bh = bi * nh + h;
+                let [_, _, v] = d.head_qkv(inp, bh);
+                let at = View::new(&att[bh * tt..(bh + 1) * tt], t, t);
+                let oh = ViewMut::strided(&mut ob[h * d.hs..], t, d.hs, c);
+                sgemm(oh, at, v, 1.0, false, Threads::One);
+            }
+        });
+}
+
+multiversion! {
+    /// Row-wise causal softmax of the scores `pre [T, T]` into `at`, zeroing the entries above
+    /// the diagonal in both.
+    fn causal_softmax(pre: &mut [f32], at: &mut [f32], t: usize) {
+        for (ti, (pre_row, at_row)) in pre.chunks_exact_mut(t).zip(at.chunks_exact_mut(t)).enumerate() {
+            let (pre_row, pre_future) = pre_row.split_at_mut(ti + 1);
+            let (at_row, at_future) = at_row.split_at_mut(ti + 1);
+            pre_future.fill(0.0);
+            at_future.fill(0.0);
+            let m = simd::max(pre_row);
+            let s = simd::exp_shifted_sum(at_row, pre_row, m);
+            simd::scale(at_row, 1.0 / s);
         }
     }
 }
 
-/// Accumulates dinp [B, T, 3C] += the gradient of `attention_forward` given dout [B, T, C],
-/// the forward's inp [B, T, 3C] and att [B, NH, T, T]. dpreatt and datt [B, NH, T, T] are
-/// scratch that this kernel overwrites.
-#[allow(clippy::too_many_arguments)]
+/// Backward of [`attention_forward`]: `dinp [B, T, 3C] +=` the gradient w.r.t. q, k and v,
+/// from `dout [B, T, C]`, the forward's `inp [B, T, 3C]` and `att [B, NH, T, T]`.
+/// `dpreatt` and `datt` (`[B, NH, T, T]`) are scratch: the kernel overwrites them (with the
+/// gradients w.r.t. the scaled scores and the attention weights, 0 above the diagonal) and needs
+/// them zeroed by no one.
+#[allow(clippy::too_many_arguments)] // the contract: every buffer with its shape
 pub fn attention_backward(
     dinp: &mut [f32],
     dpreatt: &mut [f32],
@@ -123,83 +157,218 @@ pub fn attention_backward(
     c: usize,
     nh: usize,
 ) {
-    assert!(
-        c.is_multiple_of(nh),
-        "channels must split evenly into heads"
+    let d = Dims::new(b, t, c, nh, inp.len(), att.len());
+    assert_eq!(
+        dinp.len(),
+        inp.len(),
+        "attention_backward: dinp must be [B, T, 3C]"
     );
-    assert!(dinp.len() == b * t * 3 * c && inp.len() == b * t * 3 * c && dout.len() == b * t * c);
-    assert!(att.len() == b * nh * t * t && dpreatt.len() == att.len() && datt.len() == att.len());
-    let hs = c / nh;
-    let scale = 1.0 / (hs as f32).sqrt();
-    // Per (b, h): dq, dk, dv as [T, hs] each, scattered into dinp afterwards.
-    let grads: Vec<Vec<f32>> = dpreatt
-        .par_chunks_mut(t * t)
-        .zip(datt.par_chunks_mut(t * t))
+    assert_eq!(
+        dpreatt.len(),
+        att.len(),
+        "attention_backward: dpreatt must be [B, NH, T, T]"
+    );
+    assert_eq!(
+        datt.len(),
+        att.len(),
+        "attention_backward: datt must be [B, NH, T, T]"
+    );
+    assert_eq!(
+        dout.len(),
+        b * t * c,
+        "attention_backward: dout must be [B, T, C]"
+    );
+    if t == 0 || c == 0 {
+        return;
+    }
+    let tt = t * t;
+    dpreatt
+        .par_chunks_mut(tt)
+        .zip(datt.par_chunks_mut(tt))
+        .zip(att.par_chunks(tt))
         .enumerate()
-        .map(|(bh, (dpre, dat))| {
-            let (bi, h) = (bh / nh, bh % nh);
-            let (q, k, v) = (
-                head(inp, bi, 0, h, t, c, hs),
-                head(inp, bi, 1, h, t, c, hs),
-                head(inp, bi, 2, h, t, c, hs),
+        .with_min_len(min_items(tt * d.hs))
+        .for_each(|(bh, ((dpre, dat), at))| {
+            let [_, _, v] = d.head_qkv(inp, bh);
+            sgemm(
+                ViewMut::new(dat, t, t),
+                d.head_view(dout, bh),
+                v.t(),
+                1.0,
+                false,
+                Threads::One,
             );
-            let at = Mat {
-                data: &att[bh * t * t..(bh + 1) * t * t],
-                rs: t,
-                cs: 1,
-            };
-            let dy = Mat {
-                data: &dout[bi * t * c + h * hs..],
-                rs: c,
-                cs: 1,
-            };
-            let mut g = vec![0.0f32; 3 * t * hs];
-            let (dq, rest) = g.split_at_mut(t * hs);
-            let (dk, dv) = rest.split_at_mut(t * hs);
-            // y = att·v  →  datt = dy·vᵀ, dv = attᵀ·dy
-            sgemm(t, t, hs, dy, transposed(v), dat, false);
-            sgemm(t, hs, t, transposed(at), dy, dv, false);
-            // softmax: dpre = att ⊙ (datt − Σ att·datt), times the 1/sqrt(hs) of the scores.
-            for (ti, ((dpre_row, dat_row), at_row)) in dpre
-                .chunks_exact_mut(t)
-                .zip(dat.chunks_exact(t))
-                .zip(at.data.chunks_exact(t))
-                .enumerate()
-            {
-                let dot: f32 = at_row[..=ti]
-                    .iter()
-                    .zip(&dat_row[..=ti])
-                    .map(|(a, d)| a * d)
-                    .sum();
-                for ((dp, a), d) in dpre_row[..=ti]
-                    .iter_mut()
-                    .zip(&at_row[..=ti])
-                    .zip(&dat_row[..=ti])
-                {
-                    *dp = a * (d - dot) * scale;
-                }
-                dpre_row[ti + 1..].fill(0.0);
+            causal_softmax_backward(dpre, dat, at, t);
+        });
+    let dpreatt = &*dpreatt;
+    dinp.par_chunks_mut(t * 3 * c)
+        .enumerate()
+        .with_min_len(min_items(3 * t * t * c))
+        .for_each(|(bi, db)| {
+            for h in 0..nh {
+                let bh = bi * nh + h;
+                let [q, k, _] = d.head_qkv(inp, bh);
+                let dpre = View::new(&dpreatt[bh * tt..(bh + 1) * tt], t, t);
+                let at = View::new(&att[bh * tt..(bh + 1) * tt], t, t);
+                let o = h * d.hs;
+                // dq += scale·dpre·k, dk += scale·dpreᵀ·q, dv += attᵀ·dout (the zero upper
+                // triangles keep every sum causal).
+                let dq = ViewMut::strided(&mut db[o..], t, d.hs, 3 * c);
+                sgemm(dq, dpre, k, d.scale, true, Threads::One);
+                let dk = ViewMut::strided(&mut db[c + o..], t, d.hs, 3 * c);
+                sgemm(dk, dpre.t(), q, d.scale, true, Threads::One);
+                let dv = ViewMut::strided(&mut db[2 * c + o..], t, d.hs, 3 * c);
+                sgemm(dv, at.t(), d.head_view(dout, bh), 1.0, true, Threads::One);
             }
-            // pre = q·kᵀ  →  dq = dpre·k, dk = dpreᵀ·q
-            let dp = Mat {
-                data: dpre,
-                rs: t,
-                cs: 1,
-            };
-            sgemm(t, hs, t, dp, k, dq, false);
-            sgemm(t, hs, t, transposed(dp), q, dk, false);
-            g
-        })
-        .collect();
-    for (bh, g) in grads.iter().enumerate() {
-        let (bi, h) = (bh / nh, bh % nh);
-        for part in 0..3 {
-            for ti in 0..t {
-                let src = &g[part * t * hs + ti * hs..part * t * hs + (ti + 1) * hs];
-                let dst = (bi * t + ti) * 3 * c + part * c + h * hs;
-                for (d, s) in dinp[dst..dst + hs].iter_mut().zip(src) {
-                    *d += s;
+        });
+}
+
+multiversion! {
+    /// Softmax backward row by row: `dpre[t, t2] = att[t, t2]·(dat[t, t2] - Σ_t3 att[t, t3]·dat[t, t3])`
+    /// over the causal part; both `dpre` and `dat` get zeros above the diagonal.
+    fn causal_softmax_backward(dpre: &mut [f32], dat: &mut [f32], at: &[f32], t: usize) {
+        let rows = dpre.chunks_exact_mut(t).zip(dat.chunks_exact_mut(t)).zip(at.chunks_exact(t));
+        for (ti, ((dpre_row, dat_row), at_row)) in rows.enumerate() {
+            let (dpre_row, dpre_future) = dpre_row.split_at_mut(ti + 1);
+            let (dat_row, dat_future) = dat_row.split_at_mut(ti + 1);
+            let at_row = &at_row[..=ti];
+            dpre_future.fill(0.0);
+            dat_future.fill(0.0);
+            let weighted = simd::dot(at_row, dat_row);
+            for ((dp, &a), &da) in dpre_row.iter_mut().zip(at_row).zip(&*dat_row) {
+                *dp = a * (da - weighted);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{added, assert_close, numeric_grad, rng, to_f64, uniform};
+
+    const B: usize = 2;
+    const T: usize = 5;
+    const C: usize = 6;
+    const NH: usize = 2;
+    const HS: usize = C / NH;
+
+    /// f64 reference: (out [B,T,C], att [B,NH,T,T]).
+    fn reference(qkv: &[f64]) -> (Vec<f64>, Vec<f64>) {
+        let (mut out, mut att) = (vec![0.0; B * T * C], vec![0.0; B * NH * T * T]);
+        let at =
+            |bt: usize, part: usize, h: usize, i: usize| qkv[bt * 3 * C + part * C + h * HS + i];
+        for b in 0..B {
+            for h in 0..NH {
+                for t in 0..T {
+                    let scores: Vec<f64> = (0..=t)
+                        .map(|t2| {
+                            (0..HS)
+                                .map(|i| at(b * T + t, 0, h, i) * at(b * T + t2, 1, h, i))
+                                .sum::<f64>()
+                                / (HS as f64).sqrt()
+                        })
+                        .collect();
+                    let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let z: f64 = scores.iter().map(|s| (s - m).exp()).sum();
+                    for (t2, s) in scores.iter().enumerate() {
+                        let a = (s - m).exp() / z;
+                        att[((b * NH + h) * T + t) * T + t2] = a;
+                        for i in 0..HS {
+                            out[(b * T + t) * C + h * HS + i] += a * at(b * T + t2, 2, h, i);
+                        }
+                    }
                 }
+            }
+        }
+        (out, att)
+    }
+
+    fn forward(qkv: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let (mut out, mut pre, mut att) = (
+            vec![f32::NAN; B * T * C],
+            vec![f32::NAN; B * NH * T * T],
+            vec![f32::NAN; B * NH * T * T],
+        );
+        attention_forward(&mut out, &mut pre, &mut att, qkv, B, T, C, NH);
+        (out, att)
+    }
+
+    #[test]
+    fn forward_matches_reference_and_is_causal() {
+        let qkv: Vec<f32> = uniform(&mut rng(40), B * T * 3 * C)
+            .iter()
+            .map(|v| 2.0 * v)
+            .collect();
+        let (out, att) = forward(&qkv);
+        let (ro, ra) = reference(&to_f64(&qkv));
+        assert_close("out", &out, &ro, 1e-5);
+        assert_close("att", &att, &ra, 1e-5);
+        for (r, row) in att.chunks(T).enumerate() {
+            let t = r % T;
+            assert!(
+                row[t + 1..].iter().all(|&a| a == 0.0),
+                "att row {r} attends to the future"
+            );
+            assert!(
+                (row.iter().sum::<f32>() - 1.0).abs() < 1e-6,
+                "att row {r} does not sum to 1"
+            );
+        }
+    }
+
+    #[test]
+    fn backward_matches_finite_differences() {
+        let mut r = rng(41);
+        let qkv: Vec<f32> = uniform(&mut r, B * T * 3 * C)
+            .iter()
+            .map(|v| 2.0 * v)
+            .collect();
+        let dout = uniform(&mut r, B * T * C);
+        let rr = to_f64(&dout);
+        let (_, att) = forward(&qkv);
+        let d0 = uniform(&mut r, qkv.len());
+        let mut dinp = d0.clone();
+        // Scratch deliberately full of garbage: the kernel must not read it.
+        let (mut dpre, mut datt) = (vec![f32::NAN; att.len()], vec![f32::NAN; att.len()]);
+        attention_backward(
+            &mut dinp, &mut dpre, &mut datt, &dout, &qkv, &att, B, T, C, NH,
+        );
+        let want = numeric_grad(&to_f64(&qkv), |x| {
+            reference(x).0.iter().zip(&rr).map(|(o, r)| o * r).sum()
+        });
+        assert_close("dinp", &added(&dinp, &d0), &want, 1e-4);
+    }
+
+    #[test]
+    fn gradient_never_flows_from_the_past_to_future_keys() {
+        let mut r = rng(42);
+        let qkv = uniform(&mut r, B * T * 3 * C);
+        let (_, att) = forward(&qkv);
+        // Loss on position 1 only: rows 2.. must get exactly zero gradient for q, k and v.
+        let mut dout = vec![0.0; B * T * C];
+        for b in 0..B {
+            dout[(b * T + 1) * C..(b * T + 2) * C].copy_from_slice(&uniform(&mut r, C));
+        }
+        let mut dinp = vec![0.0; qkv.len()];
+        let (mut dpre, mut datt) = (vec![0.0; att.len()], vec![0.0; att.len()]);
+        attention_backward(
+            &mut dinp, &mut dpre, &mut datt, &dout, &qkv, &att, B, T, C, NH,
+        );
+        for b in 0..B {
+            for t in 0..T {
+                let row = &dinp[(b * T + t) * 3 * C..(b * T + t + 1) * 3 * C];
+                let (zero_q, zero_kv) = (t != 1, t > 1);
+                assert_eq!(
+                    row[..C].iter().all(|&g| g == 0.0),
+                    zero_q,
+                    "dq at b={b} t={t}"
+                );
+                assert_eq!(
+                    row[C..].iter().all(|&g| g == 0.0),
+                    zero_kv,
+                    "dk/dv at b={b} t={t}"
+                );
             }
         }
     }

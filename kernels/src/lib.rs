@@ -11,7 +11,13 @@
 //!   that weight tying, residual branches and gradient accumulation need no extra buffers;
 //! - results never depend on the number of threads: parallel reductions split work into chunks
 //!   of a fixed size and combine the partial results in a fixed order (bit-exact resume and
-//!   world-size equivalence rely on this).
+//!   world-size equivalence rely on this);
+//! - shape mismatches are programmer errors and panic (`assert!`), as do out-of-range token ids
+//!   and targets;
+//! - matrix products go through one GEMM entry point (`gemm.rs`, the `gemm` crate on the rayon
+//!   pool, see the GEMM section of BENCHMARKS.md); the other hot loops are written to auto-vectorise and are
+//!   compiled twice, for baseline x86-64 and for AVX2 picked at run time, with bit-identical
+//!   results (no FMA contraction, fixed reduction lanes).
 
 pub mod activation;
 pub mod attention;
@@ -22,7 +28,11 @@ pub mod layernorm;
 pub mod loss;
 pub mod matmul;
 pub mod optim;
+mod par;
 pub mod residual;
+mod simd;
+#[cfg(test)]
+mod testutil;
 
 /// Target value that marks a position excluded from the cross-entropy loss.
 pub const IGNORE_INDEX: u32 = u32::MAX;
