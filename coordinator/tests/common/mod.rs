@@ -1,6 +1,8 @@
 //! Helpers shared by the coordinator's integration tests.
 #![allow(dead_code)]
 
+pub mod random;
+
 use convoy_coordinator::{
     ClusterConfig, ClusterState, Command, Decision, Effect, JobId, Millis, SubmitJob, WorkerId,
     schedule,
