@@ -1,0 +1,261 @@
+//! The cluster's domain types: jobs, their attempts, and workers.
+//!
+//! Everything here is plain data (serde, `PartialEq`) so the whole cluster state can be
+//! snapshotted, compared in tests, and later replicated through Raft. Time is a `u64` of
+//! milliseconds ([`Millis`]) carried in commands: the core never reads a clock, which is what
+//! makes replaying a command log give the same state.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use convoy_engine::spec::Backend;
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since an epoch chosen by the I/O loop (Unix time in practice).
+pub type Millis = u64;
+
+/// A job's identity, assigned by the state machine in submit order; never reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct JobId(pub u64);
+
+/// A worker's identity, assigned at first registration and kept across re-registrations of the
+/// same name, so history (attempt placements, failure counts) stays attached to the machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct WorkerId(pub u64);
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "job-{}", self.0)
+    }
+}
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "worker-{}", self.0)
+    }
+}
+
+/// Where a job is in its life. `Succeeded`, `Failed` and `Cancelled` are final.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobState {
+    /// Waiting for the scheduler (new, or requeued after a failed attempt).
+    Queued,
+    /// The latest attempt is running on its placement.
+    Running,
+    Succeeded,
+    Failed {
+        reason: String,
+    },
+    Cancelled,
+}
+
+impl JobState {
+    /// True for the states a job never leaves.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed { .. } | JobState::Cancelled
+        )
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JobState::Queued => f.write_str("queued"),
+            JobState::Running => f.write_str("running"),
+            JobState::Succeeded => f.write_str("succeeded"),
+            JobState::Failed { reason } => write!(f, "failed ({reason})"),
+            JobState::Cancelled => f.write_str("cancelled"),
+        }
+    }
+}
+
+/// How one rank's process ended, as its worker reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RankExit {
+    /// Exit status 0.
+    Success,
+    /// A non-zero status (or a signal, which the worker maps to a status) and the last lines
+    /// of the rank's log, kept so the job's failure reason says what went wrong.
+    Failure { status: i32, log_tail: String },
+}
+
+/// How an attempt ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AttemptOutcome {
+    /// Every rank exited 0.
+    Succeeded,
+    /// A rank was lost (failed, its worker died, or the gang stopped making progress).
+    Failed { reason: String },
+    /// The job was cancelled while this attempt ran.
+    Cancelled,
+}
+
+/// One try at running a job: a gang of `world_size` ranks placed on workers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// Strictly increasing per job (1, 2, …). Every report from a rank carries the generation
+    /// it was launched with, so a report from an earlier, stopped attempt cannot be mistaken
+    /// for one from the current attempt.
+    pub generation: u64,
+    /// `placement[rank]` is the worker that runs that rank.
+    pub placement: Vec<WorkerId>,
+    pub started_at: Millis,
+    /// Set when the attempt ends, with `outcome`.
+    pub ended_at: Option<Millis>,
+    pub outcome: Option<AttemptOutcome>,
+    /// Ranks that have exited so far, by rank.
+    pub exits: BTreeMap<usize, RankExit>,
+}
+
+impl Attempt {
+    /// True until the attempt has an outcome.
+    pub fn is_live(&self) -> bool {
+        self.outcome.is_none()
+    }
+
+    /// The distinct workers that host a rank which has not exited yet, in id order.
+    pub fn workers_with_running_ranks(&self) -> Vec<WorkerId> {
+        let mut ws: Vec<WorkerId> = self
+            .placement
+            .iter()
+            .enumerate()
+            .filter(|(rank, _)| !self.exits.contains_key(rank))
+            .map(|(_, w)| *w)
+            .collect();
+        ws.sort();
+        ws.dedup();
+        ws
+    }
+}
+
+/// The latest training step a job reported, and when.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// The attempt that reported it; a timeout only counts progress of the current attempt.
+    pub generation: u64,
+    pub step: u64,
+    pub at: Millis,
+}
+
+/// A submitted training job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: JobId,
+    /// The spec's `name`.
+    pub name: String,
+    /// The spec exactly as submitted (TOML); workers receive this text.
+    pub spec_text: String,
+    /// Ranks in the gang (from the spec); every attempt places exactly this many.
+    pub world_size: usize,
+    pub backend: Backend,
+    /// Higher runs first.
+    pub priority: i32,
+    /// Submit order across all jobs: FIFO within a priority.
+    pub seq: u64,
+    pub submitted_at: Millis,
+    pub state: JobState,
+    /// Attempts after the first that a failing job gets before it is marked failed.
+    pub max_restarts: u32,
+    /// An attempt that reports no progress for this long is treated as lost; `None` disables.
+    pub progress_timeout: Option<Millis>,
+    pub attempts: Vec<Attempt>,
+    pub last_progress: Option<Progress>,
+}
+
+impl Job {
+    /// The latest attempt if it is still running.
+    pub fn live_attempt(&self) -> Option<&Attempt> {
+        self.attempts.last().filter(|a| a.is_live())
+    }
+
+    /// The generation the next attempt must carry.
+    pub fn next_generation(&self) -> u64 {
+        self.attempts.last().map_or(1, |a| a.generation + 1)
+    }
+}
+
+/// Whether a worker is heard from. Orthogonal to [`Cordon`]: a cordoned worker can be lost and
+/// come back still cordoned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Liveness {
+    Alive,
+    /// No heartbeat within the timeout; its ranks were given up. It must re-register.
+    Lost,
+}
+
+/// Why a worker takes no new ranks. Running ranks are left alone (a drain, not an eviction).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Cordon {
+    /// An operator's decision.
+    Operator,
+    /// Cordoned automatically after this many rank failures in a row.
+    Failures { consecutive: u32 },
+}
+
+/// A machine running the worker daemon.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Worker {
+    pub id: WorkerId,
+    /// Unique among alive workers (normally the host name).
+    pub name: String,
+    /// Ranks it runs at once (CPU slots).
+    pub slots: u32,
+    /// GPUs it reports (0 until the CUDA backend exists).
+    pub gpus: u32,
+    pub liveness: Liveness,
+    pub cordon: Option<Cordon>,
+    pub registered_at: Millis,
+    pub last_heartbeat: Millis,
+    /// Rank failures on this worker since its last rank success (or uncordon).
+    pub consecutive_failures: u32,
+}
+
+impl Worker {
+    /// Alive and not cordoned: may receive new ranks.
+    pub fn schedulable(&self) -> bool {
+        self.liveness == Liveness::Alive && self.cordon.is_none()
+    }
+
+    /// How many ranks of a job with this backend fit on an empty worker: every rank takes a
+    /// slot, and a CUDA rank also takes a GPU.
+    pub fn capacity_for(&self, backend: Backend) -> u32 {
+        match backend {
+            Backend::Cpu => self.slots,
+            Backend::Cuda => self.slots.min(self.gpus),
+        }
+    }
+}
+
+/// Slots and GPUs taken on one worker by live attempts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub slots: u32,
+    pub gpus: u32,
+}
+
+impl Usage {
+    /// What one rank of a job with this backend takes.
+    pub fn per_rank(backend: Backend) -> Usage {
+        match backend {
+            Backend::Cpu => Usage { slots: 1, gpus: 0 },
+            Backend::Cuda => Usage { slots: 1, gpus: 1 },
+        }
+    }
+
+    /// How many more ranks of `backend` fit on `worker` given this usage.
+    pub fn free_for(&self, worker: &Worker, backend: Backend) -> u32 {
+        let slots = worker.slots.saturating_sub(self.slots);
+        match backend {
+            Backend::Cpu => slots,
+            Backend::Cuda => slots.min(worker.gpus.saturating_sub(self.gpus)),
+        }
+    }
+
+    pub fn add(&mut self, backend: Backend, ranks: u32) {
+        let r = Usage::per_rank(backend);
+        self.slots += r.slots * ranks;
+        self.gpus += r.gpus * ranks;
+    }
+}

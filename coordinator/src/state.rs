@@ -1,0 +1,702 @@
+//! The cluster state machine: [`ClusterState::apply`] of a [`Command`] → [`Effect`]s.
+//!
+//! `apply` is deterministic and does no I/O: the same commands in the same order give the same
+//! state and effects, so the state can be rebuilt from a log (see [`crate::log`]) and, later,
+//! replicated through Raft. Time enters only through the `now` fields of commands. Every
+//! command is validated before anything changes, so a rejected command leaves the state as it
+//! was. Effects are what the I/O loop must carry out (launch or stop ranks, notify clients);
+//! the scheduler ([`crate::scheduler`]) decides placements, which come back as
+//! [`Command::StartAttempt`].
+
+use std::collections::BTreeMap;
+
+use convoy_engine::spec::JobSpec;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApplyError;
+use crate::model::{
+    Attempt, AttemptOutcome, Cordon, Job, JobId, JobState, Liveness, Millis, Progress, RankExit,
+    Usage, Worker, WorkerId,
+};
+
+/// Settings of the state machine. They are part of the state (and its snapshots) because they
+/// change what `apply` does: replicas must agree on them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterConfig {
+    /// A worker not heard from for longer than this is lost at the next tick.
+    pub heartbeat_timeout: Millis,
+    /// Rank failures in a row on one worker after which it is cordoned automatically.
+    pub auto_cordon_after: u32,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            heartbeat_timeout: 15_000,
+            auto_cordon_after: 3,
+        }
+    }
+}
+
+/// A job submission. Priority, restarts and the progress timeout are submission options (the
+/// spec file may carry them later); the rest comes from the spec text.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubmitJob {
+    /// The spec (TOML), validated with `JobSpec::parse` before the job is accepted.
+    pub spec_text: String,
+    /// Names the spec's source in validation errors (e.g. the file name the client read).
+    pub origin: String,
+    pub priority: i32,
+    pub max_restarts: u32,
+    pub progress_timeout: Option<Millis>,
+    pub now: Millis,
+}
+
+impl SubmitJob {
+    /// Priority 0 and the default retry and timeout policy.
+    pub const DEFAULT_MAX_RESTARTS: u32 = 2;
+    /// Ten minutes: long enough for data loading and a slow first step.
+    pub const DEFAULT_PROGRESS_TIMEOUT: Millis = 10 * 60 * 1000;
+
+    /// A submission with the default options.
+    pub fn new(spec_text: impl Into<String>, origin: impl Into<String>, now: Millis) -> Self {
+        SubmitJob {
+            spec_text: spec_text.into(),
+            origin: origin.into(),
+            priority: 0,
+            max_restarts: Self::DEFAULT_MAX_RESTARTS,
+            progress_timeout: Some(Self::DEFAULT_PROGRESS_TIMEOUT),
+            now,
+        }
+    }
+}
+
+/// Everything that changes the cluster state. Serializable: this is what the log stores.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    SubmitJob(SubmitJob),
+    CancelJob {
+        job: JobId,
+        now: Millis,
+    },
+    /// A worker daemon announcing itself. A name already alive is rejected; the name of a lost
+    /// worker re-registers it under its old id.
+    RegisterWorker {
+        name: String,
+        slots: u32,
+        gpus: u32,
+        now: Millis,
+    },
+    Heartbeat {
+        worker: WorkerId,
+        now: Millis,
+    },
+    Cordon {
+        worker: WorkerId,
+    },
+    Uncordon {
+        worker: WorkerId,
+    },
+    /// A placement the scheduler decided: `placement[rank]` runs that rank.
+    StartAttempt {
+        job: JobId,
+        generation: u64,
+        placement: Vec<WorkerId>,
+        now: Millis,
+    },
+    ReportProgress {
+        job: JobId,
+        generation: u64,
+        step: u64,
+        now: Millis,
+    },
+    ReportRankExit {
+        job: JobId,
+        generation: u64,
+        rank: usize,
+        exit: RankExit,
+        now: Millis,
+    },
+    /// The passage of time: loses silent workers and stalled jobs.
+    Tick {
+        now: Millis,
+    },
+}
+
+/// What the I/O loop must do after a command was applied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Effect {
+    /// The submission was accepted under this id (reply to the client).
+    JobSubmitted {
+        job: JobId,
+    },
+    /// The registration was accepted under this id (reply to the daemon).
+    WorkerRegistered {
+        worker: WorkerId,
+    },
+    /// Tell each worker of the placement to launch its ranks of this generation.
+    LaunchRanks {
+        job: JobId,
+        generation: u64,
+        placement: Vec<WorkerId>,
+    },
+    /// Tell these workers to kill their ranks of this generation (the whole gang goes when one
+    /// rank is lost, because data-parallel ranks cannot continue without a peer).
+    StopRanks {
+        job: JobId,
+        generation: u64,
+        workers: Vec<WorkerId>,
+    },
+    /// The attempt failed and the job went back to the queue.
+    JobRequeued {
+        job: JobId,
+        generation: u64,
+        reason: String,
+    },
+    /// The job reached a final state.
+    JobFinished {
+        job: JobId,
+        state: JobState,
+    },
+    WorkerLost {
+        worker: WorkerId,
+    },
+    WorkerCordoned {
+        worker: WorkerId,
+        reason: Cordon,
+    },
+}
+
+/// The whole replicated state of the cluster.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub config: ClusterConfig,
+    pub jobs: BTreeMap<JobId, Job>,
+    pub workers: BTreeMap<WorkerId, Worker>,
+    next_job: u64,
+    next_worker: u64,
+}
+
+impl ClusterState {
+    pub fn new(config: ClusterConfig) -> Self {
+        ClusterState {
+            config,
+            ..ClusterState::default()
+        }
+    }
+
+    pub fn job(&self, id: JobId) -> Result<&Job, ApplyError> {
+        self.jobs.get(&id).ok_or(ApplyError::UnknownJob(id))
+    }
+
+    pub fn worker(&self, id: WorkerId) -> Result<&Worker, ApplyError> {
+        self.workers.get(&id).ok_or(ApplyError::UnknownWorker(id))
+    }
+
+    fn job_mut(&mut self, id: JobId) -> Result<&mut Job, ApplyError> {
+        self.jobs.get_mut(&id).ok_or(ApplyError::UnknownJob(id))
+    }
+
+    fn worker_mut(&mut self, id: WorkerId) -> Result<&mut Worker, ApplyError> {
+        self.workers
+            .get_mut(&id)
+            .ok_or(ApplyError::UnknownWorker(id))
+    }
+
+    /// Slots and GPUs held on each worker by live attempts. A rank holds its slot until its
+    /// whole attempt ends, even after it exited, because a gang is placed and freed as one.
+    pub fn usage(&self) -> BTreeMap<WorkerId, Usage> {
+        let mut usage: BTreeMap<WorkerId, Usage> = BTreeMap::new();
+        for job in self.jobs.values() {
+            if let Some(attempt) = job.live_attempt() {
+                for w in &attempt.placement {
+                    usage.entry(*w).or_default().add(job.backend, 1);
+                }
+            }
+        }
+        usage
+    }
+
+    /// Applies one command. Deterministic, no I/O; on `Err` the state is unchanged.
+    pub fn apply(&mut self, cmd: &Command) -> Result<Vec<Effect>, ApplyError> {
+        match cmd {
+            Command::SubmitJob(s) => self.submit(s),
+            Command::CancelJob { job, now } => self.cancel(*job, *now),
+            Command::RegisterWorker {
+                name,
+                slots,
+                gpus,
+                now,
+            } => self.register(name, *slots, *gpus, *now),
+            Command::Heartbeat { worker, now } => {
+                let w = self.worker_mut(*worker)?;
+                if w.liveness == Liveness::Lost {
+                    return Err(ApplyError::WorkerLost { worker: *worker });
+                }
+                w.last_heartbeat = w.last_heartbeat.max(*now);
+                Ok(vec![])
+            }
+            Command::Cordon { worker } => {
+                let w = self.worker_mut(*worker)?;
+                // Idempotent; an automatic cordon becomes the operator's.
+                if w.cordon == Some(Cordon::Operator) {
+                    return Ok(vec![]);
+                }
+                w.cordon = Some(Cordon::Operator);
+                Ok(vec![Effect::WorkerCordoned {
+                    worker: *worker,
+                    reason: Cordon::Operator,
+                }])
+            }
+            Command::Uncordon { worker } => {
+                let w = self.worker_mut(*worker)?;
+                w.cordon = None;
+                // The operator vouches for the machine: start its failure streak afresh, or one
+                // more failure would cordon it again at once.
+                w.consecutive_failures = 0;
+                Ok(vec![])
+            }
+            Command::StartAttempt {
+                job,
+                generation,
+                placement,
+                now,
+            } => self.start_attempt(*job, *generation, placement, *now),
+            Command::ReportProgress {
+                job,
+                generation,
+                step,
+                now,
+            } => {
+                self.check_live_generation(*job, *generation)?;
+                let j = self.job_mut(*job)?;
+                j.last_progress = Some(Progress {
+                    generation: *generation,
+                    step: *step,
+                    at: *now,
+                });
+                Ok(vec![])
+            }
+            Command::ReportRankExit {
+                job,
+                generation,
+                rank,
+                exit,
+                now,
+            } => self.rank_exit(*job, *generation, *rank, exit, *now),
+            Command::Tick { now } => Ok(self.tick(*now)),
+        }
+    }
+
+    fn submit(&mut self, s: &SubmitJob) -> Result<Vec<Effect>, ApplyError> {
+        let spec = JobSpec::parse(&s.spec_text, &s.origin)
+            .map_err(|e| ApplyError::InvalidSpec(e.to_string()))?;
+        if s.progress_timeout == Some(0) {
+            return Err(ApplyError::InvalidSubmit(
+                "progress_timeout = 0 ms: must be positive (or none to disable)".into(),
+            ));
+        }
+        self.next_job += 1;
+        let id = JobId(self.next_job);
+        self.jobs.insert(
+            id,
+            Job {
+                id,
+                name: spec.name.clone(),
+                spec_text: s.spec_text.clone(),
+                world_size: spec.world_size,
+                backend: spec.backend,
+                priority: s.priority,
+                seq: self.next_job,
+                submitted_at: s.now,
+                state: JobState::Queued,
+                max_restarts: s.max_restarts,
+                progress_timeout: s.progress_timeout,
+                attempts: vec![],
+                last_progress: None,
+            },
+        );
+        Ok(vec![Effect::JobSubmitted { job: id }])
+    }
+
+    fn cancel(&mut self, id: JobId, now: Millis) -> Result<Vec<Effect>, ApplyError> {
+        let job = self.job_mut(id)?;
+        if job.state.is_final() {
+            return Err(ApplyError::JobAlreadyFinished {
+                job: id,
+                state: job.state.clone(),
+            });
+        }
+        let mut effects = vec![];
+        let live = if job.state == JobState::Running {
+            job.attempts.last_mut().filter(|a| a.is_live())
+        } else {
+            None
+        };
+        if let Some(attempt) = live {
+            attempt.ended_at = Some(now);
+            attempt.outcome = Some(AttemptOutcome::Cancelled);
+            let generation = attempt.generation;
+            let workers = attempt.workers_with_running_ranks();
+            let workers = self.alive_only(workers);
+            if !workers.is_empty() {
+                effects.push(Effect::StopRanks {
+                    job: id,
+                    generation,
+                    workers,
+                });
+            }
+        }
+        let job = self.job_mut(id)?;
+        job.state = JobState::Cancelled;
+        effects.push(Effect::JobFinished {
+            job: id,
+            state: JobState::Cancelled,
+        });
+        Ok(effects)
+    }
+
+    fn register(
+        &mut self,
+        name: &str,
+        slots: u32,
+        gpus: u32,
+        now: Millis,
+    ) -> Result<Vec<Effect>, ApplyError> {
+        if name.trim().is_empty() {
+            return Err(ApplyError::InvalidWorker {
+                name: name.into(),
+                msg: "the name must not be empty".into(),
+            });
+        }
+        if slots == 0 {
+            return Err(ApplyError::InvalidWorker {
+                name: name.into(),
+                msg: "slots = 0: a worker needs at least one slot".into(),
+            });
+        }
+        if let Some(w) = self.workers.values_mut().find(|w| w.name == name) {
+            if w.liveness == Liveness::Alive {
+                return Err(ApplyError::DuplicateWorker {
+                    name: name.into(),
+                    id: w.id,
+                });
+            }
+            // A lost worker coming back: same id, fresh resources; a cordon and the failure
+            // streak stay, since they are about the machine, not the connection.
+            w.liveness = Liveness::Alive;
+            w.slots = slots;
+            w.gpus = gpus;
+            w.registered_at = now;
+            w.last_heartbeat = now;
+            return Ok(vec![Effect::WorkerRegistered { worker: w.id }]);
+        }
+        self.next_worker += 1;
+        let id = WorkerId(self.next_worker);
+        self.workers.insert(
+            id,
+            Worker {
+                id,
+                name: name.into(),
+                slots,
+                gpus,
+                liveness: Liveness::Alive,
+                cordon: None,
+                registered_at: now,
+                last_heartbeat: now,
+                consecutive_failures: 0,
+            },
+        );
+        Ok(vec![Effect::WorkerRegistered { worker: id }])
+    }
+
+    fn start_attempt(
+        &mut self,
+        id: JobId,
+        generation: u64,
+        placement: &[WorkerId],
+        now: Millis,
+    ) -> Result<Vec<Effect>, ApplyError> {
+        let job = self.job(id)?;
+        if job.state != JobState::Queued {
+            return Err(ApplyError::JobNotQueued {
+                job: id,
+                state: job.state.clone(),
+            });
+        }
+        let expected = job.next_generation();
+        if generation != expected {
+            return Err(ApplyError::WrongGeneration {
+                job: id,
+                got: generation,
+                expected,
+            });
+        }
+        if placement.len() != job.world_size {
+            return Err(ApplyError::BadPlacement {
+                job: id,
+                msg: format!(
+                    "{} ranks placed; the job's world size is {}",
+                    placement.len(),
+                    job.world_size
+                ),
+            });
+        }
+        let mut wanted: BTreeMap<WorkerId, u32> = BTreeMap::new();
+        for w in placement {
+            *wanted.entry(*w).or_default() += 1;
+        }
+        let usage = self.usage();
+        for (wid, ranks) in &wanted {
+            let w = self.worker(*wid)?;
+            if !w.schedulable() {
+                return Err(ApplyError::BadPlacement {
+                    job: id,
+                    msg: format!("{wid} ({}) is lost or cordoned", w.name),
+                });
+            }
+            let free = usage
+                .get(wid)
+                .copied()
+                .unwrap_or_default()
+                .free_for(w, job.backend);
+            if *ranks > free {
+                return Err(ApplyError::BadPlacement {
+                    job: id,
+                    msg: format!("{ranks} ranks on {wid} ({}), which has {free} free", w.name),
+                });
+            }
+        }
+        let job = self.job_mut(id)?;
+        job.attempts.push(Attempt {
+            generation,
+            placement: placement.to_vec(),
+            started_at: now,
+            ended_at: None,
+            outcome: None,
+            exits: BTreeMap::new(),
+        });
+        job.state = JobState::Running;
+        Ok(vec![Effect::LaunchRanks {
+            job: id,
+            generation,
+            placement: placement.to_vec(),
+        }])
+    }
+
+    /// Checks that `generation` is the job's running attempt.
+    fn check_live_generation(&self, id: JobId, generation: u64) -> Result<&Attempt, ApplyError> {
+        let job = self.job(id)?;
+        let Some(last) = job.attempts.last() else {
+            return Err(ApplyError::JobNotRunning {
+                job: id,
+                state: job.state.clone(),
+            });
+        };
+        if generation != last.generation {
+            return Err(ApplyError::StaleGeneration {
+                job: id,
+                got: generation,
+                current: last.generation,
+            });
+        }
+        if !last.is_live() {
+            return Err(ApplyError::AttemptEnded {
+                job: id,
+                generation,
+            });
+        }
+        Ok(last)
+    }
+
+    fn rank_exit(
+        &mut self,
+        id: JobId,
+        generation: u64,
+        rank: usize,
+        exit: &RankExit,
+        now: Millis,
+    ) -> Result<Vec<Effect>, ApplyError> {
+        let attempt = self.check_live_generation(id, generation)?;
+        if rank >= attempt.placement.len() {
+            return Err(ApplyError::RankOutOfRange {
+                job: id,
+                generation,
+                rank,
+                world_size: attempt.placement.len(),
+            });
+        }
+        if attempt.exits.contains_key(&rank) {
+            return Err(ApplyError::DuplicateExit {
+                job: id,
+                generation,
+                rank,
+            });
+        }
+        let wid = attempt.placement[rank];
+        let mut effects = vec![];
+        let job = self.job_mut(id)?;
+        let world_size = job.world_size;
+        let Some(attempt) = job.attempts.last_mut() else {
+            return Ok(effects); // unreachable: checked above
+        };
+        attempt.exits.insert(rank, exit.clone());
+        match exit {
+            RankExit::Success => {
+                if attempt.exits.len() == world_size
+                    && attempt.exits.values().all(|e| *e == RankExit::Success)
+                {
+                    attempt.ended_at = Some(now);
+                    attempt.outcome = Some(AttemptOutcome::Succeeded);
+                    job.state = JobState::Succeeded;
+                    effects.push(Effect::JobFinished {
+                        job: id,
+                        state: JobState::Succeeded,
+                    });
+                }
+                if let Ok(w) = self.worker_mut(wid) {
+                    w.consecutive_failures = 0;
+                }
+            }
+            RankExit::Failure { status, log_tail } => {
+                let name = self.workers.get(&wid).map_or("?", |w| w.name.as_str());
+                let tail = log_tail.trim();
+                let reason = if tail.is_empty() {
+                    format!("rank {rank} on {wid} ({name}) exited with status {status}")
+                } else {
+                    format!("rank {rank} on {wid} ({name}) exited with status {status}: {tail}")
+                };
+                let threshold = self.config.auto_cordon_after;
+                if let Ok(w) = self.worker_mut(wid) {
+                    w.consecutive_failures += 1;
+                    if threshold > 0 && w.consecutive_failures >= threshold && w.cordon.is_none() {
+                        let reason = Cordon::Failures {
+                            consecutive: w.consecutive_failures,
+                        };
+                        w.cordon = Some(reason.clone());
+                        effects.push(Effect::WorkerCordoned {
+                            worker: wid,
+                            reason,
+                        });
+                    }
+                }
+                effects.extend(self.fail_attempt(id, now, reason));
+            }
+        }
+        Ok(effects)
+    }
+
+    /// Ends the job's live attempt as failed: stops the rest of the gang on alive workers, then
+    /// requeues the job if it has attempts left, else fails it with `reason`.
+    fn fail_attempt(&mut self, id: JobId, now: Millis, reason: String) -> Vec<Effect> {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return vec![];
+        };
+        let Some(attempt) = job.attempts.last_mut().filter(|a| a.is_live()) else {
+            return vec![];
+        };
+        attempt.ended_at = Some(now);
+        attempt.outcome = Some(AttemptOutcome::Failed {
+            reason: reason.clone(),
+        });
+        let generation = attempt.generation;
+        let running = attempt.workers_with_running_ranks();
+        let tries = job.attempts.len() as u64;
+        let allowed = u64::from(job.max_restarts) + 1;
+        let mut effects = vec![];
+        let workers = self.alive_only(running);
+        if !workers.is_empty() {
+            effects.push(Effect::StopRanks {
+                job: id,
+                generation,
+                workers,
+            });
+        }
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return effects;
+        };
+        if tries < allowed {
+            job.state = JobState::Queued;
+            effects.push(Effect::JobRequeued {
+                job: id,
+                generation,
+                reason,
+            });
+        } else {
+            let state = JobState::Failed {
+                reason: format!("{reason} (attempt {tries} of {allowed})"),
+            };
+            job.state = state.clone();
+            effects.push(Effect::JobFinished { job: id, state });
+        }
+        effects
+    }
+
+    fn alive_only(&self, workers: Vec<WorkerId>) -> Vec<WorkerId> {
+        workers
+            .into_iter()
+            .filter(|w| {
+                self.workers
+                    .get(w)
+                    .is_some_and(|w| w.liveness == Liveness::Alive)
+            })
+            .collect()
+    }
+
+    /// Loses workers silent past the heartbeat timeout (and fails the attempts that had a rank
+    /// on them), then fails attempts past their job's progress timeout.
+    fn tick(&mut self, now: Millis) -> Vec<Effect> {
+        let timeout = self.config.heartbeat_timeout;
+        let mut effects = vec![];
+        let lost: Vec<WorkerId> = self
+            .workers
+            .values()
+            .filter(|w| {
+                w.liveness == Liveness::Alive && now.saturating_sub(w.last_heartbeat) > timeout
+            })
+            .map(|w| w.id)
+            .collect();
+        for wid in &lost {
+            if let Some(w) = self.workers.get_mut(wid) {
+                w.liveness = Liveness::Lost;
+            }
+            effects.push(Effect::WorkerLost { worker: *wid });
+        }
+        for wid in &lost {
+            let (name, silent) = self.workers.get(wid).map_or(("?".to_string(), 0), |w| {
+                (w.name.clone(), now.saturating_sub(w.last_heartbeat))
+            });
+            let hit: Vec<JobId> = self
+                .jobs
+                .values()
+                .filter(|j| j.live_attempt().is_some_and(|a| a.placement.contains(wid)))
+                .map(|j| j.id)
+                .collect();
+            for jid in hit {
+                let reason = format!(
+                    "{wid} ({name}) lost: no heartbeat for {silent} ms (timeout {timeout} ms)"
+                );
+                effects.extend(self.fail_attempt(jid, now, reason));
+            }
+        }
+        let stalled: Vec<(JobId, Millis, Millis)> = self
+            .jobs
+            .values()
+            .filter_map(|j| {
+                let limit = j.progress_timeout?;
+                let a = j.live_attempt()?;
+                let since = match j.last_progress {
+                    Some(p) if p.generation == a.generation => p.at.max(a.started_at),
+                    _ => a.started_at,
+                };
+                let quiet = now.saturating_sub(since);
+                (quiet > limit).then_some((j.id, quiet, limit))
+            })
+            .collect();
+        for (jid, quiet, limit) in stalled {
+            let reason = format!("no progress for {quiet} ms (timeout {limit} ms)");
+            effects.extend(self.fail_attempt(jid, now, reason));
+        }
+        effects
+    }
+}

@@ -1,0 +1,76 @@
+//! Helpers shared by the coordinator's integration tests.
+#![allow(dead_code)]
+
+pub mod random;
+
+use convoy_coordinator::{
+    ClusterConfig, ClusterState, Command, Decision, Effect, JobId, Millis, SubmitJob, WorkerId,
+    schedule,
+};
+
+/// A minimal valid spec with this name, world size and backend.
+pub fn spec(name: &str, world_size: usize, backend: &str) -> String {
+    format!(
+        "name = \"{name}\"\nsteps = 10\nbatch_size = 4\nworld_size = {world_size}\n\
+         backend = \"{backend}\"\n\n[model]\nkind = \"mlp\"\n\n[data]\nkind = \"csv\"\n\
+         path = \"data.csv\"\n"
+    )
+}
+
+pub fn cluster() -> ClusterState {
+    ClusterState::new(ClusterConfig::default())
+}
+
+pub fn submit_cmd(name: &str, n: usize, priority: i32, now: Millis) -> Command {
+    let mut s = SubmitJob::new(spec(name, n, "cpu"), format!("{name}.toml"), now);
+    s.priority = priority;
+    Command::SubmitJob(s)
+}
+
+pub fn submit(state: &mut ClusterState, name: &str, n: usize, priority: i32) -> JobId {
+    let effects = state
+        .apply(&submit_cmd(name, n, priority, 0))
+        .expect("submit");
+    match effects.as_slice() {
+        [Effect::JobSubmitted { job }] => *job,
+        other => panic!("unexpected effects {other:?}"),
+    }
+}
+
+pub fn worker(state: &mut ClusterState, name: &str, slots: u32) -> WorkerId {
+    let cmd = Command::RegisterWorker {
+        name: name.into(),
+        slots,
+        gpus: 0,
+        now: 0,
+    };
+    match state.apply(&cmd).expect("register").as_slice() {
+        [Effect::WorkerRegistered { worker }] => *worker,
+        other => panic!("unexpected effects {other:?}"),
+    }
+}
+
+/// Runs the scheduler and applies every decision; returns the decisions.
+pub fn run_scheduler(state: &mut ClusterState, now: Millis) -> Vec<Decision> {
+    let plan = schedule(state);
+    for d in &plan.starts {
+        state
+            .apply(&d.clone().into_command(now))
+            .expect("a scheduler decision applies");
+    }
+    plan.starts
+}
+
+/// Starts `job` on an explicit placement as its next generation.
+pub fn start(state: &mut ClusterState, job: JobId, placement: &[WorkerId], now: Millis) -> u64 {
+    let generation = state.jobs[&job].next_generation();
+    state
+        .apply(&Command::StartAttempt {
+            job,
+            generation,
+            placement: placement.to_vec(),
+            now,
+        })
+        .expect("start");
+    generation
+}
