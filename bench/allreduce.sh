@@ -10,8 +10,8 @@ export GLOO_SOCKET_IFNAME=lo
 for round in $(seq 1 "${1:-1}"); do
   for world in 2 4; do
     for mb in 4 64 256; do
-      "$BENCH" --world "$world" --mb "$mb" | tail -n 1
-      "$PY" bench/allreduce_gloo.py --world "$world" --mb "$mb" | tail -n 1
+      "$BENCH" --world "$world" --mb "$mb" ${ITERS:+--iters $ITERS} | tail -n 1
+      "$PY" bench/allreduce_gloo.py --world "$world" --mb "$mb" ${ITERS:+--iters $ITERS} | tail -n 1
     done
   done
 done
