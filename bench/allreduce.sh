@@ -3,7 +3,7 @@
 # the same machine state. Usage: bench/allreduce.sh [rounds]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-/work/pyenv/bin/python}
+PY=${PY:-python3}
 cargo build --release -q -p convoy-worker --example allreduce_bench
 BENCH=target/release/examples/allreduce_bench
 export GLOO_SOCKET_IFNAME=lo

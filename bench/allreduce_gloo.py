@@ -3,7 +3,7 @@ worker/examples/allreduce_bench.rs: same sizes, one process per rank, 2 warm-up 
 then N timed ones each after a barrier; rank 0 reports the median.
 busbw = 2(n-1)/n * bytes / time, bytes = MiB * 2**20.
 
-    GLOO_SOCKET_IFNAME=lo /work/pyenv/bin/python bench/allreduce_gloo.py [--worlds 2,4] [--sizes-mb 4,64,256] [--iters N]
+    GLOO_SOCKET_IFNAME=lo python3 bench/allreduce_gloo.py [--worlds 2,4] [--sizes-mb 4,64,256] [--iters N]
 """
 
 import argparse
