@@ -55,21 +55,9 @@ pub const TENSORS: [Tensor; 16] = [
     Tensor::Lnfb,
 ];
 
-/// The tensors that exist once per layer, stacked over layers in the flat buffer.
-pub(super) const PER_LAYER: [Tensor; 12] = [
-    Tensor::Ln1w,
-    Tensor::Ln1b,
-    Tensor::Qkvw,
-    Tensor::Qkvb,
-    Tensor::Attprojw,
-    Tensor::Attprojb,
-    Tensor::Ln2w,
-    Tensor::Ln2b,
-    Tensor::Fcw,
-    Tensor::Fcb,
-    Tensor::Fcprojw,
-    Tensor::Fcprojb,
-];
+/// The tensors that exist once per layer (stacked over layers in the flat buffer): in llm.c's
+/// order they sit between the two embeddings and the final LayerNorm.
+pub(super) const PER_LAYER: &[Tensor] = TENSORS.split_at(2).1.split_at(12).0;
 
 impl Tensor {
     pub fn name(self) -> &'static str {
