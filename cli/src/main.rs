@@ -1,5 +1,6 @@
 //! `convoy`: the command line. A thin clap wrapper: every command calls into a library.
 
+mod cluster;
 mod data;
 mod train;
 
@@ -17,6 +18,9 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// The coordinator's address (cluster commands).
+    #[arg(long, global = true, env = "CONVOY_COORDINATOR", default_value = cluster::DEFAULT_COORDINATOR)]
+    coordinator: String,
 }
 
 #[derive(Subcommand)]
@@ -27,6 +31,71 @@ enum Command {
     Data {
         #[command(subcommand)]
         command: DataCommand,
+    },
+    /// Submit a job to the cluster.
+    Submit(cluster::submit::SubmitArgs),
+    /// List jobs.
+    Jobs {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One job in detail.
+    Job {
+        #[command(subcommand)]
+        command: JobCommand,
+    },
+    /// A job's output: every rank's stdout/stderr and convoy's events.
+    Logs {
+        job: String,
+        /// Keep printing new lines until the job ends.
+        #[arg(long, short)]
+        follow: bool,
+        /// Only this rank's lines.
+        #[arg(long)]
+        rank: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a job (its ranks get SIGTERM, then SIGKILL after the grace period).
+    Cancel {
+        job: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List worker daemons.
+    Workers {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give a worker no new ranks (running ones continue).
+    Cordon {
+        /// Worker id (worker-3) or name.
+        worker: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let a cordoned worker take ranks again.
+    Uncordon {
+        worker: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The cluster at a glance.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a local cluster (a coordinator and N workers) and optionally run a job on it.
+    Dev(cluster::dev::DevArgs),
+}
+
+#[derive(Subcommand)]
+enum JobCommand {
+    /// State, progress, attempts and their placements.
+    Show {
+        job: String,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -53,7 +122,29 @@ enum DataCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let addr = cli.coordinator.as_str();
     let result = match cli.command {
+        Command::Submit(args) => block_on(cluster::submit::run(addr, args)),
+        Command::Jobs { json } => block_on(cluster::jobs::list(addr, json)),
+        Command::Job {
+            command: JobCommand::Show { job, json },
+        } => block_on(cluster::jobs::show(addr, &job, json)),
+        Command::Logs {
+            job,
+            follow,
+            rank,
+            json,
+        } => block_on(cluster::jobs::logs(addr, &job, follow, rank, json)),
+        Command::Cancel { job, json } => block_on(cluster::jobs::cancel(addr, &job, json)),
+        Command::Workers { json } => block_on(cluster::workers::list(addr, json)),
+        Command::Cordon { worker, json } => {
+            block_on(cluster::workers::cordon(addr, &worker, true, json))
+        }
+        Command::Uncordon { worker, json } => {
+            block_on(cluster::workers::cordon(addr, &worker, false, json))
+        }
+        Command::Status { json } => block_on(cluster::workers::status(addr, json)),
+        Command::Dev(args) => block_on(cluster::dev::run(args)),
         Command::Train(args) => train::run(args),
         Command::Data {
             command:
@@ -73,4 +164,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs a cluster command on a small runtime (the local commands need none).
+fn block_on(f: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("starting the async runtime: {e}"))?
+        .block_on(f)
 }

@@ -3,7 +3,7 @@
 //! This is the seam the I/O loop drives (and that Raft will replace: with Raft, `append`
 //! becomes "propose and wait for commit"). It owns no sockets and reads no clock.
 
-use crate::error::CoordinatorError;
+use crate::error::{ApplyError, CoordinatorError, StoreError};
 use crate::log::{CommandLog, Index, recover};
 use crate::scheduler::{Plan, schedule};
 use crate::state::{ClusterConfig, ClusterState, Command, Effect};
@@ -54,11 +54,33 @@ impl<L: CommandLog> Coordinator<L> {
         let index = self.log.append(cmd)?;
         let result = self.state.apply(cmd);
         self.applied = index;
+        self.maybe_snapshot()?;
+        Ok(result?)
+    }
+
+    /// Logs every command of `cmds` durably with one flush (group commit), then applies them in
+    /// order; one result per command. This is what keeps submissions fast: the I/O loop
+    /// gathers the requests that arrived while it was busy and pays for one flush.
+    pub fn execute_all(
+        &mut self,
+        cmds: &[Command],
+    ) -> Result<Vec<Result<Vec<Effect>, ApplyError>>, StoreError> {
+        if cmds.is_empty() {
+            return Ok(vec![]);
+        }
+        let last = self.log.append_all(cmds)?;
+        let results = cmds.iter().map(|c| self.state.apply(c)).collect();
+        self.applied = last;
+        self.maybe_snapshot()?;
+        Ok(results)
+    }
+
+    fn maybe_snapshot(&mut self) -> Result<(), StoreError> {
         if self.snapshot_every > 0 && self.applied - self.snapshot_index >= self.snapshot_every {
             self.log.save_snapshot(self.applied, &self.state)?;
             self.snapshot_index = self.applied;
         }
-        Ok(result?)
+        Ok(())
     }
 
     /// Writes a snapshot of the current state now.

@@ -14,6 +14,7 @@ pub mod error;
 pub mod log;
 pub mod model;
 pub mod scheduler;
+pub mod server;
 pub mod state;
 
 pub use coordinator::Coordinator;

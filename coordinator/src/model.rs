@@ -147,6 +147,8 @@ pub struct Job {
     pub name: String,
     /// The spec exactly as submitted (TOML); workers receive this text.
     pub spec_text: String,
+    /// Optimizer steps the spec asks for (for progress displays).
+    pub steps: u64,
     /// Ranks in the gang (from the spec); every attempt places exactly this many.
     pub world_size: usize,
     pub backend: Backend,
@@ -160,6 +162,8 @@ pub struct Job {
     pub max_restarts: u32,
     /// An attempt that reports no progress for this long is treated as lost; `None` disables.
     pub progress_timeout: Option<Millis>,
+    /// Where relative paths in the spec point (see [`crate::SubmitJob::workdir`]).
+    pub workdir: String,
     pub attempts: Vec<Attempt>,
     pub last_progress: Option<Progress>,
 }
@@ -206,6 +210,8 @@ pub struct Worker {
     pub gpus: u32,
     pub liveness: Liveness,
     pub cordon: Option<Cordon>,
+    /// The daemon process that registered last (see [`crate::Command::RegisterWorker`]).
+    pub instance: String,
     pub registered_at: Millis,
     pub last_heartbeat: Millis,
     /// Rank failures on this worker since its last rank success (or uncordon).

@@ -32,7 +32,7 @@ pub struct ClusterConfig {
 impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
-            heartbeat_timeout: 15_000,
+            heartbeat_timeout: 5_000,
             auto_cordon_after: 3,
         }
     }
@@ -49,6 +49,10 @@ pub struct SubmitJob {
     pub priority: i32,
     pub max_restarts: u32,
     pub progress_timeout: Option<Millis>,
+    /// The directory the spec's relative paths are relative to (where the client read the spec
+    /// file; ranks resolve data paths against it, as Slurm's `--chdir` does). Empty: the rank's
+    /// own working directory.
+    pub workdir: String,
     pub now: Millis,
 }
 
@@ -66,6 +70,7 @@ impl SubmitJob {
             priority: 0,
             max_restarts: Self::DEFAULT_MAX_RESTARTS,
             progress_timeout: Some(Self::DEFAULT_PROGRESS_TIMEOUT),
+            workdir: String::new(),
             now,
         }
     }
@@ -79,12 +84,15 @@ pub enum Command {
         job: JobId,
         now: Millis,
     },
-    /// A worker daemon announcing itself. A name already alive is rejected; the name of a lost
-    /// worker re-registers it under its old id.
+    /// A worker daemon announcing itself. A name already alive is rejected unless `instance`
+    /// matches (the same daemon reconnecting after a coordinator restart or a network break);
+    /// the name of a lost worker re-registers it under its old id.
     RegisterWorker {
         name: String,
         slots: u32,
         gpus: u32,
+        /// Chosen by the daemon once per process start.
+        instance: String,
         now: Millis,
     },
     Heartbeat {
@@ -226,8 +234,9 @@ impl ClusterState {
                 name,
                 slots,
                 gpus,
+                instance,
                 now,
-            } => self.register(name, *slots, *gpus, *now),
+            } => self.register(name, *slots, *gpus, instance, *now),
             Command::Heartbeat { worker, now } => {
                 let w = self.worker_mut(*worker)?;
                 if w.liveness == Liveness::Lost {
@@ -304,6 +313,7 @@ impl ClusterState {
                 id,
                 name: spec.name.clone(),
                 spec_text: s.spec_text.clone(),
+                steps: spec.steps,
                 world_size: spec.world_size,
                 backend: spec.backend,
                 priority: s.priority,
@@ -312,6 +322,7 @@ impl ClusterState {
                 state: JobState::Queued,
                 max_restarts: s.max_restarts,
                 progress_timeout: s.progress_timeout,
+                workdir: s.workdir.clone(),
                 attempts: vec![],
                 last_progress: None,
             },
@@ -361,6 +372,7 @@ impl ClusterState {
         name: &str,
         slots: u32,
         gpus: u32,
+        instance: &str,
         now: Millis,
     ) -> Result<Vec<Effect>, ApplyError> {
         if name.trim().is_empty() {
@@ -376,15 +388,17 @@ impl ClusterState {
             });
         }
         if let Some(w) = self.workers.values_mut().find(|w| w.name == name) {
-            if w.liveness == Liveness::Alive {
+            if w.liveness == Liveness::Alive && w.instance != instance {
                 return Err(ApplyError::DuplicateWorker {
                     name: name.into(),
                     id: w.id,
                 });
             }
-            // A lost worker coming back: same id, fresh resources; a cordon and the failure
-            // streak stay, since they are about the machine, not the connection.
+            // The same daemon reconnecting, or a lost worker coming back: same id, fresh
+            // resources; a cordon and the failure streak stay, since they are about the
+            // machine, not the connection.
             w.liveness = Liveness::Alive;
+            w.instance = instance.into();
             w.slots = slots;
             w.gpus = gpus;
             w.registered_at = now;
@@ -402,6 +416,7 @@ impl ClusterState {
                 gpus,
                 liveness: Liveness::Alive,
                 cordon: None,
+                instance: instance.into(),
                 registered_at: now,
                 last_heartbeat: now,
                 consecutive_failures: 0,
@@ -485,7 +500,7 @@ impl ClusterState {
     }
 
     /// Checks that `generation` is the job's running attempt.
-    fn check_live_generation(&self, id: JobId, generation: u64) -> Result<&Attempt, ApplyError> {
+    pub fn check_live_generation(&self, id: JobId, generation: u64) -> Result<&Attempt, ApplyError> {
         let job = self.job(id)?;
         let Some(last) = job.attempts.last() else {
             return Err(ApplyError::JobNotRunning {
@@ -560,7 +575,14 @@ impl ClusterState {
             }
             RankExit::Failure { status, log_tail } => {
                 let name = self.workers.get(&wid).map_or("?", |w| w.name.as_str());
-                let tail = log_tail.trim();
+                // The reason is one line: the rank's last words (normally its error line);
+                // the whole tail stays in the rank's exit record.
+                let tail = log_tail
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("")
+                    .trim();
                 let reason = if tail.is_empty() {
                     format!("rank {rank} on {wid} ({name}) exited with status {status}")
                 } else {
@@ -643,6 +665,33 @@ impl ClusterState {
             .collect()
     }
 
+    /// Whether a [`Command::Tick`] at `now` would change anything: lets the I/O loop tick often
+    /// without logging a command each time.
+    pub fn tick_due(&self, now: Millis) -> bool {
+        let timeout = self.config.heartbeat_timeout;
+        let silent = self.workers.values().any(|w| {
+            w.liveness == Liveness::Alive && now.saturating_sub(w.last_heartbeat) > timeout
+        });
+        silent || !self.stalled(now).is_empty()
+    }
+
+    /// Live attempts past their job's progress timeout: (job, quiet ms, limit ms).
+    fn stalled(&self, now: Millis) -> Vec<(JobId, Millis, Millis)> {
+        self.jobs
+            .values()
+            .filter_map(|j| {
+                let limit = j.progress_timeout?;
+                let a = j.live_attempt()?;
+                let since = match j.last_progress {
+                    Some(p) if p.generation == a.generation => p.at.max(a.started_at),
+                    _ => a.started_at,
+                };
+                let quiet = now.saturating_sub(since);
+                (quiet > limit).then_some((j.id, quiet, limit))
+            })
+            .collect()
+    }
+
     /// Loses workers silent past the heartbeat timeout (and fails the attempts that had a rank
     /// on them), then fails attempts past their job's progress timeout.
     fn tick(&mut self, now: Millis) -> Vec<Effect> {
@@ -679,21 +728,7 @@ impl ClusterState {
                 effects.extend(self.fail_attempt(jid, now, reason));
             }
         }
-        let stalled: Vec<(JobId, Millis, Millis)> = self
-            .jobs
-            .values()
-            .filter_map(|j| {
-                let limit = j.progress_timeout?;
-                let a = j.live_attempt()?;
-                let since = match j.last_progress {
-                    Some(p) if p.generation == a.generation => p.at.max(a.started_at),
-                    _ => a.started_at,
-                };
-                let quiet = now.saturating_sub(since);
-                (quiet > limit).then_some((j.id, quiet, limit))
-            })
-            .collect();
-        for (jid, quiet, limit) in stalled {
+        for (jid, quiet, limit) in self.stalled(now) {
             let reason = format!("no progress for {quiet} ms (timeout {limit} ms)");
             effects.extend(self.fail_attempt(jid, now, reason));
         }

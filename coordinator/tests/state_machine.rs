@@ -78,6 +78,27 @@ fn unknown_ids_are_errors_naming_the_id() {
 }
 
 #[test]
+fn the_same_daemon_reconnecting_keeps_its_id_and_its_running_attempt() {
+    let mut s = cluster();
+    let w = worker(&mut s, "host-a", 1);
+    let job = submit(&mut s, "j", 1, 0);
+    run_scheduler(&mut s, 0);
+    // After a coordinator restart the daemon registers again with its own instance token.
+    let effects = s
+        .apply(&Command::RegisterWorker {
+            name: "host-a".into(),
+            slots: 1,
+            gpus: 0,
+            instance: "test".into(),
+            now: 10,
+        })
+        .unwrap();
+    assert_eq!(effects, vec![Effect::WorkerRegistered { worker: w }]);
+    assert_eq!(s.jobs[&job].state, JobState::Running);
+    assert!(s.jobs[&job].live_attempt().is_some());
+}
+
+#[test]
 fn duplicate_alive_name_is_rejected_but_a_lost_worker_re_registers_with_its_id() {
     let mut s = cluster();
     let w = worker(&mut s, "host-a", 2);
@@ -86,6 +107,7 @@ fn duplicate_alive_name_is_rejected_but_a_lost_worker_re_registers_with_its_id()
             name: "host-a".into(),
             slots: 4,
             gpus: 0,
+            instance: "another-daemon".into(),
             now: 1,
         })
         .unwrap_err();
@@ -112,6 +134,7 @@ fn duplicate_alive_name_is_rejected_but_a_lost_worker_re_registers_with_its_id()
             name: "host-a".into(),
             slots: 4,
             gpus: 0,
+            instance: "test".into(),
             now: 20_002,
         })
         .unwrap();
@@ -124,6 +147,7 @@ fn duplicate_alive_name_is_rejected_but_a_lost_worker_re_registers_with_its_id()
             name: "host-b".into(),
             slots: 0,
             gpus: 0,
+            instance: "test".into(),
             now: 0
         })
         .is_err()
@@ -501,6 +525,7 @@ fn repeated_failures_cordon_a_worker_until_an_operator_uncordons_it() {
         name: "flaky".into(),
         slots: 1,
         gpus: 0,
+        instance: "test".into(),
         now: 60_001,
     })
     .unwrap();

@@ -16,6 +16,7 @@ fn submit_request_encoding_is_stable() {
         priority: -1,
         max_restarts: 3,
         progress_timeout_ms: 1000,
+        ..Default::default()
     };
     assert_eq!(
         hex(&req.encode_to_vec()),
@@ -33,6 +34,7 @@ fn assignment_and_exit_encodings_are_stable() {
             world_size: 2,
             spec_toml: "s".into(),
             checkpoint: String::new(),
+            ..Default::default()
         })),
     };
     assert_eq!(hex(&start.encode_to_vec()), "0a0c0a016a1002180120022a0173");

@@ -1,7 +1,14 @@
-//! convoy's worker: what runs next to each training rank.
+//! convoy's worker: the daemon that runs training ranks, and what runs inside each rank.
 //!
-//! Today this is the rank-side collective, [`collective`]: a TCP ring all-reduce that
-//! implements the engine's [`convoy_engine::collective::GradReducer`]. The worker daemon
-//! (taking ranks from the coordinator and running them as child processes) comes later.
+//! * [`daemon`]: registers with the coordinator, starts each rank as a child process,
+//!   ships its output, reports its exit, and reattaches after a coordinator restart.
+//! * [`rank`]: the rank process — rendezvous, the TCP ring, the engine's training loop.
+//! * [`collective`]: the TCP ring all-reduce that implements the engine's
+//!   [`convoy_engine::collective::GradReducer`].
 
 pub mod collective;
+pub mod daemon;
+pub mod error;
+pub mod rank;
+
+pub use error::WorkerError;

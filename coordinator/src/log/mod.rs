@@ -20,6 +20,15 @@ pub type Index = u64;
 pub trait CommandLog {
     /// Appends `cmd` durably (it survives a crash once this returns) and returns its index.
     fn append(&mut self, cmd: &Command) -> Result<Index, StoreError>;
+    /// Appends `cmds` in order, durable together when this returns (one flush for the batch:
+    /// group commit). Returns the index of the last one.
+    fn append_all(&mut self, cmds: &[Command]) -> Result<Index, StoreError> {
+        let mut last = self.last_index()?;
+        for cmd in cmds {
+            last = self.append(cmd)?;
+        }
+        Ok(last)
+    }
     /// The commands after `index`, in order, with their indices.
     fn read_after(&self, index: Index) -> Result<Vec<(Index, Command)>, StoreError>;
     /// The index of the last command appended (or covered by the snapshot); 0 when empty.

@@ -29,6 +29,9 @@ pub struct SledLog {
     db: sled::Db,
     entries: sled::Tree,
     meta: sled::Tree,
+    /// The last index appended or covered by the snapshot, read once at open: decoding the
+    /// snapshot on every append would make appends cost as much as the state is large.
+    last: Index,
 }
 
 impl SledLog {
@@ -41,7 +44,33 @@ impl SledLog {
         let meta = db
             .open_tree(META)
             .map_err(StoreError::sled("open the meta tree"))?;
-        Ok(SledLog { db, entries, meta })
+        let mut log = SledLog {
+            db,
+            entries,
+            meta,
+            last: 0,
+        };
+        let last_entry = match log
+            .entries
+            .last()
+            .map_err(StoreError::sled("read the last entry"))?
+        {
+            Some((key, _)) => key_index(&key)?,
+            None => 0,
+        };
+        log.last = last_entry.max(log.snapshot_index()?);
+        Ok(log)
+    }
+
+    /// Writes `cmd` at the next index without flushing.
+    fn insert(&mut self, cmd: &Command) -> Result<Index, StoreError> {
+        let index = self.last + 1;
+        let bytes = encode(cmd, &format!("entry {index}"))?;
+        self.entries
+            .insert(index.to_be_bytes(), bytes)
+            .map_err(StoreError::sled(format!("append entry {index}")))?;
+        self.last = index;
+        Ok(index)
     }
 
     fn snapshot_index(&self) -> Result<Index, StoreError> {
@@ -81,13 +110,17 @@ fn key_index(key: &[u8]) -> Result<Index, StoreError> {
 
 impl CommandLog for SledLog {
     fn append(&mut self, cmd: &Command) -> Result<Index, StoreError> {
-        let index = self.last_index()? + 1;
-        let bytes = encode(cmd, &format!("entry {index}"))?;
-        self.entries
-            .insert(index.to_be_bytes(), bytes)
-            .map_err(StoreError::sled(format!("append entry {index}")))?;
+        let index = self.insert(cmd)?;
         self.flush()?;
         Ok(index)
+    }
+
+    fn append_all(&mut self, cmds: &[Command]) -> Result<Index, StoreError> {
+        for cmd in cmds {
+            self.insert(cmd)?;
+        }
+        self.flush()?;
+        Ok(self.last)
     }
 
     fn read_after(&self, index: Index) -> Result<Vec<(Index, Command)>, StoreError> {
@@ -103,15 +136,7 @@ impl CommandLog for SledLog {
     }
 
     fn last_index(&self) -> Result<Index, StoreError> {
-        let last = match self
-            .entries
-            .last()
-            .map_err(StoreError::sled("read the last entry"))?
-        {
-            Some((key, _)) => key_index(&key)?,
-            None => 0,
-        };
-        Ok(last.max(self.snapshot_index()?))
+        Ok(self.last)
     }
 
     fn save_snapshot(&mut self, index: Index, state: &ClusterState) -> Result<(), StoreError> {

@@ -18,7 +18,11 @@ pub fn spec(name: &str, world_size: usize, backend: &str) -> String {
 }
 
 pub fn cluster() -> ClusterState {
-    ClusterState::new(ClusterConfig::default())
+    // The timings in these tests were written for a 15 s heartbeat timeout.
+    ClusterState::new(ClusterConfig {
+        heartbeat_timeout: 15_000,
+        ..ClusterConfig::default()
+    })
 }
 
 pub fn submit_cmd(name: &str, n: usize, priority: i32, now: Millis) -> Command {
@@ -42,6 +46,7 @@ pub fn worker(state: &mut ClusterState, name: &str, slots: u32) -> WorkerId {
         name: name.into(),
         slots,
         gpus: 0,
+        instance: "test".into(),
         now: 0,
     };
     match state.apply(&cmd).expect("register").as_slice() {

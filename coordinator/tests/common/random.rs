@@ -46,6 +46,7 @@ impl Gen {
                 name: format!("w{}", self.rng.random_range(0..5)),
                 slots: self.rng.random_range(0..5),
                 gpus: self.rng.random_range(0..2),
+                instance: "test".into(),
                 now,
             },
             16..36 => Command::Heartbeat { worker, now },

@@ -1,0 +1,326 @@
+//! `convoy.v1.Convoy`: what the CLI calls.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use convoy_proto::v1 as pb;
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::model::{JobId, Liveness, Millis, WorkerId};
+use crate::server::Handle;
+use crate::server::convert;
+use crate::server::event_loop::{Request as LoopRequest, View};
+use crate::state::SubmitJob;
+
+/// A submitted spec larger than this is refused before it reaches the state (a spec is a
+/// page of TOML; megabytes mean something else was sent).
+const MAX_SPEC_BYTES: usize = 1 << 20;
+/// Records read from the store per round trip while streaming.
+const STREAM_CHUNK: usize = 512;
+
+pub struct ClientApi {
+    handle: Handle,
+}
+
+impl ClientApi {
+    pub(crate) fn new(handle: Handle) -> Self {
+        ClientApi { handle }
+    }
+
+    async fn job(&self, id: JobId) -> Result<pb::Job, Status> {
+        self.handle
+            .read(move |v| {
+                v.state
+                    .job(id)
+                    .map(|j| convert::job(j, v))
+                    .map_err(convert::status)
+            })
+            .await?
+    }
+
+    /// Resolves a worker given by id (`worker-3`) or name.
+    async fn worker_id(&self, text: String) -> Result<WorkerId, Status> {
+        self.handle
+            .read(move |v| {
+                if let Some(id) = convert::worker_id(&text)
+                    && v.state.workers.contains_key(&id)
+                {
+                    return Ok(id);
+                }
+                v.state
+                    .workers
+                    .values()
+                    .find(|w| w.name == text)
+                    .map(|w| w.id)
+                    .ok_or_else(|| Status::not_found(format!("no worker named or numbered {text:?}")))
+            })
+            .await?
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Which records a stream serves.
+#[derive(Clone, Copy)]
+enum Kind {
+    Logs,
+    Metrics,
+}
+
+/// Streams a job's kept records of `kind`, then (with `follow`) new ones until the job has
+/// reached a final state and everything it wrote has been sent.
+fn follow_records<T: Message + Default + 'static>(
+    handle: Handle,
+    job: JobId,
+    kind: Kind,
+    follow: bool,
+    keep: impl Fn(&T) -> bool + Send + 'static,
+) -> BoxStream<T> {
+    let (tx, rx) = mpsc::channel(STREAM_CHUNK);
+    tokio::spawn(async move {
+        let mut changed = handle.records.subscribe();
+        let mut stopping = handle.stopping.clone();
+        let mut from = 0;
+        let mut finished = false;
+        loop {
+            let read = match kind {
+                Kind::Logs => handle.records.read_logs(job, from, STREAM_CHUNK),
+                Kind::Metrics => handle.records.read_metrics(job, from, STREAM_CHUNK),
+            };
+            let (items, next) = match read {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                    return;
+                }
+            };
+            from = next;
+            let full = items.len() == STREAM_CHUNK;
+            for bytes in items {
+                match T::decode(bytes.as_ref()) {
+                    Ok(item) if keep(&item) => {
+                        if tx.send(Ok(item)).await.is_err() {
+                            return; // the client went away
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("skipping an undecodable record of {job}: {e}"),
+                }
+            }
+            if full {
+                continue;
+            }
+            if !follow || finished || *stopping.borrow() {
+                return;
+            }
+            // Ranks' lines are stored before their exit is reported (workers ship logs first),
+            // so once the job is final, one more read drains everything.
+            let state = handle
+                .read(move |v: &View<'_>| v.state.jobs.get(&job).map(|j| j.state.is_final()))
+                .await;
+            match state {
+                Ok(Some(true)) | Ok(None) | Err(_) => {
+                    finished = true;
+                    continue;
+                }
+                Ok(Some(false)) => {}
+            }
+            tokio::select! {
+                _ = changed.changed() => {}
+                _ = stopping.changed() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
+}
+
+#[tonic::async_trait]
+impl pb::convoy_server::Convoy for ClientApi {
+    async fn submit_job(
+        &self,
+        request: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let r = request.into_inner();
+        if r.spec_toml.len() > MAX_SPEC_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "the spec is {} bytes; the limit is {MAX_SPEC_BYTES}",
+                r.spec_toml.len()
+            )));
+        }
+        let progress_timeout: Option<Millis> = if r.no_progress_timeout {
+            None
+        } else if r.progress_timeout_ms == 0 {
+            Some(SubmitJob::DEFAULT_PROGRESS_TIMEOUT)
+        } else {
+            Some(r.progress_timeout_ms)
+        };
+        let submit = SubmitJob {
+            spec_text: r.spec_toml,
+            origin: "the submitted spec".into(),
+            priority: r.priority,
+            max_restarts: r.max_restarts,
+            progress_timeout,
+            workdir: r.workdir,
+            now: 0, // stamped by the loop
+        };
+        let id = self
+            .handle
+            .call(|reply| LoopRequest::Submit { submit, reply })
+            .await?
+            .map_err(convert::status)?;
+        Ok(Response::new(pb::SubmitJobResponse {
+            job_id: id.to_string(),
+        }))
+    }
+
+    async fn list_jobs(
+        &self,
+        _request: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let jobs = self
+            .handle
+            .read(|v| v.state.jobs.values().map(|j| convert::job(j, v)).collect())
+            .await?;
+        Ok(Response::new(pb::ListJobsResponse { jobs }))
+    }
+
+    async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let id = convert::job_id(&request.into_inner().job_id)?;
+        Ok(Response::new(self.job(id).await?))
+    }
+
+    async fn cancel_job(
+        &self,
+        request: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let job = convert::job_id(&request.into_inner().job_id)?;
+        self.handle
+            .call(|reply| LoopRequest::Cancel { job, reply })
+            .await?
+            .map_err(convert::status)?;
+        Ok(Response::new(self.job(job).await?))
+    }
+
+    type StreamLogsStream = BoxStream<pb::LogLine>;
+
+    async fn stream_logs(
+        &self,
+        request: Request<pb::StreamLogsRequest>,
+    ) -> Result<Response<Self::StreamLogsStream>, Status> {
+        let r = request.into_inner();
+        let job = convert::job_id(&r.job_id)?;
+        self.job(job).await?; // unknown ids fail here, not with an empty stream
+        let rank = r.rank;
+        let keep = move |l: &pb::LogLine| rank.is_none_or(|want| l.rank == want || l.stream == "convoy");
+        Ok(Response::new(follow_records(
+            self.handle.clone(),
+            job,
+            Kind::Logs,
+            r.follow,
+            keep,
+        )))
+    }
+
+    type StreamMetricsStream = BoxStream<pb::StepMetrics>;
+
+    async fn stream_metrics(
+        &self,
+        request: Request<pb::StreamMetricsRequest>,
+    ) -> Result<Response<Self::StreamMetricsStream>, Status> {
+        let r = request.into_inner();
+        let job = convert::job_id(&r.job_id)?;
+        self.job(job).await?;
+        Ok(Response::new(follow_records(
+            self.handle.clone(),
+            job,
+            Kind::Metrics,
+            r.follow,
+            |_: &pb::StepMetrics| true,
+        )))
+    }
+
+    async fn list_workers(
+        &self,
+        _request: Request<pb::ListWorkersRequest>,
+    ) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        let workers = self
+            .handle
+            .read(|v| {
+                v.state
+                    .workers
+                    .values()
+                    .map(|w| convert::worker(w, v))
+                    .collect()
+            })
+            .await?;
+        Ok(Response::new(pb::ListWorkersResponse { workers }))
+    }
+
+    async fn set_cordon(
+        &self,
+        request: Request<pb::SetCordonRequest>,
+    ) -> Result<Response<pb::Worker>, Status> {
+        let r = request.into_inner();
+        let worker = self.worker_id(r.worker).await?;
+        let cordoned = r.cordoned;
+        self.handle
+            .call(|reply| LoopRequest::SetCordon {
+                worker,
+                cordoned,
+                reply,
+            })
+            .await?
+            .map_err(convert::status)?;
+        let w = self
+            .handle
+            .read(move |v| {
+                v.state
+                    .worker(worker)
+                    .map(|w| convert::worker(w, v))
+                    .map_err(convert::status)
+            })
+            .await??;
+        Ok(Response::new(w))
+    }
+
+    async fn cluster_status(
+        &self,
+        _request: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        let status = self
+            .handle
+            .read(|v| {
+                let s = v.state;
+                let usage = s.usage();
+                let mut out = pb::ClusterStatusResponse::default();
+                for w in s.workers.values() {
+                    match w.liveness {
+                        Liveness::Alive => {
+                            out.workers_alive += 1;
+                            if w.cordon.is_none() {
+                                out.slots_total += w.slots;
+                                let used = usage.get(&w.id).map_or(0, |u| u.slots);
+                                out.slots_free += w.slots.saturating_sub(used);
+                            }
+                        }
+                        Liveness::Lost => out.workers_lost += 1,
+                    }
+                }
+                for j in s.jobs.values() {
+                    match j.state {
+                        crate::model::JobState::Queued => out.jobs_queued += 1,
+                        crate::model::JobState::Running => out.jobs_running += 1,
+                        _ => {}
+                    }
+                }
+                out
+            })
+            .await?;
+        Ok(Response::new(status))
+    }
+}

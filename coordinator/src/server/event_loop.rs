@@ -1,0 +1,685 @@
+//! The coordinator's one I/O loop: the only owner of the [`Coordinator`] (state + log).
+//!
+//! gRPC handlers turn requests into [`Request`]s and wait for the reply; the loop, on its own
+//! thread, takes every request that arrived while it was busy, logs their commands with one
+//! flush (group commit), applies them, replies, and carries out the effects: assignments
+//! pushed to workers' streams, rendezvous answers, job events in the job's log. Between
+//! batches it ticks the clock (losing silent workers and stalled jobs) and runs the scheduler.
+//! Handlers never touch the state, so every change is serialised through `apply`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use convoy_proto::v1 as pb;
+use prost::Message;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::coordinator::Coordinator;
+use crate::error::{ApplyError, StoreError};
+use crate::log::SledLog;
+use crate::model::{JobId, Liveness, Millis, RankExit, WorkerId};
+use crate::scheduler::schedule;
+use crate::server::records::Records;
+use crate::server::rendezvous::{Published, RendezvousTable};
+use crate::state::{ClusterState, Command, Effect, SubmitJob};
+
+/// A rank of one attempt, as workers report what they run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RankKey {
+    pub job: JobId,
+    pub generation: u64,
+    pub rank: usize,
+}
+
+pub type Reply<T> = oneshot::Sender<T>;
+
+/// What a handler may read: the state and the loop's volatile knowledge.
+pub struct View<'a> {
+    pub state: &'a ClusterState,
+    /// The latest metrics rank 0 reported, per job (not logged; lost on restart).
+    pub latest: &'a HashMap<JobId, pb::StepMetrics>,
+    /// Why each queued job waits, from the last scheduler run.
+    pub waiting: &'a HashMap<JobId, String>,
+}
+
+/// A request from a handler. Commands are logged; reads and rendezvous are not.
+pub enum Request {
+    Submit {
+        submit: SubmitJob,
+        reply: Reply<Result<JobId, ApplyError>>,
+    },
+    Cancel {
+        job: JobId,
+        reply: Reply<Result<(), ApplyError>>,
+    },
+    SetCordon {
+        worker: WorkerId,
+        cordoned: bool,
+        reply: Reply<Result<(), ApplyError>>,
+    },
+    Register {
+        name: String,
+        slots: u32,
+        gpus: u32,
+        instance: String,
+        reply: Reply<Result<WorkerId, ApplyError>>,
+    },
+    Heartbeat {
+        worker: WorkerId,
+        running: Vec<RankKey>,
+        reply: Reply<Result<(), ApplyError>>,
+    },
+    Watch {
+        worker: WorkerId,
+        assignments: mpsc::UnboundedSender<pb::Assignment>,
+        reply: Reply<Result<(), ApplyError>>,
+    },
+    Progress {
+        key: RankKey,
+        metrics: pb::StepMetrics,
+        reply: Reply<Result<(), ApplyError>>,
+    },
+    RankExit {
+        key: RankKey,
+        exit: RankExit,
+        reply: Reply<Result<(), ApplyError>>,
+    },
+    Rendezvous {
+        key: RankKey,
+        address: String,
+        nccl_id: Vec<u8>,
+        reply: Reply<Result<Published, ApplyError>>,
+    },
+    Read(Box<dyn FnOnce(&View<'_>) + Send>),
+    Shutdown,
+}
+
+/// Settings of the loop that are not replicated state.
+#[derive(Clone, Debug)]
+pub struct LoopConfig {
+    /// How often the clock ticks (loss and stall detection, scheduling).
+    pub tick: Duration,
+    /// A job's step progress is logged at most this often (metrics are kept for every step).
+    pub progress_log_interval: Duration,
+}
+
+pub fn now_ms() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis)
+}
+
+/// A command waiting for its result, with what to do with it.
+enum Pending {
+    Submit(Reply<Result<JobId, ApplyError>>),
+    Unit(Reply<Result<(), ApplyError>>),
+    Register(Reply<Result<WorkerId, ApplyError>>),
+    Heartbeat {
+        worker: WorkerId,
+        running: Vec<RankKey>,
+        reply: Reply<Result<(), ApplyError>>,
+    },
+    /// Issued by the loop itself (scheduler decisions, ticks, recovery).
+    Internal,
+}
+
+pub struct EventLoop {
+    core: Coordinator<SledLog>,
+    records: Arc<Records>,
+    config: LoopConfig,
+    streams: HashMap<WorkerId, mpsc::UnboundedSender<pb::Assignment>>,
+    rendezvous: RendezvousTable,
+    latest: HashMap<JobId, pb::StepMetrics>,
+    progress_logged: HashMap<JobId, Instant>,
+    waiting: HashMap<JobId, String>,
+    /// Something changed that the scheduler may act on.
+    dirty: bool,
+}
+
+impl EventLoop {
+    pub fn new(core: Coordinator<SledLog>, records: Arc<Records>, config: LoopConfig) -> Self {
+        EventLoop {
+            core,
+            records,
+            config,
+            streams: HashMap::new(),
+            rendezvous: RendezvousTable::default(),
+            latest: HashMap::new(),
+            progress_logged: HashMap::new(),
+            waiting: HashMap::new(),
+            dirty: true,
+        }
+    }
+
+    /// Runs until a [`Request::Shutdown`] (or every sender is gone). A storage failure ends
+    /// the loop with the error: the coordinator cannot promise durability without its log.
+    pub fn run(mut self, rx: std_mpsc::Receiver<Request>) -> Result<(), StoreError> {
+        self.recovered()?;
+        let mut last_tick = Instant::now();
+        loop {
+            let mut batch = vec![];
+            match rx.recv_timeout(self.config.tick) {
+                Ok(r) => batch.push(r),
+                Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            while batch.len() < 8192 {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+            let stop = self.handle(batch)?;
+            if last_tick.elapsed() >= self.config.tick {
+                last_tick = Instant::now();
+                self.tick()?;
+            }
+            if self.dirty {
+                self.schedule()?;
+            }
+            if stop {
+                break;
+            }
+        }
+        self.core.snapshot().map_err(|e| match e {
+            crate::error::CoordinatorError::Store(s) => s,
+            crate::error::CoordinatorError::Apply(a) => StoreError::Invalid(a.to_string()),
+        })
+    }
+
+    /// After a restart every alive worker gets a fresh heartbeat timeout to reconnect in, and
+    /// every running job a fresh progress timeout: the time the coordinator was down is not
+    /// the workers' or the jobs' fault.
+    fn recovered(&mut self) -> Result<(), StoreError> {
+        let now = now_ms();
+        let state = self.core.state();
+        let mut cmds: Vec<Command> = state
+            .workers
+            .values()
+            .filter(|w| w.liveness == Liveness::Alive)
+            .map(|w| Command::Heartbeat { worker: w.id, now })
+            .collect();
+        for job in state.jobs.values() {
+            if let Some(a) = job.live_attempt() {
+                let step = job.last_progress.map_or(0, |p| p.step);
+                cmds.push(Command::ReportProgress {
+                    job: job.id,
+                    generation: a.generation,
+                    step,
+                    now,
+                });
+            }
+        }
+        let pending = cmds.iter().map(|_| Pending::Internal).collect();
+        self.execute(cmds, pending)
+    }
+
+    /// Handles one batch; true when asked to shut down.
+    fn handle(&mut self, batch: Vec<Request>) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let mut cmds = vec![];
+        let mut pending = vec![];
+        let mut later = vec![];
+        let mut stop = false;
+        for req in batch {
+            match req {
+                Request::Submit { mut submit, reply } => {
+                    submit.now = now;
+                    cmds.push(Command::SubmitJob(submit));
+                    pending.push(Pending::Submit(reply));
+                }
+                Request::Cancel { job, reply } => {
+                    cmds.push(Command::CancelJob { job, now });
+                    pending.push(Pending::Unit(reply));
+                }
+                Request::SetCordon {
+                    worker,
+                    cordoned,
+                    reply,
+                } => {
+                    cmds.push(if cordoned {
+                        Command::Cordon { worker }
+                    } else {
+                        Command::Uncordon { worker }
+                    });
+                    pending.push(Pending::Unit(reply));
+                }
+                Request::Register {
+                    name,
+                    slots,
+                    gpus,
+                    instance,
+                    reply,
+                } => {
+                    cmds.push(Command::RegisterWorker {
+                        name,
+                        slots,
+                        gpus,
+                        instance,
+                        now,
+                    });
+                    pending.push(Pending::Register(reply));
+                }
+                Request::Heartbeat {
+                    worker,
+                    running,
+                    reply,
+                } => {
+                    cmds.push(Command::Heartbeat { worker, now });
+                    pending.push(Pending::Heartbeat {
+                        worker,
+                        running,
+                        reply,
+                    });
+                }
+                Request::RankExit { key, exit, reply } => {
+                    cmds.push(Command::ReportRankExit {
+                        job: key.job,
+                        generation: key.generation,
+                        rank: key.rank,
+                        exit,
+                        now,
+                    });
+                    pending.push(Pending::Unit(reply));
+                }
+                Request::Progress {
+                    key,
+                    metrics,
+                    reply,
+                } => {
+                    // Checked against the state now; logged only now and then (see config).
+                    match self.progress(key, metrics, now) {
+                        Ok(Some(cmd)) => {
+                            cmds.push(cmd);
+                            pending.push(Pending::Unit(reply));
+                        }
+                        Ok(None) => {
+                            let _ = reply.send(Ok(()));
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
+                    }
+                }
+                Request::Shutdown => stop = true,
+                other => later.push(other),
+            }
+        }
+        self.execute(cmds, pending)?;
+        for req in later {
+            match req {
+                Request::Watch {
+                    worker,
+                    assignments,
+                    reply,
+                } => {
+                    let r = self.watch(worker, assignments);
+                    let _ = reply.send(r);
+                }
+                Request::Rendezvous {
+                    key,
+                    address,
+                    nccl_id,
+                    reply,
+                } => self.rendezvous(key, address, nccl_id, reply),
+                Request::Read(f) => f(&View {
+                    state: self.core.state(),
+                    latest: &self.latest,
+                    waiting: &self.waiting,
+                }),
+                _ => {}
+            }
+        }
+        Ok(stop)
+    }
+
+    fn progress(
+        &mut self,
+        key: RankKey,
+        metrics: pb::StepMetrics,
+        now: Millis,
+    ) -> Result<Option<Command>, ApplyError> {
+        self.core
+            .state()
+            .check_live_generation(key.job, key.generation)?;
+        if key.rank != 0 {
+            return Ok(None);
+        }
+        let step = metrics.step;
+        if let Err(e) = self.records.append_metrics(key.job, &metrics.encode_to_vec()) {
+            tracing::warn!("keeping metrics of {}: {e}", key.job);
+        }
+        if metrics.val_loss.is_some() {
+            return Ok(None); // an evaluation record: kept, but it is not training progress
+        }
+        self.latest.insert(key.job, metrics);
+        let due = self
+            .progress_logged
+            .get(&key.job)
+            .is_none_or(|t| t.elapsed() >= self.config.progress_log_interval);
+        if !due {
+            return Ok(None);
+        }
+        self.progress_logged.insert(key.job, Instant::now());
+        Ok(Some(Command::ReportProgress {
+            job: key.job,
+            generation: key.generation,
+            step,
+            now,
+        }))
+    }
+
+    /// Logs and applies `cmds`, answers their requests, and carries out their effects.
+    fn execute(&mut self, cmds: Vec<Command>, pending: Vec<Pending>) -> Result<(), StoreError> {
+        if cmds.is_empty() {
+            return Ok(());
+        }
+        let results = self.core.execute_all(&cmds)?;
+        let mut effects = vec![];
+        for ((cmd, result), p) in cmds.iter().zip(results).zip(pending) {
+            if result.is_ok() && !matches!(cmd, Command::Heartbeat { .. } | Command::ReportProgress { .. }) {
+                self.dirty = true;
+            }
+            match (p, result) {
+                (Pending::Submit(reply), Ok(fx)) => {
+                    let id = fx.iter().find_map(|e| match e {
+                        Effect::JobSubmitted { job } => Some(*job),
+                        _ => None,
+                    });
+                    if let Some(id) = id {
+                        let _ = reply.send(Ok(id));
+                    }
+                    effects.extend(fx);
+                }
+                (Pending::Register(reply), Ok(fx)) => {
+                    let id = fx.iter().find_map(|e| match e {
+                        Effect::WorkerRegistered { worker } => Some(*worker),
+                        _ => None,
+                    });
+                    if let Some(id) = id {
+                        let _ = reply.send(Ok(id));
+                    }
+                    effects.extend(fx);
+                }
+                (Pending::Unit(reply), Ok(fx)) => {
+                    let _ = reply.send(Ok(()));
+                    effects.extend(fx);
+                }
+                (
+                    Pending::Heartbeat {
+                        worker,
+                        running,
+                        reply,
+                    },
+                    Ok(fx),
+                ) => {
+                    let _ = reply.send(Ok(()));
+                    effects.extend(fx);
+                    self.reconcile(worker, &running);
+                }
+                (Pending::Internal, Ok(fx)) => effects.extend(fx),
+                (Pending::Submit(reply), Err(e)) => {
+                    let _ = reply.send(Err(e));
+                }
+                (Pending::Register(reply), Err(e)) => {
+                    let _ = reply.send(Err(e));
+                }
+                (Pending::Unit(reply), Err(e)) | (Pending::Heartbeat { reply, .. }, Err(e)) => {
+                    let _ = reply.send(Err(e));
+                }
+                (Pending::Internal, Err(e)) => {
+                    tracing::debug!("internal command rejected: {e}");
+                }
+            }
+        }
+        for e in effects {
+            self.carry_out(e);
+        }
+        Ok(())
+    }
+
+    fn carry_out(&mut self, effect: Effect) {
+        match effect {
+            Effect::JobSubmitted { .. } | Effect::WorkerRegistered { .. } => {}
+            Effect::LaunchRanks {
+                job,
+                generation,
+                placement,
+            } => {
+                let names: Vec<String> = placement
+                    .iter()
+                    .map(|w| self.worker_label(*w))
+                    .collect();
+                self.job_event(
+                    job,
+                    generation,
+                    format!("attempt {generation} started: ranks on {}", names.join(", ")),
+                );
+                for (rank, w) in placement.iter().enumerate() {
+                    if let Some(start) = self.start_message(job, generation, rank) {
+                        self.push(*w, start);
+                    }
+                }
+            }
+            Effect::StopRanks {
+                job,
+                generation,
+                workers,
+            } => {
+                for w in workers {
+                    self.push(w, stop_message(job, generation, "the attempt ended"));
+                }
+                self.rendezvous.forget(job, generation);
+            }
+            Effect::JobRequeued {
+                job,
+                generation,
+                reason,
+            } => {
+                tracing::warn!("{job} attempt {generation} failed: {reason}; requeued");
+                self.job_event(
+                    job,
+                    generation,
+                    format!("attempt {generation} failed: {reason}; the job is queued again"),
+                );
+                self.rendezvous.forget(job, generation);
+            }
+            Effect::JobFinished { job, state } => {
+                tracing::info!("{job} {state}");
+                let generation = self
+                    .core
+                    .state()
+                    .jobs
+                    .get(&job)
+                    .and_then(|j| j.attempts.last())
+                    .map_or(0, |a| a.generation);
+                self.job_event(job, generation, format!("job {state}"));
+                self.rendezvous.forget(job, generation);
+                self.progress_logged.remove(&job);
+                self.records.touch();
+            }
+            Effect::WorkerLost { worker } => {
+                tracing::warn!("{} lost (no heartbeat)", self.worker_label(worker));
+                self.streams.remove(&worker);
+            }
+            Effect::WorkerCordoned { worker, reason } => {
+                tracing::warn!("{} cordoned: {reason:?}", self.worker_label(worker));
+            }
+        }
+    }
+
+    fn worker_label(&self, w: WorkerId) -> String {
+        match self.core.state().workers.get(&w) {
+            Some(x) => format!("{w} ({})", x.name),
+            None => w.to_string(),
+        }
+    }
+
+    /// A line from convoy itself in the job's log (stream "convoy"), so `convoy logs` tells
+    /// the job's story: attempts started, failed, requeued, finished.
+    fn job_event(&self, job: JobId, generation: u64, text: String) {
+        let line = pb::LogLine {
+            rank: 0,
+            generation,
+            stream: "convoy".into(),
+            text,
+            at_ms: now_ms(),
+        };
+        if let Err(e) = self.records.append_log(job, &line.encode_to_vec()) {
+            tracing::warn!("keeping a log line of {job}: {e}");
+        }
+    }
+
+    fn start_message(&self, job: JobId, generation: u64, rank: usize) -> Option<pb::Assignment> {
+        let j = self.core.state().jobs.get(&job)?;
+        Some(pb::Assignment {
+            kind: Some(pb::assignment::Kind::Start(pb::StartRank {
+                job_id: job.to_string(),
+                generation,
+                rank: rank as u32,
+                world_size: j.world_size as u32,
+                spec_toml: j.spec_text.clone(),
+                checkpoint: String::new(),
+                workdir: j.workdir.clone(),
+            })),
+        })
+    }
+
+    fn push(&mut self, worker: WorkerId, msg: pb::Assignment) {
+        if let Some(tx) = self.streams.get(&worker)
+            && tx.send(msg).is_err()
+        {
+            // The stream is gone; the worker gets its assignments again when it watches anew.
+            self.streams.remove(&worker);
+        }
+    }
+
+    /// A worker (re)opened its assignment stream: it gets every rank of a live attempt placed
+    /// on it that has not exited. Workers ignore starts of ranks they already run, which is
+    /// what lets a daemon reattach after a coordinator restart without restarting anything.
+    fn watch(
+        &mut self,
+        worker: WorkerId,
+        tx: mpsc::UnboundedSender<pb::Assignment>,
+    ) -> Result<(), ApplyError> {
+        let w = self.core.state().worker(worker)?;
+        if w.liveness == Liveness::Lost {
+            return Err(ApplyError::WorkerLost { worker });
+        }
+        let mut starts = vec![];
+        for job in self.core.state().jobs.values() {
+            if let Some(a) = job.live_attempt() {
+                for (rank, w) in a.placement.iter().enumerate() {
+                    if *w == worker && !a.exits.contains_key(&rank) {
+                        starts.push((job.id, a.generation, rank));
+                    }
+                }
+            }
+        }
+        for (job, generation, rank) in starts {
+            if let Some(m) = self.start_message(job, generation, rank) {
+                let _ = tx.send(m);
+            }
+        }
+        self.streams.insert(worker, tx);
+        Ok(())
+    }
+
+    /// Stops ranks a worker runs that belong to no live attempt on it (the job was cancelled
+    /// or restarted while the worker or the coordinator was away).
+    fn reconcile(&mut self, worker: WorkerId, running: &[RankKey]) {
+        let mut stale: BTreeMap<(JobId, u64), ()> = BTreeMap::new();
+        for k in running {
+            let live = self
+                .core
+                .state()
+                .jobs
+                .get(&k.job)
+                .and_then(|j| j.live_attempt())
+                .is_some_and(|a| {
+                    a.generation == k.generation && a.placement.get(k.rank) == Some(&worker)
+                });
+            if !live {
+                stale.insert((k.job, k.generation), ());
+            }
+        }
+        for (job, generation) in stale.into_keys() {
+            self.push(
+                worker,
+                stop_message(job, generation, "this attempt is no longer running"),
+            );
+        }
+    }
+
+    fn rendezvous(
+        &mut self,
+        key: RankKey,
+        address: String,
+        nccl_id: Vec<u8>,
+        reply: Reply<Result<Published, ApplyError>>,
+    ) {
+        let world = match self
+            .core
+            .state()
+            .check_live_generation(key.job, key.generation)
+        {
+            Ok(a) => a.placement.len(),
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        if key.rank >= world {
+            let _ = reply.send(Err(ApplyError::RankOutOfRange {
+                job: key.job,
+                generation: key.generation,
+                rank: key.rank,
+                world_size: world,
+            }));
+            return;
+        }
+        self.rendezvous.publish(key, world, address, nccl_id, reply);
+    }
+
+    fn tick(&mut self) -> Result<(), StoreError> {
+        let now = now_ms();
+        if self.core.state().tick_due(now) {
+            self.execute(vec![Command::Tick { now }], vec![Pending::Internal])?;
+        }
+        Ok(())
+    }
+
+    fn schedule(&mut self) -> Result<(), StoreError> {
+        self.dirty = false;
+        let plan = schedule(self.core.state());
+        self.waiting = plan
+            .waiting
+            .into_iter()
+            .chain(plan.unschedulable)
+            .map(|n| (n.job, n.reason))
+            .collect();
+        let now = now_ms();
+        let cmds: Vec<Command> = plan
+            .starts
+            .into_iter()
+            .map(|d| d.into_command(now))
+            .collect();
+        let pending = cmds.iter().map(|_| Pending::Internal).collect();
+        self.execute(cmds, pending)?;
+        // Starting jobs changed nothing else the scheduler reads until the next event.
+        self.dirty = false;
+        Ok(())
+    }
+}
+
+fn stop_message(job: JobId, generation: u64, reason: &str) -> pb::Assignment {
+    pb::Assignment {
+        kind: Some(pb::assignment::Kind::Stop(pb::StopRanks {
+            job_id: job.to_string(),
+            generation,
+            reason: reason.into(),
+        })),
+    }
+}

@@ -1,0 +1,162 @@
+//! Ranks' log lines and step metrics, kept per job with a bound, in sled.
+//!
+//! These are not commands: they do not change what the scheduler decides, so they stay out of
+//! the command log (and out of Raft later) and are written without a flush per record. Each
+//! job's records are numbered from 0; when a job holds more than its bound, the oldest go.
+//! Followers wait on [`Records::subscribe`], which ticks on every append.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Mutex;
+
+use tokio::sync::watch;
+
+use crate::error::StoreError;
+use crate::model::JobId;
+
+/// Log lines or metrics: one sled tree keyed by (job, sequence number), both big-endian so
+/// sled's order is a job's record order.
+struct Series {
+    tree: sled::Tree,
+    bound: u64,
+    /// Per job, the sequence numbers held: `first..next`.
+    held: Mutex<HashMap<JobId, Range<u64>>>,
+}
+
+fn key(job: JobId, seq: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&job.0.to_be_bytes());
+    k[8..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn split_key(k: &[u8]) -> Option<(JobId, u64)> {
+    let job = u64::from_be_bytes(k.get(..8)?.try_into().ok()?);
+    let seq = u64::from_be_bytes(k.get(8..16)?.try_into().ok()?);
+    Some((JobId(job), seq))
+}
+
+impl Series {
+    fn open(db: &sled::Db, name: &str, bound: u64) -> Result<Series, StoreError> {
+        let tree = db
+            .open_tree(name)
+            .map_err(StoreError::sled(format!("open the {name} tree")))?;
+        let mut held: HashMap<JobId, Range<u64>> = HashMap::new();
+        for item in tree.iter() {
+            let (k, _) = item.map_err(StoreError::sled(format!("scan {name}")))?;
+            let Some((job, seq)) = split_key(&k) else {
+                return Err(StoreError::Invalid(format!(
+                    "{name}: a key of {} bytes (expected 16)",
+                    k.len()
+                )));
+            };
+            let r = held.entry(job).or_insert(seq..seq);
+            r.start = r.start.min(seq);
+            r.end = r.end.max(seq + 1);
+        }
+        Ok(Series {
+            tree,
+            bound: bound.max(1),
+            held: Mutex::new(held),
+        })
+    }
+
+    fn append(&self, job: JobId, value: &[u8]) -> Result<(), StoreError> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let r = held.entry(job).or_insert(0..0);
+        self.tree
+            .insert(key(job, r.end), value)
+            .map_err(StoreError::sled(format!("append a record of {job}")))?;
+        r.end += 1;
+        while r.end - r.start > self.bound {
+            self.tree
+                .remove(key(job, r.start))
+                .map_err(StoreError::sled(format!("trim the records of {job}")))?;
+            r.start += 1;
+        }
+        Ok(())
+    }
+
+    /// Up to `max` records of `job` from sequence number `from` (or the oldest held, if that
+    /// was trimmed), with the sequence number to continue from.
+    fn read(&self, job: JobId, from: u64, max: usize) -> Result<(Vec<sled::IVec>, u64), StoreError> {
+        let start = {
+            let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            match held.get(&job) {
+                Some(r) => from.max(r.start),
+                None => return Ok((vec![], from)),
+            }
+        };
+        let mut out = vec![];
+        let mut next = start;
+        for item in self.tree.range(key(job, start)..key(job, u64::MAX)).take(max) {
+            let (k, v) = item.map_err(StoreError::sled(format!("read the records of {job}")))?;
+            if let Some((_, seq)) = split_key(&k) {
+                next = seq + 1;
+            }
+            out.push(v);
+        }
+        Ok((out, next))
+    }
+}
+
+/// The log and metrics store of one coordinator.
+pub struct Records {
+    logs: Series,
+    metrics: Series,
+    changed: watch::Sender<u64>,
+}
+
+impl Records {
+    /// Opens (or creates) the store in `dir`, keeping at most `log_bound` lines and
+    /// `metrics_bound` metric records per job.
+    pub fn open(dir: &Path, log_bound: u64, metrics_bound: u64) -> Result<Records, StoreError> {
+        let db = sled::open(dir).map_err(StoreError::sled(format!("open {}", dir.display())))?;
+        Ok(Records {
+            logs: Series::open(&db, "logs", log_bound)?,
+            metrics: Series::open(&db, "metrics", metrics_bound)?,
+            changed: watch::channel(0).0,
+        })
+    }
+
+    pub fn append_log(&self, job: JobId, encoded: &[u8]) -> Result<(), StoreError> {
+        self.logs.append(job, encoded)?;
+        self.changed.send_modify(|v| *v += 1);
+        Ok(())
+    }
+
+    pub fn append_metrics(&self, job: JobId, encoded: &[u8]) -> Result<(), StoreError> {
+        self.metrics.append(job, encoded)?;
+        self.changed.send_modify(|v| *v += 1);
+        Ok(())
+    }
+
+    pub fn read_logs(
+        &self,
+        job: JobId,
+        from: u64,
+        max: usize,
+    ) -> Result<(Vec<sled::IVec>, u64), StoreError> {
+        self.logs.read(job, from, max)
+    }
+
+    pub fn read_metrics(
+        &self,
+        job: JobId,
+        from: u64,
+        max: usize,
+    ) -> Result<(Vec<sled::IVec>, u64), StoreError> {
+        self.metrics.read(job, from, max)
+    }
+
+    /// Wakes followers without a new record (a job reached a final state).
+    pub fn touch(&self) {
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// Ticks whenever a record is appended.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+}

@@ -1,0 +1,203 @@
+//! `convoy.v1.WorkerApi`: what worker daemons and their ranks call.
+
+use std::pin::Pin;
+
+use convoy_proto::v1 as pb;
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::model::RankExit;
+use crate::server::Handle;
+use crate::server::convert;
+use crate::server::event_loop::{RankKey, Request as LoopRequest};
+
+pub struct WorkerService {
+    handle: Handle,
+}
+
+impl WorkerService {
+    pub(crate) fn new(handle: Handle) -> Self {
+        WorkerService { handle }
+    }
+}
+
+fn worker_id(text: &str) -> Result<crate::model::WorkerId, Status> {
+    convert::worker_id(text)
+        .ok_or_else(|| Status::invalid_argument(format!("{text:?} is not a worker id")))
+}
+
+fn rank_key(job_id: &str, generation: u64, rank: u32) -> Result<RankKey, Status> {
+    Ok(RankKey {
+        job: convert::job_id(job_id)?,
+        generation,
+        rank: rank as usize,
+    })
+}
+
+#[tonic::async_trait]
+impl pb::worker_api_server::WorkerApi for WorkerService {
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let r = request.into_inner();
+        let id = self
+            .handle
+            .call(|reply| LoopRequest::Register {
+                name: r.name,
+                slots: r.cpu_slots,
+                gpus: r.gpus,
+                instance: r.instance,
+                reply,
+            })
+            .await?
+            .map_err(convert::status)?;
+        Ok(Response::new(pb::RegisterResponse {
+            worker_id: id.to_string(),
+            heartbeat_interval_ms: self.handle.heartbeat_interval.as_millis() as u64,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let r = request.into_inner();
+        let worker = worker_id(&r.worker_id)?;
+        let running = r
+            .running
+            .iter()
+            .map(|k| rank_key(&k.job_id, k.generation, k.rank))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.handle
+            .call(|reply| LoopRequest::Heartbeat {
+                worker,
+                running,
+                reply,
+            })
+            .await?
+            .map_err(convert::status)?;
+        Ok(Response::new(pb::HeartbeatResponse {}))
+    }
+
+    type WatchAssignmentsStream = Pin<Box<dyn Stream<Item = Result<pb::Assignment, Status>> + Send>>;
+
+    async fn watch_assignments(
+        &self,
+        request: Request<pb::WatchAssignmentsRequest>,
+    ) -> Result<Response<Self::WatchAssignmentsStream>, Status> {
+        let worker = worker_id(&request.into_inner().worker_id)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.handle
+            .call(|reply| LoopRequest::Watch {
+                worker,
+                assignments: tx,
+                reply,
+            })
+            .await?
+            .map_err(convert::status)?;
+        let stopping = self.handle.stopping.clone();
+        let stream = UnboundedReceiverStream::new(rx)
+            .map(Ok)
+            .take_while(move |_| !*stopping.borrow());
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn report_progress(
+        &self,
+        request: Request<pb::ProgressReport>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let r = request.into_inner();
+        let key = rank_key(&r.job_id, r.generation, r.rank)?;
+        let mut metrics = r
+            .metrics
+            .ok_or_else(|| Status::invalid_argument("a progress report without metrics"))?;
+        metrics.generation = r.generation;
+        self.handle
+            .call(|reply| LoopRequest::Progress {
+                key,
+                metrics,
+                reply,
+            })
+            .await?
+            .map_err(convert::status)?;
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn report_rank_exit(
+        &self,
+        request: Request<pb::RankExit>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let r = request.into_inner();
+        let key = rank_key(&r.job_id, r.generation, r.rank)?;
+        let exit = match (r.code, r.signal) {
+            (Some(0), _) => RankExit::Success,
+            (Some(code), _) => RankExit::Failure {
+                status: code,
+                log_tail: r.log_tail,
+            },
+            // A signal is reported as 128 + signal, the shell's convention.
+            (None, Some(sig)) => RankExit::Failure {
+                status: 128 + sig,
+                log_tail: format!("killed by signal {sig}. {}", r.log_tail),
+            },
+            (None, None) => {
+                return Err(Status::invalid_argument(
+                    "a rank exit with neither an exit code nor a signal",
+                ));
+            }
+        };
+        self.handle
+            .call(|reply| LoopRequest::RankExit { key, exit, reply })
+            .await?
+            .map_err(convert::status)?;
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn ship_logs(
+        &self,
+        request: Request<Streaming<pb::RankLog>>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let mut stream = request.into_inner();
+        while let Some(line) = stream.message().await? {
+            let job = convert::job_id(&line.job_id)?;
+            let record = pb::LogLine {
+                rank: line.rank,
+                generation: line.generation,
+                stream: line.stream,
+                text: line.text,
+                at_ms: line.at_ms,
+            };
+            self.handle
+                .records
+                .append_log(job, &record.encode_to_vec())
+                .map_err(|e| Status::internal(e.to_string()))?;
+        }
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn rendezvous(
+        &self,
+        request: Request<pb::RendezvousRequest>,
+    ) -> Result<Response<pb::RendezvousResponse>, Status> {
+        let r = request.into_inner();
+        let key = rank_key(&r.job_id, r.generation, r.rank)?;
+        let published = self
+            .handle
+            .call(|reply| LoopRequest::Rendezvous {
+                key,
+                address: r.address,
+                nccl_id: r.nccl_id,
+                reply,
+            })
+            .await?
+            .map_err(convert::status)?;
+        Ok(Response::new(pb::RendezvousResponse {
+            addresses: published.addresses,
+            nccl_id: published.nccl_id,
+        }))
+    }
+}

@@ -1,0 +1,341 @@
+//! One training rank, as a child process of the worker daemon.
+//!
+//! The daemon starts `convoy-worker rank` with the rank's identity in the environment
+//! ([`RankEnv`]). The rank binds its collective listener, publishes the address through the
+//! coordinator's rendezvous, forms the TCP ring with the other ranks of its generation, and
+//! trains with the engine, printing progress on stdout (which the daemon ships to the
+//! coordinator) and reporting step metrics to the coordinator directly. It exits 0 when the
+//! job's steps are done; any error is one line on stderr and a non-zero status.
+
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use convoy_engine::spec::JobSpec;
+use convoy_engine::train::{Event, Trainer};
+use convoy_proto::v1 as pb;
+use convoy_proto::v1::worker_api_client::WorkerApiClient;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::collective::{Ring, RingConfig, RingReducer};
+use crate::error::WorkerError;
+
+/// Exit status of a rank that learned its attempt was superseded (a zombie stopping itself).
+pub const EXIT_SUPERSEDED: i32 = 3;
+
+/// What the daemon tells a rank, through `CONVOY_*` environment variables.
+#[derive(Clone, Debug)]
+pub struct RankEnv {
+    pub job_id: String,
+    pub generation: u64,
+    pub rank: usize,
+    pub world_size: usize,
+    /// `http://host:port` of the coordinator.
+    pub coordinator: String,
+    pub spec: PathBuf,
+    /// Relative spec paths resolve against this (empty: the current directory).
+    pub workdir: String,
+    /// The host other ranks reach this rank's listener at.
+    pub advertise_host: String,
+    pub threads: Option<usize>,
+    /// How long the ring waits for peers and tolerates a silent peer.
+    pub collective_timeout: Duration,
+}
+
+impl RankEnv {
+    pub const VARS: [&'static str; 10] = [
+        "CONVOY_JOB",
+        "CONVOY_GENERATION",
+        "CONVOY_RANK",
+        "CONVOY_WORLD_SIZE",
+        "CONVOY_COORDINATOR",
+        "CONVOY_SPEC",
+        "CONVOY_WORKDIR",
+        "CONVOY_ADVERTISE_HOST",
+        "CONVOY_THREADS",
+        "CONVOY_COLLECTIVE_TIMEOUT_MS",
+    ];
+
+    /// The variables to set on the child, in [`Self::VARS`] order.
+    pub fn to_vars(&self) -> Vec<(&'static str, String)> {
+        let values = [
+            self.job_id.clone(),
+            self.generation.to_string(),
+            self.rank.to_string(),
+            self.world_size.to_string(),
+            self.coordinator.clone(),
+            self.spec.display().to_string(),
+            self.workdir.clone(),
+            self.advertise_host.clone(),
+            self.threads.map_or(String::new(), |t| t.to_string()),
+            self.collective_timeout.as_millis().to_string(),
+        ];
+        Self::VARS.into_iter().zip(values).collect()
+    }
+
+    pub fn from_env() -> Result<RankEnv, WorkerError> {
+        let var = |name: &str| {
+            std::env::var(name).map_err(|_| {
+                WorkerError::Config(format!(
+                    "{name} is not set: `convoy-worker rank` is started by the worker daemon"
+                ))
+            })
+        };
+        fn num<T: std::str::FromStr>(name: &str, v: String) -> Result<T, WorkerError> {
+            v.parse()
+                .map_err(|_| WorkerError::Config(format!("{name}={v:?} is not a number")))
+        }
+        let threads = var("CONVOY_THREADS")?;
+        Ok(RankEnv {
+            job_id: var("CONVOY_JOB")?,
+            generation: num("CONVOY_GENERATION", var("CONVOY_GENERATION")?)?,
+            rank: num("CONVOY_RANK", var("CONVOY_RANK")?)?,
+            world_size: num("CONVOY_WORLD_SIZE", var("CONVOY_WORLD_SIZE")?)?,
+            coordinator: var("CONVOY_COORDINATOR")?,
+            spec: PathBuf::from(var("CONVOY_SPEC")?),
+            workdir: var("CONVOY_WORKDIR")?,
+            advertise_host: var("CONVOY_ADVERTISE_HOST")?,
+            threads: if threads.is_empty() {
+                None
+            } else {
+                Some(num("CONVOY_THREADS", threads)?)
+            },
+            collective_timeout: Duration::from_millis(num(
+                "CONVOY_COLLECTIVE_TIMEOUT_MS",
+                var("CONVOY_COLLECTIVE_TIMEOUT_MS")?,
+            )?),
+        })
+    }
+}
+
+/// The coordinator connection of a rank: a small runtime of its own, used from the training
+/// thread (rendezvous) and from the metrics thread.
+struct Coordinator {
+    runtime: tokio::runtime::Runtime,
+    client: WorkerApiClient<Channel>,
+}
+
+impl Coordinator {
+    fn connect(url: &str) -> Result<Coordinator, WorkerError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| WorkerError::Io {
+                what: "starting the rank's runtime".into(),
+                source: e,
+            })?;
+        let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+            .map_err(|e| WorkerError::Config(format!("coordinator address {url:?}: {e}")))?
+            .connect_timeout(Duration::from_secs(2));
+        // The channel's background task is spawned on the runtime it is created in.
+        let client = {
+            let _entered = runtime.enter();
+            WorkerApiClient::new(endpoint.connect_lazy())
+        };
+        Ok(Coordinator { runtime, client })
+    }
+
+    /// Publishes this rank's address and waits for everyone's. Retries while the coordinator
+    /// is unreachable (it may be restarting), up to `timeout`.
+    fn rendezvous(&mut self, env: &RankEnv, address: String) -> Result<Vec<String>, WorkerError> {
+        let deadline = Instant::now() + env.collective_timeout;
+        loop {
+            let req = pb::RendezvousRequest {
+                job_id: env.job_id.clone(),
+                generation: env.generation,
+                rank: env.rank as u32,
+                address: address.clone(),
+                nccl_id: vec![],
+            };
+            let mut client = self.client.clone();
+            match self.runtime.block_on(client.rendezvous(req)) {
+                Ok(r) => return Ok(r.into_inner().addresses),
+                Err(s) if s.code() == Code::Unavailable && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(s) if s.code() == Code::FailedPrecondition => {
+                    return Err(WorkerError::Superseded(s.message().to_string()));
+                }
+                Err(s) => {
+                    return Err(WorkerError::Rpc {
+                        what: "rendezvous".into(),
+                        status: s.message().to_string(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Sends rank 0's step metrics to the coordinator from a thread of its own, so a slow or
+/// restarting coordinator never slows training. Reports queue in a channel; when the
+/// coordinator says this attempt is over, the rank stops (a zombie must not keep running).
+fn spawn_reporter(
+    mut coord: Coordinator,
+    env: RankEnv,
+) -> (mpsc::SyncSender<pb::StepMetrics>, std::thread::JoinHandle<()>) {
+    let (tx, rx) = mpsc::sync_channel::<pb::StepMetrics>(1024);
+    let thread = std::thread::spawn(move || {
+        while let Ok(first) = rx.recv() {
+            // Only the newest of a backlog matters for progress; all are kept as metrics.
+            let mut batch = vec![first];
+            batch.extend(rx.try_iter());
+            for m in batch {
+                let req = pb::ProgressReport {
+                    job_id: env.job_id.clone(),
+                    generation: env.generation,
+                    rank: env.rank as u32,
+                    metrics: Some(m),
+                };
+                let mut client = coord.client.clone();
+                match coord.runtime.block_on(client.report_progress(req)) {
+                    Ok(_) => {}
+                    Err(s) if s.code() == Code::FailedPrecondition || s.code() == Code::NotFound => {
+                        eprintln!(
+                            "stopping: the coordinator no longer runs this attempt ({})",
+                            s.message()
+                        );
+                        std::process::exit(EXIT_SUPERSEDED);
+                    }
+                    Err(_) => {} // unreachable for now; progress resumes when it is back
+                }
+            }
+        }
+        let _ = &mut coord;
+    });
+    (tx, thread)
+}
+
+fn resolve(addr: &str) -> Result<SocketAddr, WorkerError> {
+    addr.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| WorkerError::Config(format!("peer address {addr:?} does not resolve")))
+}
+
+/// Runs the rank to completion.
+pub fn run(env: RankEnv) -> Result<(), WorkerError> {
+    let text = std::fs::read_to_string(&env.spec).map_err(|e| WorkerError::Io {
+        what: format!("reading {}", env.spec.display()),
+        source: e,
+    })?;
+    let mut spec = JobSpec::parse(&text, &env.spec.display().to_string())?;
+    if !env.workdir.is_empty() {
+        spec.resolve_paths(std::path::Path::new(&env.workdir));
+    }
+    if spec.world_size != env.world_size {
+        return Err(WorkerError::Config(format!(
+            "the spec says world_size = {}, the placement has {} ranks",
+            spec.world_size, env.world_size
+        )));
+    }
+    if let Some(n) = env.threads.or(spec.threads) {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build_global()
+            .map_err(|e| WorkerError::Config(format!("starting {n} threads: {e}")))?;
+    }
+    let listener = TcpListener::bind("0.0.0.0:0").map_err(|e| WorkerError::Io {
+        what: "binding the collective listener".into(),
+        source: e,
+    })?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| WorkerError::Io {
+            what: "reading the listener's port".into(),
+            source: e,
+        })?
+        .port();
+    let mut coord = Coordinator::connect(&env.coordinator)?;
+    let addresses = coord.rendezvous(&env, format!("{}:{port}", env.advertise_host))?;
+    let addrs = addresses
+        .iter()
+        .map(|a| resolve(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ring = Ring::connect(
+        RingConfig {
+            rank: env.rank,
+            world: env.world_size,
+            addrs,
+            generation: env.generation,
+            timeout: env.collective_timeout,
+        },
+        listener,
+    )?;
+    let reducer = RingReducer::new(ring)?;
+    let mut trainer = Trainer::new(&spec, Box::new(reducer))?;
+    let unit = trainer.unit();
+    let steps = spec.steps;
+    let print_every = (steps / 50).max(1);
+    let (reporter, reporter_thread) = match env.rank {
+        0 => {
+            let (tx, thread) = spawn_reporter(coord, env.clone());
+            (Some(tx), Some(thread))
+        }
+        _ => (None, None),
+    };
+    println!(
+        "rank {}/{} of {} (generation {}) training {} steps",
+        env.rank, env.world_size, env.job_id, env.generation, steps
+    );
+    let summary = trainer.run(&mut |event| match event {
+        Event::Step(m) => {
+            if let Some(tx) = &reporter {
+                let _ = tx.try_send(pb::StepMetrics {
+                    step: m.step,
+                    loss: m.loss,
+                    lr: m.lr,
+                    grad_norm: m.grad_norm,
+                    throughput: m.throughput,
+                    unit: unit.to_string(),
+                    generation: env.generation,
+                    val_loss: None,
+                });
+            }
+            if m.step % print_every == 0 || m.step == steps {
+                println!(
+                    "step {}/{steps} loss {:.4} lr {:.2e} {:.0} {unit}/s",
+                    m.step, m.loss, m.lr, m.throughput
+                );
+            }
+        }
+        Event::Eval(e) => {
+            let mut line = format!("eval step {} val_loss {:.4}", e.step, e.val_loss);
+            if let Some(c) = &e.classification {
+                line += &format!(" accuracy {:.4} macro_f1 {:.4}", c.accuracy, c.macro_f1);
+            }
+            println!("{line}");
+            if let Some(tx) = &reporter {
+                let _ = tx.try_send(pb::StepMetrics {
+                    step: e.step,
+                    generation: env.generation,
+                    unit: unit.to_string(),
+                    val_loss: Some(e.val_loss),
+                    ..Default::default()
+                });
+            }
+        }
+        Event::Sample(s) => println!("sample:\n{s}"),
+        Event::Checkpoint(_) => {}
+    })?;
+    println!(
+        "done: {} steps in {:.1} s, median {:.0} {unit}/s, final loss {}",
+        summary.steps,
+        summary.elapsed_s,
+        summary.throughput,
+        summary
+            .final_loss
+            .map_or("-".to_string(), |l| format!("{l:.4}"))
+    );
+    // Let the reporter deliver the last metrics, but never hold the exit for long.
+    drop(reporter);
+    if let Some(t) = reporter_thread {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while !t.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(())
+}
