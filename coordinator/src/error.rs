@@ -1,7 +1,7 @@
 //! Errors of the coordinator core. Each message names the ids and values involved, so a
 //! rejected command can be understood from the one line the I/O loop logs or returns.
 
-use crate::model::{JobId, JobState, WorkerId};
+use crate::model::{JobId, JobState, Millis, WorkerId};
 
 /// Why the state machine rejected a command. A rejected command leaves the state unchanged,
 /// which is what lets a log replay skip it the same way the original apply did.
@@ -28,6 +28,8 @@ pub enum ApplyError {
     AttemptEnded { job: JobId, generation: u64 },
     #[error("{job}: cannot start generation {got}; the next generation is {expected}")]
     WrongGeneration { job: JobId, got: u64, expected: u64 },
+    #[error("{job} is held until {until} ms after a failed attempt")]
+    Held { job: JobId, until: Millis },
     #[error("{job} is {state}; only a queued job can be started")]
     JobNotQueued { job: JobId, state: JobState },
     #[error("{job} has no running attempt ({state})")]

@@ -24,5 +24,5 @@ pub use model::{
     Attempt, AttemptOutcome, Cordon, Job, JobId, JobState, Liveness, Millis, Progress, RankExit,
     Worker, WorkerId,
 };
-pub use scheduler::{Decision, Note, Plan, schedule};
+pub use scheduler::{Decision, Note, Plan, schedule, schedule_at};
 pub use state::{ClusterConfig, ClusterState, Command, Effect, SubmitJob};

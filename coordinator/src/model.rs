@@ -166,6 +166,8 @@ pub struct Job {
     pub workdir: String,
     pub attempts: Vec<Attempt>,
     pub last_progress: Option<Progress>,
+    /// A requeued job starts no earlier than this (0: at once).
+    pub not_before: Millis,
 }
 
 impl Job {

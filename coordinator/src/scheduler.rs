@@ -77,8 +77,16 @@ pub struct Plan {
     pub unschedulable: Vec<Note>,
 }
 
-/// Decides which queued jobs start now and where. Pure and deterministic.
+/// Decides which queued jobs start and where, ignoring restart holds (as if at the end of
+/// time). Pure and deterministic.
 pub fn schedule(state: &ClusterState) -> Plan {
+    schedule_at(state, Millis::MAX)
+}
+
+/// [`schedule`] at time `now`: a job requeued after a rank failure is held until its
+/// `not_before` (see [`crate::ClusterConfig::restart_delay`]) and does not take part until
+/// then, not even as the protected head.
+pub fn schedule_at(state: &ClusterState, now: Millis) -> Plan {
     let workers: Vec<&Worker> = state.workers.values().filter(|w| w.schedulable()).collect();
     let mut usage = state.usage();
     // Places each running gang returns to the schedulable cluster when it ends.
@@ -102,6 +110,19 @@ pub fn schedule(state: &ClusterState) -> Plan {
     queue.sort_by_key(|j| (Reverse(j.priority), j.seq));
 
     let mut plan = Plan::default();
+    queue.retain(|j| {
+        if j.not_before <= now {
+            return true;
+        }
+        plan.waiting.push(Note {
+            job: j.id,
+            reason: format!(
+                "restarting in {} ms (time for failed workers to be detected)",
+                j.not_before - now
+            ),
+        });
+        false
+    });
     // The protected head and the slack left behind it.
     let mut head: Option<(JobId, u32)> = None;
     for job in queue {

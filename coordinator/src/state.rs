@@ -27,6 +27,11 @@ pub struct ClusterConfig {
     pub heartbeat_timeout: Millis,
     /// Rank failures in a row on one worker after which it is cordoned automatically.
     pub auto_cordon_after: u32,
+    /// How long a job whose rank failed waits before it is placed again. When a worker dies,
+    /// its peers' ranks fail at once (their connections break) while the worker is declared
+    /// lost only after the heartbeat timeout; without this hold the restart would land on the
+    /// dead worker and waste an attempt. Equal to the heartbeat timeout by default.
+    pub restart_delay: Millis,
 }
 
 impl Default for ClusterConfig {
@@ -34,6 +39,7 @@ impl Default for ClusterConfig {
         ClusterConfig {
             heartbeat_timeout: 5_000,
             auto_cordon_after: 3,
+            restart_delay: 5_000,
         }
     }
 }
@@ -325,6 +331,7 @@ impl ClusterState {
                 workdir: s.workdir.clone(),
                 attempts: vec![],
                 last_progress: None,
+                not_before: 0,
             },
         );
         Ok(vec![Effect::JobSubmitted { job: id }])
@@ -394,6 +401,17 @@ impl ClusterState {
                     id: w.id,
                 });
             }
+            // The same process reconnecting cannot have changed its resources; accepting a
+            // change here could leave its running ranks over-committing it.
+            if w.liveness == Liveness::Alive && (w.slots != slots || w.gpus != gpus) {
+                return Err(ApplyError::InvalidWorker {
+                    name: name.into(),
+                    msg: format!(
+                        "reconnected with {slots} slots and {gpus} GPUs; it registered {} and {}",
+                        w.slots, w.gpus
+                    ),
+                });
+            }
             // The same daemon reconnecting, or a lost worker coming back: same id, fresh
             // resources; a cordon and the failure streak stay, since they are about the
             // machine, not the connection.
@@ -437,6 +455,12 @@ impl ClusterState {
             return Err(ApplyError::JobNotQueued {
                 job: id,
                 state: job.state.clone(),
+            });
+        }
+        if now < job.not_before {
+            return Err(ApplyError::Held {
+                job: id,
+                until: job.not_before,
             });
         }
         let expected = job.next_generation();
@@ -602,15 +626,17 @@ impl ClusterState {
                         });
                     }
                 }
-                effects.extend(self.fail_attempt(id, now, reason));
+                let hold = self.config.restart_delay;
+                effects.extend(self.fail_attempt(id, now, reason, hold));
             }
         }
         Ok(effects)
     }
 
     /// Ends the job's live attempt as failed: stops the rest of the gang on alive workers, then
-    /// requeues the job if it has attempts left, else fails it with `reason`.
-    fn fail_attempt(&mut self, id: JobId, now: Millis, reason: String) -> Vec<Effect> {
+    /// requeues the job (to start no earlier than `hold` from now) if it has attempts left,
+    /// else fails it with `reason`.
+    fn fail_attempt(&mut self, id: JobId, now: Millis, reason: String, hold: Millis) -> Vec<Effect> {
         let Some(job) = self.jobs.get_mut(&id) else {
             return vec![];
         };
@@ -639,6 +665,7 @@ impl ClusterState {
         };
         if tries < allowed {
             job.state = JobState::Queued;
+            job.not_before = if hold > 0 { now.saturating_add(hold) } else { 0 };
             effects.push(Effect::JobRequeued {
                 job: id,
                 generation,
@@ -725,12 +752,12 @@ impl ClusterState {
                 let reason = format!(
                     "{wid} ({name}) lost: no heartbeat for {silent} ms (timeout {timeout} ms)"
                 );
-                effects.extend(self.fail_attempt(jid, now, reason));
+                effects.extend(self.fail_attempt(jid, now, reason, 0));
             }
         }
         for (jid, quiet, limit) in self.stalled(now) {
             let reason = format!("no progress for {quiet} ms (timeout {limit} ms)");
-            effects.extend(self.fail_attempt(jid, now, reason));
+            effects.extend(self.fail_attempt(jid, now, reason, 0));
         }
         effects
     }

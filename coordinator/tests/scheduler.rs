@@ -4,8 +4,8 @@ mod common;
 
 use common::*;
 use convoy_coordinator::{
-    ClusterState, Command, Decision, Effect, JobId, JobState, RankExit, SubmitJob, WorkerId,
-    schedule,
+    ApplyError, ClusterConfig, ClusterState, Command, Decision, Effect, JobId, JobState, RankExit,
+    SubmitJob, WorkerId, schedule, schedule_at,
 };
 
 fn finish(s: &mut ClusterState, job: JobId) {
@@ -173,6 +173,7 @@ fn cordoned_and_lost_workers_get_no_ranks() {
         name: "b".into(),
         slots: 2,
         gpus: 0,
+        instance: "test".into(),
         now: 20_000,
     })
     .unwrap();
@@ -217,6 +218,7 @@ fn cuda_jobs_without_gpu_workers_get_a_clear_message() {
             name: "gpu-box".into(),
             slots: 8,
             gpus: 2,
+            instance: "test".into(),
             now: 0,
         })
         .unwrap();
@@ -241,4 +243,42 @@ fn placement_is_best_fit_on_one_worker_else_packed_by_most_free() {
     assert_eq!(plan.starts[1].placement, vec![a, a, a, a, c, c]);
     // Deterministic: the same state gives the same plan.
     assert_eq!(schedule(&s), plan);
+}
+
+#[test]
+fn a_job_requeued_after_a_rank_failure_is_held_for_the_restart_delay() {
+    let mut s = ClusterState::new(ClusterConfig {
+        restart_delay: 5_000,
+        ..ClusterConfig::default()
+    });
+    let a = worker(&mut s, "a", 1);
+    let b = worker(&mut s, "b", 1);
+    let job = submit(&mut s, "j", 2, 0);
+    let plan = schedule_at(&s, 0);
+    s.apply(&plan.starts[0].clone().into_command(0)).unwrap();
+    s.apply(&Command::ReportRankExit {
+        job,
+        generation: 1,
+        rank: 0,
+        exit: RankExit::Failure {
+            status: 1,
+            log_tail: "peer closed the connection".into(),
+        },
+        now: 1_000,
+    })
+    .unwrap();
+    // Held: nothing starts before 6 000 ms, and a start command is refused too.
+    let early = schedule_at(&s, 5_999);
+    assert!(early.starts.is_empty());
+    assert!(early.waiting[0].reason.starts_with("restarting in 1 ms"));
+    let premature = Command::StartAttempt {
+        job,
+        generation: 2,
+        placement: vec![a, b],
+        now: 5_999,
+    };
+    assert!(matches!(s.apply(&premature), Err(ApplyError::Held { .. })));
+    let later = schedule_at(&s, 6_000);
+    assert_eq!(later.starts.len(), 1);
+    assert_eq!(later.starts[0].generation, 2);
 }

@@ -1,9 +1,12 @@
 //! Helpers for convoy's integration tests, which drive the real binaries.
 
+pub mod cluster;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-/// The `convoy` binary of this build (cargo builds it for the `convoy-cli` tests).
+/// The `convoy` binary of this build (cargo builds it, with `convoy-coordinator` and
+/// `convoy-worker`, for the `convoy-cli` tests).
 pub fn convoy_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> → target/<profile>/convoy

@@ -57,6 +57,7 @@ async fn serve(args: Args) -> Result<()> {
     config.cluster = ClusterConfig {
         heartbeat_timeout: args.heartbeat_timeout_ms,
         auto_cordon_after: args.auto_cordon_after,
+        restart_delay: args.heartbeat_timeout_ms,
     };
     config.heartbeat_interval = Duration::from_millis(args.heartbeat_interval_ms.max(10));
     config.log_lines_per_job = args.log_lines_per_job;

@@ -40,6 +40,7 @@ pub fn status(e: ApplyError) -> Status {
         | ApplyError::AttemptEnded { .. }
         | ApplyError::WrongGeneration { .. }
         | ApplyError::JobNotQueued { .. }
+        | ApplyError::Held { .. }
         | ApplyError::JobNotRunning { .. }
         | ApplyError::JobAlreadyFinished { .. }
         | ApplyError::BadPlacement { .. }

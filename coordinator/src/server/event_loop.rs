@@ -20,7 +20,7 @@ use crate::coordinator::Coordinator;
 use crate::error::{ApplyError, StoreError};
 use crate::log::SledLog;
 use crate::model::{JobId, Liveness, Millis, RankExit, WorkerId};
-use crate::scheduler::schedule;
+use crate::scheduler::schedule_at;
 use crate::server::records::Records;
 use crate::server::rendezvous::{Published, RendezvousTable};
 use crate::state::{ClusterState, Command, Effect, SubmitJob};
@@ -653,14 +653,16 @@ impl EventLoop {
 
     fn schedule(&mut self) -> Result<(), StoreError> {
         self.dirty = false;
-        let plan = schedule(self.core.state());
+        let now = now_ms();
+        let plan = schedule_at(self.core.state(), now);
+        // A held job becomes startable with time alone: look again at the next tick.
+        let held = plan.waiting.iter().any(|n| n.reason.starts_with("restarting in"));
         self.waiting = plan
             .waiting
             .into_iter()
             .chain(plan.unschedulable)
             .map(|n| (n.job, n.reason))
             .collect();
-        let now = now_ms();
         let cmds: Vec<Command> = plan
             .starts
             .into_iter()
@@ -669,7 +671,7 @@ impl EventLoop {
         let pending = cmds.iter().map(|_| Pending::Internal).collect();
         self.execute(cmds, pending)?;
         // Starting jobs changed nothing else the scheduler reads until the next event.
-        self.dirty = false;
+        self.dirty = held;
         Ok(())
     }
 }

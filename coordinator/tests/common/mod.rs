@@ -21,6 +21,7 @@ pub fn cluster() -> ClusterState {
     // The timings in these tests were written for a 15 s heartbeat timeout.
     ClusterState::new(ClusterConfig {
         heartbeat_timeout: 15_000,
+        restart_delay: 0,
         ..ClusterConfig::default()
     })
 }

@@ -1,0 +1,227 @@
+//! The cluster end to end: real `convoy-coordinator` and `convoy-worker` processes on
+//! 127.0.0.1 (ephemeral ports), driven with the `convoy` CLI. Every wait is bounded.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use convoy_tests::cluster::{Cluster, digits_spec};
+use serde_json::Value;
+
+/// The clusters of these tests share two cores: one at a time keeps their timing sane.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn attempts(job: &Value) -> usize {
+    job["attempts"].as_array().map_or(0, Vec::len)
+}
+
+/// Waits until the job's current attempt reports a step past `step`.
+fn wait_step(c: &Cluster, id: &str, step: u64, timeout: Duration) -> Value {
+    let mut last = Value::Null;
+    c.wait_for(&format!("{id} past step {step}"), timeout, || {
+        last = c.job(id);
+        last["state"] == "running" && last["step"].as_u64().unwrap_or(0) > step
+    });
+    last
+}
+
+#[test]
+fn a_two_worker_job_runs_to_completion_with_logs_from_both_ranks() {
+    let _g = serial();
+    let mut c = Cluster::start(5_000);
+    c.add_worker("alpha", 1);
+    c.add_worker("beta", 1);
+    c.wait_workers(2);
+    let spec = digits_spec(c.dir.path(), "digits", 300, 2);
+    let out = c.convoy(&["submit", spec.to_str().unwrap(), "--follow"]);
+    assert!(out.status.success(), "submit --follow failed: {}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("[rank 0] done: 300 steps"), "{stdout}");
+
+    let job = c.job("job-1");
+    assert_eq!(job["state"], "succeeded");
+    assert_eq!(job["step"], 300);
+    assert_eq!(attempts(&job), 1);
+    let placement = job["attempts"][0]["placement"].as_array().unwrap().clone();
+    assert_eq!(placement.len(), 2);
+    assert_ne!(placement[0], placement[1], "one rank per 1-slot worker");
+
+    let logs = c.convoy(&["logs", "job-1"]);
+    let text = String::from_utf8_lossy(&logs.stdout);
+    assert!(text.contains("[rank 0] rank 0/2"), "{text}");
+    assert!(text.contains("[rank 1] rank 1/2"), "{text}");
+    assert!(text.contains("[convoy] job succeeded"), "{text}");
+    let only1 = c.convoy(&["logs", "job-1", "--rank", "1"]);
+    assert!(!String::from_utf8_lossy(&only1.stdout).contains("[rank 0]"));
+    // Metrics were kept per step.
+    let jobs = c.json(&["jobs"]);
+    assert_eq!(jobs[0]["state"], "succeeded");
+    assert!(jobs[0]["loss"].as_f64().is_some());
+}
+
+#[test]
+fn a_job_survives_a_sigkilled_coordinator_and_its_ranks_are_not_restarted() {
+    let _g = serial();
+    let mut c = Cluster::start(5_000);
+    c.add_worker("alpha", 1);
+    c.add_worker("beta", 1);
+    c.wait_workers(2);
+    let spec = digits_spec(c.dir.path(), "long", 4_000, 2);
+    let id = c.submit(&spec, &[]);
+    wait_step(&c, &id, 20, Duration::from_secs(60));
+    c.kill_coordinator();
+    std::thread::sleep(Duration::from_millis(1500));
+    c.restart_coordinator();
+    let job = c.wait_state(&id, "succeeded", Duration::from_secs(180));
+    assert_eq!(
+        attempts(&job),
+        1,
+        "the ranks kept running and were reattached: {job}"
+    );
+    assert_eq!(job["step"], 4_000);
+    assert_eq!(c.status()["workers_alive"], 2);
+}
+
+#[test]
+fn a_sigkilled_worker_is_lost_and_the_job_restarts_on_the_remaining_capacity() {
+    let _g = serial();
+    let mut c = Cluster::start(2_000);
+    for name in ["alpha", "beta", "gamma"] {
+        c.add_worker(name, 1);
+    }
+    c.wait_workers(3);
+    let spec = digits_spec(c.dir.path(), "restarted", 3_000, 2);
+    let id = c.submit(&spec, &[]);
+    let job = wait_step(&c, &id, 10, Duration::from_secs(60));
+    let victim_id = job["attempts"][0]["placement"][1].as_str().unwrap().to_string();
+    let workers = c.json(&["workers"]);
+    let victim = workers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["id"] == victim_id.as_str())
+        .map(|w| w["name"].as_str().unwrap().to_string())
+        .unwrap();
+    let killed_at = Instant::now();
+    c.kill_worker(&victim);
+    c.wait_for("a second attempt", Duration::from_secs(30), || {
+        let j = c.job(&id);
+        attempts(&j) >= 2 && j["state"] == "running"
+    });
+    let restarted_after = killed_at.elapsed();
+    let job = c.wait_state(&id, "succeeded", Duration::from_secs(180));
+    let second = &job["attempts"][1]["placement"];
+    assert!(
+        !second.as_array().unwrap().contains(&Value::from(victim_id.clone())),
+        "the new attempt avoids the dead worker: {job}"
+    );
+    assert!(
+        job["attempts"][0]["outcome"]
+            .as_str()
+            .unwrap()
+            .starts_with("failed"),
+        "{job}"
+    );
+    c.wait_for("the victim reported lost", Duration::from_secs(10), || {
+        c.json(&["workers"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["id"] == victim_id.as_str() && w["liveness"] == "lost")
+    });
+    eprintln!("restart after worker SIGKILL: {restarted_after:?}");
+}
+
+#[test]
+fn cancel_stops_the_ranks_and_a_finished_job_cannot_be_cancelled_again() {
+    let _g = serial();
+    let mut c = Cluster::start(5_000);
+    c.add_worker("alpha", 2);
+    c.wait_workers(1);
+    let spec = digits_spec(c.dir.path(), "endless", 1_000_000, 2);
+    let id = c.submit(&spec, &[]);
+    wait_step(&c, &id, 5, Duration::from_secs(60));
+    let out = c.convoy(&["cancel", &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(c.job(&id)["state"], "cancelled");
+    c.wait_for("the ranks to stop", Duration::from_secs(15), || {
+        c.json(&["workers"])[0]["ranks"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
+            && c.status()["slots_free"] == 2
+    });
+    let again = c.convoy(&["cancel", &id]);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("already finished"),
+        "{}",
+        stderr(&again)
+    );
+    let logs = String::from_utf8_lossy(&c.convoy(&["logs", &id]).stdout).into_owned();
+    assert!(logs.contains("[convoy] job cancelled"), "{logs}");
+}
+
+#[test]
+fn competing_jobs_run_in_priority_order_without_deadlock() {
+    let _g = serial();
+    let mut c = Cluster::start(5_000);
+    c.add_worker("alpha", 1);
+    c.add_worker("beta", 1);
+    c.wait_workers(2);
+    let dir = c.dir.path();
+    let blocker = c.submit(&digits_spec(dir, "blocker", 400, 2), &[]);
+    wait_step(&c, &blocker, 1, Duration::from_secs(60));
+    // Both need the whole cluster; the later one has the higher priority.
+    let low = c.submit(&digits_spec(dir, "low", 200, 2), &["--priority", "0"]);
+    let high = c.submit(&digits_spec(dir, "high", 200, 2), &["--priority", "10"]);
+    assert_eq!(c.job(&low)["state"], "queued");
+    for id in [&blocker, &low, &high] {
+        c.wait_state(id, "succeeded", Duration::from_secs(120));
+    }
+    let started = |id: &str| c.job(id)["attempts"][0]["started_at_ms"].as_u64().unwrap();
+    let finished = |id: &str| c.job(id)["attempts"][0]["ended_at_ms"].as_u64().unwrap();
+    assert!(started(&high) <= started(&low), "priority 10 starts first");
+    assert!(finished(&high) <= started(&low), "one gang at a time on two slots");
+}
+
+#[test]
+fn bad_input_gets_one_line_errors_and_the_coordinator_keeps_its_data() {
+    let _g = serial();
+    let c = Cluster::start(5_000);
+    let bad = c.dir.path().join("bad.toml");
+    let good = digits_spec(c.dir.path(), "ok", 100, 1);
+    let text = std::fs::read_to_string(&good).unwrap().replace("batch_size = 32", "batch_size = 0");
+    std::fs::write(&bad, text).unwrap();
+    let out = c.convoy(&["submit", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("batch_size"), "{err}");
+
+    let id = c.submit(&good, &[]);
+    for (args, want) in [
+        (vec!["job", "show", "job-99"], "unknown job job-99"),
+        (vec!["job", "show", "nonsense"], "is not a job id"),
+        (vec!["cordon", "no-such-worker"], "no worker named"),
+        (vec!["logs", "job-42"], "unknown job job-42"),
+    ] {
+        let out = c.convoy(&args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        let e = stderr(&out);
+        assert!(e.contains(want), "{args:?}: {e}");
+        assert_eq!(e.trim().lines().count(), 1, "{e}");
+    }
+    let out = c.convoy(&["jobs", "--coordinator", "127.0.0.1:1"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("cannot reach the coordinator"), "{}", stderr(&out));
+    // The accepted job is still there, queued (no workers).
+    assert_eq!(c.job(&id)["state"], "queued");
+    assert!(c.job(&id)["reason"].as_str().unwrap().contains("slot"));
+}
