@@ -1,6 +1,7 @@
 //! `convoy`: the command line. A thin clap wrapper: every command calls into a library.
 
 mod cluster;
+mod common;
 mod data;
 mod train;
 

@@ -84,7 +84,7 @@ impl<L: CommandLog> Coordinator<L> {
     }
 
     /// Writes a snapshot of the current state now.
-    pub fn snapshot(&mut self) -> Result<(), CoordinatorError> {
+    pub fn snapshot(&mut self) -> Result<(), StoreError> {
         self.log.save_snapshot(self.applied, &self.state)?;
         self.snapshot_index = self.applied;
         Ok(())

@@ -173,7 +173,7 @@ impl Coordinator {
 /// restarting coordinator never slows training. Reports queue in a channel; when the
 /// coordinator says this attempt is over, the rank stops (a zombie must not keep running).
 fn spawn_reporter(
-    mut coord: Coordinator,
+    coord: Coordinator,
     env: RankEnv,
 ) -> (mpsc::SyncSender<pb::StepMetrics>, std::thread::JoinHandle<()>) {
     let (tx, rx) = mpsc::sync_channel::<pb::StepMetrics>(1024);
@@ -203,7 +203,6 @@ fn spawn_reporter(
                 }
             }
         }
-        let _ = &mut coord;
     });
     (tx, thread)
 }

@@ -35,13 +35,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    common::init_tracing();
     match serve(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -65,7 +59,7 @@ async fn serve(args: Args) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr().context("reading the listen address")?;
-    let shutdown = signals::terminated();
+    let shutdown = common::terminated();
     run(listener, config, shutdown, || {
         println!("listening on {addr}");
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
@@ -74,5 +68,5 @@ async fn serve(args: Args) -> Result<()> {
     Ok(())
 }
 
-#[path = "../signals.rs"]
-mod signals;
+#[path = "../common.rs"]
+mod common;

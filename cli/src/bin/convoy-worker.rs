@@ -63,13 +63,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    common::init_tracing();
     match daemon(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -93,7 +87,7 @@ async fn daemon(args: Args) -> Result<()> {
         None => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
     };
     let config = WorkerConfig {
-        coordinator: normalize(&args.coordinator),
+        coordinator: common::normalize(&args.coordinator),
         name,
         slots,
         gpus: detect_gpus(),
@@ -105,21 +99,12 @@ async fn daemon(args: Args) -> Result<()> {
         threads_per_rank: args.threads_per_rank,
         collective_timeout: Duration::from_millis(args.collective_timeout_ms.max(1)),
     };
-    run(config, signals::terminated(), || {
+    run(config, common::terminated(), || {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     })
     .await?;
     Ok(())
 }
 
-/// Accepts `host:port` as well as `http://host:port`.
-fn normalize(addr: &str) -> String {
-    if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    }
-}
-
-#[path = "../signals.rs"]
-mod signals;
+#[path = "../common.rs"]
+mod common;

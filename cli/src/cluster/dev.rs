@@ -193,8 +193,6 @@ pub async fn run(args: DevArgs) -> Result<()> {
         w.stop(Duration::from_secs(15));
     }
     coordinator.stop(Duration::from_secs(15));
-    drop(workers);
-    drop(coordinator);
     if result.is_err() {
         // Keep the daemons' logs for a look at what went wrong.
         let kept = dir.keep();

@@ -13,17 +13,10 @@ use anyhow::{Result, anyhow};
 use convoy_proto::v1::convoy_client::ConvoyClient;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::common::normalize;
+
 /// The default coordinator address, as `convoy-coordinator` listens by default.
 pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7070";
-
-/// Accepts `host:port` as well as `http://host:port`.
-pub fn normalize(addr: &str) -> String {
-    if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    }
-}
 
 /// Connects to the coordinator, or says in one line why not.
 pub async fn connect(addr: &str) -> Result<ConvoyClient<Channel>> {
@@ -51,7 +44,7 @@ pub fn rpc(status: tonic::Status) -> anyhow::Error {
     }
 }
 
-/// Milliseconds since the epoch as a local-free UTC time of day, for tables.
+/// How long ago a time in milliseconds since the epoch was ("12s ago"), for tables.
 pub fn ago(at_ms: u64) -> String {
     if at_ms == 0 {
         return "-".into();

@@ -183,10 +183,7 @@ impl EventLoop {
                 break;
             }
         }
-        self.core.snapshot().map_err(|e| match e {
-            crate::error::CoordinatorError::Store(s) => s,
-            crate::error::CoordinatorError::Apply(a) => StoreError::Invalid(a.to_string()),
-        })
+        self.core.snapshot()
     }
 
     /// After a restart every alive worker gets a fresh heartbeat timeout to reconnect in, and

@@ -117,6 +117,8 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("starting the event loop thread: {0}")]
+    Thread(#[source] std::io::Error),
     #[error("the event loop stopped unexpectedly")]
     LoopPanicked,
 }
@@ -167,10 +169,7 @@ pub async fn run(
             let _ = loop_done.send(());
             r
         })
-        .map_err(|source| ServerError::DataDir {
-            path: config.data_dir.clone(),
-            source,
-        })?;
+        .map_err(ServerError::Thread)?;
     let handle = Handle {
         tx: tx.clone(),
         records,

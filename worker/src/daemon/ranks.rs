@@ -328,7 +328,8 @@ impl Supervisor {
             }
         };
         if tokio::time::timeout(self.config.stop_grace, gone).await.is_err() {
-            for (_, pgid) in self.table().running.values().map(|p| ((), *p)) {
+            let left: Vec<i32> = self.table().running.values().copied().collect();
+            for pgid in left {
                 let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
