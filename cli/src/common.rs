@@ -25,7 +25,10 @@ pub fn init_tracing() {
 /// Resolves on the first SIGTERM (systemd, `convoy dev`) or SIGINT (Ctrl-C).
 pub async fn terminated() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

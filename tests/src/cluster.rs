@@ -92,9 +92,11 @@ impl Cluster {
 
     /// Waits until `n` workers are alive.
     pub fn wait_workers(&self, n: u64) {
-        self.wait_for(&format!("{n} workers alive"), Duration::from_secs(30), || {
-            self.status()["workers_alive"].as_u64() == Some(n)
-        });
+        self.wait_for(
+            &format!("{n} workers alive"),
+            Duration::from_secs(30),
+            || self.status()["workers_alive"].as_u64() == Some(n),
+        );
     }
 
     /// SIGKILLs the coordinator (no shutdown, no snapshot).
@@ -173,7 +175,10 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("timed out after {timeout:?} waiting for {what}\n{}", self.log_tails());
+        panic!(
+            "timed out after {timeout:?} waiting for {what}\n{}",
+            self.log_tails()
+        );
     }
 
     /// Waits until the job is in `state` (queued, running, succeeded, failed, cancelled).
@@ -222,9 +227,15 @@ pub fn digits_spec(dir: &Path, name: &str, steps: u64, world_size: usize) -> Pat
     let data = repo_root().join("examples/data/digits.csv.gz");
     let data = data.canonicalize().expect("data file");
     let text = text
-        .replace("name = \"digits-mlp\"", &format!("name = \"{name}\"\nworld_size = {world_size}"))
+        .replace(
+            "name = \"digits-mlp\"",
+            &format!("name = \"{name}\"\nworld_size = {world_size}"),
+        )
         .replace("steps = 600", &format!("steps = {steps}"))
-        .replace("\"data/digits.csv.gz\"", &format!("{:?}", data.display().to_string()));
+        .replace(
+            "\"data/digits.csv.gz\"",
+            &format!("{:?}", data.display().to_string()),
+        );
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, text).expect("write spec");
     path

@@ -41,7 +41,11 @@ fn a_two_worker_job_runs_to_completion_with_logs_from_both_ranks() {
     c.wait_workers(2);
     let spec = digits_spec(c.dir.path(), "digits", 300, 2);
     let out = c.convoy(&["submit", spec.to_str().unwrap(), "--follow"]);
-    assert!(out.status.success(), "submit --follow failed: {}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "submit --follow failed: {}",
+        stderr(&out)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("[rank 0] done: 300 steps"), "{stdout}");
 
@@ -100,7 +104,10 @@ fn a_sigkilled_worker_is_lost_and_the_job_restarts_on_the_remaining_capacity() {
     let spec = digits_spec(c.dir.path(), "restarted", 3_000, 2);
     let id = c.submit(&spec, &[]);
     let job = wait_step(&c, &id, 10, Duration::from_secs(60));
-    let victim_id = job["attempts"][0]["placement"][1].as_str().unwrap().to_string();
+    let victim_id = job["attempts"][0]["placement"][1]
+        .as_str()
+        .unwrap()
+        .to_string();
     let workers = c.json(&["workers"]);
     let victim = workers
         .as_array()
@@ -119,7 +126,10 @@ fn a_sigkilled_worker_is_lost_and_the_job_restarts_on_the_remaining_capacity() {
     let job = c.wait_state(&id, "succeeded", Duration::from_secs(180));
     let second = &job["attempts"][1]["placement"];
     assert!(
-        !second.as_array().unwrap().contains(&Value::from(victim_id.clone())),
+        !second
+            .as_array()
+            .unwrap()
+            .contains(&Value::from(victim_id.clone())),
         "the new attempt avoids the dead worker: {job}"
     );
     assert!(
@@ -188,7 +198,10 @@ fn competing_jobs_run_in_priority_order_without_deadlock() {
     let started = |id: &str| c.job(id)["attempts"][0]["started_at_ms"].as_u64().unwrap();
     let finished = |id: &str| c.job(id)["attempts"][0]["ended_at_ms"].as_u64().unwrap();
     assert!(started(&high) <= started(&low), "priority 10 starts first");
-    assert!(finished(&high) <= started(&low), "one gang at a time on two slots");
+    assert!(
+        finished(&high) <= started(&low),
+        "one gang at a time on two slots"
+    );
 }
 
 #[test]
@@ -197,7 +210,9 @@ fn bad_input_gets_one_line_errors_and_the_coordinator_keeps_its_data() {
     let c = Cluster::start(5_000);
     let bad = c.dir.path().join("bad.toml");
     let good = digits_spec(c.dir.path(), "ok", 100, 1);
-    let text = std::fs::read_to_string(&good).unwrap().replace("batch_size = 32", "batch_size = 0");
+    let text = std::fs::read_to_string(&good)
+        .unwrap()
+        .replace("batch_size = 32", "batch_size = 0");
     std::fs::write(&bad, text).unwrap();
     let out = c.convoy(&["submit", bad.to_str().unwrap()]);
     assert!(!out.status.success());
@@ -220,7 +235,11 @@ fn bad_input_gets_one_line_errors_and_the_coordinator_keeps_its_data() {
     }
     let out = c.convoy(&["jobs", "--coordinator", "127.0.0.1:1"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("cannot reach the coordinator"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot reach the coordinator"),
+        "{}",
+        stderr(&out)
+    );
     // The accepted job is still there, queued (no workers).
     assert_eq!(c.job(&id)["state"], "queued");
     assert!(c.job(&id)["reason"].as_str().unwrap().contains("slot"));

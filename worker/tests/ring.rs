@@ -10,9 +10,9 @@ use convoy_worker::collective::{ReduceOp, Ring, RingConfig};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Sizes smaller than, equal to and not divisible by every world size, and large enough for
-/// the threaded (sender thread) path.
-const SIZES: [usize; 10] = [0, 1, 2, 3, 5, 7, 64, 1001, 40_000, 100_003];
+/// Sizes smaller than, equal to and not divisible by every world size, and large enough that
+/// chunks span many socket buffers and the pipeline runs several steps at once.
+const SIZES: [usize; 11] = [0, 1, 2, 3, 5, 7, 64, 1001, 40_000, 100_003, 1_500_007];
 
 /// Every rank's outputs for every size and op, in order.
 fn run_all(world: usize) -> Vec<Vec<Vec<f32>>> {

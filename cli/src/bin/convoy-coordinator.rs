@@ -11,14 +11,22 @@ use convoy_coordinator::ClusterConfig;
 use convoy_coordinator::server::{ServerConfig, run};
 
 #[derive(Parser)]
-#[command(name = "convoy-coordinator", version, about = "The convoy coordinator daemon")]
+#[command(
+    name = "convoy-coordinator",
+    version,
+    about = "The convoy coordinator daemon"
+)]
 struct Args {
     /// Address to serve the client and worker APIs on (port 0: any free port; the address is
     /// printed on stdout).
     #[arg(long, env = "CONVOY_LISTEN", default_value = "127.0.0.1:7070")]
     listen: String,
     /// Where the command log, snapshots, logs and metrics are kept.
-    #[arg(long, env = "CONVOY_DATA_DIR", default_value = "/var/lib/convoy/coordinator")]
+    #[arg(
+        long,
+        env = "CONVOY_DATA_DIR",
+        default_value = "/var/lib/convoy/coordinator"
+    )]
     data_dir: PathBuf,
     /// A worker silent for longer than this is lost (applies when the data directory is new).
     #[arg(long, env = "CONVOY_HEARTBEAT_TIMEOUT_MS", default_value_t = 5000)]
@@ -58,7 +66,9 @@ async fn serve(args: Args) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let addr = listener.local_addr().context("reading the listen address")?;
+    let addr = listener
+        .local_addr()
+        .context("reading the listen address")?;
     let shutdown = common::terminated();
     run(listener, config, shutdown, || {
         println!("listening on {addr}");

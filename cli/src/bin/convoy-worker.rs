@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use convoy_worker::WorkerError;
 use convoy_worker::daemon::{WorkerConfig, detect_gpus, run};
 use convoy_worker::rank::{self, EXIT_SUPERSEDED, RankEnv};
-use convoy_worker::WorkerError;
 
 #[derive(Parser)]
 #[command(name = "convoy-worker", version, about = "The convoy worker daemon")]
@@ -17,7 +17,11 @@ struct Args {
     #[command(subcommand)]
     command: Option<Sub>,
     /// The coordinator's address.
-    #[arg(long, env = "CONVOY_COORDINATOR", default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long,
+        env = "CONVOY_COORDINATOR",
+        default_value = "http://127.0.0.1:7070"
+    )]
     coordinator: String,
     /// This worker's name, unique in the cluster (default: the host name).
     #[arg(long, env = "CONVOY_WORKER_NAME")]
@@ -26,7 +30,11 @@ struct Args {
     #[arg(long, env = "CONVOY_SLOTS")]
     slots: Option<u32>,
     /// Where rank working files go.
-    #[arg(long, env = "CONVOY_DATA_DIR", default_value = "/var/lib/convoy/worker")]
+    #[arg(
+        long,
+        env = "CONVOY_DATA_DIR",
+        default_value = "/var/lib/convoy/worker"
+    )]
     data_dir: PathBuf,
     /// The address other machines reach this machine's ranks at.
     #[arg(long, env = "CONVOY_ADVERTISE_HOST", default_value = "127.0.0.1")]

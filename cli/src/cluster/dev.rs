@@ -17,8 +17,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::os::unix::process::CommandExt;
 
-use crate::cluster::submit::{self, SubmitArgs};
 use crate::cluster::connect;
+use crate::cluster::submit::{self, SubmitArgs};
 
 #[derive(Args)]
 pub struct DevArgs {
@@ -100,7 +100,10 @@ fn start_coordinator(dir: &Path, port: u16) -> Result<(Daemon, String)> {
         .arg(format!("127.0.0.1:{port}"))
         .arg("--data-dir")
         .arg(dir.join("coordinator"))
-        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log_file(dir, "coordinator")?)
@@ -144,7 +147,10 @@ fn start_worker(dir: &Path, url: &str, i: u32, slots: u32, threads: usize) -> Re
         .arg(dir.join(&name))
         .arg("--stop-grace-ms")
         .arg("5000")
-        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdin(Stdio::null())
         .stdout(log_file(dir, &name)?)
         .stderr(log_file(dir, &format!("{name}.err"))?)
@@ -214,7 +220,11 @@ async fn drive(url: &str, args: &DevArgs) -> Result<()> {
             break;
         }
         if Instant::now() > deadline {
-            bail!("only {} of {} workers registered within 30 s", s.workers_alive, args.workers);
+            bail!(
+                "only {} of {} workers registered within 30 s",
+                s.workers_alive,
+                args.workers
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

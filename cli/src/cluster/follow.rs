@@ -29,10 +29,8 @@ fn bar(steps: u64, json: bool) -> ProgressBar {
     }
     let bar = ProgressBar::new(steps);
     bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} steps  {msg}  ETA {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar
 }
@@ -141,13 +139,19 @@ pub async fn follow(client: &mut ConvoyClient<Channel>, id: &str, json: bool) ->
     match state {
         pb::JobState::Succeeded => {
             if !json {
-                eprintln!("{id} succeeded ({attempts} attempt{})", if attempts == 1 { "" } else { "s" });
+                eprintln!(
+                    "{id} succeeded ({attempts} attempt{})",
+                    if attempts == 1 { "" } else { "s" }
+                );
             }
             Ok(())
         }
         pb::JobState::Failed => Err(anyhow!("{id} failed: {}", job.reason)),
         pb::JobState::Cancelled => Err(anyhow!("{id} was cancelled")),
-        _ => bail!("{id} is still {}: the coordinator stopped answering", state_name(state)),
+        _ => bail!(
+            "{id} is still {}: the coordinator stopped answering",
+            state_name(state)
+        ),
     }
 }
 

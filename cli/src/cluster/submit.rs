@@ -40,16 +40,19 @@ pub struct SubmitArgs {
 /// Reads the spec, applies `--world-size`, and checks it the way the coordinator will, so a
 /// mistake is reported here with the file's name.
 pub fn prepare(spec: &Path, world_size: Option<usize>) -> Result<(String, String)> {
-    let mut text = std::fs::read_to_string(spec)
-        .with_context(|| format!("reading {}", spec.display()))?;
+    let mut text =
+        std::fs::read_to_string(spec).with_context(|| format!("reading {}", spec.display()))?;
     if let Some(n) = world_size {
-        let mut table: toml::Table = toml::from_str(&text)
-            .with_context(|| format!("{}: not valid TOML", spec.display()))?;
+        let mut table: toml::Table =
+            toml::from_str(&text).with_context(|| format!("{}: not valid TOML", spec.display()))?;
         table.insert("world_size".into(), toml::Value::Integer(n as i64));
         text = toml::to_string(&table).context("writing the spec back")?;
     }
     JobSpec::parse(&text, &spec.display().to_string())?;
-    let dir = spec.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = spec
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let workdir = std::fs::canonicalize(dir)
         .with_context(|| format!("resolving {}", dir.display()))?
         .display()

@@ -23,7 +23,10 @@ pub async fn list(coordinator: &str, json_out: bool) -> Result<()> {
         .into_inner()
         .workers;
     if json_out {
-        println!("{}", Value::Array(workers.iter().map(worker_json).collect()));
+        println!(
+            "{}",
+            Value::Array(workers.iter().map(worker_json).collect())
+        );
         return Ok(());
     }
     println!(
@@ -88,7 +91,12 @@ pub async fn status(coordinator: &str, json_out: bool) -> Result<()> {
     } else {
         println!(
             "workers: {} alive, {} lost\nslots:   {} free of {}\njobs:    {} running, {} queued",
-            s.workers_alive, s.workers_lost, s.slots_free, s.slots_total, s.jobs_running, s.jobs_queued
+            s.workers_alive,
+            s.workers_lost,
+            s.slots_free,
+            s.slots_total,
+            s.jobs_running,
+            s.jobs_queued
         );
     }
     Ok(())

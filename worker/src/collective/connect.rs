@@ -18,6 +18,15 @@ pub(crate) struct Links {
     pub left: TcpStream,
 }
 
+impl Links {
+    /// A collective runs both links from one thread with non-blocking I/O; between
+    /// collectives they are blocking again (with the timeouts set at connect).
+    pub fn set_nonblocking(&self, on: bool) -> std::io::Result<()> {
+        self.right.set_nonblocking(on)?;
+        self.left.set_nonblocking(on)
+    }
+}
+
 /// How often an idle accept loop and a refused connect look again.
 const POLL: Duration = Duration::from_millis(5);
 const RETRY: Duration = Duration::from_millis(20);

@@ -13,9 +13,10 @@
 use std::io::{Read, Write};
 use std::mem::size_of;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::mpsc;
-use std::thread;
+use std::os::fd::AsFd;
 use std::time::Duration;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use super::connect::{Links, establish};
 use super::error::{Peer, RingError};
@@ -46,10 +47,6 @@ pub enum ReduceOp {
 /// Received data is added in segments of this many bytes: small enough to stay in cache
 /// between the socket read and the addition.
 const SEGMENT_BYTES: usize = 256 << 10;
-
-/// Below this many bytes in flight per link, messages are written and then read on one
-/// thread: the kernel's socket buffers hold them, and a sender thread would only add latency.
-const INLINE_BYTES: usize = 64 << 10;
 
 /// One rank's end of a formed ring.
 pub struct Ring {
@@ -218,14 +215,6 @@ impl Ring {
         let bounds: Vec<usize> = (0..=world)
             .map(|i| (i as u128 * n as u128 / world as u128) as usize)
             .collect();
-        let mut chunks: Vec<Option<&mut [T]>> = Vec::with_capacity(world);
-        let mut rest = buf;
-        for i in 0..world {
-            let (c, r) = rest.split_at_mut(bounds[i + 1] - bounds[i]);
-            chunks.push(Some(c));
-            rest = r;
-        }
-        let largest = bounds.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
         let ctx = Ctx {
             header,
             right,
@@ -235,15 +224,22 @@ impl Ring {
                 ReduceOp::Sum => None,
                 ReduceOp::Mean => Some(T::from_count(world)),
             },
-            closer: &self.closer,
         };
         let scratch: &mut [T] = bytemuck::cast_slice_mut(&mut self.scratch[..]);
-        let steps = Schedule { rank, world };
-        if largest * size_of::<T>() * world <= INLINE_BYTES {
-            ctx.run_inline(links, &mut chunks, scratch, steps)
-        } else {
-            ctx.run_threaded(links, &mut chunks, scratch, steps)
-        }
+        let steps: Vec<Step> = Schedule { rank, world }.steps().collect();
+        links
+            .set_nonblocking(true)
+            .map_err(|source| RingError::Local {
+                during: "switching the ring's sockets to non-blocking",
+                source,
+            })?;
+        ctx.run(links, buf, &bounds, &steps, scratch)?;
+        links
+            .set_nonblocking(false)
+            .map_err(|source| RingError::Local {
+                during: "switching the ring's sockets back to blocking",
+                source,
+            })
     }
 }
 
@@ -294,151 +290,251 @@ struct Ctx<'a, T> {
     left: &'a Peer,
     timeout: Duration,
     divisor: Option<T>,
-    closer: &'a RingCloser,
 }
 
-fn internal(what: &str) -> RingError {
-    RingError::Broken(format!("internal error: {what}"))
+/// How far the sending side has got: the step, and bytes of that step's chunk already written.
+struct SendCursor {
+    header: usize,
+    step: usize,
+    bytes: usize,
+}
+
+/// How far the receiving side has got: the step, bytes of that step's chunk read off the
+/// socket, and elements of it finished (added, and divided on the owner's step).
+struct RecvCursor {
+    header: usize,
+    header_buf: [u8; HEADER_LEN],
+    step: usize,
+    bytes: usize,
+    done: usize,
 }
 
 impl<T: Elem> Ctx<'_, T> {
-    /// Small messages: write, then read, on this thread.
-    fn run_inline(
+    /// Runs every step of the schedule on this thread with non-blocking sockets, pipelined
+    /// element by element: the chunk sent at step `i + 1` is the one received at step `i`, and
+    /// its first elements go to the right as soon as they are reduced, while the rest are still
+    /// arriving from the left. Nothing waits for a whole chunk, so the ring's latency is a few
+    /// socket buffers rather than `2(n−1)` chunk transfers back to back, and one thread per
+    /// rank does all of it (no sender thread, no hand-off).
+    ///
+    /// Safety of the in-place updates without a lock: a byte of chunk `c` is overwritten in
+    /// all-gather only after the same byte went out in reduce-scatter, because what arrives
+    /// there has gone round the whole ring since this rank sent it.
+    fn run(
         &self,
         links: &mut Links,
-        chunks: &mut [Option<&mut [T]>],
+        buf: &mut [T],
+        bounds: &[usize],
+        steps: &[Step],
         scratch: &mut [T],
-        schedule: Schedule,
     ) -> Result<(), RingError> {
-        for (i, step) in schedule.steps().enumerate() {
-            let out = chunks[step.send]
-                .as_deref()
-                .ok_or_else(|| internal("send chunk missing"))?;
-            send(&mut links.right, (i == 0).then_some(&self.header), out)
-                .map_err(|e| RingError::from_io(self.right, self.timeout, "sending", e))?;
-            self.receive(&mut links.left, i == 0, &step, chunks, scratch)?;
-        }
-        Ok(())
-    }
+        let esize = size_of::<T>();
+        let header = self.header.encode();
+        let chunk = |c: usize| bounds[c]..bounds[c + 1];
+        let mut tx = SendCursor {
+            header: 0,
+            step: 0,
+            bytes: 0,
+        };
+        let mut rx = RecvCursor {
+            header: 0,
+            header_buf: [0; HEADER_LEN],
+            step: 0,
+            bytes: 0,
+            done: 0,
+        };
+        // Bytes read into `scratch` but not yet added (at most one partial element).
+        let mut pending = 0usize;
+        loop {
+            // Steps whose chunk is complete (or empty) are finished without I/O.
+            while tx.step < steps.len()
+                && tx.header == HEADER_LEN
+                && tx.bytes == chunk(steps[tx.step].send).len() * esize
+            {
+                tx.step += 1;
+                tx.bytes = 0;
+            }
+            while rx.step < steps.len()
+                && rx.header == HEADER_LEN
+                && rx.done == chunk(steps[rx.step].recv).len()
+            {
+                rx.step += 1;
+                rx.bytes = 0;
+                rx.done = 0;
+            }
+            if tx.step == steps.len() && rx.step == steps.len() {
+                return Ok(());
+            }
 
-    /// Large messages: a sender thread writes to the right while this thread reads from the
-    /// left, so neither side waits for the other's socket buffer to drain (which would
-    /// deadlock the ring on chunks larger than the buffers).
-    fn run_threaded<'c>(
-        &self,
-        links: &mut Links,
-        chunks: &mut [Option<&'c mut [T]>],
-        scratch: &mut [T],
-        schedule: Schedule,
-    ) -> Result<(), RingError> {
-        let Links { right, left } = links;
-        let closer = self.closer;
-        thread::scope(|s| {
-            // The chunk being sent travels to the sender thread and back, so the borrow checker
-            // sees that this thread never touches it meanwhile.
-            let (job_tx, job_rx) = mpsc::channel::<(Option<OpHeader>, &'c mut [T])>();
-            let (done_tx, done_rx) = mpsc::channel::<(&'c mut [T], std::io::Result<()>)>();
-            s.spawn(move || {
-                for (header, data) in job_rx {
-                    let r = send(right, header.as_ref(), data);
-                    let failed = r.is_err();
-                    // Report before closing, so the receiving side finds the real cause.
-                    if done_tx.send((data, r)).is_err() || failed {
-                        closer.close();
-                        break;
+            // What may go out now: everything before the first step, then only what the
+            // previous step has finished receiving.
+            let sendable = if tx.step == steps.len() {
+                0
+            } else if tx.step == 0 || rx.step >= tx.step {
+                chunk(steps[tx.step].send).len() * esize
+            } else if rx.step + 1 == tx.step {
+                rx.done * esize
+            } else {
+                0
+            };
+            let want_send = tx.header < HEADER_LEN || tx.bytes < sendable;
+            let want_recv = rx.step < steps.len();
+            let mut progressed = false;
+
+            if want_send {
+                let out: &[u8] = if tx.header < HEADER_LEN {
+                    &header[tx.header..]
+                } else {
+                    let range = chunk(steps[tx.step].send);
+                    &bytemuck::cast_slice::<T, u8>(&buf[range])[tx.bytes..sendable]
+                };
+                match (&links.right).write(out) {
+                    Ok(0) => {
+                        return Err(RingError::from_io(
+                            self.right,
+                            self.timeout,
+                            "sending",
+                            std::io::ErrorKind::WriteZero.into(),
+                        ));
                     }
-                }
-            });
-            let stopped = || internal("the sender thread stopped");
-            let result = (|| {
-                for (i, step) in schedule.steps().enumerate() {
-                    let out = chunks[step.send]
-                        .take()
-                        .ok_or_else(|| internal("send chunk missing"))?;
-                    job_tx
-                        .send(((i == 0).then_some(self.header), out))
-                        .map_err(|_| stopped())?;
-                    if let Err(e) = self.receive(left, i == 0, &step, chunks, scratch) {
-                        // A failed send shuts the sockets, which also ends the receive: blame
-                        // the send, which happened first.
-                        if let Ok((_, Err(sent))) = done_rx.try_recv() {
-                            return Err(RingError::from_io(
-                                self.right,
-                                self.timeout,
-                                "sending",
-                                sent,
-                            ));
+                    Ok(k) => {
+                        progressed = true;
+                        if tx.header < HEADER_LEN {
+                            tx.header += k;
+                        } else {
+                            tx.bytes += k;
                         }
-                        return Err(e);
                     }
-                    let (back, sent) = done_rx.recv().map_err(|_| stopped())?;
-                    sent.map_err(|e| RingError::from_io(self.right, self.timeout, "sending", e))?;
-                    chunks[step.send] = Some(back);
+                    Err(e) if retryable(&e) => {}
+                    Err(e) => {
+                        return Err(RingError::from_io(self.right, self.timeout, "sending", e));
+                    }
                 }
-                Ok(())
-            })();
-            if result.is_err() {
-                // Unblock the sender thread (it may sit in a write to a silent peer) so the
-                // scope can end now rather than after the write timeout.
-                closer.close();
             }
-            result
-        })
+
+            if want_recv {
+                let io = |e| RingError::from_io(self.left, self.timeout, "receiving", e);
+                let step = &steps[rx.step];
+                let dst = &mut buf[chunk(step.recv)];
+                let read = if rx.header < HEADER_LEN {
+                    (&links.left).read(&mut rx.header_buf[rx.header..])
+                } else if step.add {
+                    let room = (dst.len() - rx.done) * esize - pending;
+                    let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut scratch[..]);
+                    let end = (pending + room).min(bytes.len());
+                    (&links.left).read(&mut bytes[pending..end])
+                } else {
+                    let bytes: &mut [u8] = bytemuck::cast_slice_mut(dst);
+                    (&links.left).read(&mut bytes[rx.bytes..])
+                };
+                match read {
+                    Ok(0) => return Err(io(std::io::ErrorKind::UnexpectedEof.into())),
+                    Ok(k) => {
+                        progressed = true;
+                        if rx.header < HEADER_LEN {
+                            rx.header += k;
+                            if rx.header == HEADER_LEN {
+                                self.check_header(&rx.header_buf)?;
+                            }
+                        } else {
+                            rx.bytes += k;
+                            let before = rx.done;
+                            if step.add {
+                                pending += k;
+                                let whole = pending / esize;
+                                for (d, s) in
+                                    dst[rx.done..rx.done + whole].iter_mut().zip(&*scratch)
+                                {
+                                    *d = *d + *s;
+                                }
+                                rx.done += whole;
+                                let rest = pending - whole * esize;
+                                let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut scratch[..]);
+                                bytes.copy_within(whole * esize..pending, 0);
+                                pending = rest;
+                            } else {
+                                rx.done = rx.bytes / esize;
+                            }
+                            if step.owns
+                                && let Some(div) = self.divisor
+                            {
+                                dst[before..rx.done].iter_mut().for_each(|x| *x = *x / div);
+                            }
+                        }
+                    }
+                    Err(e) if retryable(&e) => {}
+                    Err(e) => return Err(io(e)),
+                }
+            }
+
+            if !progressed {
+                self.wait(links, want_send, want_recv)?;
+            }
+        }
     }
 
-    fn receive(
-        &self,
-        left: &mut TcpStream,
-        first: bool,
-        step: &Step,
-        chunks: &mut [Option<&mut [T]>],
-        scratch: &mut [T],
-    ) -> Result<(), RingError> {
-        let io = |e| RingError::from_io(self.left, self.timeout, "receiving", e);
-        if first {
-            let mut h = [0u8; HEADER_LEN];
-            left.read_exact(&mut h).map_err(io)?;
-            let theirs = OpHeader::decode(&h).map_err(|msg| RingError::Desync {
+    fn check_header(&self, bytes: &[u8; HEADER_LEN]) -> Result<(), RingError> {
+        let theirs = OpHeader::decode(bytes).map_err(|msg| RingError::Desync {
+            peer: self.left.clone(),
+            msg,
+        })?;
+        if theirs != self.header {
+            return Err(RingError::Desync {
                 peer: self.left.clone(),
-                msg,
-            })?;
-            if theirs != self.header {
-                return Err(RingError::Desync {
-                    peer: self.left.clone(),
-                    msg: format!(
-                        "it sent {}, this rank is running {}",
-                        theirs.describe(),
-                        self.header.describe()
-                    ),
-                });
-            }
-        }
-        let dst = chunks[step.recv]
-            .as_deref_mut()
-            .ok_or_else(|| internal("receive chunk missing"))?;
-        if step.add {
-            for part in dst.chunks_mut(scratch.len().max(1)) {
-                let seg = &mut scratch[..part.len()];
-                left.read_exact(bytemuck::cast_slice_mut(seg)).map_err(io)?;
-                for (d, s) in part.iter_mut().zip(seg.iter()) {
-                    *d = *d + *s;
-                }
-            }
-        } else {
-            left.read_exact(bytemuck::cast_slice_mut(dst)).map_err(io)?;
-        }
-        if step.owns
-            && let Some(div) = self.divisor
-        {
-            dst.iter_mut().for_each(|x| *x = *x / div);
+                msg: format!(
+                    "it sent {}, this rank is running {}",
+                    theirs.describe(),
+                    self.header.describe()
+                ),
+            });
         }
         Ok(())
+    }
+
+    /// Blocks until a socket this rank needs is ready, or the timeout passes: a neighbour that
+    /// neither sends nor reads for that long is taken for dead (it is the left one when this
+    /// rank was waiting for data, since everything flows from the left).
+    fn wait(&self, links: &Links, send: bool, recv: bool) -> Result<(), RingError> {
+        let timeout = PollTimeout::try_from(self.timeout).unwrap_or(PollTimeout::MAX);
+        // Only the sockets waited on: a hang-up on the other one would wake poll at once and
+        // spin; it surfaces on the next read or write instead.
+        let mut fds = Vec::with_capacity(2);
+        if send {
+            fds.push(PollFd::new(links.right.as_fd(), PollFlags::POLLOUT));
+        }
+        if recv {
+            fds.push(PollFd::new(links.left.as_fd(), PollFlags::POLLIN));
+        }
+        loop {
+            match poll(&mut fds, timeout) {
+                Ok(0) => {
+                    let (peer, during) = if recv {
+                        (self.left, "receiving")
+                    } else {
+                        (self.right, "sending")
+                    };
+                    return Err(RingError::Timeout {
+                        peer: peer.clone(),
+                        timeout: self.timeout,
+                        during,
+                    });
+                }
+                Ok(_) => return Ok(()),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    return Err(RingError::Local {
+                        during: "waiting for the ring's sockets",
+                        source: e.into(),
+                    });
+                }
+            }
+        }
     }
 }
 
-fn send<T: Elem>(s: &mut TcpStream, header: Option<&OpHeader>, data: &[T]) -> std::io::Result<()> {
-    if let Some(h) = header {
-        s.write_all(&h.encode())?;
-    }
-    s.write_all(bytemuck::cast_slice(data))
+fn retryable(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+    )
 }

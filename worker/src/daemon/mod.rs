@@ -61,7 +61,9 @@ pub async fn run(
         return Err(WorkerError::Config("the worker name is empty".into()));
     }
     if config.slots == 0 {
-        return Err(WorkerError::Config("slots = 0: a worker needs at least one slot".into()));
+        return Err(WorkerError::Config(
+            "slots = 0: a worker needs at least one slot".into(),
+        ));
     }
     std::fs::create_dir_all(config.data_dir.join("ranks")).map_err(|e| WorkerError::Io {
         what: format!("creating {}", config.data_dir.display()),

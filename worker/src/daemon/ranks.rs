@@ -36,7 +36,11 @@ pub struct RankKey {
 
 impl std::fmt::Display for RankKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} generation {} rank {}", self.job_id, self.generation, self.rank)
+        write!(
+            f,
+            "{} generation {} rank {}",
+            self.job_id, self.generation, self.rank
+        )
     }
 }
 
@@ -149,10 +153,11 @@ impl Supervisor {
     }
 
     fn spawn(&self, key: &RankKey, s: &pb::StartRank) -> Result<tokio::process::Child, String> {
-        let dir = self.config.data_dir.join("ranks").join(format!(
-            "{}-g{}-r{}",
-            key.job_id, key.generation, key.rank
-        ));
+        let dir = self
+            .config
+            .data_dir
+            .join("ranks")
+            .join(format!("{}-g{}-r{}", key.job_id, key.generation, key.rank));
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         let spec = dir.join("spec.toml");
         std::fs::write(&spec, &s.spec_toml)
@@ -195,8 +200,14 @@ impl Supervisor {
     async fn supervise(self: Arc<Self>, key: RankKey, mut child: tokio::process::Child) {
         let tail = Arc::new(Mutex::new(VecDeque::new()));
         let readers: Vec<_> = [
-            child.stdout.take().map(|o| self.read_lines(&key, "stdout", o, tail.clone())),
-            child.stderr.take().map(|e| self.read_lines(&key, "stderr", e, tail.clone())),
+            child
+                .stdout
+                .take()
+                .map(|o| self.read_lines(&key, "stdout", o, tail.clone())),
+            child
+                .stderr
+                .take()
+                .map(|e| self.read_lines(&key, "stderr", e, tail.clone())),
         ]
         .into_iter()
         .flatten()
@@ -327,7 +338,10 @@ impl Supervisor {
                 waiting.await;
             }
         };
-        if tokio::time::timeout(self.config.stop_grace, gone).await.is_err() {
+        if tokio::time::timeout(self.config.stop_grace, gone)
+            .await
+            .is_err()
+        {
             let left: Vec<i32> = self.table().running.values().copied().collect();
             for pgid in left {
                 let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);

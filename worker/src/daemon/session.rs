@@ -54,7 +54,11 @@ pub async fn run(
                         "{} (retrying: the other daemon is declared lost after the heartbeat timeout)",
                         s.message()
                     ),
-                    _ => format!("cannot register with {}: {}", config.coordinator, s.message()),
+                    _ => format!(
+                        "cannot register with {}: {}",
+                        config.coordinator,
+                        s.message()
+                    ),
                 };
                 if msg != last_error {
                     tracing::warn!("{msg}");
@@ -140,7 +144,9 @@ pub async fn report_exits(
             let mut c = client.clone();
             match call(c.report_rank_exit(exit.clone())).await {
                 Ok(_) => {}
-                Err(s) if matches!(s.code(), Code::Unavailable | Code::Unknown | Code::Internal) => {
+                Err(s)
+                    if matches!(s.code(), Code::Unavailable | Code::Unknown | Code::Internal) =>
+                {
                     undelivered.push(exit)
                 }
                 Err(s) => tracing::info!(
