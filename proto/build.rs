@@ -13,7 +13,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/convoy/v1/worker.proto",
     ];
     tonic_prost_build::configure().compile_protos(&protos, &["proto"])?;
-    for p in protos {
+    for p in protos.iter().chain(&[
+        "proto/convoy/v1/common.proto",
+        "proto/convoy/v1/checkpoint.proto",
+    ]) {
         println!("cargo:rerun-if-changed={p}");
     }
     Ok(())

@@ -88,6 +88,42 @@ enum Command {
     },
     /// Start a local cluster (a coordinator and N workers) and optionally run a job on it.
     Dev(cluster::dev::DevArgs),
+    /// A job's checkpoints: step, when, size, metrics.
+    Checkpoints {
+        job: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export or verify one checkpoint.
+    Checkpoint {
+        #[command(subcommand)]
+        command: CheckpointCommand,
+    },
+    /// Queue a failed or cancelled job again; it continues from its latest checkpoint.
+    Resume {
+        job: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CheckpointCommand {
+    /// Write a checkpoint's weights to a file (JOB or JOB@STEP; the latest without a step).
+    Export {
+        checkpoint: String,
+        /// llmc (llm.c's fp32 GPT-2 file) or safetensors
+        #[arg(long, default_value = "safetensors")]
+        format: String,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Read every chunk of a checkpoint and check its checksum (JOB or JOB@STEP).
+    Verify {
+        checkpoint: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -146,6 +182,26 @@ fn main() -> ExitCode {
         }
         Command::Status { json } => block_on(cluster::workers::status(addr, json)),
         Command::Dev(args) => block_on(cluster::dev::run(args)),
+        Command::Checkpoints { job, json } => {
+            block_on(cluster::checkpoints::list(addr, &job, json))
+        }
+        Command::Checkpoint {
+            command:
+                CheckpointCommand::Export {
+                    checkpoint,
+                    format,
+                    output,
+                },
+        } => block_on(cluster::checkpoints::export_to(
+            addr,
+            &checkpoint,
+            &format,
+            &output,
+        )),
+        Command::Checkpoint {
+            command: CheckpointCommand::Verify { checkpoint, json },
+        } => block_on(cluster::checkpoints::verify(addr, &checkpoint, json)),
+        Command::Resume { job, json } => block_on(cluster::checkpoints::resume(addr, &job, json)),
         Command::Train(args) => train::run(args),
         Command::Data {
             command:

@@ -36,6 +36,8 @@ pub enum ApplyError {
     JobNotRunning { job: JobId, state: JobState },
     #[error("{job} has already finished ({state}); there is nothing to cancel")]
     JobAlreadyFinished { job: JobId, state: JobState },
+    #[error("{job} is {state}; only a failed or cancelled job can be resumed")]
+    NotResumable { job: JobId, state: JobState },
     #[error("{job}: invalid placement: {msg}")]
     BadPlacement { job: JobId, msg: String },
     #[error("{job} generation {generation}: rank {rank} is out of range (world size {world_size})")]

@@ -9,6 +9,7 @@
 //! here does I/O or reads time, it is tested without sockets and can later be replicated by
 //! swapping the log for Raft.
 
+pub mod checkpoints;
 pub mod coordinator;
 pub mod error;
 pub mod log;

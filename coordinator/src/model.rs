@@ -168,6 +168,8 @@ pub struct Job {
     pub last_progress: Option<Progress>,
     /// A requeued job starts no earlier than this (0: at once).
     pub not_before: Millis,
+    /// Attempts made before the last `convoy resume`; the restart budget counts from here.
+    pub resumed_after: usize,
 }
 
 impl Job {

@@ -90,6 +90,11 @@ pub enum Command {
         job: JobId,
         now: Millis,
     },
+    /// Queues a failed or cancelled job again with a fresh restart budget; its ranks continue
+    /// from the job's latest checkpoint.
+    ResumeJob {
+        job: JobId,
+    },
     /// A worker daemon announcing itself. A name already alive is rejected unless `instance`
     /// matches (the same daemon reconnecting after a coordinator restart or a network break);
     /// the name of a lost worker re-registers it under its old id.
@@ -236,6 +241,7 @@ impl ClusterState {
         match cmd {
             Command::SubmitJob(s) => self.submit(s),
             Command::CancelJob { job, now } => self.cancel(*job, *now),
+            Command::ResumeJob { job } => self.resume(*job),
             Command::RegisterWorker {
                 name,
                 slots,
@@ -332,9 +338,28 @@ impl ClusterState {
                 attempts: vec![],
                 last_progress: None,
                 not_before: 0,
+                resumed_after: 0,
             },
         );
         Ok(vec![Effect::JobSubmitted { job: id }])
+    }
+
+    fn resume(&mut self, id: JobId) -> Result<Vec<Effect>, ApplyError> {
+        let job = self.job_mut(id)?;
+        if !matches!(job.state, JobState::Failed { .. } | JobState::Cancelled) {
+            return Err(ApplyError::NotResumable {
+                job: id,
+                state: job.state.clone(),
+            });
+        }
+        job.state = JobState::Queued;
+        job.not_before = 0;
+        job.resumed_after = job.attempts.len();
+        Ok(vec![Effect::JobRequeued {
+            job: id,
+            generation: job.attempts.last().map_or(0, |a| a.generation),
+            reason: "resumed".into(),
+        }])
     }
 
     fn cancel(&mut self, id: JobId, now: Millis) -> Result<Vec<Effect>, ApplyError> {
@@ -524,7 +549,11 @@ impl ClusterState {
     }
 
     /// Checks that `generation` is the job's running attempt.
-    pub fn check_live_generation(&self, id: JobId, generation: u64) -> Result<&Attempt, ApplyError> {
+    pub fn check_live_generation(
+        &self,
+        id: JobId,
+        generation: u64,
+    ) -> Result<&Attempt, ApplyError> {
         let job = self.job(id)?;
         let Some(last) = job.attempts.last() else {
             return Err(ApplyError::JobNotRunning {
@@ -636,7 +665,13 @@ impl ClusterState {
     /// Ends the job's live attempt as failed: stops the rest of the gang on alive workers, then
     /// requeues the job (to start no earlier than `hold` from now) if it has attempts left,
     /// else fails it with `reason`.
-    fn fail_attempt(&mut self, id: JobId, now: Millis, reason: String, hold: Millis) -> Vec<Effect> {
+    fn fail_attempt(
+        &mut self,
+        id: JobId,
+        now: Millis,
+        reason: String,
+        hold: Millis,
+    ) -> Vec<Effect> {
         let Some(job) = self.jobs.get_mut(&id) else {
             return vec![];
         };
@@ -649,7 +684,7 @@ impl ClusterState {
         });
         let generation = attempt.generation;
         let running = attempt.workers_with_running_ranks();
-        let tries = job.attempts.len() as u64;
+        let tries = (job.attempts.len() - job.resumed_after.min(job.attempts.len())) as u64;
         let allowed = u64::from(job.max_restarts) + 1;
         let mut effects = vec![];
         let workers = self.alive_only(running);
@@ -665,7 +700,11 @@ impl ClusterState {
         };
         if tries < allowed {
             job.state = JobState::Queued;
-            job.not_before = if hold > 0 { now.saturating_add(hold) } else { 0 };
+            job.not_before = if hold > 0 {
+                now.saturating_add(hold)
+            } else {
+                0
+            };
             effects.push(Effect::JobRequeued {
                 job: id,
                 generation,

@@ -22,6 +22,12 @@ pub enum EngineError {
     /// A saved training state that does not fit this job.
     #[error("cannot resume: {0}")]
     Resume(String),
+    /// A checkpoint whose parameters cannot seed this job (`Trainer::init_params_from`).
+    #[error("cannot initialise parameters from the checkpoint: {0}")]
+    InitFrom(String),
+    /// A checkpoint that cannot be exported in the asked format, or a failed export.
+    #[error("export to {}: {msg}", path.display())]
+    Export { path: PathBuf, msg: String },
     #[error("step {step}: loss is {value} (non-finite); stopping")]
     NonFiniteLoss { step: u64, value: f32 },
     /// The gradient all-reduce failed (a lost peer, a timeout).

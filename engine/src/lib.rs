@@ -8,6 +8,7 @@
 pub mod collective;
 pub mod data;
 pub mod error;
+pub mod export;
 pub mod metrics;
 pub mod model;
 pub mod optim;

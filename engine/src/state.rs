@@ -7,7 +7,8 @@ use crate::error::{EngineError, Result};
 use crate::train::TrainState;
 
 const MAGIC: &[u8; 8] = b"CONVOYTS";
-const VERSION: u32 = 1;
+/// 2 added the tensor table, the GPT config, the spec hash and the last step's metrics.
+const VERSION: u32 = 2;
 
 pub fn encode(state: &TrainState) -> Vec<u8> {
     let mut out = MAGIC.to_vec();
@@ -28,8 +29,13 @@ pub fn decode(bytes: &[u8], origin: &Path) -> Result<TrainState> {
     }
     let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
     if version != VERSION {
+        let hint = if version < VERSION {
+            " (an older convoy wrote it: resume it with that release, or start afresh)"
+        } else {
+            " (a newer convoy wrote it)"
+        };
         return Err(bad(format!(
-            "training state format version {version}; this convoy reads {VERSION}"
+            "training state format version {version}; this convoy reads {VERSION}{hint}"
         )));
     }
     let (state, used) =

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use crate::cluster::follow::{format_line, state_name};
 use crate::cluster::{ago, connect, rpc};
 
-fn state(j: &pb::Job) -> &'static str {
+pub fn state(j: &pb::Job) -> &'static str {
     state_name(pb::JobState::try_from(j.state).unwrap_or(pb::JobState::Unspecified))
 }
 
@@ -62,7 +62,9 @@ pub async fn list(coordinator: &str, json_out: bool) -> Result<()> {
             j.priority,
             j.world_size,
             format!("{}/{}", j.step, j.steps),
-            j.latest.as_ref().map_or("-".into(), |m| format!("{:.4}", m.loss)),
+            j.latest
+                .as_ref()
+                .map_or("-".into(), |m| format!("{:.4}", m.loss)),
             j.attempts.len(),
             j.reason
         );
@@ -90,7 +92,10 @@ pub async fn show(coordinator: &str, id: &str, json_out: bool) -> Result<()> {
     println!("  ranks:      {} ({})", j.world_size, j.backend);
     println!("  progress:   step {}/{}", j.step, j.steps);
     if let Some(m) = &j.latest {
-        println!("  loss:       {:.4}   {:.0} {}/s   lr {:.2e}", m.loss, m.throughput, m.unit, m.lr);
+        println!(
+            "  loss:       {:.4}   {:.0} {}/s   lr {:.2e}",
+            m.loss, m.throughput, m.unit, m.lr
+        );
     }
     println!("  submitted:  {}", ago(j.submitted_at_ms));
     println!("  restarts:   {} allowed", j.max_restarts);

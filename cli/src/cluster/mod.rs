@@ -1,6 +1,7 @@
 //! The cluster commands: talk to a coordinator over gRPC (`submit`, `jobs`, `logs`, …) or
 //! start a local one (`dev`).
 
+pub mod checkpoints;
 pub mod dev;
 pub mod follow;
 pub mod jobs;

@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 
 use crate::model::{JobId, Liveness, Millis, WorkerId};
 use crate::server::Handle;
+use crate::server::checkpoints::DownloadStream;
 use crate::server::convert;
 use crate::server::event_loop::{Request as LoopRequest, View};
 use crate::state::SubmitJob;
@@ -56,7 +57,9 @@ impl ClientApi {
                     .values()
                     .find(|w| w.name == text)
                     .map(|w| w.id)
-                    .ok_or_else(|| Status::not_found(format!("no worker named or numbered {text:?}")))
+                    .ok_or_else(|| {
+                        Status::not_found(format!("no worker named or numbered {text:?}"))
+                    })
             })
             .await?
     }
@@ -189,7 +192,10 @@ impl pb::convoy_server::Convoy for ClientApi {
         Ok(Response::new(pb::ListJobsResponse { jobs }))
     }
 
-    async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+    async fn get_job(
+        &self,
+        request: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
         let id = convert::job_id(&request.into_inner().job_id)?;
         Ok(Response::new(self.job(id).await?))
     }
@@ -216,7 +222,8 @@ impl pb::convoy_server::Convoy for ClientApi {
         let job = convert::job_id(&r.job_id)?;
         self.job(job).await?; // unknown ids fail here, not with an empty stream
         let rank = r.rank;
-        let keep = move |l: &pb::LogLine| rank.is_none_or(|want| l.rank == want || l.stream == "convoy");
+        let keep =
+            move |l: &pb::LogLine| rank.is_none_or(|want| l.rank == want || l.stream == "convoy");
         Ok(Response::new(follow_records(
             self.handle.clone(),
             job,
@@ -322,5 +329,49 @@ impl pb::convoy_server::Convoy for ClientApi {
             })
             .await?;
         Ok(Response::new(status))
+    }
+
+    async fn list_checkpoints(
+        &self,
+        request: Request<pb::ListCheckpointsRequest>,
+    ) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
+        let h = &self.handle;
+        Ok(Response::new(
+            h.checkpoints.list(h, &request.into_inner().job_id).await?,
+        ))
+    }
+
+    async fn verify_checkpoint(
+        &self,
+        request: Request<pb::VerifyCheckpointRequest>,
+    ) -> Result<Response<pb::VerifyCheckpointResponse>, Status> {
+        let h = &self.handle;
+        Ok(Response::new(
+            h.checkpoints.verify(h, request.into_inner()).await?,
+        ))
+    }
+
+    type DownloadCheckpointStream = DownloadStream;
+
+    async fn download_checkpoint(
+        &self,
+        request: Request<pb::DownloadCheckpointRequest>,
+    ) -> Result<Response<Self::DownloadCheckpointStream>, Status> {
+        let h = &self.handle;
+        Ok(Response::new(
+            h.checkpoints.download(h, request.into_inner()).await?,
+        ))
+    }
+
+    async fn resume_job(
+        &self,
+        request: Request<pb::ResumeJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let job = convert::job_id(&request.into_inner().job_id)?;
+        self.handle
+            .call(|reply| LoopRequest::Resume { job, reply })
+            .await?
+            .map_err(convert::status)?;
+        Ok(Response::new(self.job(job).await?))
     }
 }

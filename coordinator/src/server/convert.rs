@@ -5,9 +5,7 @@ use convoy_proto::v1 as pb;
 use tonic::Status;
 
 use crate::error::ApplyError;
-use crate::model::{
-    Attempt, AttemptOutcome, Job, JobId, JobState, Liveness, Worker, WorkerId,
-};
+use crate::model::{Attempt, AttemptOutcome, Job, JobId, JobState, Liveness, Worker, WorkerId};
 use crate::server::event_loop::View;
 
 /// Accepts `job-7` (as listed) or `7`.
@@ -23,7 +21,11 @@ pub fn job_id(text: &str) -> Result<JobId, Status> {
 /// Accepts `worker-3` or `3`; names are resolved by the caller.
 pub fn worker_id(text: &str) -> Option<WorkerId> {
     let t = text.trim();
-    t.strip_prefix("worker-").unwrap_or(t).parse().ok().map(WorkerId)
+    t.strip_prefix("worker-")
+        .unwrap_or(t)
+        .parse()
+        .ok()
+        .map(WorkerId)
 }
 
 pub fn status(e: ApplyError) -> Status {
@@ -43,6 +45,7 @@ pub fn status(e: ApplyError) -> Status {
         | ApplyError::Held { .. }
         | ApplyError::JobNotRunning { .. }
         | ApplyError::JobAlreadyFinished { .. }
+        | ApplyError::NotResumable { .. }
         | ApplyError::BadPlacement { .. }
         | ApplyError::DuplicateExit { .. } => Status::failed_precondition(msg),
     }

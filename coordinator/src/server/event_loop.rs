@@ -54,6 +54,10 @@ pub enum Request {
         job: JobId,
         reply: Reply<Result<(), ApplyError>>,
     },
+    Resume {
+        job: JobId,
+        reply: Reply<Result<(), ApplyError>>,
+    },
     SetCordon {
         worker: WorkerId,
         cordoned: bool,
@@ -231,6 +235,10 @@ impl EventLoop {
                     cmds.push(Command::CancelJob { job, now });
                     pending.push(Pending::Unit(reply));
                 }
+                Request::Resume { job, reply } => {
+                    cmds.push(Command::ResumeJob { job });
+                    pending.push(Pending::Unit(reply));
+                }
                 Request::SetCordon {
                     worker,
                     cordoned,
@@ -345,7 +353,10 @@ impl EventLoop {
             return Ok(None);
         }
         let step = metrics.step;
-        if let Err(e) = self.records.append_metrics(key.job, &metrics.encode_to_vec()) {
+        if let Err(e) = self
+            .records
+            .append_metrics(key.job, &metrics.encode_to_vec())
+        {
             tracing::warn!("keeping metrics of {}: {e}", key.job);
         }
         if metrics.val_loss.is_some() {
@@ -376,7 +387,12 @@ impl EventLoop {
         let results = self.core.execute_all(&cmds)?;
         let mut effects = vec![];
         for ((cmd, result), p) in cmds.iter().zip(results).zip(pending) {
-            if result.is_ok() && !matches!(cmd, Command::Heartbeat { .. } | Command::ReportProgress { .. }) {
+            if result.is_ok()
+                && !matches!(
+                    cmd,
+                    Command::Heartbeat { .. } | Command::ReportProgress { .. }
+                )
+            {
                 self.dirty = true;
             }
             match (p, result) {
@@ -445,14 +461,14 @@ impl EventLoop {
                 generation,
                 placement,
             } => {
-                let names: Vec<String> = placement
-                    .iter()
-                    .map(|w| self.worker_label(*w))
-                    .collect();
+                let names: Vec<String> = placement.iter().map(|w| self.worker_label(*w)).collect();
                 self.job_event(
                     job,
                     generation,
-                    format!("attempt {generation} started: ranks on {}", names.join(", ")),
+                    format!(
+                        "attempt {generation} started: ranks on {}",
+                        names.join(", ")
+                    ),
                 );
                 for (rank, w) in placement.iter().enumerate() {
                     if let Some(start) = self.start_message(job, generation, rank) {
@@ -514,19 +530,8 @@ impl EventLoop {
         }
     }
 
-    /// A line from convoy itself in the job's log (stream "convoy"), so `convoy logs` tells
-    /// the job's story: attempts started, failed, requeued, finished.
     fn job_event(&self, job: JobId, generation: u64, text: String) {
-        let line = pb::LogLine {
-            rank: 0,
-            generation,
-            stream: "convoy".into(),
-            text,
-            at_ms: now_ms(),
-        };
-        if let Err(e) = self.records.append_log(job, &line.encode_to_vec()) {
-            tracing::warn!("keeping a log line of {job}: {e}");
-        }
+        self.records.append_event(job, generation, text);
     }
 
     fn start_message(&self, job: JobId, generation: u64, rank: usize) -> Option<pb::Assignment> {
@@ -653,7 +658,10 @@ impl EventLoop {
         let now = now_ms();
         let plan = schedule_at(self.core.state(), now);
         // A held job becomes startable with time alone: look again at the next tick.
-        let held = plan.waiting.iter().any(|n| n.reason.starts_with("restarting in"));
+        let held = plan
+            .waiting
+            .iter()
+            .any(|n| n.reason.starts_with("restarting in"));
         self.waiting = plan
             .waiting
             .into_iter()

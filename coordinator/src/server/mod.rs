@@ -5,6 +5,7 @@
 //! resolves. Handlers convert protobuf to domain values ([`convert`]), send a request to the
 //! loop and map its answer back; they never touch the state.
 
+mod checkpoints;
 mod client_api;
 pub mod convert;
 pub mod event_loop;
@@ -25,6 +26,7 @@ use tokio::sync::{oneshot, watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::Status;
 
+use crate::checkpoints::{CheckpointError, CheckpointStore};
 use crate::coordinator::Coordinator;
 use crate::error::{CoordinatorError, StoreError};
 use crate::log::SledLog;
@@ -35,7 +37,8 @@ use crate::state::ClusterConfig;
 /// Everything the coordinator daemon needs besides its listener.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    /// Holds the command log (`log/`) and the logs and metrics store (`records/`).
+    /// Holds the command log (`log/`), the logs and metrics store (`records/`) and the
+    /// checkpoint store (`checkpoints/`).
     pub data_dir: PathBuf,
     /// Replicated settings; used only when the data directory is new (afterwards the stored
     /// state's own settings apply).
@@ -72,6 +75,7 @@ impl ServerConfig {
 pub(crate) struct Handle {
     tx: std_mpsc::Sender<Request>,
     records: Arc<Records>,
+    checkpoints: checkpoints::Checkpoints,
     heartbeat_interval: Duration,
     /// Becomes true when the server is shutting down; long streams end then.
     stopping: watch::Receiver<bool>,
@@ -109,6 +113,8 @@ pub enum ServerError {
     Core(#[from] CoordinatorError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("checkpoint store: {0}")]
+    Checkpoints(#[from] CheckpointError),
     #[error("serving gRPC: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("data directory {path}: {source}")]
@@ -143,6 +149,13 @@ pub async fn run(
         config.log_lines_per_job,
         config.metrics_per_job,
     )?);
+    let ckpt_dir = config.data_dir.join("checkpoints");
+    let store = sled::open(&ckpt_dir)
+        .map_err(|e| CheckpointError::Storage {
+            context: format!("open {}", ckpt_dir.display()),
+            source: e,
+        })
+        .and_then(|db| CheckpointStore::open(&db))?;
     tracing::info!(
         "recovered {} jobs and {} workers from {}",
         core.state().jobs.len(),
@@ -173,6 +186,7 @@ pub async fn run(
     let handle = Handle {
         tx: tx.clone(),
         records,
+        checkpoints: checkpoints::Checkpoints::new(store),
         heartbeat_interval: config.heartbeat_interval,
         stopping,
     };

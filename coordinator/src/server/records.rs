@@ -8,6 +8,8 @@
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::Path;
+
+use prost::Message;
 use std::sync::Mutex;
 
 use tokio::sync::watch;
@@ -80,7 +82,12 @@ impl Series {
 
     /// Up to `max` records of `job` from sequence number `from` (or the oldest held, if that
     /// was trimmed), with the sequence number to continue from.
-    fn read(&self, job: JobId, from: u64, max: usize) -> Result<(Vec<sled::IVec>, u64), StoreError> {
+    fn read(
+        &self,
+        job: JobId,
+        from: u64,
+        max: usize,
+    ) -> Result<(Vec<sled::IVec>, u64), StoreError> {
         let start = {
             let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
             match held.get(&job) {
@@ -90,7 +97,11 @@ impl Series {
         };
         let mut out = vec![];
         let mut next = start;
-        for item in self.tree.range(key(job, start)..key(job, u64::MAX)).take(max) {
+        for item in self
+            .tree
+            .range(key(job, start)..key(job, u64::MAX))
+            .take(max)
+        {
             let (k, v) = item.map_err(StoreError::sled(format!("read the records of {job}")))?;
             if let Some((_, seq)) = split_key(&k) {
                 next = seq + 1;
@@ -124,6 +135,23 @@ impl Records {
         self.logs.append(job, encoded)?;
         self.changed.send_modify(|v| *v += 1);
         Ok(())
+    }
+
+    /// A line from convoy itself in the job's log (stream "convoy"), so `convoy logs` tells
+    /// the job's story: attempts started, failed, requeued, finished, checkpoints saved.
+    pub fn append_event(&self, job: JobId, generation: u64, text: String) {
+        let line = convoy_proto::v1::LogLine {
+            rank: 0,
+            generation,
+            stream: "convoy".into(),
+            text,
+            at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        };
+        if let Err(e) = self.append_log(job, &line.encode_to_vec()) {
+            tracing::warn!("keeping a log line of {job}: {e}");
+        }
     }
 
     pub fn append_metrics(&self, job: JobId, encoded: &[u8]) -> Result<(), StoreError> {

@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::model::RankExit;
 use crate::server::Handle;
+use crate::server::checkpoints::DownloadStream;
 use crate::server::convert;
 use crate::server::event_loop::{RankKey, Request as LoopRequest};
 
@@ -83,7 +84,8 @@ impl pb::worker_api_server::WorkerApi for WorkerService {
         Ok(Response::new(pb::HeartbeatResponse {}))
     }
 
-    type WatchAssignmentsStream = Pin<Box<dyn Stream<Item = Result<pb::Assignment, Status>> + Send>>;
+    type WatchAssignmentsStream =
+        Pin<Box<dyn Stream<Item = Result<pb::Assignment, Status>> + Send>>;
 
     async fn watch_assignments(
         &self,
@@ -199,5 +201,27 @@ impl pb::worker_api_server::WorkerApi for WorkerService {
             addresses: published.addresses,
             nccl_id: published.nccl_id,
         }))
+    }
+
+    async fn upload_checkpoint(
+        &self,
+        request: Request<Streaming<pb::CheckpointUpload>>,
+    ) -> Result<Response<pb::UploadCheckpointResponse>, Status> {
+        let h = &self.handle;
+        Ok(Response::new(
+            h.checkpoints.upload(h, request.into_inner()).await?,
+        ))
+    }
+
+    type DownloadCheckpointStream = DownloadStream;
+
+    async fn download_checkpoint(
+        &self,
+        request: Request<pb::DownloadCheckpointRequest>,
+    ) -> Result<Response<Self::DownloadCheckpointStream>, Status> {
+        let h = &self.handle;
+        Ok(Response::new(
+            h.checkpoints.download(h, request.into_inner()).await?,
+        ))
     }
 }

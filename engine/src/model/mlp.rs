@@ -6,7 +6,7 @@ use convoy_kernels::{activation, loss, matmul};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::{BucketHook, Model};
+use super::{BucketHook, Model, TensorInfo};
 use crate::collective::Bucket;
 use crate::optim::ParamGroup;
 use crate::spec::{Activation, LossKind};
@@ -279,6 +279,29 @@ impl Model for Mlp {
             })
             .collect()
     }
+    /// `layers.{i}.weight` `[out, in]` (`nn.Linear`'s orientation) and `layers.{i}.bias`
+    /// `[out]`, input side first; each layer's weight is followed by its bias in the buffer.
+    fn tensors(&self) -> Vec<TensorInfo> {
+        let dims = self.cfg.dims();
+        self.layers
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (w, b))| {
+                [
+                    TensorInfo {
+                        name: format!("layers.{i}.weight"),
+                        shape: vec![dims[i + 1], dims[i]],
+                        offset: w.start,
+                    },
+                    TensorInfo {
+                        name: format!("layers.{i}.bias"),
+                        shape: vec![dims[i + 1]],
+                        offset: b.start,
+                    },
+                ]
+            })
+            .collect()
+    }
     fn grad_buckets(&self) -> Vec<Bucket> {
         self.buckets.clone()
     }
@@ -294,6 +317,30 @@ impl Model for Mlp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tensors_tile_the_buffer() {
+        for hidden in [vec![], vec![7], vec![7, 6]] {
+            let m = Mlp::new(
+                MlpConfig {
+                    inputs: 5,
+                    hidden: hidden.clone(),
+                    classes: 4,
+                    activation: Activation::Relu,
+                    loss: LossKind::CrossEntropy,
+                },
+                1,
+            );
+            let tensors = m.tensors();
+            crate::model::assert_tiles(&tensors, m.params().len());
+            assert_eq!(tensors.len(), 2 * (hidden.len() + 1));
+            assert_eq!(tensors[0].name, "layers.0.weight");
+            assert_eq!(tensors[0].shape, [hidden.first().copied().unwrap_or(4), 5]);
+            let last = &tensors[tensors.len() - 1];
+            assert_eq!(last.shape, [4]);
+            assert!(last.name.ends_with(".bias"));
+        }
+    }
 
     /// The analytic gradient of every parameter against central finite differences of the
     /// mean loss, for each activation and loss (tolerance: 2e-3 absolute + 2% relative, as the

@@ -4,6 +4,9 @@
 //! coordinator, so a spec is validated once, the same way, before any work starts. Unknown keys
 //! are rejected so a typo (`setps = 100`) is an error rather than a silently ignored setting.
 
+mod hash;
+
+pub(crate) use hash::write_canonical;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -39,7 +42,8 @@ pub struct JobSpec {
     /// CPU threads per rank (default: all cores).
     #[serde(default)]
     pub threads: Option<usize>,
-    /// Start from existing weights: a path to an llm.c GPT-2 checkpoint file.
+    /// Start from existing weights: a path to an llm.c GPT-2 checkpoint file, or on a cluster
+    /// another job's checkpoint, `"job:ID"` (its latest) or `"job:ID@STEP"` (fine-tuning).
     #[serde(default)]
     pub init_from: Option<String>,
     /// What a non-finite loss does: stop the job (default) or skip that step's update.
@@ -310,12 +314,52 @@ impl Default for EvalSpec {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointSpec {
     /// Save the complete training state every this many steps; 0 disables checkpoints.
     #[serde(default)]
     pub interval: u64,
+    /// On a cluster, the newest checkpoints kept (at least 1: a restart resumes from it).
+    #[serde(default = "defaults::keep_last")]
+    pub keep_last: u32,
+    /// Also keep this many of the best checkpoints by `best_metric` (lower is better).
+    #[serde(default)]
+    pub keep_best: u32,
+    /// `loss` or `val_loss` (the evaluation at the checkpoint's step).
+    #[serde(default = "defaults::best_metric")]
+    pub best_metric: String,
+}
+
+/// Marks an `init_from` that names a job's checkpoint rather than a file.
+pub const JOB_PREFIX: &str = "job:";
+
+/// `ID` or `ID@STEP`.
+pub fn parse_job_ref(text: &str) -> std::result::Result<(String, Option<u64>), String> {
+    let (id, step) = match text.split_once('@') {
+        None => (text, None),
+        Some((id, step)) => {
+            let step = step
+                .parse()
+                .map_err(|_| format!("{text:?}: the step after '@' must be a number"))?;
+            (id, Some(step))
+        }
+    };
+    if id.trim().is_empty() {
+        return Err(format!("{text:?}: a job id is missing"));
+    }
+    Ok((id.trim().to_string(), step))
+}
+
+impl Default for CheckpointSpec {
+    fn default() -> Self {
+        CheckpointSpec {
+            interval: 0,
+            keep_last: defaults::keep_last(),
+            keep_best: 0,
+            best_metric: defaults::best_metric(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -348,6 +392,12 @@ pub(crate) fn tokenizer_vocab(kind: TokenizerKind) -> usize {
 mod defaults {
     pub fn seed() -> u64 {
         1337
+    }
+    pub fn keep_last() -> u32 {
+        3
+    }
+    pub fn best_metric() -> String {
+        "val_loss".into()
     }
     pub fn one() -> usize {
         1
@@ -435,13 +485,22 @@ impl JobSpec {
             DataSpec::Text(t) => t.files.iter_mut().for_each(fix),
             DataSpec::Csv(c) => fix(&mut c.path),
         }
-        if let Some(init) = &mut self.init_from {
+        if let Some(init) = self
+            .init_from
+            .as_mut()
+            .filter(|i| !i.starts_with(JOB_PREFIX))
+        {
             let mut p = PathBuf::from(&*init);
             if p.is_relative() {
                 fix(&mut p);
                 *init = p.display().to_string();
             }
         }
+    }
+
+    /// `init_from = "job:ID[@STEP]"` as (job, step); `None` for a file or no `init_from`.
+    pub fn init_from_job(&self) -> Option<(String, Option<u64>)> {
+        parse_job_ref(self.init_from.as_deref()?.strip_prefix(JOB_PREFIX)?).ok()
     }
 
     /// The tokenizer of a language-model job.

@@ -43,6 +43,25 @@ impl JobSpec {
                 "threads = 0: must be at least 1 (or left out to use every core)".into()
             })?;
         }
+        let c = &self.checkpoint;
+        check(c.keep_last >= 1, || {
+            "checkpoint.keep_last = 0: must be at least 1 (a restart resumes from the newest)"
+                .into()
+        })?;
+        check(
+            c.keep_best == 0 || ["loss", "val_loss"].contains(&c.best_metric.as_str()),
+            || {
+                format!(
+                    "checkpoint.best_metric = {:?}: expected \"loss\" or \"val_loss\"",
+                    c.best_metric
+                )
+            },
+        )?;
+        if let Some(init) = self.init_from.as_deref()
+            && let Some(job) = init.strip_prefix(super::JOB_PREFIX)
+        {
+            super::parse_job_ref(job).map_err(|e| format!("init_from = {init:?}: {e}"))?;
+        }
         self.validate_model()?;
         self.validate_data()?;
         self.validate_optimizer()?;
@@ -136,9 +155,14 @@ impl JobSpec {
                 check(self.seq_len.is_none(), || {
                     "seq_len applies to GPT models only; remove it".into()
                 })?;
-                check(self.init_from.is_none(), || {
-                    "init_from supports GPT models (llm.c checkpoint files) only".into()
-                })?;
+                check(
+                    self.init_from.is_none() || self.init_from_job().is_some(),
+                    || {
+                        "init_from = <file> supports GPT models (llm.c checkpoint files) only; \
+                         an MLP can start from a job's checkpoint (\"job:ID\")"
+                            .into()
+                    },
+                )?;
             }
         }
         Ok(())

@@ -14,7 +14,8 @@ use crate::collective::GradReducer;
 use crate::data::loader::LoaderPosition;
 use crate::error::{EngineError, Result};
 use crate::metrics::ClassMetrics;
-use crate::model::Model;
+use crate::model::gpt::GptConfig;
+use crate::model::{Model, TensorInfo};
 use crate::optim::{Optimizer, OptimizerState};
 use crate::schedule::learning_rate;
 use crate::spec::{Backend, JobSpec, NanPolicy};
@@ -46,6 +47,9 @@ pub struct EvalMetrics {
 /// Everything needed to continue a job bit-exactly: parameters, optimizer state, step and
 /// data position. (Sampling and evaluation derive their randomness from the seed and the
 /// step, so they carry no state.)
+///
+/// A state is also self-describing: with `tensors` (and `gpt` for llm.c) it exports to other
+/// formats ([`crate::export`]) without the spec or the data that built the model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainState {
     /// The model's architecture; a state only loads into the same one.
@@ -54,8 +58,22 @@ pub struct TrainState {
     pub params: Vec<f32>,
     pub optimizer: OptimizerState,
     pub data: LoaderPosition,
+    /// Names and shapes of the tensors in `params`, tiling it in order.
+    pub tensors: Vec<TensorInfo>,
+    /// The GPT's configuration (what an llm.c checkpoint header holds); `None` for other
+    /// models.
+    pub gpt: Option<GptConfig>,
+    /// [`JobSpec::resume_hash`] of the spec that wrote the state: a resume under a spec
+    /// that trains differently is refused.
+    pub spec_hash: u64,
+    /// The metrics of the last step before the state was taken, if any step ran.
+    pub metrics: Option<StepMetrics>,
 }
 
+#[allow(
+    clippy::large_enum_variant,
+    reason = "events are handed to the observer one at a time; observers take the state by value"
+)]
 pub enum Event<'a> {
     Step(&'a StepMetrics),
     Eval(&'a EvalMetrics),
@@ -82,6 +100,10 @@ pub struct Trainer {
     optimizer: Optimizer,
     reducer: Box<dyn GradReducer>,
     step: u64,
+    /// `spec.resume_hash()`, computed once.
+    spec_hash: u64,
+    /// What the last `train_step` reported (or the restored state carried).
+    last_metrics: Option<StepMetrics>,
 }
 
 impl Trainer {
@@ -92,6 +114,16 @@ impl Trainer {
             return Err(EngineError::Spec(
                 "backend = \"cuda\": this build of convoy trains on the CPU backend only".into(),
             ));
+        }
+        if let Some(init) = spec
+            .init_from
+            .as_deref()
+            .filter(|_| spec.init_from_job().is_some())
+        {
+            return Err(EngineError::Spec(format!(
+                "init_from = {init:?} names a job's checkpoint on a cluster: submit this spec to \
+                 the coordinator, or export the checkpoint and point init_from at the file"
+            )));
         }
         if spec.world_size != reducer.world_size() {
             return Err(EngineError::Spec(format!(
@@ -110,6 +142,8 @@ impl Trainer {
             optimizer,
             reducer,
             step: 0,
+            spec_hash: spec.resume_hash(),
+            last_metrics: None,
         })
     }
 
@@ -182,7 +216,7 @@ impl Trainer {
         let step_time_s = started.elapsed().as_secs_f64();
         let examples =
             (self.task.examples_per_micro_step() * accum * self.reducer.world_size()) as f64;
-        Ok(StepMetrics {
+        let metrics = StepMetrics {
             step: self.step,
             loss,
             lr,
@@ -190,7 +224,14 @@ impl Trainer {
             step_time_s,
             throughput: examples / step_time_s,
             skipped,
-        })
+        };
+        self.last_metrics = Some(metrics.clone());
+        Ok(metrics)
+    }
+
+    /// The metrics of the last step, if one has run (or was restored).
+    pub fn last_metrics(&self) -> Option<&StepMetrics> {
+        self.last_metrics.as_ref()
     }
 
     /// Validation loss (and classification metrics), or `None` without validation data.
@@ -234,16 +275,23 @@ impl Trainer {
 
     /// A copy of the complete training state.
     pub fn state(&self) -> TrainState {
+        let model = self.model();
         TrainState {
-            model: self.model().fingerprint(),
+            model: model.fingerprint(),
             step: self.step,
-            params: self.model().params().to_vec(),
+            params: model.params().to_vec(),
             optimizer: self.optimizer.state().clone(),
             data: self.task.data_position(),
+            tensors: model.tensors(),
+            gpt: self.task.gpt_config(),
+            spec_hash: self.spec_hash,
+            metrics: self.last_metrics.clone(),
         }
     }
 
-    /// Continues from a saved state; it must come from the same model architecture.
+    /// Continues from a saved state; it must come from the same model architecture and a
+    /// spec with the same [`JobSpec::resume_hash`] (only `steps`, `[checkpoint]` and `[eval]`
+    /// may differ).
     pub fn restore(&mut self, state: TrainState) -> Result<()> {
         let mine = self.model().fingerprint();
         let bad = EngineError::Resume;
@@ -253,6 +301,15 @@ impl Trainer {
                 state.model
             )));
         }
+        if state.spec_hash != self.spec_hash {
+            return Err(bad(format!(
+                "the checkpoint was written by a different spec (model, data or optimizer \
+                 settings changed): its spec hash is {:016x}, this spec's is {:016x}; only \
+                 steps, [checkpoint] and [eval] may change on resume",
+                state.spec_hash, self.spec_hash
+            )));
+        }
+        self.check_param_count(&state).map_err(bad)?;
         if state.step > self.spec.steps {
             return Err(bad(format!(
                 "the saved state is at step {} but the spec has steps = {}",
@@ -266,6 +323,54 @@ impl Trainer {
             .params_mut()
             .copy_from_slice(&state.params);
         self.step = state.step;
+        self.last_metrics = state.metrics;
+        Ok(())
+    }
+
+    /// Starts from another job's parameters (fine-tuning): copies only the parameters of
+    /// `state`, which must come from the same model architecture, whatever spec wrote it.
+    /// The step stays 0 and the optimizer starts fresh, so this is for a trainer that has not
+    /// stepped yet.
+    pub fn init_params_from(&mut self, state: &TrainState) -> Result<()> {
+        let bad = EngineError::InitFrom;
+        let mine = self.model().fingerprint();
+        if state.model != mine {
+            return Err(bad(format!(
+                "the checkpoint holds {} but the spec builds {mine}",
+                state.model
+            )));
+        }
+        if self.step != 0 {
+            return Err(bad(format!(
+                "this trainer is at step {}; parameters can only be replaced before the first step",
+                self.step
+            )));
+        }
+        self.check_param_count(state).map_err(bad)?;
+        self.task
+            .model_mut()
+            .params_mut()
+            .copy_from_slice(&state.params);
+        let model = self.task.model();
+        self.optimizer = Optimizer::new(
+            &self.spec.optimizer,
+            model.param_groups(),
+            model.params().len(),
+        );
+        self.last_metrics = None;
+        Ok(())
+    }
+
+    /// A decoded state with the right fingerprint can still hold the wrong number of values
+    /// (a damaged or hand-made file); refuse it rather than panic on the copy.
+    fn check_param_count(&self, state: &TrainState) -> Result<(), String> {
+        let n = self.model().params().len();
+        if state.params.len() != n {
+            return Err(format!(
+                "the checkpoint holds {} parameters but the model has {n}",
+                state.params.len()
+            ));
+        }
         Ok(())
     }
 

@@ -67,6 +67,14 @@ impl Task {
         }
     }
 
+    /// The GPT's configuration, for a language model.
+    pub fn gpt_config(&self) -> Option<GptConfig> {
+        match self {
+            Task::Lm(t) => Some(*t.model.config()),
+            Task::Classify(_) => None,
+        }
+    }
+
     /// Tokens (language models) or rows (classifiers) in one rank's micro-batch.
     pub fn examples_per_micro_step(&self) -> usize {
         match self {

@@ -7,20 +7,22 @@
 //! coordinator) and reporting step metrics to the coordinator directly. It exits 0 when the
 //! job's steps are done; any error is one line on stderr and a non-zero status.
 
+mod checkpoint;
+mod coordinator;
+
+use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::path::PathBuf;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use convoy_engine::spec::JobSpec;
 use convoy_engine::train::{Event, Trainer};
 use convoy_proto::v1 as pb;
-use convoy_proto::v1::worker_api_client::WorkerApiClient;
-use tonic::Code;
-use tonic::transport::Channel;
 
 use crate::collective::{Ring, RingConfig, RingReducer};
 use crate::error::WorkerError;
+use checkpoint::{Pending, Uploader};
+use coordinator::{Coordinator, spawn_reporter};
 
 /// Exit status of a rank that learned its attempt was superseded (a zombie stopping itself).
 pub const EXIT_SUPERSEDED: i32 = 3;
@@ -110,103 +112,6 @@ impl RankEnv {
     }
 }
 
-/// The coordinator connection of a rank: a small runtime of its own, used from the training
-/// thread (rendezvous) and from the metrics thread.
-struct Coordinator {
-    runtime: tokio::runtime::Runtime,
-    client: WorkerApiClient<Channel>,
-}
-
-impl Coordinator {
-    fn connect(url: &str) -> Result<Coordinator, WorkerError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| WorkerError::Io {
-                what: "starting the rank's runtime".into(),
-                source: e,
-            })?;
-        let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
-            .map_err(|e| WorkerError::Config(format!("coordinator address {url:?}: {e}")))?
-            .connect_timeout(Duration::from_secs(2));
-        // The channel's background task is spawned on the runtime it is created in.
-        let client = {
-            let _entered = runtime.enter();
-            WorkerApiClient::new(endpoint.connect_lazy())
-        };
-        Ok(Coordinator { runtime, client })
-    }
-
-    /// Publishes this rank's address and waits for everyone's. Retries while the coordinator
-    /// is unreachable (it may be restarting), up to `timeout`.
-    fn rendezvous(&mut self, env: &RankEnv, address: String) -> Result<Vec<String>, WorkerError> {
-        let deadline = Instant::now() + env.collective_timeout;
-        loop {
-            let req = pb::RendezvousRequest {
-                job_id: env.job_id.clone(),
-                generation: env.generation,
-                rank: env.rank as u32,
-                address: address.clone(),
-                nccl_id: vec![],
-            };
-            let mut client = self.client.clone();
-            match self.runtime.block_on(client.rendezvous(req)) {
-                Ok(r) => return Ok(r.into_inner().addresses),
-                Err(s) if s.code() == Code::Unavailable && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(500));
-                }
-                Err(s) if s.code() == Code::FailedPrecondition => {
-                    return Err(WorkerError::Superseded(s.message().to_string()));
-                }
-                Err(s) => {
-                    return Err(WorkerError::Rpc {
-                        what: "rendezvous".into(),
-                        status: s.message().to_string(),
-                    });
-                }
-            }
-        }
-    }
-}
-
-/// Sends rank 0's step metrics to the coordinator from a thread of its own, so a slow or
-/// restarting coordinator never slows training. Reports queue in a channel; when the
-/// coordinator says this attempt is over, the rank stops (a zombie must not keep running).
-fn spawn_reporter(
-    coord: Coordinator,
-    env: RankEnv,
-) -> (mpsc::SyncSender<pb::StepMetrics>, std::thread::JoinHandle<()>) {
-    let (tx, rx) = mpsc::sync_channel::<pb::StepMetrics>(1024);
-    let thread = std::thread::spawn(move || {
-        while let Ok(first) = rx.recv() {
-            // Only the newest of a backlog matters for progress; all are kept as metrics.
-            let mut batch = vec![first];
-            batch.extend(rx.try_iter());
-            for m in batch {
-                let req = pb::ProgressReport {
-                    job_id: env.job_id.clone(),
-                    generation: env.generation,
-                    rank: env.rank as u32,
-                    metrics: Some(m),
-                };
-                let mut client = coord.client.clone();
-                match coord.runtime.block_on(client.report_progress(req)) {
-                    Ok(_) => {}
-                    Err(s) if s.code() == Code::FailedPrecondition || s.code() == Code::NotFound => {
-                        eprintln!(
-                            "stopping: the coordinator no longer runs this attempt ({})",
-                            s.message()
-                        );
-                        std::process::exit(EXIT_SUPERSEDED);
-                    }
-                    Err(_) => {} // unreachable for now; progress resumes when it is back
-                }
-            }
-        }
-    });
-    (tx, thread)
-}
-
 fn resolve(addr: &str) -> Result<SocketAddr, WorkerError> {
     addr.to_socket_addrs()
         .ok()
@@ -264,7 +169,42 @@ pub fn run(env: RankEnv) -> Result<(), WorkerError> {
         listener,
     )?;
     let reducer = RingReducer::new(ring)?;
+    // `init_from = "job:ID[@STEP]"` names another job's checkpoint, not a file.
+    let init_job = spec.init_from_job();
+    if init_job.is_some() {
+        spec.init_from = None;
+    }
     let mut trainer = Trainer::new(&spec, Box::new(reducer))?;
+    // A restarted attempt continues from the job's latest checkpoint, wherever it runs now.
+    match checkpoint::download(&coord, &env.job_id, None, env.collective_timeout)? {
+        Some(d) => {
+            for s in &d.skipped {
+                println!("{s}");
+            }
+            trainer.restore(d.state)?;
+            println!("resuming from checkpoint step {}", d.step);
+        }
+        None => {
+            if let Some((source, step)) = init_job {
+                let d = checkpoint::download(&coord, &source, step, env.collective_timeout)?
+                    .ok_or_else(|| {
+                        WorkerError::Config(format!(
+                            "init_from: {source} has no checkpoint{}",
+                            step.map_or(String::new(), |s| format!(" at step {s}"))
+                        ))
+                    })?;
+                trainer.init_params_from(&d.state)?;
+                println!("initialised the parameters from {source} step {}", d.step);
+            }
+        }
+    }
+    let uploader = match spec.checkpoint.interval {
+        0 => None,
+        _ => Some(Uploader::spawn(env.clone())?),
+    };
+    let mut last_loss = None;
+    let mut last_val = None;
+    let mut final_checkpoint = None;
     let unit = trainer.unit();
     let steps = spec.steps;
     let print_every = (steps / 50).max(1);
@@ -281,6 +221,7 @@ pub fn run(env: RankEnv) -> Result<(), WorkerError> {
     );
     let summary = trainer.run(&mut |event| match event {
         Event::Step(m) => {
+            last_loss = Some((m.step, m.loss));
             if let Some(tx) = &reporter {
                 let _ = tx.try_send(pb::StepMetrics {
                     step: m.step,
@@ -306,6 +247,7 @@ pub fn run(env: RankEnv) -> Result<(), WorkerError> {
                 line += &format!(" accuracy {:.4} macro_f1 {:.4}", c.accuracy, c.macro_f1);
             }
             println!("{line}");
+            last_val = Some((e.step, e.val_loss));
             if let Some(tx) = &reporter {
                 let _ = tx.try_send(pb::StepMetrics {
                     step: e.step,
@@ -317,8 +259,26 @@ pub fn run(env: RankEnv) -> Result<(), WorkerError> {
             }
         }
         Event::Sample(s) => println!("sample:\n{s}"),
-        Event::Checkpoint(_) => {}
+        Event::Checkpoint(state) => {
+            let mut metrics = HashMap::new();
+            for (name, at) in [("loss", last_loss), ("val_loss", last_val)] {
+                if let Some((step, v)) = at
+                    && step == state.step
+                {
+                    metrics.insert(name.to_string(), v);
+                }
+            }
+            let p = Pending { state, metrics };
+            if p.state.step == steps {
+                final_checkpoint = Some(p);
+            } else if let Some(u) = &uploader {
+                u.offer(p);
+            }
+        }
     })?;
+    if let Some(u) = uploader {
+        u.finish(final_checkpoint);
+    }
     println!(
         "done: {} steps in {:.1} s, median {:.0} {unit}/s, final loss {}",
         summary.steps,

@@ -19,7 +19,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
-use super::{BucketHook, Model};
+use super::{BucketHook, Model, TensorInfo};
 use crate::collective::Bucket;
 use crate::optim::ParamGroup;
 
@@ -679,6 +679,9 @@ impl Model for Gpt {
                 is_matrix: t.is_matrix(),
             })
             .collect()
+    }
+    fn tensors(&self) -> Vec<TensorInfo> {
+        self.cfg.tensors()
     }
     fn grad_buckets(&self) -> Vec<Bucket> {
         self.grad_buckets_inner()

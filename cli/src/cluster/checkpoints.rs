@@ -1,0 +1,172 @@
+//! `convoy checkpoints`, `convoy checkpoint export|verify` and `convoy resume`.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow, bail};
+use convoy_engine::export::{ExportFormat, export};
+use convoy_engine::state;
+use convoy_proto::v1 as pb;
+use serde_json::{Value, json};
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::jobs::{job_json, state as job_state};
+use super::{ago, connect, rpc};
+
+/// `JOB` or `JOB@STEP`.
+pub fn parse_ref(text: &str) -> Result<(String, Option<u64>)> {
+    match text.split_once('@') {
+        None => Ok((text.to_string(), None)),
+        Some((job, step)) => {
+            let step = step
+                .parse()
+                .map_err(|_| anyhow!("{text:?}: expected JOB or JOB@STEP with a numeric step"))?;
+            Ok((job.to_string(), Some(step)))
+        }
+    }
+}
+
+fn info_json(c: &pb::CheckpointInfo) -> Value {
+    json!({
+        "job_id": c.job_id,
+        "step": c.step,
+        "created_at_ms": c.created_at_ms,
+        "size_bytes": c.size_bytes,
+        "generation": c.generation,
+        "model": c.model,
+        "metrics": c.metrics,
+    })
+}
+
+pub async fn list(coordinator: &str, job: &str, json_out: bool) -> Result<()> {
+    let mut c = connect(coordinator).await?;
+    let list = c
+        .list_checkpoints(pb::ListCheckpointsRequest { job_id: job.into() })
+        .await
+        .map_err(rpc)?
+        .into_inner()
+        .checkpoints;
+    if json_out {
+        println!("{}", Value::Array(list.iter().map(info_json).collect()));
+        return Ok(());
+    }
+    if list.is_empty() {
+        println!("{job} has no checkpoints");
+        return Ok(());
+    }
+    println!("{:>8}  {:>10}  {:>10}  METRICS", "STEP", "SAVED", "SIZE");
+    for ck in &list {
+        let mut metrics: Vec<String> = ck
+            .metrics
+            .iter()
+            .map(|(k, v)| format!("{k}={v:.4}"))
+            .collect();
+        metrics.sort();
+        println!(
+            "{:>8}  {:>10}  {:>8.1}MB  {}",
+            ck.step,
+            ago(ck.created_at_ms),
+            ck.size_bytes as f64 / 1e6,
+            metrics.join(" ")
+        );
+    }
+    Ok(())
+}
+
+pub async fn verify(coordinator: &str, reference: &str, json_out: bool) -> Result<()> {
+    let (job, step) = parse_ref(reference)?;
+    let mut c = connect(coordinator).await?;
+    let r = c
+        .verify_checkpoint(pb::VerifyCheckpointRequest { job_id: job, step })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    let info = r
+        .info
+        .ok_or_else(|| anyhow!("the coordinator sent no checkpoint info"))?;
+    if json_out {
+        println!(
+            "{}",
+            json!({"ok": true, "chunks": r.chunks, "checkpoint": info_json(&info)})
+        );
+    } else {
+        println!(
+            "{}@{}: ok ({} chunks, {:.1} MB, every checksum matches)",
+            info.job_id,
+            info.step,
+            r.chunks,
+            info.size_bytes as f64 / 1e6
+        );
+    }
+    Ok(())
+}
+
+pub async fn export_to(
+    coordinator: &str,
+    reference: &str,
+    format: &str,
+    output: &Path,
+) -> Result<()> {
+    let format: ExportFormat = format.parse().map_err(|e| anyhow!("{e}"))?;
+    let (job, step) = parse_ref(reference)?;
+    let mut c = connect(coordinator).await?;
+    let mut stream = c
+        .download_checkpoint(pb::DownloadCheckpointRequest {
+            job_id: job.clone(),
+            step,
+        })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    let mut info = None;
+    let mut bytes = Vec::new();
+    while let Some(m) = stream.message().await.map_err(rpc)? {
+        for s in &m.skipped {
+            eprintln!("note: {s}");
+        }
+        if let Some(i) = m.info {
+            info = Some(i);
+        }
+        if xxh3_64(&m.data) != m.checksum && !m.data.is_empty() {
+            bail!("a chunk of {job}'s checkpoint was damaged in transit (checksum mismatch)");
+        }
+        bytes.extend_from_slice(&m.data);
+    }
+    let info = info.ok_or_else(|| anyhow!("the coordinator sent no checkpoint info"))?;
+    if bytes.len() as u64 != info.size_bytes {
+        bail!(
+            "{} of the checkpoint's {} bytes arrived",
+            bytes.len(),
+            info.size_bytes
+        );
+    }
+    let origin = Path::new(&reference).to_path_buf();
+    let st = state::decode(&bytes, &origin)?;
+    export(&st, format, output).with_context(|| format!("exporting to {}", output.display()))?;
+    println!(
+        "{}@{} written to {} ({})",
+        info.job_id,
+        info.step,
+        output.display(),
+        format!("{format:?}").to_lowercase()
+    );
+    Ok(())
+}
+
+pub async fn resume(coordinator: &str, job: &str, json_out: bool) -> Result<()> {
+    let mut c = connect(coordinator).await?;
+    let j = c
+        .resume_job(pb::ResumeJobRequest { job_id: job.into() })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    if json_out {
+        println!("{}", job_json(&j));
+    } else {
+        println!(
+            "{} {} (continues from its latest checkpoint)",
+            j.id,
+            job_state(&j)
+        );
+    }
+    Ok(())
+}

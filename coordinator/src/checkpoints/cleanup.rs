@@ -1,0 +1,160 @@
+//! Removing checkpoints and the remains of uploads. Manifests always go first (and are
+//! flushed) before their chunks, so a crash midway leaves unreferenced chunks, which the next
+//! open collects, never a manifest whose chunks are gone.
+
+use std::ops::Bound;
+
+use super::CheckpointStore;
+use super::error::CheckpointError;
+use super::keys::{
+    Upload, job_prefix, manifest_key, split_chunk, split_part, upload_last_chunk_key, upload_prefix,
+};
+use super::retention::{Retention, select_removals};
+use crate::model::JobId;
+
+impl CheckpointStore {
+    /// Removes every chunk and pending-part record that no manifest references, except those
+    /// of uploads in progress in this process. Returns how many records were removed.
+    /// [`CheckpointStore::open`] runs it; at that point nothing is in progress, so every
+    /// upload a crash interrupted goes.
+    pub fn collect_garbage(&self) -> Result<u64, CheckpointError> {
+        let mut collected = 0u64;
+        // One seek per upload: the chunks of a kept upload are skipped, not read.
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let next = match &after {
+                None => self.chunks.iter().next(),
+                Some(k) => self
+                    .chunks
+                    .range::<&[u8], _>((Bound::Excluded(k.as_slice()), Bound::Unbounded))
+                    .next(),
+            };
+            let Some(item) = next else { break };
+            let (k, _) = item.map_err(CheckpointError::storage("scan the chunks"))?;
+            let Some((upload, _, _)) = split_chunk(&k) else {
+                // Not a key this store writes: nothing can reference it.
+                self.chunks
+                    .remove(&k)
+                    .map_err(CheckpointError::storage("remove a malformed chunk key"))?;
+                collected += 1;
+                after = Some(k.to_vec());
+                continue;
+            };
+            let in_progress = self.lock_in_progress();
+            if !in_progress.contains(&upload) && !self.referenced(upload)? {
+                let context = format!("collect the chunks of {upload}");
+                collected += remove_prefix(&self.chunks, &upload_prefix(upload), &context)?;
+            }
+            drop(in_progress);
+            after = Some(upload_last_chunk_key(upload).to_vec());
+        }
+
+        for item in self.pending.iter() {
+            let (k, _) = item.map_err(CheckpointError::storage("scan the pending parts"))?;
+            let in_progress = self.lock_in_progress();
+            let live = split_part(&k).is_some_and(|(u, _)| in_progress.contains(&u));
+            if !live {
+                self.pending
+                    .remove(&k)
+                    .map_err(CheckpointError::storage("collect a pending part"))?;
+                collected += 1;
+            }
+        }
+        Ok(collected)
+    }
+
+    /// Whether a manifest refers to `upload`'s chunks. A manifest that does not decode counts
+    /// as referring: its chunks are kept rather than guessed about.
+    fn referenced(&self, upload: Upload) -> Result<bool, CheckpointError> {
+        match self.get(upload.job, upload.step) {
+            Ok(m) => Ok(m.is_some_and(|m| m.generation == upload.generation)),
+            Err(e) if e.is_damage() => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Applies `r` to `job`'s checkpoints and returns the steps removed, ascending. Manifests
+    /// that do not decode are neither counted nor removed.
+    pub fn apply_retention(&self, job: JobId, r: &Retention) -> Result<Vec<u64>, CheckpointError> {
+        let manifests: Vec<_> = self.scan(job)?.into_iter().filter_map(Result::ok).collect();
+        let removals = select_removals(&manifests, r);
+        let uploads: Vec<Upload> = manifests
+            .iter()
+            .filter(|m| removals.contains(&m.step))
+            .map(|m| Upload {
+                job,
+                step: m.step,
+                generation: m.generation,
+            })
+            .collect();
+        self.remove_checkpoints(&uploads)?;
+        Ok(removals)
+    }
+
+    /// Removes the checkpoint of `job` at `step`; `false` if there was none.
+    pub fn remove(&self, job: JobId, step: u64) -> Result<bool, CheckpointError> {
+        let Some(m) = self.get(job, step)? else {
+            return Ok(false);
+        };
+        self.remove_checkpoints(&[Upload {
+            job,
+            step,
+            generation: m.generation,
+        }])?;
+        Ok(true)
+    }
+
+    fn remove_checkpoints(&self, uploads: &[Upload]) -> Result<(), CheckpointError> {
+        if uploads.is_empty() {
+            return Ok(());
+        }
+        for u in uploads {
+            self.manifests.remove(manifest_key(u.job, u.step)).map_err(
+                CheckpointError::storage(format!(
+                    "remove the manifest of {} step {}",
+                    u.job, u.step
+                )),
+            )?;
+        }
+        self.db
+            .flush()
+            .map_err(CheckpointError::storage("flush removed manifests"))?;
+        for &u in uploads {
+            let context = format!("remove the chunks of {u}");
+            remove_prefix(&self.chunks, &upload_prefix(u), &context)?;
+        }
+        Ok(())
+    }
+
+    /// Removes every checkpoint, chunk and pending part of `job`. Call it once the job's
+    /// ranks no longer upload: a chunk arriving later is stored again.
+    pub fn delete_job(&self, job: JobId) -> Result<(), CheckpointError> {
+        let prefix = job_prefix(job);
+        let context = format!("delete the checkpoints of {job}");
+        remove_prefix(&self.manifests, &prefix, &context)?;
+        self.db
+            .flush()
+            .map_err(CheckpointError::storage(context.clone()))?;
+        remove_prefix(&self.chunks, &prefix, &context)?;
+        remove_prefix(&self.pending, &prefix, &context)?;
+        self.lock_in_progress().retain(|u| u.job != job);
+        Ok(())
+    }
+}
+
+/// Removes every key of `tree` under `prefix`; returns how many.
+pub(super) fn remove_prefix(
+    tree: &sled::Tree,
+    prefix: &[u8],
+    context: &str,
+) -> Result<u64, CheckpointError> {
+    let mut keys = vec![];
+    for item in tree.scan_prefix(prefix) {
+        let (k, _) = item.map_err(CheckpointError::storage(context))?;
+        keys.push(k);
+    }
+    for k in &keys {
+        tree.remove(k).map_err(CheckpointError::storage(context))?;
+    }
+    Ok(keys.len() as u64)
+}

@@ -1,0 +1,206 @@
+//! [`CheckpointStore`]: the trees, opening (which collects dead uploads), and reading
+//! checkpoints back. Uploading is in `upload.rs`, removal in `cleanup.rs`.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::error::CheckpointError;
+use super::keys::{PartKey, Upload, chunk_key, job_prefix, manifest_key, split_manifest};
+use super::manifest::{ChunkInfo, Manifest, decode};
+use super::{CHUNKS_TREE, MANIFESTS_TREE, PENDING_TREE};
+use crate::model::JobId;
+
+/// Checkpoints of all jobs in the coordinator's sled database. Cloning is cheap and clones
+/// share the set of uploads in progress.
+#[derive(Clone)]
+pub struct CheckpointStore {
+    pub(super) db: sled::Db,
+    /// Chunk bytes, keyed (job, step, generation, part, index).
+    pub(super) chunks: sled::Tree,
+    /// Finished parts of uncommitted uploads, keyed (job, step, generation, part).
+    pub(super) pending: sled::Tree,
+    /// Committed checkpoints, keyed (job, step).
+    pub(super) manifests: sled::Tree,
+    /// Uploads that have written chunks in this process and are neither committed nor
+    /// aborted: garbage collection leaves them alone. Held while collection checks and removes
+    /// an upload, so a chunk cannot land between the check and the removal.
+    pub(super) in_progress: Arc<Mutex<HashSet<Upload>>>,
+}
+
+impl CheckpointStore {
+    /// Opens the `ckpt/` trees of `db`, then removes every chunk and pending part that no
+    /// manifest references: an upload a crash interrupted never becomes a checkpoint.
+    pub fn open(db: &sled::Db) -> Result<CheckpointStore, CheckpointError> {
+        let tree = |name: &str| {
+            db.open_tree(name)
+                .map_err(CheckpointError::storage(format!("open the {name} tree")))
+        };
+        let store = CheckpointStore {
+            db: db.clone(),
+            chunks: tree(CHUNKS_TREE)?,
+            pending: tree(PENDING_TREE)?,
+            manifests: tree(MANIFESTS_TREE)?,
+            in_progress: Arc::default(),
+        };
+        let collected = store.collect_garbage()?;
+        if collected > 0 {
+            tracing::info!(
+                collected,
+                "checkpoint store: removed the records of uploads that never committed"
+            );
+        }
+        Ok(store)
+    }
+
+    pub(super) fn lock_in_progress(&self) -> MutexGuard<'_, HashSet<Upload>> {
+        self.in_progress.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The committed checkpoint of `job` at `step`, if there is one.
+    pub fn get(&self, job: JobId, step: u64) -> Result<Option<Manifest>, CheckpointError> {
+        let bytes =
+            self.manifests
+                .get(manifest_key(job, step))
+                .map_err(CheckpointError::storage(format!(
+                    "read the manifest of {job} step {step}"
+                )))?;
+        bytes
+            .map(|b| decode(&b, &format!("the manifest of {job} step {step}")))
+            .transpose()
+    }
+
+    /// Every manifest of `job` in step order, each decoded separately so one damaged manifest
+    /// does not hide the others. Only a failure of sled itself is an `Err` here.
+    pub(super) fn scan(
+        &self,
+        job: JobId,
+    ) -> Result<Vec<Result<Manifest, CheckpointError>>, CheckpointError> {
+        let mut out = vec![];
+        for item in self.manifests.scan_prefix(job_prefix(job)) {
+            let (k, v) = item.map_err(CheckpointError::storage(format!(
+                "list the checkpoints of {job}"
+            )))?;
+            let what = match split_manifest(&k) {
+                Some((_, step)) => format!("the manifest of {job} step {step}"),
+                None => format!("a manifest key of {job} ({} bytes)", k.len()),
+            };
+            out.push(decode(&v, &what));
+        }
+        Ok(out)
+    }
+
+    /// The checkpoints of `job`, oldest step first.
+    pub fn list(&self, job: JobId) -> Result<Vec<Manifest>, CheckpointError> {
+        self.scan(job)?.into_iter().collect()
+    }
+
+    /// The newest checkpoint of `job`, without reading its chunks.
+    pub fn latest(&self, job: JobId) -> Result<Option<Manifest>, CheckpointError> {
+        let last = self.manifests.scan_prefix(job_prefix(job)).next_back();
+        let Some(item) = last else { return Ok(None) };
+        let (k, v) = item.map_err(CheckpointError::storage(format!(
+            "read the latest checkpoint of {job}"
+        )))?;
+        let step = split_manifest(&k).map_or(u64::MAX, |(_, s)| s);
+        decode(&v, &format!("the manifest of {job} step {step}")).map(Some)
+    }
+
+    /// The chunks of `m` in order (part 0 chunk 0, part 0 chunk 1, …, part 1 chunk 0, …), each
+    /// checked against the manifest's length and checksum. Concatenated, they are the state.
+    /// The iterator owns what it needs, so it can outlive `self` and `m` (e.g. in a stream).
+    pub fn read_chunks(
+        &self,
+        m: &Manifest,
+    ) -> impl Iterator<Item = Result<sled::IVec, CheckpointError>> + use<> {
+        let tree = self.chunks.clone();
+        let (job, step, generation) = (m.job, m.step, m.generation);
+        let wanted: Vec<(u32, u32, ChunkInfo)> = (0u32..)
+            .zip(&m.parts)
+            .flat_map(|(part, p)| (0u32..).zip(&p.chunks).map(move |(i, c)| (part, i, *c)))
+            .collect();
+        wanted.into_iter().map(move |(part, index, info)| {
+            let key = PartKey {
+                job,
+                step,
+                generation,
+                part,
+            };
+            read_chunk(&tree, &key, index, info)
+        })
+    }
+
+    /// Reads and checks every chunk of `m`; the first damage found is the error.
+    pub fn verify(&self, m: &Manifest) -> Result<(), CheckpointError> {
+        for chunk in self.read_chunks(m) {
+            chunk?;
+        }
+        Ok(())
+    }
+
+    /// The newest checkpoint of `job` whose manifest decodes and whose chunks all verify,
+    /// with the damage found in the newer ones it skipped (newest first), for the caller to
+    /// report. A failure of sled itself is an `Err`, not a skipped checkpoint.
+    pub fn latest_valid(
+        &self,
+        job: JobId,
+    ) -> Result<(Option<Manifest>, Vec<CheckpointError>), CheckpointError> {
+        let mut skipped = vec![];
+        for entry in self.scan(job)?.into_iter().rev() {
+            let checked = entry.and_then(|m| self.verify(&m).map(|()| m));
+            match checked {
+                Ok(m) => return Ok((Some(m), skipped)),
+                Err(e) if e.is_damage() => skipped.push(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((None, skipped))
+    }
+}
+
+fn read_chunk(
+    tree: &sled::Tree,
+    key: &PartKey,
+    index: u32,
+    info: ChunkInfo,
+) -> Result<sled::IVec, CheckpointError> {
+    let PartKey {
+        job, step, part, ..
+    } = *key;
+    let bytes = tree
+        .get(chunk_key(key, index))
+        .map_err(CheckpointError::storage(format!(
+            "read {job} step {step} part {part} chunk {index}"
+        )))?;
+    let corrupt = |why: String| CheckpointError::ChunkCorrupt {
+        job,
+        step,
+        part,
+        index,
+        why,
+    };
+    let Some(bytes) = bytes else {
+        return Err(CheckpointError::ChunkMissing {
+            job,
+            step,
+            part,
+            index,
+        });
+    };
+    if bytes.len() as u64 != u64::from(info.len) {
+        return Err(corrupt(format!(
+            "is {} bytes, but the manifest says {}",
+            bytes.len(),
+            info.len
+        )));
+    }
+    let hash = xxh3_64(&bytes);
+    if hash != info.checksum {
+        return Err(corrupt(format!(
+            "checksum mismatch (stored bytes hash to {hash:#018x}, the manifest says {:#018x})",
+            info.checksum
+        )));
+    }
+    Ok(bytes)
+}

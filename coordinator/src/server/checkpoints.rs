@@ -1,0 +1,377 @@
+//! Checkpoint transfers: ranks upload their parts, ranks and the CLI download, the CLI lists
+//! and verifies. The bytes go to the [`CheckpointStore`] directly, never through the event
+//! loop (which only answers whether the uploading attempt is still the live one), so a
+//! 100 MB upload does not hold up heartbeats.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use convoy_engine::spec::JobSpec;
+use convoy_proto::v1 as pb;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, Streaming};
+
+use crate::checkpoints::{CheckpointError, CheckpointStore, Manifest, PartKey, Retention};
+use crate::model::JobId;
+use crate::server::Handle;
+use crate::server::convert;
+
+pub type DownloadStream =
+    Pin<Box<dyn Stream<Item = Result<pb::CheckpointDownload, Status>> + Send>>;
+
+/// What rank 0's part says about the checkpoint (metrics, model), kept until the last part
+/// commits it.
+type PendingMeta = Arc<Mutex<BTreeMap<(JobId, u64, u64), (BTreeMap<String, f64>, String)>>>;
+
+#[derive(Clone)]
+pub(crate) struct Checkpoints {
+    pub store: CheckpointStore,
+    pending: PendingMeta,
+}
+
+fn storage(e: CheckpointError) -> Status {
+    match e {
+        CheckpointError::ChecksumMismatch { .. } => Status::data_loss(e.to_string()),
+        CheckpointError::ChunkCorrupt { .. } | CheckpointError::ChunkMissing { .. } => {
+            Status::data_loss(e.to_string())
+        }
+        _ => Status::internal(e.to_string()),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+pub fn info(m: &Manifest) -> pb::CheckpointInfo {
+    pb::CheckpointInfo {
+        job_id: m.job.to_string(),
+        step: m.step,
+        created_at_ms: m.created_at_ms,
+        size_bytes: m.total_len,
+        metrics: m.metrics.clone().into_iter().collect(),
+        generation: m.generation,
+        model: m.model.clone(),
+    }
+}
+
+/// The spec's retention settings (`[checkpoint] keep_last`, `keep_best`, `best_metric`). The
+/// spec was validated at submit, so a parse failure here can only come from an older convoy's
+/// spec: keep the default number then.
+fn retention(spec_text: &str) -> Retention {
+    let c = JobSpec::parse(spec_text, "the job's spec")
+        .map(|s| s.checkpoint)
+        .unwrap_or_default();
+    Retention {
+        keep_last: c.keep_last,
+        keep_best: c.keep_best,
+        best_metric: c.best_metric,
+        minimize: true,
+    }
+}
+
+impl Checkpoints {
+    pub fn new(store: CheckpointStore) -> Self {
+        Checkpoints {
+            store,
+            pending: Arc::default(),
+        }
+    }
+
+    /// One rank's part: checked against the live attempt, stored chunk by chunk, and committed
+    /// when it is the last part to arrive. A failed upload leaves nothing behind.
+    pub async fn upload(
+        &self,
+        handle: &Handle,
+        mut stream: Streaming<pb::CheckpointUpload>,
+    ) -> Result<pb::UploadCheckpointResponse, Status> {
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("an empty checkpoint upload"))?;
+        let part = first.part.clone().ok_or_else(|| {
+            Status::invalid_argument("the first message of a checkpoint upload must name its part")
+        })?;
+        let job = convert::job_id(&part.job_id)?;
+        if part.parts == 0
+            || part.part >= part.parts
+            || part
+                .offset
+                .checked_add(part.len)
+                .is_none_or(|end| end > part.total_len)
+        {
+            return Err(Status::invalid_argument(format!(
+                "checkpoint part {} of {} covers bytes {}..+{} of {}: out of range",
+                part.part, part.parts, part.offset, part.len, part.total_len
+            )));
+        }
+        let generation = part.generation;
+        let spec_text = handle
+            .read(move |v| {
+                v.state.check_live_generation(job, generation).map(|_| ())?;
+                v.state.job(job).map(|j| j.spec_text.clone())
+            })
+            .await?
+            .map_err(convert::status)?;
+        let key = PartKey {
+            job,
+            step: part.step,
+            generation,
+            part: part.part,
+        };
+        let result = self.receive(&key, &part, first, &mut stream).await;
+        let committed = match result {
+            Ok(c) => c,
+            Err(e) => {
+                self.forget(job, part.step, generation);
+                let store = self.store.clone();
+                let step = part.step;
+                let _ =
+                    tokio::task::spawn_blocking(move || store.abort(job, step, generation)).await;
+                handle.records.append_event(
+                    job,
+                    generation,
+                    format!(
+                        "checkpoint step {} not saved: part {} failed: {}",
+                        part.step,
+                        part.part,
+                        e.message()
+                    ),
+                );
+                return Err(e);
+            }
+        };
+        if let Some(m) = &committed {
+            let store = self.store.clone();
+            let r = retention(&spec_text);
+            let removed = tokio::task::spawn_blocking(move || store.apply_retention(job, &r))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+            let note = match removed {
+                Ok(steps) if steps.is_empty() => String::new(),
+                Ok(steps) => format!("; removed step(s) {steps:?} by retention"),
+                Err(e) => format!("; retention failed: {e}"),
+            };
+            handle.records.append_event(
+                job,
+                generation,
+                format!(
+                    "checkpoint step {} saved ({:.1} MiB in {} parts){note}",
+                    m.step,
+                    m.total_len as f64 / (1 << 20) as f64,
+                    m.parts.len()
+                ),
+            );
+        }
+        Ok(pb::UploadCheckpointResponse {
+            committed: committed.is_some(),
+        })
+    }
+
+    async fn receive(
+        &self,
+        key: &PartKey,
+        part: &pb::CheckpointPart,
+        first: pb::CheckpointUpload,
+        stream: &mut Streaming<pb::CheckpointUpload>,
+    ) -> Result<Option<Manifest>, Status> {
+        let mut index = 0u32;
+        let mut received = 0u64;
+        let mut next = Some(first);
+        while let Some(msg) = next {
+            if !msg.data.is_empty() {
+                received += msg.data.len() as u64;
+                if received > part.len {
+                    return Err(Status::invalid_argument(format!(
+                        "checkpoint part {} sent more than its {} bytes",
+                        part.part, part.len
+                    )));
+                }
+                self.store
+                    .put_chunk(key, index, &msg.data, msg.checksum)
+                    .map_err(storage)?;
+                index += 1;
+            }
+            next = stream.message().await?;
+            if next.as_ref().is_some_and(|m| m.part.is_some()) {
+                return Err(Status::invalid_argument(
+                    "a checkpoint upload names its part once, in its first message",
+                ));
+            }
+        }
+        if received != part.len {
+            return Err(Status::invalid_argument(format!(
+                "checkpoint part {} ended after {received} of its {} bytes",
+                part.part, part.len
+            )));
+        }
+        self.store
+            .finish_part(key, part.offset, part.len, index)
+            .map_err(storage)?;
+        let id = (key.job, key.step, key.generation);
+        if part.part == 0 {
+            let mut pending = self
+                .pending
+                .lock()
+                .map_err(|_| Status::internal("poisoned"))?;
+            pending.insert(
+                id,
+                (
+                    part.metrics.clone().into_iter().collect(),
+                    part.model.clone(),
+                ),
+            );
+        }
+        let meta = self
+            .pending
+            .lock()
+            .map_err(|_| Status::internal("poisoned"))?
+            .get(&id)
+            .cloned();
+        // Rank 0's part carries the metadata; until it has arrived nothing can commit.
+        let Some((metrics, model)) = meta else {
+            return Ok(None);
+        };
+        let store = self.store.clone();
+        let (parts, total) = (part.parts, part.total_len);
+        let committed = tokio::task::spawn_blocking(move || {
+            store.commit(id.0, id.1, id.2, parts, total, now_ms(), metrics, model)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(storage)?;
+        if committed.is_some() {
+            self.forget(id.0, id.1, id.2);
+        }
+        Ok(committed)
+    }
+
+    fn forget(&self, job: JobId, step: u64, generation: u64) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.remove(&(job, step, generation));
+        }
+    }
+
+    /// The checkpoint at `step`, or the newest that verifies (with the reasons newer ones were
+    /// skipped, also written to the job's log).
+    async fn resolve(
+        &self,
+        handle: &Handle,
+        job: JobId,
+        step: Option<u64>,
+    ) -> Result<(Manifest, Vec<String>), Status> {
+        handle
+            .read(move |v| v.state.job(job).map(|_| ()))
+            .await?
+            .map_err(convert::status)?;
+        let store = self.store.clone();
+        let found = tokio::task::spawn_blocking(move || match step {
+            Some(s) => store.get(job, s).map(|m| (m, vec![])),
+            None => store.latest_valid(job),
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(storage)?;
+        let (manifest, skipped) = found;
+        let skipped: Vec<String> = skipped.iter().map(ToString::to_string).collect();
+        for s in &skipped {
+            handle
+                .records
+                .append_event(job, 0, format!("{s}; using an older checkpoint"));
+        }
+        let manifest = manifest.ok_or_else(|| match step {
+            Some(s) => Status::not_found(format!("{job} has no checkpoint at step {s}")),
+            None => Status::not_found(format!("{job} has no usable checkpoint")),
+        })?;
+        Ok((manifest, skipped))
+    }
+
+    pub async fn download(
+        &self,
+        handle: &Handle,
+        r: pb::DownloadCheckpointRequest,
+    ) -> Result<DownloadStream, Status> {
+        let job = convert::job_id(&r.job_id)?;
+        let (manifest, skipped) = self.resolve(handle, job, r.step).await?;
+        let (tx, rx) = mpsc::channel(4);
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut first = Some(pb::CheckpointDownload {
+                info: Some(info(&manifest)),
+                skipped,
+                ..Default::default()
+            });
+            for chunk in store.read_chunks(&manifest) {
+                let msg = match chunk {
+                    Ok(data) => {
+                        let mut m = first.take().unwrap_or_default();
+                        m.checksum = xxhash_rust::xxh3::xxh3_64(&data);
+                        m.data = data.to_vec();
+                        Ok(m)
+                    }
+                    Err(e) => Err(storage(e)),
+                };
+                let failed = msg.is_err();
+                if tx.blocking_send(msg).is_err() || failed {
+                    return;
+                }
+            }
+            if let Some(m) = first {
+                let _ = tx.blocking_send(Ok(m));
+            }
+        });
+        Ok(Box::pin(ReceiverStream::new(rx)))
+    }
+
+    pub async fn list(
+        &self,
+        handle: &Handle,
+        job_id: &str,
+    ) -> Result<pb::ListCheckpointsResponse, Status> {
+        let job = convert::job_id(job_id)?;
+        handle
+            .read(move |v| v.state.job(job).map(|_| ()))
+            .await?
+            .map_err(convert::status)?;
+        let list = self.store.list(job).map_err(storage)?;
+        Ok(pb::ListCheckpointsResponse {
+            checkpoints: list.iter().map(info).collect(),
+        })
+    }
+
+    pub async fn verify(
+        &self,
+        handle: &Handle,
+        r: pb::VerifyCheckpointRequest,
+    ) -> Result<pb::VerifyCheckpointResponse, Status> {
+        let job = convert::job_id(&r.job_id)?;
+        handle
+            .read(move |v| v.state.job(job).map(|_| ()))
+            .await?
+            .map_err(convert::status)?;
+        let store = self.store.clone();
+        let manifest = match r.step {
+            Some(s) => store.get(job, s),
+            None => store.latest(job),
+        }
+        .map_err(storage)?
+        .ok_or_else(|| match r.step {
+            Some(s) => Status::not_found(format!("{job} has no checkpoint at step {s}")),
+            None => Status::not_found(format!("{job} has no checkpoints")),
+        })?;
+        let m = manifest.clone();
+        tokio::task::spawn_blocking(move || store.verify(&m))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(storage)?;
+        Ok(pb::VerifyCheckpointResponse {
+            info: Some(info(&manifest)),
+            chunks: manifest.parts.iter().map(|p| p.chunks.len() as u64).sum(),
+        })
+    }
+}

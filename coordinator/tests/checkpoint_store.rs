@@ -1,0 +1,498 @@
+//! The checkpoint store on a real sled database: split uploads, commit, reading back,
+//! corruption, abort, crash (drop without commit) and reopen, retention, duplicate commits.
+
+use std::collections::BTreeMap;
+
+use convoy_coordinator::JobId;
+use convoy_coordinator::checkpoints::{
+    CHUNKS_TREE, CheckpointError, CheckpointStore, MANIFESTS_TREE, Manifest, PENDING_TREE, PartKey,
+    Retention,
+};
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use xxhash_rust::xxh3::xxh3_64;
+
+const MIB: usize = 1 << 20;
+
+fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut bytes = vec![0u8; len];
+    ChaCha8Rng::seed_from_u64(seed).fill_bytes(&mut bytes);
+    bytes
+}
+
+/// One checkpoint upload as the ranks would send it.
+struct Upload<'a> {
+    job: JobId,
+    step: u64,
+    generation: u64,
+    state: &'a [u8],
+    parts: u32,
+    chunk: usize,
+    val_loss: Option<f64>,
+}
+
+impl Upload<'_> {
+    /// Rank `part`'s byte range: the state split evenly, the last part taking the rest.
+    fn range(&self, part: u32) -> (usize, usize) {
+        let share = self.state.len() / self.parts as usize;
+        let offset = share * part as usize;
+        let end = if part + 1 == self.parts {
+            self.state.len()
+        } else {
+            offset + share
+        };
+        (offset, end)
+    }
+
+    fn key(&self, part: u32) -> PartKey {
+        PartKey {
+            job: self.job,
+            step: self.step,
+            generation: self.generation,
+            part,
+        }
+    }
+
+    fn send_chunks(&self, store: &CheckpointStore, part: u32) -> u32 {
+        let (offset, end) = self.range(part);
+        let mut n = 0;
+        for (i, c) in self.state[offset..end].chunks(self.chunk).enumerate() {
+            let index = u32::try_from(i).unwrap();
+            store
+                .put_chunk(&self.key(part), index, c, xxh3_64(c))
+                .unwrap();
+            n += 1;
+        }
+        n
+    }
+
+    /// Sends part `part`, finishes it and calls commit, as the server does per part.
+    fn send_part(&self, store: &CheckpointStore, part: u32) -> Option<Manifest> {
+        let chunks = self.send_chunks(store, part);
+        let (offset, end) = self.range(part);
+        store
+            .finish_part(
+                &self.key(part),
+                offset as u64,
+                (end - offset) as u64,
+                chunks,
+            )
+            .unwrap();
+        self.commit(store).unwrap()
+    }
+
+    fn commit(&self, store: &CheckpointStore) -> Result<Option<Manifest>, CheckpointError> {
+        let metrics: BTreeMap<String, f64> = self
+            .val_loss
+            .map(|v| ("val_loss".to_string(), v))
+            .into_iter()
+            .collect();
+        store.commit(
+            self.job,
+            self.step,
+            self.generation,
+            self.parts,
+            self.state.len() as u64,
+            1_700_000_000_000 + self.step,
+            metrics,
+            "mlp-test".to_string(),
+        )
+    }
+
+    fn send_all(&self, store: &CheckpointStore) -> Manifest {
+        let mut last = None;
+        for part in 0..self.parts {
+            last = self.send_part(store, part);
+            if part + 1 < self.parts {
+                assert!(last.is_none(), "committed before the last part");
+            }
+        }
+        last.expect("the last part commits")
+    }
+}
+
+fn small(job: u64, step: u64, state: &[u8]) -> Upload<'_> {
+    Upload {
+        job: JobId(job),
+        step,
+        generation: 1,
+        state,
+        parts: 3,
+        chunk: 4096,
+        val_loss: None,
+    }
+}
+
+fn reassemble(store: &CheckpointStore, m: &Manifest) -> Vec<u8> {
+    let mut out = Vec::with_capacity(m.total_len as usize);
+    for chunk in store.read_chunks(m) {
+        out.extend_from_slice(&chunk.unwrap());
+    }
+    out
+}
+
+/// The chunk key layout the module documents: (job, step, generation, part, index) big-endian.
+fn chunk_key(job: u64, step: u64, generation: u64, part: u32, index: u32) -> Vec<u8> {
+    let mut k = vec![];
+    k.extend_from_slice(&job.to_be_bytes());
+    k.extend_from_slice(&step.to_be_bytes());
+    k.extend_from_slice(&generation.to_be_bytes());
+    k.extend_from_slice(&part.to_be_bytes());
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn keys_with_prefix(db: &sled::Db, tree: &str, prefix: &[u8]) -> usize {
+    db.open_tree(tree).unwrap().scan_prefix(prefix).count()
+}
+
+fn step_prefix(job: u64, step: u64) -> Vec<u8> {
+    [job.to_be_bytes(), step.to_be_bytes()].concat()
+}
+
+fn open(dir: &std::path::Path) -> (sled::Db, CheckpointStore) {
+    let db = sled::open(dir).unwrap();
+    let store = CheckpointStore::open(&db).unwrap();
+    (db, store)
+}
+
+#[test]
+fn a_split_upload_commits_after_its_last_part_and_reads_back_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, store) = open(dir.path());
+    let state = random_bytes(1, 10 * MIB + 12_345);
+    let up = Upload {
+        chunk: MIB,
+        val_loss: Some(2.5),
+        ..small(1, 100, &state)
+    };
+    // Ranks finish in any order; nothing is visible until the last part is in.
+    for part in [2, 0] {
+        assert!(up.send_part(&store, part).is_none());
+        assert!(store.get(up.job, 100).unwrap().is_none());
+        assert!(store.list(up.job).unwrap().is_empty());
+        assert!(store.latest(up.job).unwrap().is_none());
+        assert!(store.latest_valid(up.job).unwrap().0.is_none());
+    }
+    let m = up.send_part(&store, 1).expect("the last part commits");
+
+    assert_eq!(m.total_len, state.len() as u64);
+    assert_eq!(m.parts.len(), 3);
+    assert_eq!(m.chunk_count(), 12); // 3.33 MiB per part in 1 MiB chunks
+    assert_eq!(m.metrics.get("val_loss"), Some(&2.5));
+    assert_eq!(store.get(up.job, 100).unwrap(), Some(m.clone()));
+    assert_eq!(store.list(up.job).unwrap(), vec![m.clone()]);
+    assert_eq!(store.latest(up.job).unwrap(), Some(m.clone()));
+    assert!(reassemble(&store, &m) == state, "reassembled bytes differ");
+    store.verify(&m).unwrap();
+    assert_eq!(store.latest_valid(up.job).unwrap().0, Some(m));
+}
+
+#[test]
+fn a_chunk_with_a_wrong_checksum_is_rejected_and_not_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, store) = open(dir.path());
+    let key = PartKey {
+        job: JobId(7),
+        step: 300,
+        generation: 2,
+        part: 1,
+    };
+    let data = random_bytes(2, 1000);
+    let err = store
+        .put_chunk(&key, 4, &data, xxh3_64(&data) ^ 1)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CheckpointError::ChecksumMismatch {
+                job: JobId(7),
+                step: 300,
+                part: 1,
+                index: 4,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("job-7 step 300") && msg.contains("part 1 chunk 4"),
+        "{msg}"
+    );
+    assert_eq!(keys_with_prefix(&db, CHUNKS_TREE, &[]), 0);
+
+    // A part whose chunks do not add up is refused.
+    store.put_chunk(&key, 0, &data, xxh3_64(&data)).unwrap();
+    let short = store.finish_part(&key, 0, 1000, 2).unwrap_err();
+    assert!(
+        matches!(short, CheckpointError::Incomplete { .. }),
+        "{short:?}"
+    );
+    let long = store.finish_part(&key, 0, 999, 1).unwrap_err();
+    assert!(long.to_string().contains("hold 1000 bytes"), "{long}");
+}
+
+#[test]
+fn a_corrupt_chunk_is_detected_and_latest_valid_falls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, store) = open(dir.path());
+    let s100 = random_bytes(3, 200_000);
+    let s200 = random_bytes(4, 200_000);
+    let m100 = small(3, 100, &s100).send_all(&store);
+    let m200 = small(3, 200, &s200).send_all(&store);
+
+    // Damage part 1 chunk 4 of step 200 behind the store's back.
+    let chunks = db.open_tree(CHUNKS_TREE).unwrap();
+    let key = chunk_key(3, 200, 1, 1, 4);
+    let mut bytes = chunks
+        .get(&key)
+        .unwrap()
+        .expect("the chunk exists")
+        .to_vec();
+    bytes[17] ^= 0x40;
+    chunks.insert(&key, bytes).unwrap();
+
+    let err = store.verify(&m200).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CheckpointError::ChunkCorrupt {
+                part: 1,
+                index: 4,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("job-3 step 200") && msg.contains("part 1 chunk 4"),
+        "{msg}"
+    );
+    assert!(msg.contains("checksum mismatch"), "{msg}");
+    store.verify(&m100).unwrap();
+
+    let (valid, skipped) = store.latest_valid(JobId(3)).unwrap();
+    assert_eq!(valid, Some(m100.clone()));
+    assert_eq!(skipped.len(), 1);
+    assert_eq!(skipped[0].to_string(), msg);
+    // `latest` does not read chunks: it still names the damaged one.
+    assert_eq!(store.latest(JobId(3)).unwrap(), Some(m200.clone()));
+
+    // A missing chunk is reported as such.
+    chunks.remove(chunk_key(3, 200, 1, 0, 0)).unwrap();
+    let first = store.read_chunks(&m200).next().unwrap().unwrap_err();
+    assert!(
+        matches!(
+            first,
+            CheckpointError::ChunkMissing {
+                part: 0,
+                index: 0,
+                ..
+            }
+        ),
+        "{first:?}"
+    );
+    // A truncated chunk too.
+    let k = chunk_key(3, 100, 1, 2, 0);
+    let short = chunks.get(&k).unwrap().unwrap()[..10].to_vec();
+    chunks.insert(&k, short).unwrap();
+    let (valid, skipped) = store.latest_valid(JobId(3)).unwrap();
+    assert_eq!(valid, None);
+    assert_eq!(skipped.len(), 2);
+    assert!(
+        skipped[1].to_string().contains("is 10 bytes"),
+        "{}",
+        skipped[1]
+    );
+}
+
+#[test]
+fn abort_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, store) = open(dir.path());
+    let state = random_bytes(5, 100_000);
+    let up = small(4, 100, &state);
+    assert!(up.send_part(&store, 0).is_none());
+    up.send_chunks(&store, 1); // part 1 never finishes
+    assert!(keys_with_prefix(&db, CHUNKS_TREE, &[]) > 0);
+    assert_eq!(keys_with_prefix(&db, PENDING_TREE, &[]), 1);
+
+    store.abort(up.job, 100, 1).unwrap();
+    assert_eq!(keys_with_prefix(&db, CHUNKS_TREE, &[]), 0);
+    assert_eq!(keys_with_prefix(&db, PENDING_TREE, &[]), 0);
+    assert!(up.commit(&store).unwrap().is_none());
+    assert!(store.get(up.job, 100).unwrap().is_none());
+}
+
+#[test]
+fn reopening_after_a_crash_collects_dead_uploads_and_keeps_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let s100 = random_bytes(6, 300_000);
+    let s200 = random_bytes(7, 300_000);
+    let m100 = {
+        let (db, store) = open(dir.path());
+        let m100 = small(5, 100, &s100).send_all(&store);
+        let up = small(5, 200, &s200);
+        assert!(up.send_part(&store, 0).is_none());
+        assert!(up.send_part(&store, 1).is_none());
+        up.send_chunks(&store, 2);
+        // In this process the upload is in progress: collection leaves it alone.
+        assert_eq!(store.clone().collect_garbage().unwrap(), 0);
+        assert!(keys_with_prefix(&db, CHUNKS_TREE, &step_prefix(5, 200)) > 0);
+        db.flush().unwrap(); // make sure the dead upload really is on disk
+        m100
+    }; // the "crash": everything dropped without a commit
+
+    let db = sled::open(dir.path()).unwrap();
+    assert!(keys_with_prefix(&db, CHUNKS_TREE, &step_prefix(5, 200)) > 0);
+    assert_eq!(keys_with_prefix(&db, PENDING_TREE, &[]), 2);
+    let store = CheckpointStore::open(&db).unwrap();
+    assert_eq!(keys_with_prefix(&db, CHUNKS_TREE, &step_prefix(5, 200)), 0);
+    assert_eq!(keys_with_prefix(&db, PENDING_TREE, &[]), 0);
+    assert_eq!(keys_with_prefix(&db, CHUNKS_TREE, &[]), m100.chunk_count());
+    assert_eq!(store.collect_garbage().unwrap(), 0);
+
+    assert_eq!(store.list(JobId(5)).unwrap(), vec![m100.clone()]);
+    assert!(reassemble(&store, &m100) == s100);
+    assert!(store.get(JobId(5), 200).unwrap().is_none());
+    // The step can be uploaded again by the next attempt.
+    let again = Upload {
+        generation: 2,
+        ..small(5, 200, &s200)
+    };
+    let m200 = again.send_all(&store);
+    assert!(reassemble(&store, &m200) == s200);
+}
+
+#[test]
+fn retention_keeps_the_newest_and_the_best_and_removes_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, store) = open(dir.path());
+    let losses = [(100, 3.0), (200, 1.0), (300, 2.0), (400, 2.5), (500, 2.2)];
+    let states: Vec<Vec<u8>> = (0..losses.len())
+        .map(|i| random_bytes(10 + i as u64, 50_000))
+        .collect();
+    let mut manifests = BTreeMap::new();
+    for ((step, loss), state) in losses.iter().zip(&states) {
+        let up = Upload {
+            val_loss: Some(*loss),
+            ..small(6, *step, state)
+        };
+        manifests.insert(*step, up.send_all(&store));
+    }
+    // Another job's checkpoints are not touched.
+    let other = small(9, 100, &states[0]).send_all(&store);
+
+    let r = Retention {
+        keep_last: 2,
+        keep_best: 1,
+        best_metric: "val_loss".to_string(),
+        minimize: true,
+    };
+    assert_eq!(store.apply_retention(JobId(6), &r).unwrap(), vec![100, 300]);
+    let kept: Vec<u64> = store
+        .list(JobId(6))
+        .unwrap()
+        .iter()
+        .map(|m| m.step)
+        .collect();
+    assert_eq!(kept, vec![200, 400, 500]);
+    for step in [100, 300] {
+        assert_eq!(keys_with_prefix(&db, CHUNKS_TREE, &step_prefix(6, step)), 0);
+        assert_eq!(
+            keys_with_prefix(&db, MANIFESTS_TREE, &step_prefix(6, step)),
+            0
+        );
+    }
+    for step in [200, 400, 500] {
+        store.verify(&manifests[&step]).unwrap();
+    }
+    store.verify(&other).unwrap();
+    // Applying it again removes nothing more.
+    assert!(store.apply_retention(JobId(6), &r).unwrap().is_empty());
+
+    assert!(store.remove(JobId(6), 200).unwrap());
+    assert!(!store.remove(JobId(6), 200).unwrap());
+    store.delete_job(JobId(6)).unwrap();
+    assert!(store.list(JobId(6)).unwrap().is_empty());
+    assert_eq!(keys_with_prefix(&db, CHUNKS_TREE, &6u64.to_be_bytes()), 0);
+    assert_eq!(keys_with_prefix(&db, CHUNKS_TREE, &[]), other.chunk_count());
+}
+
+#[test]
+fn a_duplicate_commit_returns_the_first_and_stores_nothing_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, store) = open(dir.path());
+    let state = random_bytes(20, 120_000);
+    let up = small(8, 100, &state);
+    let m = up.send_all(&store);
+    let stored = keys_with_prefix(&db, CHUNKS_TREE, &[]);
+
+    // The same commit again (a retry after a lost reply).
+    assert_eq!(up.commit(&store).unwrap(), Some(m.clone()));
+    // The whole upload again, same generation: chunks are dropped, the manifest returned.
+    for part in 0..3 {
+        assert_eq!(up.send_part(&store, part), Some(m.clone()));
+    }
+    // Another attempt reaching the same step: the first checkpoint stays.
+    let other = random_bytes(21, 90_000);
+    let second = Upload {
+        generation: 2,
+        ..small(8, 100, &other)
+    };
+    for part in 0..3 {
+        assert_eq!(second.send_part(&store, part), Some(m.clone()));
+    }
+    assert_eq!(keys_with_prefix(&db, CHUNKS_TREE, &[]), stored);
+    assert_eq!(keys_with_prefix(&db, PENDING_TREE, &[]), 0);
+    assert!(reassemble(&store, &m) == state);
+
+    // Chunks of a competing attempt that arrived before the commit are cleaned up by its own
+    // commit.
+    let a = small(8, 200, &state);
+    let b = Upload {
+        generation: 2,
+        ..small(8, 200, &other)
+    };
+    assert!(b.send_part(&store, 0).is_none());
+    b.send_chunks(&store, 1);
+    let ma = a.send_all(&store);
+    assert_eq!(b.commit(&store).unwrap(), Some(ma.clone()));
+    let gen2 = [step_prefix(8, 200), 2u64.to_be_bytes().to_vec()].concat();
+    assert_eq!(keys_with_prefix(&db, CHUNKS_TREE, &gen2), 0);
+    assert!(reassemble(&store, &ma) == state);
+}
+
+#[test]
+fn commit_refuses_parts_that_leave_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, store) = open(dir.path());
+    let state = random_bytes(30, 10_000);
+    let up = small(2, 100, &state);
+    assert!(up.send_part(&store, 0).is_none());
+    for part in [1, 2] {
+        let chunks = up.send_chunks(&store, part);
+        let (offset, end) = up.range(part);
+        // Part 1 claims to start one byte late.
+        let offset = offset as u64 + u64::from(part == 1);
+        store
+            .finish_part(
+                &up.key(part),
+                offset,
+                (end as u64) - up.range(part).0 as u64,
+                chunks,
+            )
+            .unwrap();
+    }
+    let err = up.commit(&store).unwrap_err();
+    assert!(matches!(err, CheckpointError::Invalid { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("job-2 step 100: part 1 starts at byte 3334"),
+        "{err}"
+    );
+    assert!(store.get(up.job, 100).unwrap().is_none());
+    store.abort(up.job, 100, 1).unwrap();
+}

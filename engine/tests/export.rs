@@ -1,0 +1,218 @@
+//! Self-describing checkpoints: exporting a training state (safetensors, llm.c) without the
+//! spec, the state file's versioning, and which specs a state resumes or seeds.
+
+use std::path::{Path, PathBuf};
+
+use convoy_engine::collective::SingleProcess;
+use convoy_engine::export::{ExportFormat, export};
+use convoy_engine::model::llmc;
+use convoy_engine::spec::JobSpec;
+use convoy_engine::state;
+use convoy_engine::train::{TrainState, Trainer};
+use safetensors::SafeTensors;
+use safetensors::tensor::Dtype;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A tiny GPT on the first 20 kB of Shakespeare, written into `dir`.
+fn tiny_spec(dir: &Path, lr: &str) -> JobSpec {
+    let text =
+        std::fs::read_to_string(root().join("examples/data/tinyshakespeare.txt")).expect("data");
+    std::fs::write(dir.join("text.txt"), &text[..20_000]).expect("write text");
+    let spec = format!(
+        r#"
+name = "tiny"
+steps = 6
+batch_size = 4
+seq_len = 16
+[model]
+kind = "gpt"
+n_layer = 2
+n_head = 2
+n_embd = 16
+context = 16
+[data]
+kind = "text"
+files = ["text.txt"]
+tokenizer = "byte"
+shuffle = true
+[optimizer]
+lr = {lr}
+"#
+    );
+    let path = dir.join("job.toml");
+    std::fs::write(&path, spec).expect("write spec");
+    JobSpec::load(&path).expect("valid spec")
+}
+
+fn train(spec: &JobSpec, steps: u64) -> Trainer {
+    let mut t = Trainer::new(spec, Box::new(SingleProcess)).expect("trainer");
+    for _ in 0..steps {
+        t.train_step().expect("step");
+    }
+    t
+}
+
+fn bits(x: &[f32]) -> Vec<u32> {
+    x.iter().map(|v| v.to_bits()).collect()
+}
+
+fn trained_state(dir: &Path) -> (JobSpec, TrainState) {
+    let spec = tiny_spec(dir, "3e-3");
+    let state = train(&spec, 3).state();
+    (spec, state)
+}
+
+#[test]
+fn state_describes_itself() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (spec, st) = trained_state(dir.path());
+    assert_eq!(st.step, 3);
+    assert_eq!(st.spec_hash, spec.resume_hash());
+    assert_eq!(st.metrics.as_ref().map(|m| m.step), Some(3));
+    let cfg = st.gpt.expect("a GPT state carries its config");
+    assert_eq!(cfg.num_params(), st.params.len());
+    assert_eq!(
+        st.tensors.first().map(|t| t.name.as_str()),
+        Some("wte.weight")
+    );
+    assert_eq!(
+        st.tensors.last().map(|t| t.name.as_str()),
+        Some("ln_f.bias")
+    );
+    let covered: usize = st.tensors.iter().map(|t| t.len()).sum();
+    assert_eq!(covered, st.params.len());
+}
+
+#[test]
+fn safetensors_export_holds_every_tensor_as_sliced() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, st) = trained_state(dir.path());
+    let path = dir.path().join("model.safetensors");
+    export(&st, ExportFormat::Safetensors, &path).expect("export");
+    assert!(
+        !path.with_extension("tmp").exists(),
+        "temporary file renamed"
+    );
+
+    let bytes = std::fs::read(&path).expect("read back");
+    let file = SafeTensors::deserialize(&bytes).expect("valid safetensors");
+    assert_eq!(file.len(), st.tensors.len());
+    for t in &st.tensors {
+        let view = file.tensor(&t.name).expect("tensor present");
+        assert_eq!(view.dtype(), Dtype::F32, "{}", t.name);
+        assert_eq!(view.shape(), t.shape.as_slice(), "{}", t.name);
+        let expected: Vec<u8> = st.params[t.range()]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        assert_eq!(view.data(), expected.as_slice(), "{}", t.name);
+    }
+    let (_, meta) = SafeTensors::read_metadata(&bytes).expect("header");
+    let meta = meta.metadata().clone().expect("metadata");
+    assert_eq!(meta.get("format").map(String::as_str), Some("pt"));
+    assert_eq!(meta.get("convoy_step").map(String::as_str), Some("3"));
+    assert_eq!(meta.get("convoy_model"), Some(&st.model));
+}
+
+#[test]
+fn llmc_export_reads_back_and_needs_a_gpt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, st) = trained_state(dir.path());
+    let path = dir.path().join("model.bin");
+    export(&st, ExportFormat::Llmc, &path).expect("export");
+    let (cfg, params) = llmc::read(&path).expect("llm.c reads it");
+    assert_eq!(Some(cfg), st.gpt);
+    assert_eq!(bits(&params), bits(&st.params));
+
+    // A classifier has no llm.c form; its safetensors export still works.
+    let mut mlp = JobSpec::load(&root().join("examples/digits-mlp.toml")).expect("example");
+    mlp.steps = 2;
+    let st = train(&mlp, 1).state();
+    assert!(st.gpt.is_none());
+    let e = export(&st, ExportFormat::Llmc, &path)
+        .expect_err("not a GPT")
+        .to_string();
+    assert!(
+        e.contains("llm.c export needs a GPT model; this checkpoint is mlp("),
+        "{e}"
+    );
+    let path = dir.path().join("mlp.safetensors");
+    export(&st, ExportFormat::Safetensors, &path).expect("export");
+    let bytes = std::fs::read(&path).expect("read back");
+    let file = SafeTensors::deserialize(&bytes).expect("valid safetensors");
+    let w = file.tensor("layers.0.weight").expect("first layer");
+    assert_eq!(w.shape(), [128, 64]);
+}
+
+#[test]
+fn state_round_trips_and_version_1_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, st) = trained_state(dir.path());
+    let origin = Path::new("state.bin");
+    let bytes = state::encode(&st);
+    assert_eq!(state::decode(&bytes, origin).expect("decode"), st);
+
+    let mut old = bytes.clone();
+    old[8..12].copy_from_slice(&1u32.to_le_bytes());
+    let e = state::decode(&old, origin)
+        .expect_err("version 1")
+        .to_string();
+    assert!(
+        e.contains("state.bin") && e.contains("version 1") && e.contains("reads 2"),
+        "{e}"
+    );
+}
+
+#[test]
+fn restore_refuses_a_state_from_a_different_spec() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (spec, st) = trained_state(dir.path());
+    let other = tiny_spec(dir.path(), "1e-3");
+    let mut t = Trainer::new(&other, Box::new(SingleProcess)).expect("trainer");
+    let e = t.restore(st.clone()).expect_err("other lr").to_string();
+    assert!(
+        e.contains("the checkpoint was written by a different spec (model, data or optimizer settings changed)"),
+        "{e}"
+    );
+
+    // More steps (and other checkpoint or eval settings) resume.
+    let mut longer = spec.clone();
+    longer.steps = 20;
+    longer.checkpoint.interval = 5;
+    let mut t = Trainer::new(&longer, Box::new(SingleProcess)).expect("trainer");
+    t.restore(st.clone()).expect("restore");
+    assert_eq!(t.step(), 3);
+    assert_eq!(t.last_metrics(), st.metrics.as_ref());
+}
+
+#[test]
+fn init_params_from_copies_only_the_parameters() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, st) = trained_state(dir.path());
+    // Fine-tuning under another spec (a different lr) is allowed.
+    let tune = tiny_spec(dir.path(), "1e-4");
+    let mut t = Trainer::new(&tune, Box::new(SingleProcess)).expect("trainer");
+    t.init_params_from(&st).expect("init");
+    assert_eq!(t.step(), 0);
+    assert!(t.last_metrics().is_none());
+    assert_eq!(bits(t.model().params()), bits(&st.params));
+    let fresh = t.state();
+    assert_eq!(fresh.optimizer.step, 0);
+    assert!(fresh.optimizer.m.iter().all(|&x| x == 0.0));
+    assert_eq!(t.train_step().expect("step").step, 1);
+
+    // Another architecture is refused, naming both.
+    let mut wide = tune.clone();
+    if let convoy_engine::spec::ModelSpec::Gpt(g) = &mut wide.model {
+        g.n_embd = 32;
+    }
+    let mut t = Trainer::new(&wide, Box::new(SingleProcess)).expect("trainer");
+    let e = t
+        .init_params_from(&st)
+        .expect_err("other model")
+        .to_string();
+    assert!(e.contains("n_embd=16") && e.contains("n_embd=32"), "{e}");
+}

@@ -1,0 +1,203 @@
+//! Checkpoints end to end on real binaries: a job that loses a worker resumes from its last
+//! checkpoint and ends bit-identical to an uninterrupted run; `convoy resume` and
+//! `init_from = "job:ID"`; export, verify and the listing; bad references get one line.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use convoy_tests::cluster::{Cluster, digits_spec};
+use serde_json::Value;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The digits job with a checkpoint every `interval` steps and `extra` appended.
+fn spec(dir: &Path, name: &str, steps: u64, interval: u64, extra: &str) -> PathBuf {
+    let path = digits_spec(dir, name, steps, 2);
+    let mut text = std::fs::read_to_string(&path).expect("spec");
+    text = format!("{extra}\n{text}\n[checkpoint]\ninterval = {interval}\n");
+    std::fs::write(&path, text).expect("write spec");
+    path
+}
+
+fn steps(c: &Cluster, id: &str) -> Vec<u64> {
+    c.json(&["checkpoints", id])
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|x| x["step"].as_u64().expect("step"))
+        .collect()
+}
+
+fn export(c: &Cluster, reference: &str, out: &Path) -> Vec<u8> {
+    let o = c.convoy(&[
+        "checkpoint",
+        "export",
+        reference,
+        "--format",
+        "safetensors",
+        "-o",
+        out.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        o.status.success(),
+        "export {reference}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    std::fs::read(out).expect("exported file")
+}
+
+fn logs(c: &Cluster, id: &str) -> String {
+    String::from_utf8_lossy(&c.convoy(&["logs", id]).stdout).into_owned()
+}
+
+#[test]
+fn a_job_that_loses_a_worker_resumes_and_ends_bit_identical_to_an_uninterrupted_run() {
+    let _g = serial();
+    let mut c = Cluster::start(2_000);
+    for name in ["alpha", "beta", "gamma"] {
+        c.add_worker(name, 1);
+    }
+    c.wait_workers(3);
+    let dir = c.dir.path().to_path_buf();
+    let total = 1_500;
+
+    let straight = c.submit(&spec(&dir, "straight", total, 100, ""), &[]);
+    c.wait_state(&straight, "succeeded", Duration::from_secs(240));
+    let kept = steps(&c, &straight);
+    assert_eq!(
+        kept.last(),
+        Some(&total),
+        "the final state is saved: {kept:?}"
+    );
+    assert!(kept.len() <= 3, "keep_last = 3 by default: {kept:?}");
+
+    let resumed = c.submit(&spec(&dir, "resumed", total, 100, ""), &[]);
+    c.wait_for("a first checkpoint", Duration::from_secs(120), || {
+        !steps(&c, &resumed).is_empty()
+    });
+    let job = c.job(&resumed);
+    assert_eq!(
+        job["state"], "running",
+        "still running after its first checkpoint: {job}"
+    );
+    let victim_id = job["attempts"][0]["placement"][1]
+        .as_str()
+        .expect("placement")
+        .to_string();
+    let victim = c
+        .json(&["workers"])
+        .as_array()
+        .expect("workers")
+        .iter()
+        .find(|w| w["id"] == victim_id.as_str())
+        .and_then(|w| w["name"].as_str())
+        .expect("victim name")
+        .to_string();
+    c.kill_worker(&victim);
+    let job = c.wait_state(&resumed, "succeeded", Duration::from_secs(240));
+    assert_eq!(
+        job["attempts"].as_array().map(Vec::len),
+        Some(2),
+        "one restart: {job}"
+    );
+    let text = logs(&c, &resumed);
+    assert!(text.contains("resuming from checkpoint step"), "{text}");
+
+    let a = export(
+        &c,
+        &format!("{straight}@{total}"),
+        &dir.join("straight.safetensors"),
+    );
+    let b = export(&c, &resumed, &dir.join("resumed.safetensors"));
+    assert!(
+        a == b,
+        "the resumed job's final parameters differ from the uninterrupted run's"
+    );
+
+    let verify = c.json(&["checkpoint", "verify", &resumed]);
+    assert_eq!(verify["ok"], true, "{verify}");
+
+    // Fine-tuning from the finished job's checkpoint.
+    let tuned = c.submit(
+        &spec(
+            &dir,
+            "tuned",
+            50,
+            0,
+            &format!("init_from = \"job:{straight}\""),
+        ),
+        &[],
+    );
+    c.wait_state(&tuned, "succeeded", Duration::from_secs(120));
+    let text = logs(&c, &tuned);
+    assert!(
+        text.contains(&format!(
+            "initialised the parameters from {straight} step {total}"
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_cancelled_job_resumes_from_its_checkpoint_and_bad_references_get_one_line() {
+    let _g = serial();
+    let mut c = Cluster::start(2_000);
+    c.add_worker("alpha", 2);
+    c.wait_workers(1);
+    let dir = c.dir.path().to_path_buf();
+    let id = c.submit(&spec(&dir, "paused", 3_000, 100, ""), &[]);
+    c.wait_for("a first checkpoint", Duration::from_secs(120), || {
+        !steps(&c, &id).is_empty()
+    });
+    let out = c.convoy(&["cancel", &id]);
+    assert!(out.status.success());
+    c.wait_state(&id, "cancelled", Duration::from_secs(30));
+    let saved = steps(&c, &id);
+
+    let resumed: Value = c.json(&["resume", &id]);
+    assert!(
+        resumed["state"] == "queued" || resumed["state"] == "running",
+        "{resumed}"
+    );
+    c.wait_state(&id, "succeeded", Duration::from_secs(240));
+    let text = logs(&c, &id);
+    let first = saved.first().expect("a checkpoint");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("resuming from checkpoint step") && !l.contains(" step 0")),
+        "{text}"
+    );
+    assert!(*first > 0);
+
+    let one_line = |args: &[&str], want: &str| {
+        let o = c.convoy(args);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(!o.status.success(), "{args:?} should fail");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+    };
+    let out = dir.join("x.safetensors");
+    let out = out.to_str().expect("utf-8");
+    one_line(
+        &["checkpoint", "export", &format!("{id}@7"), "-o", out],
+        "no checkpoint at step 7",
+    );
+    one_line(
+        &["checkpoint", "export", &id, "--format", "onnx", "-o", out],
+        "unknown export format",
+    );
+    one_line(&["checkpoints", "job-999"], "unknown job");
+    one_line(
+        &["resume", &id],
+        "only a failed or cancelled job can be resumed",
+    );
+    one_line(
+        &["checkpoint", "verify", &format!("{id}@x")],
+        "numeric step",
+    );
+}
