@@ -50,6 +50,12 @@ enum Cmd {
         rounds: usize,
         #[arg(long, default_value_t = 5000)]
         heartbeat_timeout_ms: u64,
+        /// The job to run (2 ranks); default: the digits MLP. A spec with `[checkpoint]` is
+        /// killed after its first checkpoint, so the restart includes downloading it.
+        #[arg(long)]
+        spec: Option<PathBuf>,
+        #[arg(long, default_value_t = 1_000_000)]
+        steps: u64,
     },
     /// Data-parallel efficiency: the spec on 1 rank and on 2 ranks (one thread each, same
     /// per-rank batch), alternating, on two one-slot workers.
@@ -257,7 +263,12 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-async fn failover(rounds: usize, heartbeat_timeout_ms: u64) -> Result<()> {
+async fn failover(
+    rounds: usize,
+    heartbeat_timeout_ms: u64,
+    spec: Option<&Path>,
+    steps: u64,
+) -> Result<()> {
     let mut placed = Vec::new();
     let mut stepping = Vec::new();
     for round in 1..=rounds {
@@ -280,7 +291,11 @@ async fn failover(rounds: usize, heartbeat_timeout_ms: u64) -> Result<()> {
             }
         })
         .await?;
-        let (spec_toml, workdir) = digits_spec(1_000_000, 2)?;
+        let (spec_toml, workdir) = match spec {
+            Some(p) => load_spec(p, Some(steps), 2)?,
+            None => digits_spec(steps, 2)?,
+        };
+        let checkpoints = spec_toml.contains("[checkpoint]");
         let id = c
             .submit_job(SubmitJobRequest {
                 spec_toml,
@@ -292,12 +307,24 @@ async fn failover(rounds: usize, heartbeat_timeout_ms: u64) -> Result<()> {
             .await?
             .into_inner()
             .job_id;
-        // Running and stepping on two of the three workers.
-        wait(Duration::from_secs(60), "the job to step", || {
+        // Running and stepping on two of the three workers, past its first checkpoint if it
+        // saves any.
+        wait(Duration::from_secs(600), "the job to step", || {
             let (mut c, id) = (c.clone(), id.clone());
             async move {
-                let j = c.get_job(GetJobRequest { job_id: id }).await?.into_inner();
-                Ok(j.state == JobState::Running as i32 && j.step > 10)
+                let j = c
+                    .get_job(GetJobRequest { job_id: id.clone() })
+                    .await?
+                    .into_inner();
+                let stepping = j.state == JobState::Running as i32 && j.step > 10;
+                if !stepping || !checkpoints {
+                    return Ok(stepping);
+                }
+                let list = c
+                    .list_checkpoints(convoy_proto::v1::ListCheckpointsRequest { job_id: id })
+                    .await?
+                    .into_inner();
+                Ok(!list.checkpoints.is_empty())
             }
         })
         .await?;
@@ -326,15 +353,26 @@ async fn failover(rounds: usize, heartbeat_timeout_ms: u64) -> Result<()> {
         let killed = Instant::now();
         workers[idx].0.kill()?;
         let mut restart = None;
-        let deadline = killed + Duration::from_secs(60);
+        let mut lost = None;
+        let deadline = killed + Duration::from_secs(120);
         loop {
             if Instant::now() > deadline {
-                bail!("round {round}: no restart within 60 s");
+                bail!("round {round}: no restart within 120 s");
             }
             let j = c
                 .get_job(GetJobRequest { job_id: id.clone() })
                 .await?
                 .into_inner();
+            if lost.is_none() {
+                let ws = c
+                    .list_workers(convoy_proto::v1::ListWorkersRequest {})
+                    .await?
+                    .into_inner()
+                    .workers;
+                if ws.iter().any(|w| w.id == victim_id && w.liveness == "lost") {
+                    lost = Some(killed.elapsed());
+                }
+            }
             let newer = j.attempts.last().is_some_and(|a| a.generation > generation);
             if newer && j.state == JobState::Running as i32 && restart.is_none() {
                 restart = Some(killed.elapsed());
@@ -342,12 +380,15 @@ async fn failover(rounds: usize, heartbeat_timeout_ms: u64) -> Result<()> {
             if newer && j.latest.as_ref().is_some_and(|m| m.generation > generation) {
                 let first_step = killed.elapsed();
                 let r = restart.unwrap_or(first_step);
+                let resumed = resume_line(&mut c, &id).await?;
                 println!(
-                    "round {round}: killed {victim_name}; restart placed after {:.0} ms, \
-                     first step of the new attempt after {:.0} ms (heartbeat timeout {} ms)",
+                    "round {round}: killed {victim_name}; lost after {:.0} ms, restart placed \
+                     after {:.0} ms, first step of the new attempt after {:.0} ms (heartbeat \
+                     timeout {heartbeat_timeout_ms} ms){}",
+                    lost.map_or(f64::NAN, ms),
                     ms(r),
                     ms(first_step),
-                    heartbeat_timeout_ms
+                    resumed.map_or(String::new(), |l| format!("; rank 0: {l}"))
                 );
                 placed.push(r);
                 stepping.push(first_step);
@@ -464,6 +505,25 @@ async fn run_for_throughput(
     Ok(t[t.len() / 2])
 }
 
+/// Rank 0's "resuming from checkpoint" line of the job's latest attempt, if it printed one.
+async fn resume_line(c: &mut ConvoyClient<Channel>, id: &str) -> Result<Option<String>> {
+    let mut stream = c
+        .stream_logs(convoy_proto::v1::StreamLogsRequest {
+            job_id: id.to_string(),
+            rank: Some(0),
+            follow: false,
+        })
+        .await?
+        .into_inner();
+    let mut found = None;
+    while let Some(l) = stream.message().await? {
+        if l.text.contains("resuming from checkpoint") {
+            found = Some(l.text.trim().to_string());
+        }
+    }
+    Ok(found)
+}
+
 /// Polls `cond` every 50 ms until it holds.
 async fn wait<F, Fut>(timeout: Duration, what: &str, mut cond: F) -> Result<()>
 where
@@ -491,7 +551,9 @@ async fn main() -> Result<()> {
         Cmd::Failover {
             rounds,
             heartbeat_timeout_ms,
-        } => failover(rounds, heartbeat_timeout_ms).await,
+            spec,
+            steps,
+        } => failover(rounds, heartbeat_timeout_ms, spec.as_deref(), steps).await,
         Cmd::Dp {
             spec,
             steps,

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use convoy_coordinator::checkpoints::CheckpointStore;
+use convoy_coordinator::model::JobId;
 use convoy_tests::cluster::{Cluster, digits_spec};
 use serde_json::Value;
 
@@ -200,4 +202,93 @@ fn a_cancelled_job_resumes_from_its_checkpoint_and_bad_references_get_one_line()
         &["checkpoint", "verify", &format!("{id}@x")],
         "numeric step",
     );
+}
+
+/// Flips one byte of the last chunk in the coordinator's store (the newest checkpoint of the
+/// newest job: keys sort by job, then step). The coordinator must be stopped.
+fn corrupt_newest_chunk(c: &Cluster) {
+    let db = sled::open(c.dir.path().join("coordinator/checkpoints")).expect("open the store");
+    let chunks = db
+        .open_tree(convoy_coordinator::checkpoints::CHUNKS_TREE)
+        .expect("chunks tree");
+    let (key, value) = chunks.last().expect("read").expect("a chunk");
+    let mut bytes = value.to_vec();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    chunks.insert(key, bytes).expect("write");
+    db.flush().expect("flush");
+}
+
+#[test]
+fn a_corrupted_checkpoint_is_reported_and_the_previous_one_is_used() {
+    let _g = serial();
+    let mut c = Cluster::start(2_000);
+    c.add_worker("alpha", 2);
+    c.wait_workers(1);
+    let dir = c.dir.path().to_path_buf();
+    let id = c.submit(&spec(&dir, "damaged", 3_000, 100, ""), &[]);
+    c.wait_for("two checkpoints", Duration::from_secs(120), || {
+        steps(&c, &id).len() >= 2
+    });
+    assert!(c.convoy(&["cancel", &id]).status.success());
+    c.wait_state(&id, "cancelled", Duration::from_secs(30));
+    let saved = steps(&c, &id);
+    let (newest, previous) = (saved[saved.len() - 1], saved[saved.len() - 2]);
+
+    c.kill_coordinator();
+    corrupt_newest_chunk(&c);
+    c.restart_coordinator();
+    c.wait_workers(1);
+
+    let o = c.convoy(&["checkpoint", "verify", &format!("{id}@{newest}")]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "verify must fail on a damaged chunk");
+    assert!(err.contains("checksum") || err.contains("corrupt"), "{err}");
+    let o = c.convoy(&["checkpoint", "verify", &format!("{id}@{previous}")]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    c.json(&["resume", &id]);
+    c.wait_state(&id, "succeeded", Duration::from_secs(240));
+    let text = logs(&c, &id);
+    assert!(text.contains("using an older checkpoint"), "{text}");
+    assert!(
+        text.contains(&format!("resuming from checkpoint step {previous} ")),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_coordinator_killed_during_uploads_leaves_no_partial_checkpoint_and_the_job_goes_on() {
+    let _g = serial();
+    let mut c = Cluster::start(5_000);
+    c.add_worker("alpha", 2);
+    c.wait_workers(1);
+    let dir = c.dir.path().to_path_buf();
+    // A checkpoint every step keeps uploads in flight nearly all the time.
+    let id = c.submit(&spec(&dir, "busy", 2_000, 1, ""), &[]);
+    c.wait_for("some checkpoints", Duration::from_secs(120), || {
+        steps(&c, &id).len() >= 2
+    });
+    c.kill_coordinator();
+    // Open the store as the restarted coordinator will: every checkpoint it lists verifies.
+    {
+        let db = sled::open(c.dir.path().join("coordinator/checkpoints")).expect("open");
+        let store = CheckpointStore::open(&db).expect("store");
+        let job = JobId(id.trim_start_matches("job-").parse().expect("job number"));
+        let list = store.list(job).expect("list");
+        assert!(
+            !list.is_empty(),
+            "the checkpoints committed before the kill are kept"
+        );
+        for m in &list {
+            store
+                .verify(m)
+                .unwrap_or_else(|e| panic!("step {} is listed but does not verify: {e}", m.step));
+        }
+    }
+    c.restart_coordinator();
+    let job = c.wait_state(&id, "succeeded", Duration::from_secs(240));
+    assert_eq!(job["attempts"].as_array().map(Vec::len), Some(1), "{job}");
+    let kept = steps(&c, &id);
+    assert_eq!(kept.last(), Some(&2_000), "{kept:?}");
 }

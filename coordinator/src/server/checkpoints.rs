@@ -42,6 +42,17 @@ fn storage(e: CheckpointError) -> Status {
     }
 }
 
+/// A read that failed because retention removed the checkpoint meanwhile is not damage: say so.
+fn read_failure(store: &CheckpointStore, m: &Manifest, e: CheckpointError) -> Status {
+    match store.get(m.job, m.step) {
+        Ok(None) => Status::not_found(format!(
+            "{} step {} was removed by retention while it was being read",
+            m.job, m.step
+        )),
+        _ => storage(e),
+    }
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -314,7 +325,7 @@ impl Checkpoints {
                         m.data = data.to_vec();
                         Ok(m)
                     }
-                    Err(e) => Err(storage(e)),
+                    Err(e) => Err(read_failure(&store, &manifest, e)),
                 };
                 let failed = msg.is_err();
                 if tx.blocking_send(msg).is_err() || failed {
@@ -365,10 +376,11 @@ impl Checkpoints {
             None => Status::not_found(format!("{job} has no checkpoints")),
         })?;
         let m = manifest.clone();
-        tokio::task::spawn_blocking(move || store.verify(&m))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(storage)?;
+        tokio::task::spawn_blocking(move || {
+            store.verify(&m).map_err(|e| read_failure(&store, &m, e))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
         Ok(pb::VerifyCheckpointResponse {
             info: Some(info(&manifest)),
             chunks: manifest.parts.iter().map(|p| p.chunks.len() as u64).sum(),

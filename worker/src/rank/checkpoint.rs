@@ -139,6 +139,8 @@ fn upload(coord: &Coordinator, env: &RankEnv, p: &Pending) -> Result<u64, Worker
 pub struct Downloaded {
     pub state: TrainState,
     pub step: u64,
+    /// Size of the encoded state.
+    pub bytes: u64,
     /// Newer checkpoints the coordinator skipped because they failed verification.
     pub skipped: Vec<String>,
 }
@@ -230,6 +232,7 @@ fn try_download(
         Ok(Downloaded {
             state,
             step: info.step,
+            bytes: info.size_bytes,
             skipped,
         })
     })

@@ -176,13 +176,22 @@ pub fn run(env: RankEnv) -> Result<(), WorkerError> {
     }
     let mut trainer = Trainer::new(&spec, Box::new(reducer))?;
     // A restarted attempt continues from the job's latest checkpoint, wherever it runs now.
+    let fetch_started = Instant::now();
     match checkpoint::download(&coord, &env.job_id, None, env.collective_timeout)? {
         Some(d) => {
             for s in &d.skipped {
                 println!("{s}");
             }
+            let downloaded = fetch_started.elapsed();
+            let restore_started = Instant::now();
             trainer.restore(d.state)?;
-            println!("resuming from checkpoint step {}", d.step);
+            println!(
+                "resuming from checkpoint step {} ({:.1} MiB downloaded in {:.2} s, restored in {:.2} s)",
+                d.step,
+                d.bytes as f64 / (1 << 20) as f64,
+                downloaded.as_secs_f64(),
+                restore_started.elapsed().as_secs_f64()
+            );
         }
         None => {
             if let Some((source, step)) = init_job {
