@@ -280,17 +280,7 @@ async fn failover(
             workers.push(start_worker(dir.path(), &addr, n)?);
         }
         let mut c = client(&addr).await?;
-        wait(Duration::from_secs(30), "3 workers", || {
-            let mut c = c.clone();
-            async move {
-                let s = c
-                    .cluster_status(ClusterStatusRequest {})
-                    .await?
-                    .into_inner();
-                Ok(s.workers_alive == 3)
-            }
-        })
-        .await?;
+        wait_workers(&c, 3).await?;
         let (spec_toml, workdir) = match spec {
             Some(p) => load_spec(p, Some(steps), 2)?,
             None => digits_spec(steps, 2)?,
@@ -417,17 +407,7 @@ async fn data_parallel(spec: &Path, steps: u64, rounds: usize) -> Result<()> {
         start_worker(dir.path(), &addr, "w2")?,
     ];
     let c = client(&addr).await?;
-    wait(Duration::from_secs(30), "2 workers", || {
-        let mut c = c.clone();
-        async move {
-            let s = c
-                .cluster_status(ClusterStatusRequest {})
-                .await?
-                .into_inner();
-            Ok(s.workers_alive == 2)
-        }
-    })
-    .await?;
+    wait_workers(&c, 2).await?;
     let mut per_rank: [Vec<f64>; 2] = [vec![], vec![]];
     for round in 1..=rounds {
         for world in [1usize, 2] {
@@ -522,6 +502,20 @@ async fn resume_line(c: &mut ConvoyClient<Channel>, id: &str) -> Result<Option<S
         }
     }
     Ok(found)
+}
+
+async fn wait_workers(c: &ConvoyClient<Channel>, n: u32) -> Result<()> {
+    wait(Duration::from_secs(30), &format!("{n} workers"), || {
+        let mut c = c.clone();
+        async move {
+            let s = c
+                .cluster_status(ClusterStatusRequest {})
+                .await?
+                .into_inner();
+            Ok(s.workers_alive == n)
+        }
+    })
+    .await
 }
 
 /// Polls `cond` every 50 ms until it holds.

@@ -90,11 +90,6 @@ pub enum Command {
         job: JobId,
         now: Millis,
     },
-    /// Queues a failed or cancelled job again with a fresh restart budget; its ranks continue
-    /// from the job's latest checkpoint.
-    ResumeJob {
-        job: JobId,
-    },
     /// A worker daemon announcing itself. A name already alive is rejected unless `instance`
     /// matches (the same daemon reconnecting after a coordinator restart or a network break);
     /// the name of a lost worker re-registers it under its old id.
@@ -139,6 +134,12 @@ pub enum Command {
     /// The passage of time: loses silent workers and stalled jobs.
     Tick {
         now: Millis,
+    },
+    // New variants go last: log entries are bincode, which numbers variants by position.
+    /// Queues a failed or cancelled job again with a fresh restart budget; its ranks continue
+    /// from the job's latest checkpoint.
+    ResumeJob {
+        job: JobId,
     },
 }
 
