@@ -21,6 +21,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod cuda;
 pub mod encoder;
 mod gemm;
 pub mod gradnorm;

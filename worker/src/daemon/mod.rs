@@ -44,10 +44,10 @@ pub struct WorkerConfig {
     pub collective_timeout: Duration,
 }
 
-/// GPUs the NVIDIA driver exposes (0 without a driver). Only counted for now: the CUDA
-/// backend will place one rank per GPU.
+/// GPUs this worker advertises: those the CUDA driver reports, none when no driver can be
+/// loaded (a CPU machine), so the scheduler never places a CUDA rank where it cannot run.
 pub fn detect_gpus() -> u32 {
-    std::fs::read_dir("/proc/driver/nvidia/gpus").map_or(0, |d| d.count() as u32)
+    convoy_kernels::cuda::device_count() as u32
 }
 
 /// Runs the daemon until `shutdown` resolves, then stops its ranks (SIGTERM, then SIGKILL
