@@ -12,6 +12,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use convoy_engine::spec::{Backend, JobSpec};
 use convoy_proto::v1 as pb;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -51,6 +52,14 @@ struct Table {
     /// Every rank started by this daemon: a repeated start (the coordinator re-sends starts
     /// when a worker reconnects) is ignored.
     seen: HashSet<RankKey>,
+    /// The GPU each running CUDA rank holds (one rank per GPU, as the scheduler places them).
+    gpus: HashMap<RankKey, u32>,
+}
+
+/// The lowest GPU index below `total` that no running rank holds.
+fn free_gpu(total: u32, held: impl Iterator<Item = u32>) -> Option<u32> {
+    let held: HashSet<u32> = held.collect();
+    (0..total).find(|g| !held.contains(g))
 }
 
 pub struct Supervisor {
@@ -175,6 +184,25 @@ impl Supervisor {
             collective_timeout: self.config.collective_timeout,
         };
         let mut cmd = Command::new(&self.config.rank_program);
+        // A CUDA rank sees exactly one GPU, its own; a CPU rank sees none.
+        let gpu = match JobSpec::parse(&s.spec_toml, "the job's spec").map(|j| j.backend) {
+            Ok(Backend::Cuda) => {
+                let mut t = self.table();
+                let g = free_gpu(self.config.gpus, t.gpus.values().copied()).ok_or_else(|| {
+                    format!(
+                        "no free GPU: all {} of this worker's GPUs are held by other ranks",
+                        self.config.gpus
+                    )
+                })?;
+                t.gpus.insert(key.clone(), g);
+                Some(g)
+            }
+            _ => None,
+        };
+        cmd.env(
+            "CUDA_VISIBLE_DEVICES",
+            gpu.map_or(String::new(), |g| g.to_string()),
+        );
         cmd.args(&self.config.rank_args)
             .envs(env.to_vars())
             .current_dir(if s.workdir.is_empty() {
@@ -193,8 +221,10 @@ impl Supervisor {
                 nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
             });
         }
-        cmd.spawn()
-            .map_err(|e| format!("{}: {e}", self.config.rank_program.display()))
+        cmd.spawn().map_err(|e| {
+            self.table().gpus.remove(key);
+            format!("{}: {e}", self.config.rank_program.display())
+        })
     }
 
     async fn supervise(self: Arc<Self>, key: RankKey, mut child: tokio::process::Child) {
@@ -235,6 +265,7 @@ impl Supervisor {
         {
             let mut t = self.table();
             t.running.remove(&key);
+            t.gpus.remove(&key);
             if t.running.is_empty() {
                 self.emptied.notify_waiters();
             }
@@ -348,5 +379,18 @@ impl Supervisor {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::free_gpu;
+
+    #[test]
+    fn ranks_get_the_lowest_gpu_nobody_holds() {
+        assert_eq!(free_gpu(4, [].into_iter()), Some(0));
+        assert_eq!(free_gpu(4, [0, 1, 3].into_iter()), Some(2));
+        assert_eq!(free_gpu(2, [1, 0].into_iter()), None);
+        assert_eq!(free_gpu(0, [].into_iter()), None);
     }
 }
