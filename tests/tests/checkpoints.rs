@@ -176,6 +176,21 @@ fn a_cancelled_job_resumes_from_its_checkpoint_and_bad_references_get_one_line()
     );
     assert!(*first > 0);
 
+    // Fine-tuning needs the same architecture: another one fails the job with one line.
+    let other = spec(
+        &dir,
+        "other-model",
+        50,
+        0,
+        &format!("init_from = \"job:{id}\""),
+    );
+    let text = std::fs::read_to_string(&other).expect("spec");
+    std::fs::write(&other, text.replace("hidden = [128, 64]", "hidden = [32]")).expect("write");
+    let failed_id = c.submit(&other, &["--max-restarts", "0"]);
+    let failed = c.wait_state(&failed_id, "failed", Duration::from_secs(120));
+    let reason = failed["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("cannot initialise parameters"), "{failed}");
+
     let one_line = |args: &[&str], want: &str| {
         let o = c.convoy(args);
         let err = String::from_utf8_lossy(&o.stderr).into_owned();
