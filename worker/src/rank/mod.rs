@@ -4,9 +4,9 @@
 //! ([`RankEnv`]). The rank binds its collective listener, publishes the address through the
 //! coordinator's rendezvous, forms the TCP ring with the other ranks of its generation, and
 //! trains with the engine — continuing from the job's newest valid checkpoint if it has one
-//! ([`checkpoint`]), uploading its share of each new one — printing progress on stdout (which
+//! (`checkpoint.rs`), uploading its share of each new one — printing progress on stdout (which
 //! the daemon ships to the coordinator) and reporting step metrics to the coordinator directly
-//! ([`coordinator`]). It exits 0 when the job's steps are done; any error is one line on
+//! (`coordinator.rs`). It exits 0 when the job's steps are done; any error is one line on
 //! stderr and a non-zero status.
 
 mod checkpoint;
