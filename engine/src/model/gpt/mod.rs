@@ -6,6 +6,7 @@
 //! backward pass costs one layer's worth of memory rather than a mirror of every activation.
 
 mod config;
+pub mod memory;
 
 use config::PER_LAYER;
 pub use config::{GptConfig, TENSORS, Tensor};
@@ -138,53 +139,49 @@ impl Gpt {
     }
 
     fn ensure_buffers(&mut self, b: usize, t: usize, training: bool) {
-        let GptConfig {
-            n_layer: l,
-            n_head: nh,
-            channels: c,
-            padded_vocab_size: vp,
-            ..
-        } = self.cfg;
-        let (btc, bt, att) = (b * t * c, b * t, b * nh * t * t);
+        let sizes = memory::activation_floats(&self.cfg, b, t);
         let a = &mut self.acts;
-        for (v, len) in [
-            (&mut a.encoded, btc),
-            (&mut a.ln1, l * btc),
-            (&mut a.ln1_mean, l * bt),
-            (&mut a.ln1_rstd, l * bt),
-            (&mut a.qkv, l * 3 * btc),
-            (&mut a.atty, l * btc),
-            (&mut a.preatt, l * att),
-            (&mut a.att, l * att),
-            (&mut a.residual2, l * btc),
-            (&mut a.ln2, l * btc),
-            (&mut a.ln2_mean, l * bt),
-            (&mut a.ln2_rstd, l * bt),
-            (&mut a.fch, l * 4 * btc),
-            (&mut a.fch_gelu, l * 4 * btc),
-            (&mut a.residual3, l * btc),
-            (&mut a.proj, btc),
-            (&mut a.lnf, btc),
-            (&mut a.lnf_mean, bt),
-            (&mut a.lnf_rstd, bt),
-            (&mut a.logits, bt * vp),
-            (&mut a.losses, bt),
-        ] {
+        let buffers = [
+            &mut a.encoded,
+            &mut a.ln1,
+            &mut a.ln1_mean,
+            &mut a.ln1_rstd,
+            &mut a.qkv,
+            &mut a.atty,
+            &mut a.preatt,
+            &mut a.att,
+            &mut a.residual2,
+            &mut a.ln2,
+            &mut a.ln2_mean,
+            &mut a.ln2_rstd,
+            &mut a.fch,
+            &mut a.fch_gelu,
+            &mut a.residual3,
+            &mut a.proj,
+            &mut a.lnf,
+            &mut a.lnf_mean,
+            &mut a.lnf_rstd,
+            &mut a.logits,
+            &mut a.losses,
+        ];
+        for (v, len) in buffers.into_iter().zip(sizes) {
             grow(v, len);
         }
         if training {
+            let sizes = memory::scratch_floats(&self.cfg, b, t);
             let s = &mut self.scratch;
-            for (v, len) in [
-                (&mut s.dlogits, bt * vp),
-                (&mut s.dresidual, btc),
-                (&mut s.dln, btc),
-                (&mut s.datty, btc),
-                (&mut s.dqkv, 3 * btc),
-                (&mut s.dpreatt, att),
-                (&mut s.datt, att),
-                (&mut s.dfch, 4 * btc),
-                (&mut s.dfch_gelu, 4 * btc),
-            ] {
+            let buffers = [
+                &mut s.dlogits,
+                &mut s.dresidual,
+                &mut s.dln,
+                &mut s.datty,
+                &mut s.dqkv,
+                &mut s.dpreatt,
+                &mut s.datt,
+                &mut s.dfch,
+                &mut s.dfch_gelu,
+            ];
+            for (v, len) in buffers.into_iter().zip(sizes) {
                 grow(v, len);
             }
         }
