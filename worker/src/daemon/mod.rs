@@ -6,6 +6,7 @@
 //! processes, and their crashes are just exits with a status to report.
 
 mod logship;
+mod nccl;
 mod ranks;
 mod session;
 
@@ -84,9 +85,22 @@ pub async fn run(
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos())
     );
+    // CUDA ranks need libnccl under the name cudarc opens; fixed once here, for every rank.
+    let cuda_library_path = match config.gpus {
+        0 => None,
+        _ => {
+            let search = std::env::var("LD_LIBRARY_PATH").unwrap_or_default();
+            nccl::library_path(&search, &config.data_dir.join("lib")).map_err(|e| {
+                WorkerError::Io {
+                    what: "linking libnccl.so for the CUDA ranks".into(),
+                    source: e,
+                }
+            })?
+        }
+    };
     let config = Arc::new(config);
     let (log_tx, log_rx) = mpsc::channel(4096);
-    let ranks = Supervisor::new(config.clone(), log_tx);
+    let ranks = Supervisor::new(config.clone(), log_tx, cuda_library_path);
     let (stop_tx, stopping) = watch::channel(false);
     let shipper = tokio::spawn(logship::run(log_rx, client.clone()));
     let reporter = tokio::spawn(session::report_exits(

@@ -64,6 +64,8 @@ fn free_gpu(total: u32, held: impl Iterator<Item = u32>) -> Option<u32> {
 
 pub struct Supervisor {
     config: Arc<WorkerConfig>,
+    /// `LD_LIBRARY_PATH` for CUDA ranks when the daemon had to make libnccl loadable.
+    cuda_library_path: Option<String>,
     table: Mutex<Table>,
     logs: mpsc::Sender<LogMsg>,
     exits: Mutex<Vec<pb::RankExit>>,
@@ -80,9 +82,14 @@ fn now_ms() -> u64 {
 }
 
 impl Supervisor {
-    pub fn new(config: Arc<WorkerConfig>, logs: mpsc::Sender<LogMsg>) -> Arc<Supervisor> {
+    pub fn new(
+        config: Arc<WorkerConfig>,
+        logs: mpsc::Sender<LogMsg>,
+        cuda_library_path: Option<String>,
+    ) -> Arc<Supervisor> {
         Arc::new(Supervisor {
             config,
+            cuda_library_path,
             table: Mutex::new(Table::default()),
             logs,
             exits: Mutex::new(vec![]),
@@ -203,6 +210,9 @@ impl Supervisor {
             "CUDA_VISIBLE_DEVICES",
             gpu.map_or(String::new(), |g| g.to_string()),
         );
+        if let (Some(_), Some(path)) = (gpu, &self.cuda_library_path) {
+            cmd.env("LD_LIBRARY_PATH", path);
+        }
         cmd.args(&self.config.rank_args)
             .envs(env.to_vars())
             .current_dir(if s.workdir.is_empty() {
