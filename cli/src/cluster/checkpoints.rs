@@ -4,6 +4,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
 use convoy_engine::export::{ExportFormat, export};
+use convoy_engine::spec::parse_job_ref;
 use convoy_engine::state;
 use convoy_proto::v1 as pb;
 use serde_json::{Value, json};
@@ -12,17 +13,9 @@ use xxhash_rust::xxh3::xxh3_64;
 use super::jobs::{job_json, state as job_state};
 use super::{ago, connect, rpc};
 
-/// `JOB` or `JOB@STEP`.
-pub fn parse_ref(text: &str) -> Result<(String, Option<u64>)> {
-    match text.split_once('@') {
-        None => Ok((text.to_string(), None)),
-        Some((job, step)) => {
-            let step = step
-                .parse()
-                .map_err(|_| anyhow!("{text:?}: expected JOB or JOB@STEP with a numeric step"))?;
-            Ok((job.to_string(), Some(step)))
-        }
-    }
+/// `JOB` or `JOB@STEP`, as `init_from = "job:…"` spells it.
+fn parse_ref(text: &str) -> Result<(String, Option<u64>)> {
+    parse_job_ref(text).map_err(|e| anyhow!("{e}"))
 }
 
 fn info_json(c: &pb::CheckpointInfo) -> Value {
@@ -126,7 +119,7 @@ pub async fn export_to(
         if let Some(i) = m.info {
             info = Some(i);
         }
-        if xxh3_64(&m.data) != m.checksum && !m.data.is_empty() {
+        if !m.data.is_empty() && xxh3_64(&m.data) != m.checksum {
             bail!("a chunk of {job}'s checkpoint was damaged in transit (checksum mismatch)");
         }
         bytes.extend_from_slice(&m.data);
@@ -143,11 +136,10 @@ pub async fn export_to(
     let st = state::decode(&bytes, &origin)?;
     export(&st, format, output).with_context(|| format!("exporting to {}", output.display()))?;
     println!(
-        "{}@{} written to {} ({})",
+        "{}@{} written to {} ({format})",
         info.job_id,
         info.step,
-        output.display(),
-        format!("{format:?}").to_lowercase()
+        output.display()
     );
     Ok(())
 }

@@ -18,6 +18,7 @@ use crate::checkpoints::{CheckpointError, CheckpointStore, Manifest, PartKey, Re
 use crate::model::JobId;
 use crate::server::Handle;
 use crate::server::convert;
+use crate::server::event_loop::now_ms;
 
 pub type DownloadStream =
     Pin<Box<dyn Stream<Item = Result<pb::CheckpointDownload, Status>> + Send>>;
@@ -32,13 +33,12 @@ pub(crate) struct Checkpoints {
     pending: PendingMeta,
 }
 
+/// Damaged bytes (stored or received) are data loss; anything else is the store failing.
 fn storage(e: CheckpointError) -> Status {
-    match e {
-        CheckpointError::ChecksumMismatch { .. } => Status::data_loss(e.to_string()),
-        CheckpointError::ChunkCorrupt { .. } | CheckpointError::ChunkMissing { .. } => {
-            Status::data_loss(e.to_string())
-        }
-        _ => Status::internal(e.to_string()),
+    if e.is_damage() || matches!(e, CheckpointError::ChecksumMismatch { .. }) {
+        Status::data_loss(e.to_string())
+    } else {
+        Status::internal(e.to_string())
     }
 }
 
@@ -51,12 +51,6 @@ fn read_failure(store: &CheckpointStore, m: &Manifest, e: CheckpointError) -> St
         )),
         _ => storage(e),
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 pub fn info(m: &Manifest) -> pb::CheckpointInfo {
@@ -84,6 +78,14 @@ fn retention(spec_text: &str) -> Retention {
         best_metric: c.best_metric,
         minimize: true,
     }
+}
+
+/// Fails with "unknown job …" unless the coordinator has `job`.
+async fn known_job(handle: &Handle, job: JobId) -> Result<(), Status> {
+    handle
+        .read(move |v| v.state.job(job).map(|_| ()))
+        .await?
+        .map_err(convert::status)
 }
 
 impl Checkpoints {
@@ -225,25 +227,20 @@ impl Checkpoints {
             .finish_part(key, part.offset, part.len, index)
             .map_err(storage)?;
         let id = (key.job, key.step, key.generation);
-        if part.part == 0 {
-            let mut pending = self
-                .pending
-                .lock()
-                .map_err(|_| Status::internal("poisoned"))?;
-            pending.insert(
-                id,
-                (
-                    part.metrics.clone().into_iter().collect(),
-                    part.model.clone(),
-                ),
-            );
-        }
-        let meta = self
-            .pending
-            .lock()
-            .map_err(|_| Status::internal("poisoned"))?
-            .get(&id)
-            .cloned();
+        let meta = {
+            // A panic elsewhere cannot leave this map half-updated: inserts and removes only.
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            if part.part == 0 {
+                pending.insert(
+                    id,
+                    (
+                        part.metrics.clone().into_iter().collect(),
+                        part.model.clone(),
+                    ),
+                );
+            }
+            pending.get(&id).cloned()
+        };
         // Rank 0's part carries the metadata; until it has arrived nothing can commit.
         let Some((metrics, model)) = meta else {
             return Ok(None);
@@ -263,9 +260,10 @@ impl Checkpoints {
     }
 
     fn forget(&self, job: JobId, step: u64, generation: u64) {
-        if let Ok(mut p) = self.pending.lock() {
-            p.remove(&(job, step, generation));
-        }
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(job, step, generation));
     }
 
     /// The checkpoint at `step`, or the newest that verifies (with the reasons newer ones were
@@ -276,10 +274,7 @@ impl Checkpoints {
         job: JobId,
         step: Option<u64>,
     ) -> Result<(Manifest, Vec<String>), Status> {
-        handle
-            .read(move |v| v.state.job(job).map(|_| ()))
-            .await?
-            .map_err(convert::status)?;
+        known_job(handle, job).await?;
         let store = self.store.clone();
         let found = tokio::task::spawn_blocking(move || match step {
             Some(s) => store.get(job, s).map(|m| (m, vec![])),
@@ -345,10 +340,7 @@ impl Checkpoints {
         job_id: &str,
     ) -> Result<pb::ListCheckpointsResponse, Status> {
         let job = convert::job_id(job_id)?;
-        handle
-            .read(move |v| v.state.job(job).map(|_| ()))
-            .await?
-            .map_err(convert::status)?;
+        known_job(handle, job).await?;
         let list = self.store.list(job).map_err(storage)?;
         Ok(pb::ListCheckpointsResponse {
             checkpoints: list.iter().map(info).collect(),
@@ -361,10 +353,7 @@ impl Checkpoints {
         r: pb::VerifyCheckpointRequest,
     ) -> Result<pb::VerifyCheckpointResponse, Status> {
         let job = convert::job_id(&r.job_id)?;
-        handle
-            .read(move |v| v.state.job(job).map(|_| ()))
-            .await?
-            .map_err(convert::status)?;
+        known_job(handle, job).await?;
         let store = self.store.clone();
         let manifest = match r.step {
             Some(s) => store.get(job, s),

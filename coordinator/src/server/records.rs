@@ -145,9 +145,7 @@ impl Records {
             generation,
             stream: "convoy".into(),
             text,
-            at_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            at_ms: crate::server::event_loop::now_ms(),
         };
         if let Err(e) = self.append_log(job, &line.encode_to_vec()) {
             tracing::warn!("keeping a log line of {job}: {e}");

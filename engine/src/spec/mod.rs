@@ -341,7 +341,7 @@ pub fn parse_job_ref(text: &str) -> std::result::Result<(String, Option<u64>), S
         Some((id, step)) => {
             let step = step
                 .parse()
-                .map_err(|_| format!("{text:?}: the step after '@' must be a number"))?;
+                .map_err(|_| format!("{text:?}: expected ID or ID@STEP with a numeric step"))?;
             (id, Some(step))
         }
     };

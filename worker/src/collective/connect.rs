@@ -19,8 +19,8 @@ pub(crate) struct Links {
 }
 
 impl Links {
-    /// A collective runs both links from one thread with non-blocking I/O; between
-    /// collectives they are blocking again (with the timeouts set at connect).
+    /// Once the ring has formed, collectives run both links from one thread with
+    /// non-blocking I/O and `poll`, which enforces the timeout.
     pub fn set_nonblocking(&self, on: bool) -> std::io::Result<()> {
         self.right.set_nonblocking(on)?;
         self.left.set_nonblocking(on)
@@ -87,8 +87,8 @@ fn identity(cfg: &RingConfig, rank: usize) -> Hello {
     }
 }
 
-/// Steady-state socket options: no Nagle delay for the small headers, and timeouts so a dead
-/// or silent peer ends a collective with an error instead of a hang.
+/// Socket options: no Nagle delay for the small headers, and timeouts so a silent peer ends
+/// the handshake with an error instead of a hang (collectives then time out in `poll`).
 fn configure(s: &TcpStream, timeout: Duration) -> std::io::Result<()> {
     s.set_nodelay(true)?;
     s.set_read_timeout(Some(timeout))?;

@@ -142,6 +142,13 @@ impl Ring {
         ring.closer = RingCloser {
             streams: vec![clone(&links.right)?, clone(&links.left)?],
         };
+        // Collectives drive both sockets from one thread with poll (see `Ctx::run`).
+        links
+            .set_nonblocking(true)
+            .map_err(|source| RingError::Local {
+                during: "switching the ring's sockets to non-blocking",
+                source,
+            })?;
         ring.links = Some(links);
         ring.right = Some(right);
         ring.left = Some(left);
@@ -227,19 +234,7 @@ impl Ring {
         };
         let scratch: &mut [T] = bytemuck::cast_slice_mut(&mut self.scratch[..]);
         let steps: Vec<Step> = Schedule { rank, world }.steps().collect();
-        links
-            .set_nonblocking(true)
-            .map_err(|source| RingError::Local {
-                during: "switching the ring's sockets to non-blocking",
-                source,
-            })?;
-        ctx.run(links, buf, &bounds, &steps, scratch)?;
-        links
-            .set_nonblocking(false)
-            .map_err(|source| RingError::Local {
-                during: "switching the ring's sockets back to blocking",
-                source,
-            })
+        ctx.run(links, buf, &bounds, &steps, scratch)
     }
 }
 

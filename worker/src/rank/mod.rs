@@ -213,7 +213,7 @@ pub fn run(env: RankEnv) -> Result<(), WorkerError> {
         0 => None,
         _ => Some(Uploader::spawn(env.clone())?),
     };
-    let mut last_loss = None;
+    // The state carries its step's loss; the evaluation at that step is the rank's to add.
     let mut last_val = None;
     let mut final_checkpoint = None;
     let unit = trainer.unit();
@@ -232,7 +232,6 @@ pub fn run(env: RankEnv) -> Result<(), WorkerError> {
     );
     let summary = trainer.run(&mut |event| match event {
         Event::Step(m) => {
-            last_loss = Some((m.step, m.loss));
             if let Some(tx) = &reporter {
                 let _ = tx.try_send(pb::StepMetrics {
                     step: m.step,
@@ -272,12 +271,13 @@ pub fn run(env: RankEnv) -> Result<(), WorkerError> {
         Event::Sample(s) => println!("sample:\n{s}"),
         Event::Checkpoint(state) => {
             let mut metrics = HashMap::new();
-            for (name, at) in [("loss", last_loss), ("val_loss", last_val)] {
-                if let Some((step, v)) = at
-                    && step == state.step
-                {
-                    metrics.insert(name.to_string(), v);
-                }
+            if let Some(m) = state.metrics.as_ref().filter(|m| m.step == state.step) {
+                metrics.insert("loss".to_string(), m.loss);
+            }
+            if let Some((step, v)) = last_val
+                && step == state.step
+            {
+                metrics.insert("val_loss".to_string(), v);
             }
             let p = Pending { state, metrics };
             if p.state.step == steps {
