@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """PyTorch benchmark peer for convoy's GPT-2 training step.
 
-Eager fp32 GPT-2 (llm.c architecture: weight-tied LM head over a padded
-vocabulary, pre-LayerNorm blocks, tanh GELU), AdamW with weight decay on the
-2-D weights, trained on random tokens. Attention is written out explicitly by
-default (materialised [B, NH, T, T] scores, mask, softmax) so it does the same
-work as convoy's engine; `--sdpa` uses F.scaled_dot_product_attention instead.
-Not part of CI.
+GPT-2 (llm.c architecture: weight-tied LM head over a padded vocabulary,
+pre-LayerNorm blocks, tanh GELU), AdamW with weight decay on the 2-D weights,
+trained on random tokens. Attention is written out explicitly by default
+(materialised [B, NH, T, T] scores, mask, softmax) so it does the same work as
+convoy's engine; `--sdpa` uses F.scaled_dot_product_attention instead.
+On the CPU it runs eager fp32. `--device cuda` runs on GPU 0 with `--dtype`
+fp32 (TF32 off) or bf16 (autocast, fp32 master weights, fused AdamW), and
+`--compile` adds torch.compile; `--peak-tflops` turns tokens/s into MFU with
+llm.c's count of 6N + 6·L·C·T FLOPs per token. Not part of CI.
 """
 import argparse
 import json
@@ -75,28 +78,42 @@ def main():
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--sdpa", action="store_true", help="use F.scaled_dot_product_attention")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model")
+    ap.add_argument("--peak-tflops", type=float, default=0.0,
+                    help="the device's peak for --dtype, to report MFU")
     a = ap.parse_args()
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
-    model = GPT(a)
+    cuda = a.device == "cuda"
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    model = GPT(a).to(a.device)
     params = list(model.parameters())
     opt = torch.optim.AdamW(
         [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
          {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
-        lr=a.lr, betas=(0.9, 0.95), eps=1e-8)
-    idx = torch.randint(0, a.vocab, (a.batch, a.seq_len))
-    targets = torch.randint(0, a.vocab, (a.batch, a.seq_len))
+        lr=a.lr, betas=(0.9, 0.95), eps=1e-8, **({"fused": True} if cuda else {}))
+    step_model = torch.compile(model) if a.compile else model
+    idx = torch.randint(0, a.vocab, (a.batch, a.seq_len), device=a.device)
+    targets = torch.randint(0, a.vocab, (a.batch, a.seq_len), device=a.device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and a.dtype == "bf16")
 
     # Process CPU time is recorded too: on a shared machine, CPU time / wall time
     # well below the thread count means the step was competing for cores.
     times, cpu_times, losses = [], [], []
     for step in range(a.warmup + a.steps):
         t0, c0 = time.perf_counter(), time.process_time()
-        loss = model(idx, targets)
+        with autocast:
+            loss = step_model(idx, targets)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize()
         dt, dc = time.perf_counter() - t0, time.process_time() - c0
         if step >= a.warmup:
             times.append(dt)
@@ -105,14 +122,20 @@ def main():
 
     n = sum(p.numel() for p in params)
     median = statistics.median(times)
+    tokens_per_s = a.batch * a.seq_len / median
+    flops_per_token = 6 * n + 6 * a.layers * a.channels * a.seq_len
     result = {
         "framework": f"torch {torch.__version__}", "threads": a.threads,
+        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "dtype": a.dtype, "compile": a.compile,
+        "mfu": tokens_per_s * flops_per_token / (a.peak_tflops * 1e12) if a.peak_tflops else None,
+        "peak_gpu_bytes": torch.cuda.max_memory_allocated() if cuda else None,
         "attention": "sdpa" if a.sdpa else "explicit",
         "config": {k: getattr(a, k) for k in ("layers", "channels", "heads", "seq_len",
                                              "batch", "vocab", "padded_vocab")},
         "params": n, "steps": a.steps, "warmup": a.warmup,
         "median_step_s": median, "min_step_s": min(times), "max_step_s": max(times),
-        "tokens_per_s": a.batch * a.seq_len / median,
+        "tokens_per_s": tokens_per_s,
         "median_step_cpu_s": statistics.median(cpu_times),
         "cpu_utilisation": sum(cpu_times) / sum(times),  # ~threads when uncontended
         "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,  # KB on Linux

@@ -73,7 +73,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if let Some(path) = &args.save_state
         && spec.checkpoint.interval == 0
     {
-        state::save(path, &trainer.state())?;
+        state::save(path, &trainer.state()?)?;
     }
     if let Some(path) = &args.export {
         trainer.export_llmc(path)?;

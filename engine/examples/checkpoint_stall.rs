@@ -24,14 +24,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut trainer = Trainer::new(&spec, Box::new(SingleProcess))?;
     // One step, so the optimizer moments exist and hold real values.
     trainer.train_step()?;
-    let probe = trainer.state();
+    let probe = trainer.state().expect("state");
     let floats = probe.params.len() + probe.optimizer.m.len() + probe.optimizer.v.len();
     let source: Vec<f32> = (0..floats).map(|i| i as f32).collect();
     drop(probe);
     let (mut state_s, mut copy_s) = (vec![], vec![]);
     for _ in 0..reps {
         let t = Instant::now();
-        let s = trainer.state();
+        let s = trainer.state().expect("state");
         state_s.push(t.elapsed().as_secs_f64());
         drop(s);
         let t = Instant::now();

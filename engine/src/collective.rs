@@ -7,6 +7,8 @@
 
 use std::ops::Range;
 
+use cudarc::driver::{CudaSlice, CudaStream};
+
 use crate::error::Result;
 
 /// Ranges of the flat gradient buffer that become final together during a backward pass.
@@ -46,6 +48,59 @@ impl GradReducer for SingleProcess {
         Ok(())
     }
     fn finish(&mut self, _grads: &mut [f32]) -> Result<()> {
+        Ok(())
+    }
+    fn sum_scalars(&mut self, _values: &mut [f64]) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The CUDA backend's all-reduce: gradients stay on the GPU and the stream is the clock.
+///
+/// Same contract as [`GradReducer`], but "final" means "final once the work queued so far on
+/// the compute stream has run": the host never waits for the GPU between buckets. An
+/// implementation makes its own stream wait on that point (an event recorded on `compute`),
+/// reduces in place there, and `finish` makes `compute` wait for all of it, so the kernels
+/// queued after `finish` (the norm, the optimizer) see the mean over ranks.
+pub trait DeviceGradReducer: Send {
+    fn rank(&self) -> usize;
+    fn world_size(&self) -> usize;
+    /// The ranges of `bucket` in `grads` are final once `compute`'s queued work is done; the
+    /// compute stream does not touch them again before `finish`.
+    fn bucket_ready(
+        &mut self,
+        grads: &CudaSlice<f32>,
+        bucket: &[Range<usize>],
+        compute: &CudaStream,
+    ) -> Result<()>;
+    /// Makes `compute` wait for every bucket's reduction. An implementation may also block
+    /// the host until the reductions are done (NCCL's does: it is where a failed or hung
+    /// collective is caught, before any update could read a partial average).
+    fn finish(&mut self, grads: &mut CudaSlice<f32>, compute: &CudaStream) -> Result<()>;
+    /// Sums `values` over ranks in place (losses, counts for metrics); blocks the host.
+    fn sum_scalars(&mut self, values: &mut [f64]) -> Result<()>;
+}
+
+/// World size 1 on a GPU: nothing to exchange.
+#[derive(Debug, Default)]
+pub struct SingleDevice;
+
+impl DeviceGradReducer for SingleDevice {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn world_size(&self) -> usize {
+        1
+    }
+    fn bucket_ready(
+        &mut self,
+        _grads: &CudaSlice<f32>,
+        _bucket: &[Range<usize>],
+        _compute: &CudaStream,
+    ) -> Result<()> {
+        Ok(())
+    }
+    fn finish(&mut self, _grads: &mut CudaSlice<f32>, _compute: &CudaStream) -> Result<()> {
         Ok(())
     }
     fn sum_scalars(&mut self, _values: &mut [f64]) -> Result<()> {

@@ -33,6 +33,10 @@ pub enum EngineError {
     /// The gradient all-reduce failed (a lost peer, a timeout).
     #[error("collective: {0}")]
     Collective(String),
+    /// The GPU could not do what the CUDA backend asked: no usable GPU, out of memory (with the
+    /// estimated need), a kernel that did not compile or load, a failed launch.
+    #[error("GPU: {0}")]
+    Gpu(String),
 }
 
 impl EngineError {

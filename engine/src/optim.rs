@@ -50,7 +50,7 @@ impl Optimizer {
         }
     }
 
-    fn decay_for(&self, group: &ParamGroup) -> f32 {
+    pub(crate) fn decay_for(&self, group: &ParamGroup) -> f32 {
         match self.spec.decay_on {
             crate::spec::DecayOn::All => self.spec.weight_decay,
             crate::spec::DecayOn::Matrices if group.is_matrix => self.spec.weight_decay,

@@ -61,7 +61,7 @@ fn bits(x: &[f32]) -> Vec<u32> {
 
 fn trained_state(dir: &Path) -> (JobSpec, TrainState) {
     let spec = tiny_spec(dir, "3e-3");
-    let state = train(&spec, 3).state();
+    let state = train(&spec, 3).state().expect("state");
     (spec, state)
 }
 
@@ -130,7 +130,7 @@ fn llmc_export_reads_back_and_needs_a_gpt() {
     // A classifier has no llm.c form; its safetensors export still works.
     let mut mlp = JobSpec::load(&root().join("examples/digits-mlp.toml")).expect("example");
     mlp.steps = 2;
-    let st = train(&mlp, 1).state();
+    let st = train(&mlp, 1).state().expect("state");
     assert!(st.gpt.is_none());
     let e = export(&st, ExportFormat::Llmc, &path)
         .expect_err("not a GPT")
@@ -199,7 +199,7 @@ fn init_params_from_copies_only_the_parameters() {
     assert_eq!(t.step(), 0);
     assert!(t.last_metrics().is_none());
     assert_eq!(bits(t.model().params()), bits(&st.params));
-    let fresh = t.state();
+    let fresh = t.state().expect("state");
     assert_eq!(fresh.optimizer.step, 0);
     assert!(fresh.optimizer.m.iter().all(|&x| x == 0.0));
     assert_eq!(t.train_step().expect("step").step, 1);

@@ -88,7 +88,7 @@ fn resumed_job_continues_bit_exactly() {
 
     let first = train(&spec, 4);
     let path = dir.path().join("state.bin");
-    state::save(&path, &first.state()).expect("save");
+    state::save(&path, &first.state().expect("state")).expect("save");
     drop(first);
     let mut resumed = Trainer::new(&spec, Box::new(SingleProcess)).expect("trainer");
     resumed
@@ -263,7 +263,7 @@ fn parameters_do_not_depend_on_the_thread_count() {
 fn a_state_from_another_model_is_refused_by_name() {
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = tiny_spec(dir.path(), "", "");
-    let state = train(&spec, 1).state();
+    let state = train(&spec, 1).state().expect("state");
     let mut other = spec.clone();
     if let convoy_engine::spec::ModelSpec::Gpt(g) = &mut other.model {
         g.n_layer = 3;
@@ -277,4 +277,40 @@ fn a_state_from_another_model_is_refused_by_name() {
         e.contains("cannot resume") && e.contains("n_layer=2") && e.contains("n_layer=3"),
         "{e}"
     );
+}
+
+#[test]
+fn a_cuda_spec_needs_a_gpu_and_a_gpt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = tiny_spec(dir.path(), "backend = \"cuda\"", "");
+    let made = Trainer::new(&spec, Box::new(SingleProcess));
+    if convoy_kernels::cuda::device_count() == 0 {
+        let e = made.err().expect("no GPU here").to_string();
+        assert!(e.starts_with("GPU: backend = \"cuda\" but "), "{e}");
+        assert!(e.contains("set backend = \"cpu\""), "{e}");
+        assert!(!e.contains('\n'), "one line: {e}");
+    } else {
+        made.expect("a GPU is present");
+    }
+
+    let mlp_path = dir.path().join("mlp.toml");
+    std::fs::write(
+        &mlp_path,
+        std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/digits-mlp.toml"),
+        )
+        .expect("example")
+        .replacen("[model]", "backend = \"cuda\"\n[model]", 1),
+    )
+    .expect("write");
+    match JobSpec::load(&mlp_path) {
+        Ok(mlp) => {
+            let e = Trainer::new(&mlp, Box::new(SingleProcess))
+                .err()
+                .expect("the MLP trains on the CPU")
+                .to_string();
+            assert!(e.contains("trains GPT models"), "{e}");
+        }
+        Err(e) => panic!("the digits example with backend = cuda should parse: {e}"),
+    }
 }

@@ -1,28 +1,25 @@
 //! TFLOP/s of matmul.cu's GEMMs at GPT-2 124M's shapes (B·T = M = 4096 rows, C = 768, padded
-//! vocabulary 50304), fp32 (CUDA cores) and bf16 (tensor cores, fp32 accumulate).
+//! vocabulary 50304), fp32 (CUDA cores) and bf16 (tensor cores, fp32 accumulate), beside
+//! cuBLASLt through cudarc on the same shapes (the `--cublaslt` columns need libcublasLt on
+//! LD_LIBRARY_PATH).
 //!
-//!     cargo run --release -p convoy-kernels --example gpu_gemm_bench
+//!     cargo run --release -p convoy-kernels --example gpu_gemm_bench [-- --cublaslt]
 //!
 //! Each row times one layer's three products, as the training step runs them: forward
-//! out [M, OC] = inp [M, C]·weightᵀ ("nt"), dinp [M, C] += dout·weight ("nn") and
-//! dweight [OC, C] += doutᵀ·inp ("tn"), 2·M·C·OC flops each; medians of 9 timed launches (CUDA
-//! events) after 2 warm-up launches. Prints "no GPU" and exits 0 on a machine without one.
+//! out [M, OC] = inp [M, C]·weightᵀ, dinp [M, C] += dout·weight and dweight [OC, C] +=
+//! doutᵀ·inp, 2·M·C·OC flops each; medians of 9 timed launches (CUDA events) after 2 warm-up
+//! launches. cuBLASLt's bf16 products write bf16 outputs (its cudarc binding has one element
+//! type per call) and its fp32 ones compute in TF32 (cudarc's choice), so those columns are
+//! the vendor library's best case, not the same arithmetic. Prints "no GPU" and exits 0 on a
+//! machine without one.
 
+use cudarc::cublaslt::{CudaBlasLT, Matmul, MatmulConfig};
+use cudarc::driver::CudaSlice;
 use cudarc::driver::sys::CUevent_flags;
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use half::bf16;
 
 use convoy_kernels::cuda::Device;
-
-const TILE: u32 = 128;
-
-/// Grid and block of every GEMM kernel of matmul.cu: one 128×128 tile of C per 256 threads.
-fn gemm_cfg(m: usize, n: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: ((n as u32).div_ceil(TILE), (m as u32).div_ceil(TILE), 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
+use convoy_kernels::cuda::ops::{self, Gemm};
 
 fn median(mut v: Vec<f32>) -> f32 {
     v.sort_by(f32::total_cmp);
@@ -36,7 +33,7 @@ fn fill(n: usize, seed: usize) -> Vec<f32> {
         .collect()
 }
 
-/// Median milliseconds of `run` (one launch on the device's stream).
+/// Median milliseconds of `run` (launches on the device's stream).
 fn time_ms(dev: &Device, mut run: impl FnMut()) -> f32 {
     let s = &dev.stream;
     for _ in 0..2 {
@@ -54,35 +51,27 @@ fn time_ms(dev: &Device, mut run: impl FnMut()) -> f32 {
     median(times)
 }
 
-/// A generic gemm_bf16_* / gemm_f32_* launch without batch, bias or alpha.
-#[allow(clippy::too_many_arguments)] // the kernel's contract: every buffer with its shape
-fn generic<TC, TAB>(
-    dev: &Device,
-    kernel: &str,
-    c: &mut CudaSlice<TC>,
-    a: &CudaSlice<TAB>,
-    b: &CudaSlice<TAB>,
-    [m, n, k, lda, ldb, ldc]: [usize; 6],
-    accumulate: bool,
-) {
-    let f = dev.function("matmul", kernel).expect("kernel");
-    let dims = [m, n, k, lda, ldb, ldc].map(|x| x as i32);
-    let (zero, null, one, alpha) = (0i64, 0u64, 1i32, 1.0f32);
-    let acc = i32::from(accumulate);
-    let mut launch = dev.stream.launch_builder(&f);
-    launch.arg(c).arg(a).arg(b).arg(&null);
-    for d in &dims {
-        launch.arg(d);
+/// cuBLASLt (column-major) computing the row-major product `g` (no batch): C = op(A)·op(B)
+/// row-major is Cᵀ = op(B)ᵀ·op(A)ᵀ column-major, so A and B swap and m and n swap.
+fn lt_config(g: &Gemm) -> MatmulConfig {
+    MatmulConfig {
+        transa: g.tb,
+        transb: g.ta,
+        transc: false,
+        m: g.n as u64,
+        n: g.m as u64,
+        k: g.k as u64,
+        alpha: 1.0,
+        lda: g.ldb as i64,
+        ldb: g.lda as i64,
+        beta: if g.accumulate { 1.0 } else { 0.0 },
+        ldc: g.ldc as i64,
+        stride_a: None,
+        stride_b: None,
+        stride_c: None,
+        stride_bias: None,
+        batch_size: None,
     }
-    for _ in 0..6 {
-        launch.arg(&zero);
-    }
-    launch.arg(&one).arg(&alpha).arg(&acc);
-    // SAFETY: gemm_*(C, A, B, bias = null, M, N, K, lda, ldb, ldc, six zero batch strides,
-    // batch_inner = 1, alpha, accumulate) with buffers sized by the caller for these shapes
-    // (C [m, ldc], A and B holding op(A) [m, k] and op(B) [k, n] at their leading dimensions);
-    // grid (⌈N/128⌉, ⌈M/128⌉, 1) of 256 threads as the kernels require.
-    unsafe { launch.launch(gemm_cfg(m, n)) }.expect("launch");
 }
 
 fn main() {
@@ -94,19 +83,28 @@ fn main() {
         }
         Err(e) => panic!("the GPU is present but unusable: {e}"),
     };
+    let lt = std::env::args().any(|a| a == "--cublaslt").then(|| {
+        CudaBlasLT::new(dev.stream.clone()).expect("cuBLASLt (is libcublasLt on LD_LIBRARY_PATH?)")
+    });
     let s = dev.stream.clone();
     println!("GPU sm_{}{}", dev.arch.major, dev.arch.minor);
-    println!(
-        "{:<26} {:>9} {:>9} {:>9}   {:>9} {:>9} {:>9} {:>11}",
+    let mut header = format!(
+        "{:<30} {:>8} {:>8} {:>8}   {:>8} {:>8} {:>8}",
         "layer [M x C] -> [M x OC]",
         "f32 fwd",
         "f32 dinp",
         "f32 dW",
         "bf16 fwd",
-        "bf16 dinp",
-        "bf16 dW",
-        "bf16 fwd/bf16"
+        "bf16 din",
+        "bf16 dW"
     );
+    if lt.is_some() {
+        header += &format!(
+            "   {:>8} {:>8} {:>8} {:>8}",
+            "lt bf16f", "lt bf16i", "lt bf16w", "lt tf32f"
+        );
+    }
+    println!("{header}");
     let m = 4096usize;
     let layers = [
         ("qkv", 768, 2304),
@@ -115,16 +113,9 @@ fn main() {
         ("fcproj", 3072, 768),
         ("lm_head", 768, 50304),
     ];
-    let to_bf16 = dev.function("matmul", "f32_to_bf16").expect("kernel");
-    let bf16 = |x: &CudaSlice<f32>| -> CudaSlice<u16> {
-        let n = x.len();
-        let mut y = s.alloc_zeros::<u16>(n).expect("alloc");
-        let n_arg = n as i64;
-        let mut launch = s.launch_builder(&to_bf16);
-        launch.arg(&mut y).arg(x).arg(&n_arg);
-        // SAFETY: f32_to_bf16(out [n] bf16, inp [n] f32, n): n u16 and n floats, one thread
-        // per element, bounds-checked.
-        unsafe { launch.launch(LaunchConfig::for_num_elems(n as u32)) }.expect("launch");
+    let rounded = |x: &CudaSlice<f32>| -> CudaSlice<u16> {
+        let mut y = s.alloc_zeros::<u16>(x.len()).expect("alloc");
+        ops::to_bf16(&dev, &mut y.as_view_mut(), &x.as_view(), x.len()).expect("convert");
         y
     };
     for (name, c, oc) in layers {
@@ -134,104 +125,115 @@ fn main() {
         let mut out = s.alloc_zeros::<f32>(m * oc).expect("alloc");
         let mut dinp = s.alloc_zeros::<f32>(m * c).expect("alloc");
         let mut dweight = s.alloc_zeros::<f32>(oc * c).expect("alloc");
-        let (n_arg, c_arg, oc_arg) = (m as i32, c as i32, oc as i32);
         let tflops = |ms: f32| 2.0 * (m * c * oc) as f64 / (f64::from(ms) * 1e-3) / 1e12;
-        let null = 0u64;
+        // The three products of a linear layer, as gemm shapes.
+        let fwd_g = Gemm::dense(false, true, m, oc, c);
+        let dinp_g = Gemm {
+            accumulate: true,
+            ..Gemm::dense(false, false, m, c, oc)
+        };
+        let dw_g = Gemm {
+            accumulate: true,
+            ..Gemm::dense(true, false, oc, c, m)
+        };
 
-        let f = dev.function("matmul", "matmul_forward").expect("kernel");
-        let fwd = time_ms(&dev, || {
-            let mut launch = s.launch_builder(&f);
-            launch.arg(&mut out).arg(&inp).arg(&weight).arg(&null);
-            launch.arg(&n_arg).arg(&c_arg).arg(&oc_arg);
-            // SAFETY: matmul_forward(out [M, OC], inp [M, C], weight [OC, C], bias null, M, C,
-            // OC) with buffers of m·oc, m·c, oc·c floats; grid (⌈OC/128⌉, ⌈M/128⌉) of 256.
-            unsafe { launch.launch(gemm_cfg(m, oc)) }.expect("launch");
-        });
-        let f = dev
-            .function("matmul", "matmul_backward_dinp")
-            .expect("kernel");
-        let bwd_in = time_ms(&dev, || {
-            let mut launch = s.launch_builder(&f);
-            launch.arg(&mut dinp).arg(&dout).arg(&weight);
-            launch.arg(&n_arg).arg(&c_arg).arg(&oc_arg);
-            // SAFETY: matmul_backward_dinp(dinp [M, C], dout [M, OC], weight [OC, C], M, C, OC)
-            // with buffers of m·c, m·oc, oc·c floats; grid (⌈C/128⌉, ⌈M/128⌉) of 256.
-            unsafe { launch.launch(gemm_cfg(m, c)) }.expect("launch");
-        });
-        let f = dev
-            .function("matmul", "matmul_backward_dweight")
-            .expect("kernel");
-        let bwd_w = time_ms(&dev, || {
-            let mut launch = s.launch_builder(&f);
-            launch.arg(&mut dweight).arg(&dout).arg(&inp);
-            launch.arg(&n_arg).arg(&c_arg).arg(&oc_arg);
-            // SAFETY: matmul_backward_dweight(dweight [OC, C], dout [M, OC], inp [M, C], M, C,
-            // OC) with buffers of oc·c, m·oc, m·c floats; grid (⌈C/128⌉, ⌈OC/128⌉) of 256.
-            unsafe { launch.launch(gemm_cfg(oc, c)) }.expect("launch");
-        });
-
-        let (inp_h, weight_h, dout_h) = (bf16(&inp), bf16(&weight), bf16(&dout));
-        let mut out_h = s.alloc_zeros::<u16>(m * oc).expect("alloc");
-        let h_fwd = time_ms(&dev, || {
-            let shape = [m, oc, c, c, c, oc];
-            generic(
-                &dev,
-                "gemm_bf16_nt",
-                &mut out,
-                &inp_h,
-                &weight_h,
-                shape,
-                false,
-            );
-        });
-        let h_in = time_ms(&dev, || {
-            let shape = [m, c, oc, oc, c, c];
-            generic(
-                &dev,
-                "gemm_bf16_nn",
-                &mut dinp,
-                &dout_h,
-                &weight_h,
-                shape,
-                true,
-            );
-        });
-        let h_w = time_ms(&dev, || {
-            let shape = [oc, c, m, oc, c, c];
-            generic(
-                &dev,
-                "gemm_bf16_tn",
-                &mut dweight,
-                &dout_h,
-                &inp_h,
-                shape,
-                true,
-            );
-        });
-        let h_fwd16 = time_ms(&dev, || {
-            let shape = [m, oc, c, c, c, oc];
-            generic(
-                &dev,
-                "gemm_bf16_nt_bf16out",
-                &mut out_h,
-                &inp_h,
-                &weight_h,
-                shape,
-                false,
-            );
-        });
+        let mut row = vec![
+            time_ms(&dev, || {
+                let (i, w) = (inp.as_view(), weight.as_view());
+                ops::matmul_forward(&dev, &mut out.as_view_mut(), &i, &w, None, m, c, oc)
+                    .expect("launch");
+            }),
+            time_ms(&dev, || {
+                ops::gemm_f32(
+                    &dev,
+                    &dinp_g,
+                    &mut dinp.as_view_mut(),
+                    &dout.as_view(),
+                    &weight.as_view(),
+                    None,
+                )
+                .expect("launch");
+            }),
+            time_ms(&dev, || {
+                ops::gemm_f32(
+                    &dev,
+                    &dw_g,
+                    &mut dweight.as_view_mut(),
+                    &dout.as_view(),
+                    &inp.as_view(),
+                    None,
+                )
+                .expect("launch");
+            }),
+        ];
+        let (inp_h, weight_h, dout_h) = (rounded(&inp), rounded(&weight), rounded(&dout));
+        for (g, c_buf, a, b) in [
+            (&fwd_g, &mut out, &inp_h, &weight_h),
+            (&dinp_g, &mut dinp, &dout_h, &weight_h),
+            (&dw_g, &mut dweight, &dout_h, &inp_h),
+        ] {
+            row.push(time_ms(&dev, || {
+                ops::gemm_bf16(
+                    &dev,
+                    g,
+                    &mut c_buf.as_view_mut(),
+                    &a.as_view(),
+                    &b.as_view(),
+                    None,
+                )
+                .expect("launch");
+            }));
+        }
+        if let Some(lt) = &lt {
+            // The same bit patterns as cudarc's bf16 type.
+            let as_bf16 = |x: &CudaSlice<u16>| -> CudaSlice<bf16> {
+                let host: Vec<bf16> = s
+                    .clone_dtoh(x)
+                    .expect("download")
+                    .into_iter()
+                    .map(bf16::from_bits)
+                    .collect();
+                s.clone_htod(&host).expect("upload")
+            };
+            let (i16, w16, d16) = (as_bf16(&inp_h), as_bf16(&weight_h), as_bf16(&dout_h));
+            let mut o16 = s.alloc_zeros::<bf16>(m * oc).expect("alloc");
+            let mut di16 = s.alloc_zeros::<bf16>(m * c).expect("alloc");
+            let mut dw16 = s.alloc_zeros::<bf16>(oc * c).expect("alloc");
+            for (g, a, b, out16) in [
+                (&fwd_g, &i16, &w16, &mut o16),
+                (&dinp_g, &d16, &w16, &mut di16),
+                (&dw_g, &d16, &i16, &mut dw16),
+            ] {
+                row.push(time_ms(&dev, || {
+                    // SAFETY: cuBLASLt reads op(A) [m, k], op(B) [k, n] and writes C [m, n] at
+                    // the leading dimensions of `g`, which these buffers hold exactly.
+                    unsafe { lt.matmul(lt_config(g), b, a, out16, None, None) }.expect("cuBLASLt");
+                }));
+            }
+            row.push(time_ms(&dev, || {
+                // SAFETY: as above, fp32 buffers of exactly the forward's sizes.
+                unsafe { lt.matmul(lt_config(&fwd_g), &weight, &inp, &mut out, None, None) }
+                    .expect("cuBLASLt");
+            }));
+        }
         s.synchronize().expect("sync");
+        let cells: Vec<String> = row
+            .iter()
+            .map(|&ms| format!("{:>8.1}", tflops(ms)))
+            .collect();
         println!(
-            "{:<26} {:>9.1} {:>9.1} {:>9.1}   {:>9.1} {:>9.1} {:>9.1} {:>11.1}",
+            "{:<30} {}   {}{}",
             format!("{name} [{m}x{c}]->[{m}x{oc}]"),
-            tflops(fwd),
-            tflops(bwd_in),
-            tflops(bwd_w),
-            tflops(h_fwd),
-            tflops(h_in),
-            tflops(h_w),
-            tflops(h_fwd16)
+            cells[..3].join(" "),
+            cells[3..6].join(" "),
+            if cells.len() > 6 {
+                format!("   {}", cells[6..].join(" "))
+            } else {
+                String::new()
+            }
         );
     }
-    println!("(TFLOP/s; fp32 columns on CUDA cores, bf16 columns on tensor cores)");
+    println!(
+        "(TFLOP/s; f32 on CUDA cores, bf16 on tensor cores with fp32 accumulate; lt = cuBLASLt)"
+    );
 }

@@ -46,103 +46,41 @@ mod launch {
             shared_mem_bytes: 0,
         }
     }
+}
 
-    /// The shape and strides of one generic (batched) GEMM call; batch z = zo·inner + zi
-    /// starts at X + zo·sx.0 + zi·sx.1 for X = A, B, C.
-    #[derive(Clone, Copy, Debug)]
-    pub struct Gemm {
-        pub ta: bool,
-        pub tb: bool,
-        pub m: usize,
-        pub n: usize,
-        pub k: usize,
-        pub lda: usize,
-        pub ldb: usize,
-        pub ldc: usize,
-        pub sa: (usize, usize),
-        pub sb: (usize, usize),
-        pub sc: (usize, usize),
-        pub outer: usize,
-        pub inner: usize,
-        pub alpha: f32,
-        pub accumulate: bool,
-    }
+use convoy_kernels::cuda::ops::Gemm;
 
-    impl Gemm {
-        /// `gemm_{prefix}_{nn,nt,tn,tt}{suffix}`.
-        pub fn kernel(&self, prefix: &str, suffix: &str) -> String {
-            let t = |b: bool| if b { 't' } else { 'n' };
-            format!("gemm_{prefix}_{}{}{suffix}", t(self.ta), t(self.tb))
-        }
-
-        /// Elements of A, B and C the call touches from the pointers it is given (the smallest
-        /// buffers it may be launched on).
-        pub fn extents(&self) -> (usize, usize, usize) {
-            let last = |s: (usize, usize), rows: usize, ld: usize, cols: usize| {
-                (self.outer - 1) * s.0 + (self.inner - 1) * s.1 + (rows - 1) * ld + cols
-            };
-            let (ar, ac) = if self.ta {
-                (self.k, self.m)
-            } else {
-                (self.m, self.k)
-            };
-            let (br, bc) = if self.tb {
-                (self.n, self.k)
-            } else {
-                (self.k, self.n)
-            };
-            (
-                last(self.sa, ar.max(1), self.lda, ac),
-                last(self.sb, br.max(1), self.ldb, bc),
-                last(self.sc, self.m, self.ldc, self.n),
-            )
-        }
-
-        /// `c = alpha·op(a)·op(b) + bias + (c if accumulate)` in f64, batch by batch.
-        pub fn reference(&self, a: &[f32], b: &[f32], bias: Option<&[f32]>, c: &mut [f32]) {
-            for zo in 0..self.outer {
-                for zi in 0..self.inner {
-                    let (oa, ob, oc) = (
-                        zo * self.sa.0 + zi * self.sa.1,
-                        zo * self.sb.0 + zi * self.sb.1,
-                        zo * self.sc.0 + zi * self.sc.1,
-                    );
-                    for i in 0..self.m {
-                        for j in 0..self.n {
-                            let mut s = 0.0f64;
-                            for p in 0..self.k {
-                                let av = a[oa
-                                    + if self.ta {
-                                        p * self.lda + i
-                                    } else {
-                                        i * self.lda + p
-                                    }];
-                                let bv = b[ob
-                                    + if self.tb {
-                                        j * self.ldb + p
-                                    } else {
-                                        p * self.ldb + j
-                                    }];
-                                s += f64::from(av) * f64::from(bv);
-                            }
-                            let out = &mut c[oc + i * self.ldc + j];
-                            let mut v = f64::from(self.alpha) * s;
-                            if let Some(bias) = bias {
-                                v += f64::from(bias[j]);
-                            }
-                            if self.accumulate {
-                                v += f64::from(*out);
-                            }
-                            *out = v as f32;
-                        }
+/// `c = alpha·op(a)·op(b) + bias + (c if accumulate)` in f64, batch by batch.
+fn reference(g: &Gemm, a: &[f32], b: &[f32], bias: Option<&[f32]>, c: &mut [f32]) {
+    for zo in 0..g.outer {
+        for zi in 0..g.inner {
+            let (oa, ob, oc) = (
+                zo * g.sa.0 + zi * g.sa.1,
+                zo * g.sb.0 + zi * g.sb.1,
+                zo * g.sc.0 + zi * g.sc.1,
+            );
+            for i in 0..g.m {
+                for j in 0..g.n {
+                    let mut s = 0.0f64;
+                    for p in 0..g.k {
+                        let av = a[oa + if g.ta { p * g.lda + i } else { i * g.lda + p }];
+                        let bv = b[ob + if g.tb { j * g.ldb + p } else { p * g.ldb + j }];
+                        s += f64::from(av) * f64::from(bv);
                     }
+                    let out = &mut c[oc + i * g.ldc + j];
+                    let mut v = f64::from(g.alpha) * s;
+                    if let Some(bias) = bias {
+                        v += f64::from(bias[j]);
+                    }
+                    if g.accumulate {
+                        v += f64::from(*out);
+                    }
+                    *out = v as f32;
                 }
             }
         }
     }
 }
-
-use launch::Gemm;
 
 /// rtol and atol for sums of `k` products of data in [-1, 1) (see the module comment).
 fn fp32_tolerance(k: usize) -> (f32, f32) {
@@ -418,7 +356,8 @@ fn generic_fp32_gemms_match_a_cpu_loop() {
         }
         let got = s.clone_dtoh(&c_d).expect("download");
         let mut want = c0.clone();
-        g.reference(
+        reference(
+            &g,
             &a[off..],
             &b[off..],
             with_bias.then_some(&bias[..]),
@@ -479,7 +418,7 @@ fn generic_bf16_gemms_match_the_rounded_cpu_product() {
         }
         let got = s.clone_dtoh(&c_d).expect("download");
         let mut want = c0.clone();
-        g.reference(&a_f[off..], &b_f[off..], bias_h, &mut want[off..]);
+        reference(&g, &a_f[off..], &b_f[off..], bias_h, &mut want[off..]);
         let what = format!("{} {g:?} offset {off}", g.kernel("bf16", ""));
         assert_close(&what, &got, &want, rtol, atol);
 
@@ -502,7 +441,7 @@ fn generic_bf16_gemms_match_the_rounded_cpu_product() {
             .map(bf16_value)
             .collect();
         let mut want: Vec<f32> = c0.iter().map(|&x| bf16_value(x)).collect();
-        g.reference(&a_f[off..], &b_f[off..], bias_h, &mut want[off..]);
+        reference(&g, &a_f[off..], &b_f[off..], bias_h, &mut want[off..]);
         let s_typ = (g.k.max(1) as f32 / 3.0).sqrt() * g.alpha.abs().max(1.0);
         let what = format!("{} {g:?} offset {off}", g.kernel("bf16", "_bf16out"));
         assert_close(&what, &got, &want, 1e-2, 1e-2 * s_typ);

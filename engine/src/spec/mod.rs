@@ -39,6 +39,10 @@ pub struct JobSpec {
     pub world_size: usize,
     #[serde(default)]
     pub backend: Backend,
+    /// The arithmetic of the GEMMs on the CUDA backend (left out of the canonical form when
+    /// fp32, so existing specs keep their resume hash).
+    #[serde(default, skip_serializing_if = "Precision::is_fp32")]
+    pub precision: Precision,
     /// CPU threads per rank (default: all cores).
     #[serde(default)]
     pub threads: Option<usize>,
@@ -70,6 +74,23 @@ pub enum Backend {
     #[default]
     Cpu,
     Cuda,
+}
+
+/// `fp32`: every op in fp32. `bf16` (CUDA only): the matrix products of the GPT's linear
+/// layers and LM head take bf16 operands on the tensor cores and accumulate in fp32; weights,
+/// optimizer state, activations and every other op stay fp32 (the master copy).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    Bf16,
+}
+
+impl Precision {
+    pub fn is_fp32(&self) -> bool {
+        *self == Precision::Fp32
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

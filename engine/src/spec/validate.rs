@@ -26,6 +26,10 @@ impl JobSpec {
             )
         })?;
         check(self.steps >= 1, || "steps = 0: must be at least 1".into())?;
+        check(
+            self.precision.is_fp32() || self.backend == super::Backend::Cuda,
+            || "precision = \"bf16\" needs backend = \"cuda\" (the CPU backend is fp32)".into(),
+        )?;
         check(self.batch_size >= 1, || {
             "batch_size = 0: must be at least 1".into()
         })?;

@@ -3,14 +3,16 @@
 //! The trainer does no I/O of its own: it reports steps, evaluations, checkpoints and samples
 //! as [`Event`]s to its caller, which prints them (CLI) or streams them (worker).
 
+mod gpu;
 mod task;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use convoy_kernels::gradnorm;
 use serde::{Deserialize, Serialize};
 
-use crate::collective::GradReducer;
+use crate::collective::{DeviceGradReducer, GradReducer, SingleDevice};
 use crate::data::loader::LoaderPosition;
 use crate::error::{EngineError, Result};
 use crate::metrics::ClassMetrics;
@@ -19,6 +21,9 @@ use crate::model::{Model, TensorInfo};
 use crate::optim::{Optimizer, OptimizerState};
 use crate::schedule::learning_rate;
 use crate::spec::{Backend, JobSpec, NanPolicy};
+use convoy_kernels::cuda::Device;
+pub use gpu::open_gpu;
+use gpu::{GpuStep, check_gpu_model};
 use task::Task;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -97,8 +102,7 @@ pub struct Summary {
 pub struct Trainer {
     spec: JobSpec,
     task: Task,
-    optimizer: Optimizer,
-    reducer: Box<dyn GradReducer>,
+    compute: Compute,
     step: u64,
     /// `spec.resume_hash()`, computed once.
     spec_hash: u64,
@@ -106,15 +110,102 @@ pub struct Trainer {
     last_metrics: Option<StepMetrics>,
 }
 
+/// Where the step's arithmetic runs: the host (the model's buffers, the host optimizer, a
+/// host all-reduce) or a GPU (the model, the optimizer state and the all-reduce on the device).
+enum Compute {
+    Host {
+        optimizer: Optimizer,
+        reducer: Box<dyn GradReducer>,
+    },
+    Gpu(Box<GpuStep>),
+}
+
+impl Compute {
+    fn rank(&self) -> usize {
+        match self {
+            Compute::Host { reducer, .. } => reducer.rank(),
+            Compute::Gpu(g) => g.reducer.rank(),
+        }
+    }
+    fn world_size(&self) -> usize {
+        match self {
+            Compute::Host { reducer, .. } => reducer.world_size(),
+            Compute::Gpu(g) => g.reducer.world_size(),
+        }
+    }
+    fn sum_scalars(&mut self, values: &mut [f64]) -> Result<()> {
+        match self {
+            Compute::Host { reducer, .. } => reducer.sum_scalars(values),
+            Compute::Gpu(g) => g.reducer.sum_scalars(values),
+        }
+    }
+}
+
 impl Trainer {
     /// Builds the model and data of `spec` for the reducer's rank. Paths in the spec must be
     /// absolute or relative to the working directory (see [`JobSpec::load`]).
+    ///
+    /// A `backend = "cuda"` spec trains on GPU 0 when this is a single process (`convoy
+    /// train`); ranks of a cluster job build their trainer with [`Trainer::on_gpu`] instead,
+    /// with an NCCL all-reduce.
     pub fn new(spec: &JobSpec, reducer: Box<dyn GradReducer>) -> Result<Trainer> {
         if spec.backend == Backend::Cuda {
-            return Err(EngineError::Spec(
-                "backend = \"cuda\": this build of convoy trains on the CPU backend only".into(),
-            ));
+            check_gpu_model(spec)?;
+            if reducer.world_size() != 1 {
+                return Err(EngineError::Spec(format!(
+                    "backend = \"cuda\" with {} ranks needs the GPU all-reduce (NCCL): submit \
+                     the job to a cluster",
+                    reducer.world_size()
+                )));
+            }
+            return Trainer::on_gpu(spec, Arc::new(open_gpu(0)?), Box::new(SingleDevice));
         }
+        Trainer::build(spec, reducer.rank(), reducer.world_size(), |task| {
+            let model = task.model();
+            Ok(Compute::Host {
+                optimizer: Optimizer::new(
+                    &spec.optimizer,
+                    model.param_groups(),
+                    model.params().len(),
+                ),
+                reducer,
+            })
+        })
+    }
+
+    /// Builds the model and data of `spec` (`backend = "cuda"`) on `device`, reducing
+    /// gradients over the ranks with `reducer`.
+    pub fn on_gpu(
+        spec: &JobSpec,
+        device: Arc<Device>,
+        reducer: Box<dyn DeviceGradReducer>,
+    ) -> Result<Trainer> {
+        check_gpu_model(spec)?;
+        Trainer::build(spec, reducer.rank(), reducer.world_size(), |task| {
+            task.attach_gpu(
+                device.clone(),
+                GpuStep::moments(&spec.optimizer),
+                spec.precision,
+            )?;
+            let model = task.model();
+            let step = GpuStep::new(
+                device,
+                reducer,
+                &spec.optimizer,
+                model.param_groups(),
+                model.params().len(),
+            )?;
+            Ok(Compute::Gpu(Box::new(step)))
+        })
+    }
+
+    /// What both constructors share: the spec checks, the task, then the compute side.
+    fn build(
+        spec: &JobSpec,
+        rank: usize,
+        world: usize,
+        compute: impl FnOnce(&mut Task) -> Result<Compute>,
+    ) -> Result<Trainer> {
         if let Some(init) = spec
             .init_from
             .as_deref()
@@ -125,22 +216,19 @@ impl Trainer {
                  the coordinator, or export the checkpoint and point init_from at the file"
             )));
         }
-        if spec.world_size != reducer.world_size() {
+        if spec.world_size != world {
             return Err(EngineError::Spec(format!(
-                "world_size = {} but this process is one of {} rank(s); `convoy train` runs a single rank: \
+                "world_size = {} but this process is one of {world} rank(s); `convoy train` runs a single rank: \
                  set world_size = 1 or submit the job to a cluster",
                 spec.world_size,
-                reducer.world_size()
             )));
         }
-        let task = Task::new(spec, reducer.rank(), reducer.world_size())?;
-        let model = task.model();
-        let optimizer = Optimizer::new(&spec.optimizer, model.param_groups(), model.params().len());
+        let mut task = Task::new(spec, rank, world)?;
+        let compute = compute(&mut task)?;
         Ok(Trainer {
             spec: spec.clone(),
             task,
-            optimizer,
-            reducer,
+            compute,
             step: 0,
             spec_hash: spec.resume_hash(),
             last_metrics: None,
@@ -151,6 +239,8 @@ impl Trainer {
         self.step
     }
 
+    /// The model's structure (tensors, groups, fingerprint). On the CUDA backend its host
+    /// buffers are not the live parameters: [`Trainer::state`] downloads those.
     pub fn model(&self) -> &dyn Model {
         self.task.model()
     }
@@ -165,25 +255,12 @@ impl Trainer {
     pub fn train_step(&mut self) -> Result<StepMetrics> {
         let started = Instant::now();
         let accum = self.spec.grad_accum;
-        self.task.model_mut().grads_mut().fill(0.0);
-        let (mut sum, mut count) = (0.0, 0usize);
-        for micro in 0..accum {
-            let reducer = &mut self.reducer;
-            let last = micro + 1 == accum;
-            let mut hook = |g: &[f32], bucket: &crate::collective::Bucket| {
-                if last {
-                    reducer.bucket_ready(g, bucket)
-                } else {
-                    Ok(())
-                }
-            };
-            let (s, n) = self.task.forward_backward(1.0 / accum as f32, &mut hook)?;
-            sum += s;
-            count += n;
-        }
-        self.reducer.finish(self.task.model_mut().grads_mut())?;
+        let (sum, count) = match &mut self.compute {
+            Compute::Host { reducer, .. } => self.task.host_micro_steps(accum, reducer.as_mut())?,
+            Compute::Gpu(g) => self.task.gpu_micro_steps(accum, g.reducer.as_mut())?,
+        };
         let mut totals = [sum, count as f64];
-        self.reducer.sum_scalars(&mut totals)?;
+        self.compute.sum_scalars(&mut totals)?;
         let loss = totals[0] / totals[1].max(1.0);
         self.step += 1;
 
@@ -194,14 +271,27 @@ impl Trainer {
             self.spec.steps,
         );
         let (mut grad_norm, mut skipped) = (f32::NAN, false);
+        let clip = self.spec.optimizer.grad_clip;
         if loss.is_finite() {
-            let model = self.task.model_mut();
-            grad_norm = gradnorm::global_norm(model.grads());
-            if self.spec.optimizer.grad_clip > 0.0 {
-                gradnorm::clip_grads(model.grads_mut(), grad_norm, self.spec.optimizer.grad_clip);
+            match &mut self.compute {
+                Compute::Host { optimizer, .. } => {
+                    let model = self.task.model_mut();
+                    grad_norm = gradnorm::global_norm(model.grads());
+                    if clip > 0.0 {
+                        gradnorm::clip_grads(model.grads_mut(), grad_norm, clip);
+                    }
+                    let (params, grads) = model.params_and_grads();
+                    optimizer.step(params, grads, lr);
+                }
+                Compute::Gpu(g) => {
+                    let model = self
+                        .task
+                        .gpu_model()
+                        .expect("a GPU trainer has a GPU model");
+                    grad_norm = g.norm_and_clip(model, clip)?;
+                    g.update(model, lr)?;
+                }
             }
-            let (params, grads) = model.params_and_grads();
-            self.optimizer.step(params, grads, lr);
         } else {
             match self.spec.on_nan {
                 NanPolicy::Fail => {
@@ -215,7 +305,7 @@ impl Trainer {
         }
         let step_time_s = started.elapsed().as_secs_f64();
         let examples =
-            (self.task.examples_per_micro_step() * accum * self.reducer.world_size()) as f64;
+            (self.task.examples_per_micro_step() * accum * self.compute.world_size()) as f64;
         let metrics = StepMetrics {
             step: self.step,
             loss,
@@ -242,7 +332,7 @@ impl Trainer {
         // Language-model ranks evaluate disjoint slices; classifiers all see the whole set.
         let mut totals = [sum, count as f64];
         if classification.is_none() {
-            self.reducer.sum_scalars(&mut totals)?;
+            self.compute.sum_scalars(&mut totals)?;
         }
         Ok(Some(EvalMetrics {
             step: self.step,
@@ -253,40 +343,64 @@ impl Trainer {
 
     /// Text generated by a language model per the spec's `[sample]`, seeded by the job's seed
     /// and the step, or `None` when the spec asks for none.
-    pub fn sample(&mut self) -> Option<String> {
-        let s = self.spec.sample.clone()?;
+    pub fn sample(&mut self) -> Result<Option<String>> {
+        let Some(s) = self.spec.sample.clone() else {
+            return Ok(None);
+        };
         match &mut self.task {
-            Task::Lm(t) => {
-                Some(t.sample(&s, s.seed.unwrap_or(self.spec.seed.wrapping_add(self.step))))
-            }
-            Task::Classify(_) => None,
+            Task::Lm(t) => t
+                .sample(&s, s.seed.unwrap_or(self.spec.seed.wrapping_add(self.step)))
+                .map(Some),
+            Task::Classify(_) => Ok(None),
+        }
+    }
+
+    /// The live parameters: the model's buffer, or a download from the GPU.
+    fn params(&self) -> Result<std::borrow::Cow<'_, [f32]>> {
+        match self.task.gpu_model_ref() {
+            Some(g) => g.download_params().map(std::borrow::Cow::Owned),
+            None => Ok(std::borrow::Cow::Borrowed(self.model().params())),
+        }
+    }
+
+    /// Replaces the live parameters (host model, and the GPU's copy when there is one).
+    fn set_params(&mut self, params: &[f32]) -> Result<()> {
+        self.task.model_mut().params_mut().copy_from_slice(params);
+        match self.task.gpu_model() {
+            Some(g) => g.upload_params(params),
+            None => Ok(()),
         }
     }
 
     /// Writes a GPT's weights as an llm.c checkpoint file (fp32).
     pub fn export_llmc(&self, path: &std::path::Path) -> Result<()> {
         match &self.task {
-            Task::Lm(t) => crate::model::llmc::write(path, t.model.config(), t.model.params()),
+            Task::Lm(t) => crate::model::llmc::write(path, t.model.config(), &self.params()?),
             Task::Classify(_) => Err(EngineError::Spec(
                 "export to llm.c format needs a GPT model".into(),
             )),
         }
     }
 
-    /// A copy of the complete training state.
-    pub fn state(&self) -> TrainState {
+    /// A copy of the complete training state (from the GPU: a download, which waits for the
+    /// queued work).
+    pub fn state(&self) -> Result<TrainState> {
         let model = self.model();
-        TrainState {
+        let optimizer = match &self.compute {
+            Compute::Host { optimizer, .. } => optimizer.state().clone(),
+            Compute::Gpu(g) => g.state(model.params().len())?,
+        };
+        Ok(TrainState {
             model: model.fingerprint(),
             step: self.step,
-            params: model.params().to_vec(),
-            optimizer: self.optimizer.state().clone(),
+            params: self.params()?.into_owned(),
+            optimizer,
             data: self.task.data_position(),
             tensors: model.tensors(),
             gpt: self.task.gpt_config(),
             spec_hash: self.spec_hash,
             metrics: self.last_metrics.clone(),
-        }
+        })
     }
 
     /// Continues from a saved state; it must come from the same model architecture and a
@@ -316,12 +430,13 @@ impl Trainer {
                 state.step, self.spec.steps
             )));
         }
-        self.optimizer.restore(state.optimizer).map_err(bad)?;
+        let n = state.params.len();
+        match &mut self.compute {
+            Compute::Host { optimizer, .. } => optimizer.restore(state.optimizer).map_err(bad)?,
+            Compute::Gpu(g) => g.restore(&state.optimizer, n).map_err(bad)?,
+        }
         self.task.set_data_position(state.data)?;
-        self.task
-            .model_mut()
-            .params_mut()
-            .copy_from_slice(&state.params);
+        self.set_params(&state.params)?;
         self.step = state.step;
         self.last_metrics = state.metrics;
         Ok(())
@@ -347,16 +462,18 @@ impl Trainer {
             )));
         }
         self.check_param_count(state).map_err(bad)?;
-        self.task
-            .model_mut()
-            .params_mut()
-            .copy_from_slice(&state.params);
+        self.set_params(&state.params)?;
         let model = self.task.model();
-        self.optimizer = Optimizer::new(
-            &self.spec.optimizer,
-            model.param_groups(),
-            model.params().len(),
-        );
+        match &mut self.compute {
+            Compute::Host { optimizer, .. } => {
+                *optimizer = Optimizer::new(
+                    &self.spec.optimizer,
+                    model.param_groups(),
+                    model.params().len(),
+                )
+            }
+            Compute::Gpu(g) => g.reset()?,
+        }
         self.last_metrics = None;
         Ok(())
     }
@@ -398,15 +515,15 @@ impl Trainer {
                 observe(Event::Eval(&e));
             }
             if ckpt_every > 0 && (self.step.is_multiple_of(ckpt_every) || self.step == steps) {
-                observe(Event::Checkpoint(self.state()));
+                observe(Event::Checkpoint(self.state()?));
             }
         }
         let eval = self.evaluate()?;
         if let Some(e) = &eval {
             observe(Event::Eval(e));
         }
-        let sample = if self.reducer.rank() == 0 {
-            self.sample()
+        let sample = if self.compute.rank() == 0 {
+            self.sample()?
         } else {
             None
         };

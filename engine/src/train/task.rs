@@ -3,18 +3,24 @@
 //! buffers; the trainer drives both through the same few calls.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use convoy_kernels::cuda::Device;
+use cudarc::driver::CudaSlice;
+
+use crate::collective::{Bucket, DeviceGradReducer, GradReducer};
 use crate::data::loader::{LoaderConfig, LoaderPosition, TokenLoader, TokenSource, expand_paths};
 use crate::data::prepare::{DATASET_INFO_FILE, DatasetInfo, tokenize_text};
 use crate::data::tabular::{Standardizer, Tabular, TabularLoader};
 use crate::data::tokenizer::{Tokenizer, TokenizerKind};
 use crate::error::{EngineError, Result};
 use crate::metrics::{self, ClassMetrics};
+use crate::model::gpt::cuda::GptCuda;
 use crate::model::gpt::{Gpt, GptConfig};
 use crate::model::mlp::{Mlp, MlpConfig};
 use crate::model::{BucketHook, Model, llmc};
 use crate::sample;
-use crate::spec::{DataSpec, GptSpec, JobSpec, ModelSpec, SampleSpec};
+use crate::spec::{DataSpec, GptSpec, JobSpec, ModelSpec, Precision, SampleSpec};
 
 #[allow(
     clippy::large_enum_variant,
@@ -26,7 +32,10 @@ pub(crate) enum Task {
 }
 
 pub(crate) struct LmTask {
+    /// The model on the host: the live one on the CPU backend; on the CUDA backend the
+    /// structure and the initial parameters, the live ones being `gpu`'s.
     pub model: Gpt,
+    pub gpu: Option<GptCuda>,
     train: TokenLoader,
     val: Option<TokenLoader>,
     pub tokenizer: Tokenizer,
@@ -90,6 +99,109 @@ impl Task {
         }
     }
 
+    /// Moves a language model onto `dev` for training: uploads its parameters and allocates
+    /// every buffer of its batch shape now, so a batch too big for the GPU fails before the
+    /// first step with the estimated need.
+    pub fn attach_gpu(
+        &mut self,
+        dev: Arc<Device>,
+        moments: u64,
+        precision: Precision,
+    ) -> Result<()> {
+        let Task::Lm(t) = self else {
+            return Err(EngineError::Spec(
+                "backend = \"cuda\" trains GPT models only".into(),
+            ));
+        };
+        let mut gpu = GptCuda::new(dev, *t.model.config(), t.model.params(), moments, precision)?;
+        gpu.reserve(t.b, t.t, true)?;
+        t.gpu = Some(gpu);
+        Ok(())
+    }
+
+    pub fn gpu_model(&mut self) -> Option<&mut GptCuda> {
+        match self {
+            Task::Lm(t) => t.gpu.as_mut(),
+            Task::Classify(_) => None,
+        }
+    }
+
+    pub fn gpu_model_ref(&self) -> Option<&GptCuda> {
+        match self {
+            Task::Lm(t) => t.gpu.as_ref(),
+            Task::Classify(_) => None,
+        }
+    }
+
+    /// The gradients of one optimizer step on the host: `accum` micro-steps, the last one
+    /// announcing its buckets to `reducer`, then the all-reduce. Returns (loss sum, count).
+    pub fn host_micro_steps(
+        &mut self,
+        accum: usize,
+        reducer: &mut dyn GradReducer,
+    ) -> Result<(f64, usize)> {
+        self.model_mut().grads_mut().fill(0.0);
+        let (mut sum, mut count) = (0.0, 0usize);
+        for micro in 0..accum {
+            let last = micro + 1 == accum;
+            let mut hook = |g: &[f32], bucket: &Bucket| {
+                if last {
+                    reducer.bucket_ready(g, bucket)
+                } else {
+                    Ok(())
+                }
+            };
+            let (s, n) = self.forward_backward(1.0 / accum as f32, &mut hook)?;
+            sum += s;
+            count += n;
+        }
+        reducer.finish(self.model_mut().grads_mut())?;
+        Ok((sum, count))
+    }
+
+    /// The same on the GPU: the buckets go to the device all-reduce as the backward pass
+    /// queues them, and `finish` orders the update after the reduction.
+    pub fn gpu_micro_steps(
+        &mut self,
+        accum: usize,
+        reducer: &mut dyn DeviceGradReducer,
+    ) -> Result<(f64, usize)> {
+        let Task::Lm(t) = self else {
+            unreachable!("GPU trainers build language models only")
+        };
+        let gpu = t
+            .gpu
+            .as_mut()
+            .expect("attach_gpu ran when the trainer was built");
+        gpu.zero_grads()?;
+        let stream = gpu.device().stream.clone();
+        let (mut sum, mut count) = (0.0, 0usize);
+        for micro in 0..accum {
+            t.train.next_batch(&mut t.inputs, &mut t.targets)?;
+            let (s, n) = gpu.forward(
+                &t.inputs,
+                Some(&t.targets),
+                Some(1.0 / accum as f32),
+                t.b,
+                t.t,
+            )?;
+            let last = micro + 1 == accum;
+            let mut hook = |g: &CudaSlice<f32>, bucket: &Bucket| {
+                if last {
+                    reducer.bucket_ready(g, bucket, &stream)
+                } else {
+                    Ok(())
+                }
+            };
+            gpu.backward(&mut hook)?;
+            sum += s;
+            count += n;
+        }
+        let (_, grads) = gpu.params_and_grads();
+        reducer.finish(grads, &stream)?;
+        Ok((sum, count))
+    }
+
     /// Forward and backward on the next micro-batch; gradients accumulate into the model's
     /// buffer scaled by `grad_scale`. Returns (loss sum, loss count).
     pub fn forward_backward(
@@ -130,7 +242,10 @@ impl Task {
                 let (mut sum, mut count) = (0.0, 0);
                 for _ in 0..batches.min(val.batches_per_epoch()) {
                     val.next_batch(&mut t.inputs, &mut t.targets)?;
-                    let (s, n) = t.model.forward(&t.inputs, Some(&t.targets), None, t.b, t.t);
+                    let (s, n) = match &mut t.gpu {
+                        Some(g) => g.forward(&t.inputs, Some(&t.targets), None, t.b, t.t)?,
+                        None => t.model.forward(&t.inputs, Some(&t.targets), None, t.b, t.t),
+                    };
                     sum += s;
                     count += n;
                 }
@@ -255,6 +370,7 @@ impl LmTask {
         };
         Ok(LmTask {
             model,
+            gpu: None,
             train,
             val,
             tokenizer,
@@ -266,7 +382,7 @@ impl LmTask {
     }
 
     /// Generates text after `prompt` (or after end-of-text / a newline when it is empty).
-    pub fn sample(&mut self, s: &SampleSpec, seed: u64) -> String {
+    pub fn sample(&mut self, s: &SampleSpec, seed: u64) -> Result<String> {
         use rand::SeedableRng;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let mut tokens = self.tokenizer.encode(&s.prompt);
@@ -277,11 +393,20 @@ impl LmTask {
         let context = self.model.config().max_seq_len;
         for _ in 0..s.tokens {
             let window = &tokens[tokens.len().saturating_sub(context)..];
-            let logits = self.model.next_token_logits(window);
-            tokens.push(sample::pick(logits, s.temperature, s.top_k, &mut rng));
+            let next = match &mut self.gpu {
+                Some(g) => {
+                    let logits = g.next_token_logits(window)?;
+                    sample::pick(&logits, s.temperature, s.top_k, &mut rng)
+                }
+                None => {
+                    let logits = self.model.next_token_logits(window);
+                    sample::pick(logits, s.temperature, s.top_k, &mut rng)
+                }
+            };
+            tokens.push(next);
         }
         let start = if prompt_len == 0 { 1 } else { 0 };
-        self.tokenizer.decode(&tokens[start..])
+        Ok(self.tokenizer.decode(&tokens[start..]))
     }
 }
 

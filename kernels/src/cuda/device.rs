@@ -25,6 +25,23 @@ pub fn driver_available() -> bool {
     unsafe { cudarc::driver::sys::is_culib_present() }
 }
 
+/// The CUDA version the PTX we generate needs from the driver (NVRTC 12.4 emits PTX ISA 8.4):
+/// what `cuDriverGetVersion` reports for the R550 drivers.
+pub const MIN_DRIVER_CUDA: i32 = 12040;
+
+/// The CUDA version the installed driver supports (`cuDriverGetVersion`, e.g. 12040 for
+/// 12.4), or `None` without a driver.
+pub fn driver_cuda_version() -> Option<i32> {
+    if !driver_available() {
+        return None;
+    }
+    let mut v: std::ffi::c_int = 0;
+    // SAFETY: cuDriverGetVersion only writes one int through the pointer, which points at a
+    // live local; it needs no cuInit and no context.
+    let r = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) };
+    (r == cudarc::driver::sys::CUresult::CUDA_SUCCESS).then_some(v)
+}
+
 /// GPUs visible to this process; 0 without a driver.
 pub fn device_count() -> usize {
     if !driver_available() {
@@ -39,6 +56,9 @@ impl Device {
     pub fn open(ordinal: usize) -> Result<Option<Device>, CudaError> {
         if ordinal >= device_count() {
             return Ok(None);
+        }
+        if let Some(found) = driver_cuda_version().filter(|&v| v < MIN_DRIVER_CUDA) {
+            return Err(CudaError::OldDriver { found });
         }
         let ctx = CudaContext::new(ordinal).map_err(|e| CudaError::Driver {
             during: format!("opening GPU {ordinal}"),

@@ -20,6 +20,14 @@ pub enum CudaError {
     /// A CUDA driver call failed (out of memory, a launch error, a PTX the driver cannot load).
     #[error("CUDA {during}: {msg}")]
     Driver { during: String, msg: String },
+    /// The driver is older than the PTX convoy generates can run on.
+    #[error(
+        "the NVIDIA driver supports CUDA {}.{} but convoy's kernels need CUDA 12.4: update the \
+         driver to the R550 series or newer",
+        found / 1000,
+        found % 1000 / 10
+    )]
+    OldDriver { found: i32 },
     #[error("no kernel source named {0:?}")]
     UnknownSource(String),
     /// The on-disk kernel cache could not be written (compiling still worked).

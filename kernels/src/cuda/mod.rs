@@ -9,10 +9,11 @@
 mod compile;
 mod device;
 mod error;
+pub mod ops;
 pub mod prep;
 mod source;
 
 pub use compile::{Arch, CompileSettings, Compiled, compile, nvrtc_available};
-pub use device::{Device, device_count, driver_available};
+pub use device::{Device, MIN_DRIVER_CUDA, device_count, driver_available, driver_cuda_version};
 pub use error::CudaError;
 pub use source::{SOURCES, Source, source};

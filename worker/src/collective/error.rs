@@ -1,5 +1,6 @@
-//! What can go wrong in the ring. Every variant about a connection names the peer (rank and
-//! address), because "which rank died" is the first question when a job stops.
+//! What can go wrong in the ring, or in setting up NCCL for a CUDA job. Every variant about a
+//! connection names the peer (rank and address), because "which rank died" is the first
+//! question when a job stops.
 
 use std::fmt;
 use std::io;
@@ -74,6 +75,25 @@ pub enum RingError {
         #[source]
         source: io::Error,
     },
+    /// A CUDA rank cannot load NCCL. cudarc opens `libnccl.so` by that name, which NCCL
+    /// installs often lack, so the message says how to provide it.
+    #[error(
+        "libnccl could not be loaded (libnccl.so not found through LD_LIBRARY_PATH): install NCCL, \
+         e.g. the nvidia-nccl-cu12 wheel, and put its lib folder (nvidia/nccl/lib) on the worker \
+         daemon's LD_LIBRARY_PATH; the daemon links libnccl.so to its libnccl.so.2 for the ranks"
+    )]
+    NcclMissing,
+    /// The NCCL unique id a rank got from the rendezvous is not one: rank 0 creates it, so a
+    /// wrong length means rank 0 did not set NCCL up (or runs another convoy).
+    #[error(
+        "the NCCL unique id from the rendezvous has {len} bytes, not {expected}: rank 0 creates \
+         and publishes it when it starts a CUDA job of several ranks"
+    )]
+    NcclId { len: usize, expected: usize },
+    /// NCCL or the CUDA driver could not set the communicator up, or not every rank joined it
+    /// in time: one line that starts with this rank's number and names the problem.
+    #[error("{0}")]
+    Nccl(String),
 }
 
 fn rejected_note(rejected: &Option<String>) -> String {

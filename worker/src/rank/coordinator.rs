@@ -11,6 +11,14 @@ use tonic::transport::Channel;
 use super::{EXIT_SUPERSEDED, RankEnv};
 use crate::error::WorkerError;
 
+/// What every rank of an attempt learns from the rendezvous.
+pub(super) struct Rendezvous {
+    /// Every rank's collective address, index = rank (CPU jobs' TCP ring).
+    pub addresses: Vec<String>,
+    /// Rank 0's NCCL unique id (CUDA jobs of several ranks; empty otherwise).
+    pub nccl_id: Vec<u8>,
+}
+
 /// The coordinator connection of a rank: a small runtime of its own, used from the training
 /// thread (rendezvous) and from the metrics thread.
 pub(super) struct Coordinator {
@@ -38,13 +46,15 @@ impl Coordinator {
         Ok(Coordinator { runtime, client })
     }
 
-    /// Publishes this rank's address and waits for everyone's. Retries while the coordinator
-    /// is unreachable (it may be restarting), up to `timeout`.
+    /// Publishes this rank's address (and on rank 0 of a CUDA job the NCCL unique id) and
+    /// waits for everyone's. Retries while the coordinator is unreachable (it may be
+    /// restarting), up to the collective timeout.
     pub fn rendezvous(
         &mut self,
         env: &RankEnv,
         address: String,
-    ) -> Result<Vec<String>, WorkerError> {
+        nccl_id: Vec<u8>,
+    ) -> Result<Rendezvous, WorkerError> {
         let deadline = Instant::now() + env.collective_timeout;
         loop {
             let req = pb::RendezvousRequest {
@@ -52,11 +62,17 @@ impl Coordinator {
                 generation: env.generation,
                 rank: env.rank as u32,
                 address: address.clone(),
-                nccl_id: vec![],
+                nccl_id: nccl_id.clone(),
             };
             let mut client = self.client.clone();
             match self.runtime.block_on(client.rendezvous(req)) {
-                Ok(r) => return Ok(r.into_inner().addresses),
+                Ok(r) => {
+                    let r = r.into_inner();
+                    return Ok(Rendezvous {
+                        addresses: r.addresses,
+                        nccl_id: r.nccl_id,
+                    });
+                }
                 Err(s) if s.code() == Code::Unavailable && Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(500));
                 }

@@ -1,10 +1,12 @@
 //! One training rank, as a child process of the worker daemon.
 //!
 //! The daemon starts `convoy-worker rank` with the rank's identity in the environment
-//! ([`RankEnv`]). The rank binds its collective listener, publishes the address through the
-//! coordinator's rendezvous, forms the TCP ring with the other ranks of its generation, and
-//! trains with the engine — continuing from the job's newest valid checkpoint if it has one
-//! (`checkpoint.rs`), uploading its share of each new one — printing progress on stdout (which
+//! ([`RankEnv`]). A CPU rank binds its collective listener, publishes the address through the
+//! coordinator's rendezvous and forms the TCP ring with the other ranks of its generation; a
+//! CUDA rank opens the GPU the daemon gave it and joins an NCCL communicator whose unique id
+//! rank 0 publishes through the same rendezvous. Either way it trains with the engine —
+//! continuing from the job's newest valid checkpoint if it has one (`checkpoint.rs`),
+//! uploading its share of each new one — printing progress on stdout (which
 //! the daemon ships to the coordinator) and reporting step metrics to the coordinator directly
 //! (`coordinator.rs`). It exits 0 when the job's steps are done; any error is one line on
 //! stderr and a non-zero status.
@@ -15,13 +17,17 @@ mod coordinator;
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use convoy_engine::spec::JobSpec;
-use convoy_engine::train::{Event, Trainer};
+use convoy_engine::collective::{DeviceGradReducer, SingleDevice};
+use convoy_engine::spec::{Backend, JobSpec};
+use convoy_engine::train::{Event, Trainer, open_gpu};
 use convoy_proto::v1 as pb;
 
-use crate::collective::{Ring, RingConfig, RingReducer};
+use crate::collective::{
+    NcclReducer, Ring, RingConfig, RingError, RingReducer, nccl_available, nccl_unique_id,
+};
 use crate::error::WorkerError;
 use checkpoint::{Pending, Uploader};
 use coordinator::{Coordinator, spawn_reporter};
@@ -121,6 +127,77 @@ fn resolve(addr: &str) -> Result<SocketAddr, WorkerError> {
         .ok_or_else(|| WorkerError::Config(format!("peer address {addr:?} does not resolve")))
 }
 
+/// A CPU rank averages gradients over a TCP ring between the ranks' collective listeners.
+fn cpu_trainer(
+    env: &RankEnv,
+    spec: &JobSpec,
+    coord: &mut Coordinator,
+) -> Result<Trainer, WorkerError> {
+    let listener = TcpListener::bind("0.0.0.0:0").map_err(|e| WorkerError::Io {
+        what: "binding the collective listener".into(),
+        source: e,
+    })?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| WorkerError::Io {
+            what: "reading the listener's port".into(),
+            source: e,
+        })?
+        .port();
+    let rendezvous = coord.rendezvous(env, format!("{}:{port}", env.advertise_host), Vec::new())?;
+    let addrs = rendezvous
+        .addresses
+        .iter()
+        .map(|a| resolve(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ring = Ring::connect(
+        RingConfig {
+            rank: env.rank,
+            world: env.world_size,
+            addrs,
+            generation: env.generation,
+            timeout: env.collective_timeout,
+        },
+        listener,
+    )?;
+    let reducer = RingReducer::new(ring)?;
+    Ok(Trainer::new(spec, Box::new(reducer))?)
+}
+
+/// A CUDA rank trains on the one GPU the daemon gave it (through `CUDA_VISIBLE_DEVICES`, so it
+/// is always ordinal 0) and averages gradients with NCCL. NCCL finds the peers itself from the
+/// unique id rank 0 publishes in the rendezvous, so these ranks have no listener and publish
+/// no address.
+fn cuda_trainer(
+    env: &RankEnv,
+    spec: &JobSpec,
+    coord: &mut Coordinator,
+) -> Result<Trainer, WorkerError> {
+    // Checked before the rendezvous, so a rank that cannot train fails before the others
+    // wait for it.
+    let device = Arc::new(open_gpu(0)?);
+    let several = env.world_size > 1;
+    if several && !nccl_available() {
+        return Err(RingError::NcclMissing.into());
+    }
+    let id = match (several, env.rank) {
+        (true, 0) => nccl_unique_id()?,
+        _ => Vec::new(),
+    };
+    let rendezvous = coord.rendezvous(env, String::new(), id)?;
+    let reducer: Box<dyn DeviceGradReducer> = match several {
+        true => Box::new(NcclReducer::new(
+            &device,
+            env.rank,
+            env.world_size,
+            &rendezvous.nccl_id,
+            env.collective_timeout,
+        )?),
+        false => Box::new(SingleDevice),
+    };
+    Ok(Trainer::on_gpu(spec, device, reducer)?)
+}
+
 /// Runs the rank to completion.
 pub fn run(env: RankEnv) -> Result<(), WorkerError> {
     let text = std::fs::read_to_string(&env.spec).map_err(|e| WorkerError::Io {
@@ -143,40 +220,16 @@ pub fn run(env: RankEnv) -> Result<(), WorkerError> {
             .build_global()
             .map_err(|e| WorkerError::Config(format!("starting {n} threads: {e}")))?;
     }
-    let listener = TcpListener::bind("0.0.0.0:0").map_err(|e| WorkerError::Io {
-        what: "binding the collective listener".into(),
-        source: e,
-    })?;
-    let port = listener
-        .local_addr()
-        .map_err(|e| WorkerError::Io {
-            what: "reading the listener's port".into(),
-            source: e,
-        })?
-        .port();
     let mut coord = Coordinator::connect(&env.coordinator)?;
-    let addresses = coord.rendezvous(&env, format!("{}:{port}", env.advertise_host))?;
-    let addrs = addresses
-        .iter()
-        .map(|a| resolve(a))
-        .collect::<Result<Vec<_>, _>>()?;
-    let ring = Ring::connect(
-        RingConfig {
-            rank: env.rank,
-            world: env.world_size,
-            addrs,
-            generation: env.generation,
-            timeout: env.collective_timeout,
-        },
-        listener,
-    )?;
-    let reducer = RingReducer::new(ring)?;
     // `init_from = "job:ID[@STEP]"` names another job's checkpoint, not a file.
     let init_job = spec.init_from_job();
     if init_job.is_some() {
         spec.init_from = None;
     }
-    let mut trainer = Trainer::new(&spec, Box::new(reducer))?;
+    let mut trainer = match spec.backend {
+        Backend::Cpu => cpu_trainer(&env, &spec, &mut coord)?,
+        Backend::Cuda => cuda_trainer(&env, &spec, &mut coord)?,
+    };
     // A restarted attempt continues from the job's latest checkpoint, wherever it runs now.
     let fetch_started = Instant::now();
     match checkpoint::download(&coord, &env.job_id, None, env.collective_timeout)? {

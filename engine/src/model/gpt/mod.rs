@@ -6,6 +6,7 @@
 //! backward pass costs one layer's worth of memory rather than a mirror of every activation.
 
 mod config;
+pub mod cuda;
 pub mod memory;
 
 use config::PER_LAYER;
@@ -400,7 +401,7 @@ impl Gpt {
         let cfg = self.cfg;
         let (c, nh, bt, vp) = (cfg.channels, cfg.n_head, b * t, cfg.padded_vocab_size);
         let (btc, att_len) = (bt * c, b * nh * t * t);
-        let buckets = self.grad_buckets_inner();
+        let buckets = grad_buckets(&cfg);
         let mut buckets = buckets.iter();
         let p = &self.params;
         let a = &self.acts;
@@ -549,16 +550,18 @@ impl Gpt {
         hook(g, next_bucket(&mut buckets))?;
         Ok(())
     }
+}
 
-    fn grad_buckets_inner(&self) -> Vec<Bucket> {
-        let cfg = &self.cfg;
-        let mut buckets = vec![vec![cfg.range(Tensor::Lnfw), cfg.range(Tensor::Lnfb)]];
-        for l in (0..cfg.n_layer).rev() {
-            buckets.push(PER_LAYER.iter().map(|&t| cfg.layer_range(t, l)).collect());
-        }
-        buckets.push(vec![cfg.range(Tensor::Wte), cfg.range(Tensor::Wpe)]);
-        buckets
+/// Gradient buckets in the order the backward pass (CPU or GPU) finishes them: the final
+/// LayerNorm, each layer from the last, then the embeddings (wte also gets the LM head's
+/// gradient first, so it is final only at the end).
+pub(crate) fn grad_buckets(cfg: &GptConfig) -> Vec<Bucket> {
+    let mut buckets = vec![vec![cfg.range(Tensor::Lnfw), cfg.range(Tensor::Lnfb)]];
+    for l in (0..cfg.n_layer).rev() {
+        buckets.push(PER_LAYER.iter().map(|&t| cfg.layer_range(t, l)).collect());
     }
+    buckets.push(vec![cfg.range(Tensor::Wte), cfg.range(Tensor::Wpe)]);
+    buckets
 }
 
 /// One layer's view of the parameters, for the per-layer backward steps.
@@ -681,7 +684,7 @@ impl Model for Gpt {
         self.cfg.tensors()
     }
     fn grad_buckets(&self) -> Vec<Bucket> {
-        self.grad_buckets_inner()
+        grad_buckets(&self.cfg)
     }
     fn fingerprint(&self) -> String {
         let c = &self.cfg;

@@ -1,0 +1,130 @@
+//! encoder.cu: token + position embedding, and its deterministic backward.
+
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, PushKernelArg};
+
+use super::{grid_1d, int, launched, need, row_threads};
+use crate::cuda::prep::TokenBuckets;
+use crate::cuda::{CudaError, Device};
+
+/// [`TokenBuckets`] of one batch, uploaded: what `encoder_backward_wte` reads. Built on the
+/// host from the batch's token ids (the ids are checked against the vocabulary there).
+pub struct DeviceTokenBuckets {
+    tokens: CudaSlice<u32>,
+    offsets: CudaSlice<u32>,
+    positions: CudaSlice<u32>,
+    /// `U`: the distinct tokens.
+    distinct: usize,
+    /// `B·T`: the positions.
+    positions_len: usize,
+    vocab: usize,
+}
+
+impl DeviceTokenBuckets {
+    /// Buckets `inp [B·T]` (every id `< vocab`, else a panic as on the CPU) and uploads them.
+    pub fn new(dev: &Device, inp: &[u32], vocab: usize) -> Result<Self, CudaError> {
+        let b = TokenBuckets::new(inp, vocab);
+        let up = |v: &[u32]| {
+            dev.stream.clone_htod(v).map_err(|e| CudaError::Driver {
+                during: "uploading the encoder's token buckets".into(),
+                msg: e.to_string(),
+            })
+        };
+        Ok(DeviceTokenBuckets {
+            tokens: up(&b.tokens)?,
+            offsets: up(&b.offsets)?,
+            positions: up(&b.positions)?,
+            distinct: b.len(),
+            positions_len: inp.len(),
+            vocab,
+        })
+    }
+}
+
+/// out [B·T, C] = wte [V, C] row inp[bt] + wpe [maxT ≥ T, C] row (bt mod T), overwritten.
+/// `inp` [B·T] holds token ids the host has checked to be `< V`.
+#[allow(clippy::too_many_arguments)] // the kernel's contract: every buffer with its shape
+pub fn encoder_forward(
+    dev: &Device,
+    out: &mut CudaViewMut<'_, f32>,
+    inp: &CudaView<'_, u32>,
+    wte: &CudaView<'_, f32>,
+    wpe: &CudaView<'_, f32>,
+    b: usize,
+    t: usize,
+    c: usize,
+    v: usize,
+) -> Result<(), CudaError> {
+    const OP: &str = "encoder_forward";
+    need(OP, "out", out.len(), b * t * c);
+    need(OP, "inp", inp.len(), b * t);
+    need(OP, "wte", wte.len(), v * c);
+    need(OP, "wpe", wpe.len(), t * c);
+    let f = dev.function("encoder", OP)?;
+    let args = [b, t, c, v].map(|x| int(OP, "a dimension", x));
+    let mut launch = dev.stream.launch_builder(&f);
+    launch.arg(out).arg(inp).arg(wte).arg(wpe);
+    for a in &args {
+        launch.arg(a);
+    }
+    // SAFETY: encoder_forward(out [B·T, C], inp [B·T] u32, wte [V, C], wpe [≥T, C], B, T, C,
+    // V: i32): views of at least those sizes (checked above); an id ≥ V is checked inside
+    // (NaN, no read); grid-stride over B·T·C.
+    launched(OP, unsafe { launch.launch(grid_1d(b * t * c)) })
+}
+
+/// dwte [V, C] and dwpe [maxT, C] += the encoder's gradients from dout [B·T, C], in the
+/// CPU's order of additions (bit-identical to it). `buckets` come from this batch's ids.
+#[allow(clippy::too_many_arguments)] // the kernels' contract: every buffer with its shape
+pub fn encoder_backward(
+    dev: &Device,
+    dwte: &mut CudaViewMut<'_, f32>,
+    dwpe: &mut CudaViewMut<'_, f32>,
+    dout: &CudaView<'_, f32>,
+    buckets: &DeviceTokenBuckets,
+    b: usize,
+    t: usize,
+    c: usize,
+) -> Result<(), CudaError> {
+    const OP: &str = "encoder_backward";
+    need(OP, "dwte", dwte.len(), buckets.vocab * c);
+    need(OP, "dwpe", dwpe.len(), t * c);
+    need(OP, "dout", dout.len(), b * t * c);
+    assert_eq!(
+        buckets.positions_len,
+        b * t,
+        "{OP}: the token buckets are of another batch shape"
+    );
+    let (bi, ti, ci) = (int(OP, "B", b), int(OP, "T", t), int(OP, "C", c));
+    let s = &dev.stream;
+
+    let f = dev.function("encoder", "encoder_backward_wpe")?;
+    let mut launch = s.launch_builder(&f);
+    launch.arg(dwpe).arg(dout).arg(&bi).arg(&ti).arg(&ci);
+    // SAFETY: encoder_backward_wpe(dwpe [maxT, C], dout [B·T, C], B, T, C: i32): it touches
+    // the first T·C entries of dwpe and B·T·C of dout, both checked above; grid-stride.
+    launched("encoder_backward_wpe", unsafe {
+        launch.launch(grid_1d(t * c))
+    })?;
+
+    if buckets.distinct == 0 {
+        return Ok(());
+    }
+    let f = dev.function("encoder", "encoder_backward_wte")?;
+    let u = int(OP, "U", buckets.distinct);
+    let mut launch = s.launch_builder(&f);
+    launch
+        .arg(dwte)
+        .arg(dout)
+        .arg(&buckets.tokens)
+        .arg(&buckets.offsets)
+        .arg(&buckets.positions)
+        .arg(&u)
+        .arg(&ci);
+    let grid = super::grid_rows(buckets.distinct, c);
+    debug_assert_eq!(grid.block_dim.0, row_threads(c));
+    // SAFETY: encoder_backward_wte(dwte [V, C], dout [B·T, C], bucket_tokens [U],
+    // bucket_offsets [U+1], bucket_positions [B·T] u32, U, C: i32): the bucket arrays were
+    // built by TokenBuckets::new from ids checked < V, every position < B·T, and uploaded whole;
+    // dwte and dout sizes checked above; one block per bucket (grid-stride).
+    launched("encoder_backward_wte", unsafe { launch.launch(grid) })
+}

@@ -1,0 +1,360 @@
+//! matmul.cu: the linear layer (forward and its three backward products) and the generic
+//! batched GEMM that attention chains between its kernels.
+
+use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
+
+use super::{int, launched, need};
+use crate::cuda::{CudaError, Device};
+
+/// The side of the square tile of C one block computes, in every GEMM kernel.
+const TILE: usize = 128;
+/// Threads per GEMM block (8 warps).
+const GEMM_THREADS: u32 = 256;
+
+/// 256 threads per block, one 128×128 tile of the `[m, n]` output per block, the batch in
+/// grid.z; static shared memory only.
+fn gemm_grid(m: usize, n: usize, batch: usize) -> LaunchConfig {
+    assert!(batch <= 65_535, "gemm: a batch of {batch} exceeds grid.z");
+    LaunchConfig {
+        grid_dim: (
+            n.div_ceil(TILE).max(1) as u32,
+            m.div_ceil(TILE).max(1) as u32,
+            batch.max(1) as u32,
+        ),
+        block_dim: (GEMM_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// One generic (batched) GEMM call: `C[z] = alpha·op(A[z])·op(B[z]) + bias (+ C[z])` for
+/// z = zo·inner + zi, where X[z] starts at X + zo·sx.0 + zi·sx.1 (X = A, B, C). op(A) is
+/// `[m, k]`, stored `[m, lda]` or, transposed (`ta`), `[k, lda]`; likewise op(B) `[k, n]`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Gemm {
+    pub ta: bool,
+    pub tb: bool,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub lda: usize,
+    pub ldb: usize,
+    pub ldc: usize,
+    pub sa: (usize, usize),
+    pub sb: (usize, usize),
+    pub sc: (usize, usize),
+    pub outer: usize,
+    pub inner: usize,
+    pub alpha: f32,
+    pub accumulate: bool,
+}
+
+impl Gemm {
+    /// One dense row-major product `[m, k]·[k, n]` (transposes as given), no batch.
+    pub fn dense(ta: bool, tb: bool, m: usize, n: usize, k: usize) -> Gemm {
+        Gemm {
+            ta,
+            tb,
+            m,
+            n,
+            k,
+            lda: if ta { m } else { k },
+            ldb: if tb { k } else { n },
+            ldc: n,
+            sa: (0, 0),
+            sb: (0, 0),
+            sc: (0, 0),
+            outer: 1,
+            inner: 1,
+            alpha: 1.0,
+            accumulate: false,
+        }
+    }
+
+    /// `batch` dense products one after another in each buffer (strides of a whole matrix).
+    pub fn batched(ta: bool, tb: bool, m: usize, n: usize, k: usize, batch: usize) -> Gemm {
+        Gemm {
+            sa: (0, m * k),
+            sb: (0, k * n),
+            sc: (0, m * n),
+            inner: batch,
+            ..Gemm::dense(ta, tb, m, n, k)
+        }
+    }
+
+    /// `gemm_{prefix}_{nn,nt,tn,tt}{suffix}`: prefix `f32` or `bf16`, suffix `""` or `_bf16out`.
+    pub fn kernel(&self, prefix: &str, suffix: &str) -> String {
+        let t = |b: bool| if b { 't' } else { 'n' };
+        format!("gemm_{prefix}_{}{}{suffix}", t(self.ta), t(self.tb))
+    }
+
+    /// Elements of A, B and C the call touches from the pointers it is given (the smallest
+    /// buffers it may be launched on).
+    pub fn extents(&self) -> (usize, usize, usize) {
+        let last = |s: (usize, usize), rows: usize, ld: usize, cols: usize| {
+            (self.outer - 1) * s.0 + (self.inner - 1) * s.1 + (rows - 1) * ld + cols
+        };
+        let (ar, ac) = if self.ta {
+            (self.k, self.m)
+        } else {
+            (self.m, self.k)
+        };
+        let (br, bc) = if self.tb {
+            (self.n, self.k)
+        } else {
+            (self.k, self.n)
+        };
+        (
+            last(self.sa, ar.max(1), self.lda, ac),
+            last(self.sb, br.max(1), self.ldb, bc),
+            last(self.sc, self.m.max(1), self.ldc, self.n),
+        )
+    }
+
+    /// The launch grid: one block per 128×128 tile of C, the batch in grid.z.
+    pub fn grid(&self) -> LaunchConfig {
+        gemm_grid(self.m, self.n, self.outer * self.inner)
+    }
+}
+
+/// The generic fp32 GEMM `g` on views of the buffers (offset pointers allowed).
+pub fn gemm_f32(
+    dev: &Device,
+    g: &Gemm,
+    c: &mut CudaViewMut<'_, f32>,
+    a: &CudaView<'_, f32>,
+    b: &CudaView<'_, f32>,
+    bias: Option<&CudaView<'_, f32>>,
+) -> Result<(), CudaError> {
+    launch_gemm(dev, &g.kernel("f32", ""), g, c, a, b, bias)
+}
+
+/// The generic GEMM `g` on the tensor cores: A and B are bf16 (as `u16` bit patterns), the
+/// products accumulate in fp32 and C is fp32.
+pub fn gemm_bf16(
+    dev: &Device,
+    g: &Gemm,
+    c: &mut CudaViewMut<'_, f32>,
+    a: &CudaView<'_, u16>,
+    b: &CudaView<'_, u16>,
+    bias: Option<&CudaView<'_, f32>>,
+) -> Result<(), CudaError> {
+    launch_gemm(dev, &g.kernel("bf16", ""), g, c, a, b, bias)
+}
+
+/// out [n] (bf16 bit patterns) = inp [n] rounded to the nearest bf16, ties to even.
+pub fn to_bf16(
+    dev: &Device,
+    out: &mut CudaViewMut<'_, u16>,
+    inp: &CudaView<'_, f32>,
+    n: usize,
+) -> Result<(), CudaError> {
+    const OP: &str = "f32_to_bf16";
+    need(OP, "out", out.len(), n);
+    need(OP, "inp", inp.len(), n);
+    let f = dev.function("matmul", OP)?;
+    let count = n as i64;
+    let mut launch = dev.stream.launch_builder(&f);
+    launch.arg(out).arg(inp).arg(&count);
+    // SAFETY: f32_to_bf16(out [n] bf16, inp [n] f32, n: i64): views of at least n elements
+    // (checked above); the kernel guards i < n and `grid_1d` covers every i.
+    launched(OP, unsafe { launch.launch(super::grid_1d(n)) })
+}
+
+/// One GEMM kernel of matmul.cu (`name`, fp32 or bf16 operands) on views of the buffers.
+fn launch_gemm<TC, TAB>(
+    dev: &Device,
+    name: &str,
+    g: &Gemm,
+    c: &mut CudaViewMut<'_, TC>,
+    a: &CudaView<'_, TAB>,
+    b: &CudaView<'_, TAB>,
+    bias: Option<&CudaView<'_, f32>>,
+) -> Result<(), CudaError> {
+    assert!(g.outer >= 1 && g.inner >= 1, "{name}: an empty batch");
+    let (ea, eb, ec) = g.extents();
+    need(name, "A", a.len(), ea);
+    need(name, "B", b.len(), eb);
+    need(name, "C", c.len(), ec);
+    if let Some(bias) = bias {
+        need(name, "bias", bias.len(), g.n);
+    }
+    let f = dev.function("matmul", name)?;
+    let dims = [g.m, g.n, g.k, g.lda, g.ldb, g.ldc].map(|x| int(name, "a dimension", x));
+    let strides = [g.sa.0, g.sa.1, g.sb.0, g.sb.1, g.sc.0, g.sc.1].map(|x| x as i64);
+    let (inner, alpha, accumulate) = (
+        int(name, "inner", g.inner),
+        g.alpha,
+        i32::from(g.accumulate),
+    );
+    let null = 0u64;
+    let mut launch = dev.stream.launch_builder(&f);
+    launch.arg(c).arg(a).arg(b);
+    match bias {
+        Some(bias) => launch.arg(bias),
+        None => launch.arg(&null),
+    };
+    for d in &dims {
+        launch.arg(d);
+    }
+    for s in &strides {
+        launch.arg(s);
+    }
+    launch.arg(&inner).arg(&alpha).arg(&accumulate);
+    // SAFETY: gemm_{f32,bf16}_*(C, A, B, bias [N] or null, M, N, K, lda, ldb, ldc: i32, six
+    // i64 strides, batch_inner: i32, alpha: f32, accumulate: i32), pushed in that order, with
+    // C fp32 and A, B of the kernel's element type (f32, or bf16 as u16). The views hold at
+    // least the elements the call reaches (`Gemm::extents`, checked above) and the bias at
+    // least N; the grid is the one the kernels require (`Gemm::grid`), and every access is
+    // bounds-checked against M, N, K inside.
+    launched(name, unsafe { launch.launch(g.grid()) })
+}
+
+/// out [N, OC] = inp [N, C] · weight [OC, C]ᵀ + bias [OC] (overwritten).
+#[allow(clippy::too_many_arguments)] // the kernel's contract: every buffer with its shape
+pub fn matmul_forward(
+    dev: &Device,
+    out: &mut CudaViewMut<'_, f32>,
+    inp: &CudaView<'_, f32>,
+    weight: &CudaView<'_, f32>,
+    bias: Option<&CudaView<'_, f32>>,
+    n: usize,
+    c: usize,
+    oc: usize,
+) -> Result<(), CudaError> {
+    const OP: &str = "matmul_forward";
+    need(OP, "out", out.len(), n * oc);
+    need(OP, "inp", inp.len(), n * c);
+    need(OP, "weight", weight.len(), oc * c);
+    if let Some(bias) = bias {
+        need(OP, "bias", bias.len(), oc);
+    }
+    let f = dev.function("matmul", OP)?;
+    let (ni, ci, oci) = (int(OP, "N", n), int(OP, "C", c), int(OP, "OC", oc));
+    let null = 0u64;
+    let mut launch = dev.stream.launch_builder(&f);
+    launch.arg(out).arg(inp).arg(weight);
+    match bias {
+        Some(bias) => launch.arg(bias),
+        None => launch.arg(&null),
+    };
+    launch.arg(&ni).arg(&ci).arg(&oci);
+    // SAFETY: matmul_forward(out [N, OC], inp [N, C], weight [OC, C], bias [OC] or null, N, C,
+    // OC: i32): views of at least those sizes (checked above); grid (⌈OC/128⌉, ⌈N/128⌉, 1) of
+    // 256 threads as the kernel requires, accesses bounds-checked inside.
+    launched(OP, unsafe { launch.launch(gemm_grid(n, oc, 1)) })
+}
+
+/// The linear layer's backward, accumulating: dinp [N, C] += dout · weight,
+/// dweight [OC, C] += doutᵀ · inp, dbias [OC] += the column sums of dout (when given).
+/// Deterministic: no atomics, every sum in a fixed order.
+#[allow(clippy::too_many_arguments)] // the kernels' contract: every buffer with its shape
+pub fn matmul_backward(
+    dev: &Device,
+    dinp: &mut CudaViewMut<'_, f32>,
+    dweight: &mut CudaViewMut<'_, f32>,
+    dbias: Option<&mut CudaViewMut<'_, f32>>,
+    dout: &CudaView<'_, f32>,
+    inp: &CudaView<'_, f32>,
+    weight: &CudaView<'_, f32>,
+    n: usize,
+    c: usize,
+    oc: usize,
+) -> Result<(), CudaError> {
+    const OP: &str = "matmul_backward";
+    need(OP, "dinp", dinp.len(), n * c);
+    need(OP, "dweight", dweight.len(), oc * c);
+    need(OP, "dout", dout.len(), n * oc);
+    need(OP, "inp", inp.len(), n * c);
+    need(OP, "weight", weight.len(), oc * c);
+    let (ni, ci, oci) = (int(OP, "N", n), int(OP, "C", c), int(OP, "OC", oc));
+    let s = &dev.stream;
+
+    let f = dev.function("matmul", "matmul_backward_dinp")?;
+    let mut launch = s.launch_builder(&f);
+    launch
+        .arg(dinp)
+        .arg(dout)
+        .arg(weight)
+        .arg(&ni)
+        .arg(&ci)
+        .arg(&oci);
+    // SAFETY: matmul_backward_dinp(dinp [N, C], dout [N, OC], weight [OC, C], N, C, OC: i32):
+    // views of at least those sizes (checked above); grid (⌈C/128⌉, ⌈N/128⌉, 1) of 256 threads.
+    launched("matmul_backward_dinp", unsafe {
+        launch.launch(gemm_grid(n, c, 1))
+    })?;
+
+    let f = dev.function("matmul", "matmul_backward_dweight")?;
+    let mut launch = s.launch_builder(&f);
+    launch
+        .arg(dweight)
+        .arg(dout)
+        .arg(inp)
+        .arg(&ni)
+        .arg(&ci)
+        .arg(&oci);
+    // SAFETY: matmul_backward_dweight(dweight [OC, C], dout [N, OC], inp [N, C], N, C, OC: i32):
+    // views of at least those sizes (checked above); grid (⌈C/128⌉, ⌈OC/128⌉, 1) of 256 threads.
+    launched("matmul_backward_dweight", unsafe {
+        launch.launch(gemm_grid(oc, c, 1))
+    })?;
+
+    if let Some(dbias) = dbias {
+        matmul_dbias(dev, dbias, dout, n, oc)?;
+    }
+    Ok(())
+}
+
+/// dbias [OC] += the column sums of dout [N, OC], in a fixed order.
+pub fn matmul_dbias(
+    dev: &Device,
+    dbias: &mut CudaViewMut<'_, f32>,
+    dout: &CudaView<'_, f32>,
+    n: usize,
+    oc: usize,
+) -> Result<(), CudaError> {
+    const OP: &str = "matmul_backward_dbias";
+    need(OP, "dbias", dbias.len(), oc);
+    need(OP, "dout", dout.len(), n * oc);
+    let (ni, oci) = (int(OP, "N", n), int(OP, "OC", oc));
+    let f = dev.function("matmul", OP)?;
+    let mut launch = dev.stream.launch_builder(&f);
+    launch.arg(dbias).arg(dout).arg(&ni).arg(&oci);
+    let grid = LaunchConfig {
+        grid_dim: (oc.div_ceil(32).max(1) as u32, 1, 1),
+        block_dim: (32, 32, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: matmul_backward_dbias(dbias [OC], dout [N, OC], N, OC: i32): views of at least
+    // those sizes (checked above); (⌈OC/32⌉, 1, 1) blocks of (32, 32, 1) threads, the shape
+    // its shared-memory tile is declared for; columns ≥ OC are skipped inside.
+    launched(OP, unsafe { launch.launch(grid) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dense_extents_are_the_matrix_sizes() {
+        let g = Gemm::dense(false, true, 3, 5, 7);
+        assert_eq!(g.extents(), (3 * 7, 5 * 7, 3 * 5));
+        assert_eq!(g.kernel("f32", ""), "gemm_f32_nt");
+        let g = Gemm::dense(true, false, 3, 5, 7);
+        assert_eq!((g.lda, g.ldb), (3, 5));
+        assert_eq!(g.extents(), (7 * 3, 7 * 5, 15));
+    }
+
+    #[test]
+    fn batched_extents_end_at_the_last_matrix() {
+        let g = Gemm::batched(false, false, 4, 6, 8, 10);
+        assert_eq!(g.extents(), (10 * 32, 10 * 48, 10 * 24));
+        assert_eq!(g.grid().grid_dim, (1, 1, 10));
+    }
+
+    #[test]
+    fn the_grid_tiles_the_output() {
+        let g = Gemm::dense(false, false, 300, 129, 5);
+        assert_eq!(g.grid().grid_dim, (2, 3, 1));
+    }
+}
