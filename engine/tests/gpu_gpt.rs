@@ -30,8 +30,17 @@ fn gpu_or_skip(test: &str) -> Option<Arc<Device>> {
     }
 }
 
+/// The example text: beside the sources this binary was built from, or (a test binary
+/// carried to a GPU machine and run from a copy of the repository's `engine/`) beside the
+/// working directory.
 fn shakespeare() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/data/tinyshakespeare.txt")
+    let rel = "../examples/data/tinyshakespeare.txt";
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel);
+    if built.exists() {
+        built
+    } else {
+        PathBuf::from(rel)
+    }
 }
 
 /// A small GPT on the first 20 kB of Shakespeare, on `backend`, written into `dir`.
