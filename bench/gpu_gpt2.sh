@@ -6,7 +6,8 @@
 #   bench/gpu_gpt2.sh [PYTHON] [ROUNDS]     # from the repository root; PYTHON needs torch
 #
 # PEAK_TFLOPS is the GPU's dense peak for the precision (default 989: H100/H200 SXM bf16);
-# TORCH_FLAGS adds flags to the PyTorch run (e.g. "--compile --sdpa"). Prints per-run tokens/s
+# TORCH_FLAGS adds flags to the PyTorch run (e.g. "--compile --sdpa"); CUBLASLT=1 also runs
+# convoy with cuBLASLt for its linear products (CONVOY_GEMM=cublaslt). Prints per-run tokens/s
 # (median over the steps after the first 5), MFU, then medians and the ratio.
 set -euo pipefail
 PY=${1:-python3}
@@ -30,8 +31,16 @@ N=$(awk -v L="$L" -v C="$C" -v T="$T" 'BEGIN {Vp=50304; print Vp*C + T*C + L*(12
 mfu() { awk -v tps="$1" -v n="$N" -v L="$L" -v C="$C" -v T="$T" -v p="$PEAK_TFLOPS" \
   'BEGIN {printf "%.1f", 100 * tps * (6*n + 6*L*C*T) / (p*1e12)}'; }
 for round in $(seq "$ROUNDS"); do
-  "$BIN" train "$SPEC" --json >"$tmp/convoy.jsonl"
-  c_tps=$(grep '"event":"step"' "$tmp/convoy.jsonl" | tail -n +6 | sed 's/.*"throughput":\([0-9.e+]*\).*/\1/' | median)
+  convoy_tps() {
+    "$BIN" train "$SPEC" --json >"$tmp/convoy.jsonl"
+    grep '"event":"step"' "$tmp/convoy.jsonl" | tail -n +6 | sed 's/.*"throughput":\([0-9.e+]*\).*/\1/' | median
+  }
+  c_tps=$(CONVOY_GEMM=convoy convoy_tps)
+  if [ "${CUBLASLT:-0}" = 1 ]; then
+    l_tps=$(CONVOY_GEMM=cublaslt convoy_tps)
+    echo "round $round: convoy with cuBLASLt products ${l_tps} tok/s (MFU $(mfu "$l_tps") %)"
+    echo "$l_tps" >>"$tmp/l"
+  fi
   # shellcheck disable=SC2086
   "$PY" bench/gpt_torch.py --device cuda --dtype "$dtype" --layers "$L" --channels "$C" \
     --heads "$NH" --seq-len "$T" --batch "$B" --steps 25 --warmup 5 --json $TORCH_FLAGS >"$tmp/torch.json"
@@ -40,5 +49,9 @@ for round in $(seq "$ROUNDS"); do
   echo "$c_tps" >>"$tmp/c"; echo "$t_tps" >>"$tmp/t"
 done
 c=$(median <"$tmp/c"); t=$(median <"$tmp/t")
+if [ -s "$tmp/l" ]; then
+  l=$(median <"$tmp/l")
+  echo "median: convoy with cuBLASLt products $l tok/s (MFU $(mfu "$l") %)"
+fi
 echo "median: convoy $c tok/s (MFU $(mfu "$c") %), pytorch $t tok/s (MFU $(mfu "$t") %)," \
   "ratio $(awk -v c="$c" -v t="$t" 'BEGIN {printf "%.2f", c/t}')x ($N parameters, $dtype, peak $PEAK_TFLOPS TFLOP/s)"

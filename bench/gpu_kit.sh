@@ -6,9 +6,10 @@
 #   bench/gpu_kit.sh build        # here, from the repository root
 #   bench/gpu_kit.sh run [OUT]    # on the GPU machine, from the root of the carried tree
 #
-# `run` runs every GPU test (kernels vs the CPU, the whole GPT in fp32 and bf16, determinism
-# and resume, NCCL), the GEMM benchmark with cuBLASLt beside it and, when PY has torch,
-# bench/gpu_gpt2.sh; the logs go to OUT (default gpu-kit/out).
+# `run` runs every GPU test (kernels vs the CPU, the whole GPT in fp32 and bf16 with convoy's
+# GEMMs and again with cuBLASLt's, determinism and resume, NCCL), the GEMM benchmark with
+# cuBLASLt beside it and, when PY has torch, bench/gpu_gpt2.sh; the logs go to OUT (default
+# gpu-kit/out).
 set -euo pipefail
 KIT=gpu-kit
 case "${1:-}" in
@@ -53,11 +54,16 @@ run)
     (cd "$dir" && "$root/$t" --test-threads 1 --nocapture) >>"$OUT/tests.log" 2>&1 || status=1
     tail -n 3 "$OUT/tests.log"
   done
+  # The whole model again with cuBLASLt for its products (CONVOY_GEMM=cublaslt).
+  echo "== engine.gpu_gpt with CONVOY_GEMM=cublaslt" | tee -a "$OUT/tests.log"
+  (cd engine && CONVOY_GEMM=cublaslt "$root/$KIT/tests/engine.gpu_gpt" --test-threads 1 --nocapture) \
+    >>"$OUT/tests.log" 2>&1 || status=1
+  tail -n 3 "$OUT/tests.log"
   "$KIT/gpu_gemm_bench" --cublaslt >"$OUT/gemm.txt" 2>&1 || status=1
   cat "$OUT/gemm.txt"
   PY=${PY:-python3}
   if "$PY" -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
-    CONVOY_BIN=$KIT/convoy bench/gpu_gpt2.sh "$PY" "${ROUNDS:-3}" >"$OUT/gpt2.txt" 2>&1 || status=1
+    CUBLASLT=1 CONVOY_BIN=$KIT/convoy bench/gpu_gpt2.sh "$PY" "${ROUNDS:-3}" >"$OUT/gpt2.txt" 2>&1 || status=1
     cat "$OUT/gpt2.txt"
   else
     echo "no torch with CUDA in $PY: skipped bench/gpu_gpt2.sh" | tee "$OUT/gpt2.txt"

@@ -8,18 +8,15 @@
 //! Each row times one layer's three products, as the training step runs them: forward
 //! out [M, OC] = inp [M, C]·weightᵀ, dinp [M, C] += dout·weight and dweight [OC, C] +=
 //! doutᵀ·inp, 2·M·C·OC flops each; medians of 9 timed launches (CUDA events) after 2 warm-up
-//! launches. cuBLASLt's bf16 products write bf16 outputs (its cudarc binding has one element
-//! type per call) and its fp32 ones compute in TF32 (cudarc's choice), so those columns are
-//! the vendor library's best case, not the same arithmetic. Prints "no GPU" and exits 0 on a
-//! machine without one.
+//! launches. cuBLASLt runs the same products with the same arithmetic (`ops::CublasLt`: bf16 or
+//! fp32 operands, fp32 accumulation without TF32, fp32 output), the switch the model takes as
+//! `CONVOY_GEMM=cublaslt`. Prints "no GPU" and exits 0 on a machine without one.
 
-use cudarc::cublaslt::{CudaBlasLT, Matmul, MatmulConfig};
 use cudarc::driver::CudaSlice;
 use cudarc::driver::sys::CUevent_flags;
-use half::bf16;
 
 use convoy_kernels::cuda::Device;
-use convoy_kernels::cuda::ops::{self, Gemm};
+use convoy_kernels::cuda::ops::{self, CublasLt, Gemm};
 
 fn median(mut v: Vec<f32>) -> f32 {
     v.sort_by(f32::total_cmp);
@@ -51,29 +48,6 @@ fn time_ms(dev: &Device, mut run: impl FnMut()) -> f32 {
     median(times)
 }
 
-/// cuBLASLt (column-major) computing the row-major product `g` (no batch): C = op(A)·op(B)
-/// row-major is Cᵀ = op(B)ᵀ·op(A)ᵀ column-major, so A and B swap and m and n swap.
-fn lt_config(g: &Gemm) -> MatmulConfig {
-    MatmulConfig {
-        transa: g.tb,
-        transb: g.ta,
-        transc: false,
-        m: g.n as u64,
-        n: g.m as u64,
-        k: g.k as u64,
-        alpha: 1.0,
-        lda: g.ldb as i64,
-        ldb: g.lda as i64,
-        beta: if g.accumulate { 1.0 } else { 0.0 },
-        ldc: g.ldc as i64,
-        stride_a: None,
-        stride_b: None,
-        stride_c: None,
-        stride_bias: None,
-        batch_size: None,
-    }
-}
-
 fn main() {
     let dev = match Device::open(0) {
         Ok(Some(d)) => d,
@@ -83,9 +57,9 @@ fn main() {
         }
         Err(e) => panic!("the GPU is present but unusable: {e}"),
     };
-    let lt = std::env::args().any(|a| a == "--cublaslt").then(|| {
-        CudaBlasLT::new(dev.stream.clone()).expect("cuBLASLt (is libcublasLt on LD_LIBRARY_PATH?)")
-    });
+    let lt = std::env::args()
+        .any(|a| a == "--cublaslt")
+        .then(|| CublasLt::new(&dev).expect("cuBLASLt"));
     let s = dev.stream.clone();
     println!("GPU sm_{}{}", dev.arch.major, dev.arch.minor);
     let mut header = format!(
@@ -100,8 +74,8 @@ fn main() {
     );
     if lt.is_some() {
         header += &format!(
-            "   {:>8} {:>8} {:>8} {:>8}",
-            "lt bf16f", "lt bf16i", "lt bf16w", "lt tf32f"
+            "   {:>8} {:>8} {:>8}   {:>8} {:>8} {:>8}",
+            "lt f32 f", "lt f32 i", "lt f32 w", "lt bf16f", "lt bf16i", "lt bf16w"
         );
     }
     println!("{header}");
@@ -185,52 +159,51 @@ fn main() {
             }));
         }
         if let Some(lt) = &lt {
-            // The same bit patterns as cudarc's bf16 type.
-            let as_bf16 = |x: &CudaSlice<u16>| -> CudaSlice<bf16> {
-                let host: Vec<bf16> = s
-                    .clone_dtoh(x)
-                    .expect("download")
-                    .into_iter()
-                    .map(bf16::from_bits)
-                    .collect();
-                s.clone_htod(&host).expect("upload")
-            };
-            let (i16, w16, d16) = (as_bf16(&inp_h), as_bf16(&weight_h), as_bf16(&dout_h));
-            let mut o16 = s.alloc_zeros::<bf16>(m * oc).expect("alloc");
-            let mut di16 = s.alloc_zeros::<bf16>(m * c).expect("alloc");
-            let mut dw16 = s.alloc_zeros::<bf16>(oc * c).expect("alloc");
-            for (g, a, b, out16) in [
-                (&fwd_g, &i16, &w16, &mut o16),
-                (&dinp_g, &d16, &w16, &mut di16),
-                (&dw_g, &d16, &i16, &mut dw16),
+            for (g, c_buf, a, b) in [
+                (&fwd_g, &mut out, &inp, &weight),
+                (&dinp_g, &mut dinp, &dout, &weight),
+                (&dw_g, &mut dweight, &dout, &inp),
             ] {
                 row.push(time_ms(&dev, || {
-                    // SAFETY: cuBLASLt reads op(A) [m, k], op(B) [k, n] and writes C [m, n] at
-                    // the leading dimensions of `g`, which these buffers hold exactly.
-                    unsafe { lt.matmul(lt_config(g), b, a, out16, None, None) }.expect("cuBLASLt");
+                    lt.gemm(
+                        &dev,
+                        g,
+                        &mut c_buf.as_view_mut(),
+                        &a.as_view(),
+                        &b.as_view(),
+                        None,
+                    )
+                    .expect("cuBLASLt");
                 }));
             }
-            row.push(time_ms(&dev, || {
-                // SAFETY: as above, fp32 buffers of exactly the forward's sizes.
-                unsafe { lt.matmul(lt_config(&fwd_g), &weight, &inp, &mut out, None, None) }
+            for (g, c_buf, a, b) in [
+                (&fwd_g, &mut out, &inp_h, &weight_h),
+                (&dinp_g, &mut dinp, &dout_h, &weight_h),
+                (&dw_g, &mut dweight, &dout_h, &inp_h),
+            ] {
+                row.push(time_ms(&dev, || {
+                    lt.gemm(
+                        &dev,
+                        g,
+                        &mut c_buf.as_view_mut(),
+                        &a.as_view(),
+                        &b.as_view(),
+                        None,
+                    )
                     .expect("cuBLASLt");
-            }));
+                }));
+            }
         }
         s.synchronize().expect("sync");
         let cells: Vec<String> = row
             .iter()
             .map(|&ms| format!("{:>8.1}", tflops(ms)))
             .collect();
+        let groups: Vec<String> = cells.chunks(3).map(|g| g.join(" ")).collect();
         println!(
-            "{:<30} {}   {}{}",
+            "{:<30} {}",
             format!("{name} [{m}x{c}]->[{m}x{oc}]"),
-            cells[..3].join(" "),
-            cells[3..6].join(" "),
-            if cells.len() > 6 {
-                format!("   {}", cells[6..].join(" "))
-            } else {
-                String::new()
-            }
+            groups.join("   ")
         );
     }
     println!(

@@ -9,6 +9,7 @@
 //! GPU gives bit-identical results run after run.
 
 mod attention;
+mod cublaslt;
 mod elementwise;
 mod encoder;
 mod gemm;
@@ -17,6 +18,7 @@ mod loss;
 mod optim;
 
 pub use attention::{AttentionScratch, attention_backward, attention_forward};
+pub use cublaslt::{CublasLt, LtOperand};
 pub use elementwise::{gelu_backward, gelu_forward, residual_forward};
 pub use encoder::{DeviceTokenBuckets, encoder_backward, encoder_forward};
 pub use gemm::{Gemm, gemm_bf16, gemm_f32, matmul_backward, matmul_dbias, matmul_forward, to_bf16};

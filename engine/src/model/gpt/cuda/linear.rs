@@ -2,14 +2,17 @@
 //! (the tiled fp32 kernels) or bf16 operands on the tensor cores with fp32 accumulation and
 //! fp32 outputs. Everything around the products (biases, activations, master weights)
 //! stays fp32 either way, so the two precisions share every other kernel and buffer.
+//!
+//! With `CONVOY_GEMM=cublaslt` the same products (same operand types, fp32 accumulation and
+//! output) run in cuBLASLt instead of convoy's kernels, for comparing the two in one model.
 
 use std::ops::Range;
 
-use convoy_kernels::cuda::Device;
-use convoy_kernels::cuda::ops::{self, Gemm};
+use convoy_kernels::cuda::ops::{self, CublasLt, Gemm, LtOperand};
+use convoy_kernels::cuda::{CudaError, Device};
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
 
-use super::{gpu, pair_mut};
+use super::gpu;
 use crate::error::Result;
 
 /// The bf16 side of the products: the weights rounded once per step, and operand scratch.
@@ -27,6 +30,65 @@ pub(super) struct Products<'a> {
     pub dev: &'a Device,
     pub params: &'a CudaSlice<f32>,
     pub bf16: Option<Bf16Operands<'a>>,
+    /// cuBLASLt instead of convoy's GEMM kernels (the benchmark switch).
+    pub lt: Option<&'a CublasLt>,
+}
+
+/// An operand type with a GEMM of convoy's own (fp32 on the CUDA cores, bf16 on the tensor
+/// cores) and one in cuBLASLt.
+trait Operand: LtOperand + Sized {
+    fn convoy_gemm(
+        dev: &Device,
+        g: &Gemm,
+        c: &mut CudaViewMut<'_, f32>,
+        a: &CudaView<'_, Self>,
+        b: &CudaView<'_, Self>,
+        bias: Option<&CudaView<'_, f32>>,
+    ) -> std::result::Result<(), CudaError>;
+}
+
+impl Operand for f32 {
+    fn convoy_gemm(
+        dev: &Device,
+        g: &Gemm,
+        c: &mut CudaViewMut<'_, f32>,
+        a: &CudaView<'_, f32>,
+        b: &CudaView<'_, f32>,
+        bias: Option<&CudaView<'_, f32>>,
+    ) -> std::result::Result<(), CudaError> {
+        ops::gemm_f32(dev, g, c, a, b, bias)
+    }
+}
+
+impl Operand for u16 {
+    fn convoy_gemm(
+        dev: &Device,
+        g: &Gemm,
+        c: &mut CudaViewMut<'_, f32>,
+        a: &CudaView<'_, u16>,
+        b: &CudaView<'_, u16>,
+        bias: Option<&CudaView<'_, f32>>,
+    ) -> std::result::Result<(), CudaError> {
+        ops::gemm_bf16(dev, g, c, a, b, bias)
+    }
+}
+
+/// One product `c = op(a)·op(b) (+ bias) (+ c)` in convoy's kernel for the operand type, or in
+/// cuBLASLt when given.
+fn product<T: Operand>(
+    dev: &Device,
+    lt: Option<&CublasLt>,
+    g: &Gemm,
+    c: &mut CudaViewMut<'_, f32>,
+    a: &CudaView<'_, T>,
+    b: &CudaView<'_, T>,
+    bias: Option<&CudaView<'_, f32>>,
+) -> Result<()> {
+    match lt {
+        Some(lt) => lt.gemm(dev, g, c, a, b, bias),
+        None => T::convoy_gemm(dev, g, c, a, b, bias),
+    }
+    .map_err(gpu)
 }
 
 impl Products<'_> {
@@ -43,32 +105,25 @@ impl Products<'_> {
         c: usize,
         oc: usize,
     ) -> Result<()> {
+        let g = Gemm::dense(false, true, n, oc, c);
         let bias = bias.map(|r| self.params.slice(r));
+        let (dev, lt) = (self.dev, self.lt);
         match &mut self.bf16 {
-            None => ops::matmul_forward(
-                self.dev,
+            None => product(
+                dev,
+                lt,
+                &g,
                 out,
                 inp,
                 &self.params.slice(weight),
                 bias.as_ref(),
-                n,
-                c,
-                oc,
             ),
             Some(h) => {
-                ops::to_bf16(self.dev, &mut h.inp.slice_mut(..n * c), inp, n * c).and_then(|()| {
-                    ops::gemm_bf16(
-                        self.dev,
-                        &Gemm::dense(false, true, n, oc, c),
-                        out,
-                        &h.inp.slice(..n * c),
-                        &h.params.slice(weight),
-                        bias.as_ref(),
-                    )
-                })
+                ops::to_bf16(dev, &mut h.inp.slice_mut(..n * c), inp, n * c).map_err(gpu)?;
+                let (inp16, w16) = (h.inp.slice(..n * c), h.params.slice(weight));
+                product(dev, lt, &g, out, &inp16, &w16, bias.as_ref())
             }
         }
-        .map_err(gpu)
     }
 
     /// The backward of [`Products::forward`], accumulating: dinp [N, C] += dout · W,
@@ -86,59 +141,39 @@ impl Products<'_> {
         c: usize,
         oc: usize,
     ) -> Result<()> {
-        let dev = self.dev;
-        let Some(h) = &mut self.bf16 else {
-            let w = self.params.slice(weight.clone());
-            return match bias {
-                Some(bias) => pair_mut(grads, weight, bias, |dw, db| {
-                    ops::matmul_backward(dev, dinp, dw, Some(db), dout, inp, &w, n, c, oc)
-                }),
-                None => ops::matmul_backward(
-                    dev,
-                    dinp,
-                    &mut grads.slice_mut(weight.clone()),
-                    None,
-                    dout,
-                    inp,
-                    &w,
-                    n,
-                    c,
-                    oc,
-                ),
-            }
-            .map_err(gpu);
-        };
-        ops::to_bf16(dev, &mut h.dout.slice_mut(..n * oc), dout, n * oc).map_err(gpu)?;
-        ops::to_bf16(dev, &mut h.inp.slice_mut(..n * c), inp, n * c).map_err(gpu)?;
-        let (dout16, inp16) = (h.dout.slice(..n * oc), h.inp.slice(..n * c));
-        // dinp [N, C] += dout [N, OC] · W [OC, C]
-        let dinp_product = Gemm {
+        // dinp [N, C] += dout [N, OC] · W [OC, C]; dW [OC, C] += dout [N, OC]ᵀ · inp [N, C]
+        let dinp_g = Gemm {
             accumulate: true,
             ..Gemm::dense(false, false, n, c, oc)
         };
-        ops::gemm_bf16(
-            dev,
-            &dinp_product,
-            dinp,
-            &dout16,
-            &h.params.slice(weight.clone()),
-            None,
-        )
-        .map_err(gpu)?;
-        // dW [OC, C] += dout [N, OC]ᵀ · inp [N, C]
-        let dweight_product = Gemm {
+        let dw_g = Gemm {
             accumulate: true,
             ..Gemm::dense(true, false, oc, c, n)
         };
-        ops::gemm_bf16(
-            dev,
-            &dweight_product,
-            &mut grads.slice_mut(weight),
-            &dout16,
-            &inp16,
-            None,
-        )
-        .map_err(gpu)?;
+        let (dev, lt) = (self.dev, self.lt);
+        let mut dw = grads.slice_mut(weight.clone());
+        match &mut self.bf16 {
+            None => {
+                let w = self.params.slice(weight);
+                product(dev, lt, &dinp_g, dinp, dout, &w, None)?;
+                product(dev, lt, &dw_g, &mut dw, dout, inp, None)?;
+            }
+            Some(h) => {
+                ops::to_bf16(dev, &mut h.dout.slice_mut(..n * oc), dout, n * oc).map_err(gpu)?;
+                ops::to_bf16(dev, &mut h.inp.slice_mut(..n * c), inp, n * c).map_err(gpu)?;
+                let (dout16, inp16) = (h.dout.slice(..n * oc), h.inp.slice(..n * c));
+                product(
+                    dev,
+                    lt,
+                    &dinp_g,
+                    dinp,
+                    &dout16,
+                    &h.params.slice(weight),
+                    None,
+                )?;
+                product(dev, lt, &dw_g, &mut dw, &dout16, &inp16, None)?;
+            }
+        }
         if let Some(bias) = bias {
             ops::matmul_dbias(dev, &mut grads.slice_mut(bias), dout, n, oc).map_err(gpu)?;
         }

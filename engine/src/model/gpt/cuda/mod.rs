@@ -10,7 +10,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use convoy_kernels::IGNORE_INDEX;
-use convoy_kernels::cuda::ops::{self, AttentionScratch, DeviceTokenBuckets};
+use convoy_kernels::cuda::ops::{self, AttentionScratch, CublasLt, DeviceTokenBuckets};
 use convoy_kernels::cuda::{CudaError, Device};
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr, ValidAsZeroBits};
 
@@ -95,6 +95,8 @@ pub struct GptCuda {
     precision: Precision,
     /// The parameters rounded to bf16, refreshed at each forward (bf16 precision only).
     params16: Option<CudaSlice<u16>>,
+    /// cuBLASLt for the linear products instead of convoy's kernels (`CONVOY_GEMM=cublaslt`).
+    lt: Option<CublasLt>,
     bufs: Option<Buffers>,
     /// The last training forward's token buckets (the embedding backward reads them).
     buckets: Option<DeviceTokenBuckets>,
@@ -144,6 +146,15 @@ impl GptCuda {
                 Some(alloc::<u16>(&dev, params.len(), "bf16 parameters").map_err(gpu)?)
             }
         };
+        let lt = match std::env::var("CONVOY_GEMM").as_deref() {
+            Err(_) | Ok("") | Ok("convoy") => None,
+            Ok("cublaslt") => Some(CublasLt::new(&dev).map_err(gpu)?),
+            Ok(other) => {
+                return Err(EngineError::Gpu(format!(
+                    "CONVOY_GEMM = {other:?}: expected \"convoy\" (the default) or \"cublaslt\""
+                )));
+            }
+        };
         Ok(GptCuda {
             dev,
             cfg,
@@ -151,6 +162,7 @@ impl GptCuda {
             grads,
             precision,
             params16,
+            lt,
             bufs: None,
             buckets: None,
             last: None,
@@ -286,6 +298,7 @@ impl GptCuda {
             dev,
             &self.params,
             self.params16.as_ref(),
+            self.lt.as_ref(),
             &mut bufs.op16_dout,
             &mut bufs.op16_inp,
         );
@@ -359,6 +372,7 @@ impl GptCuda {
             dev,
             &self.params,
             self.params16.as_ref(),
+            self.lt.as_ref(),
             &mut bufs.op16_dout,
             &mut bufs.op16_inp,
         );
@@ -411,6 +425,7 @@ impl GptCuda {
             dev,
             p,
             self.params16.as_ref(),
+            self.lt.as_ref(),
             &mut bufs.op16_dout,
             &mut bufs.op16_inp,
         );
@@ -580,6 +595,7 @@ impl GptCuda {
             dev,
             p,
             self.params16.as_ref(),
+            self.lt.as_ref(),
             &mut bufs.op16_dout,
             &mut bufs.op16_inp,
         );
@@ -915,6 +931,7 @@ fn products<'a>(
     dev: &'a Device,
     params: &'a CudaSlice<f32>,
     params16: Option<&'a CudaSlice<u16>>,
+    lt: Option<&'a CublasLt>,
     dout: &'a mut CudaSlice<u16>,
     inp: &'a mut CudaSlice<u16>,
 ) -> Products<'a> {
@@ -922,6 +939,7 @@ fn products<'a>(
         dev,
         params,
         bf16: params16.map(|params| Bf16Operands { params, dout, inp }),
+        lt,
     }
 }
 
