@@ -16,7 +16,7 @@ use cudarc::driver::CudaSlice;
 use cudarc::driver::sys::CUevent_flags;
 
 use convoy_kernels::cuda::Device;
-use convoy_kernels::cuda::ops::{self, CublasLt, Gemm};
+use convoy_kernels::cuda::ops::{self, CublasLt, Gemm, Operand};
 
 fn median(mut v: Vec<f32>) -> f32 {
     v.sort_by(f32::total_cmp);
@@ -46,6 +46,32 @@ fn time_ms(dev: &Device, mut run: impl FnMut()) -> f32 {
         })
         .collect();
     median(times)
+}
+
+/// Median milliseconds of each product `shapes[i]` into `outs[i]` from `operands[i]`, in
+/// convoy's generic GEMM or in cuBLASLt.
+fn products<T: Operand>(
+    dev: &Device,
+    shapes: &[&Gemm],
+    outs: &mut [&mut CudaSlice<f32>],
+    operands: &[(&CudaSlice<T>, &CudaSlice<T>)],
+    lt: Option<&CublasLt>,
+) -> Vec<f32> {
+    shapes
+        .iter()
+        .zip(outs.iter_mut())
+        .zip(operands)
+        .map(|((g, c), (a, b))| {
+            time_ms(dev, || {
+                let (mut c, a, b) = (c.as_view_mut(), a.as_view(), b.as_view());
+                match lt {
+                    Some(lt) => lt.gemm(dev, g, &mut c, &a, &b, None),
+                    None => ops::gemm(dev, g, &mut c, &a, &b, None),
+                }
+                .expect("launch");
+            })
+        })
+        .collect()
 }
 
 fn main() {
@@ -111,88 +137,29 @@ fn main() {
             ..Gemm::dense(true, false, oc, c, m)
         };
 
-        let mut row = vec![
-            time_ms(&dev, || {
-                let (i, w) = (inp.as_view(), weight.as_view());
-                ops::matmul_forward(&dev, &mut out.as_view_mut(), &i, &w, None, m, c, oc)
-                    .expect("launch");
-            }),
-            time_ms(&dev, || {
-                ops::gemm_f32(
-                    &dev,
-                    &dinp_g,
-                    &mut dinp.as_view_mut(),
-                    &dout.as_view(),
-                    &weight.as_view(),
-                    None,
-                )
+        // The fp32 forward through the linear layer's own kernel, then every product through
+        // the generic kernels (and cuBLASLt) with fp32 and bf16 operands.
+        let mut row = vec![time_ms(&dev, || {
+            let (i, w) = (inp.as_view(), weight.as_view());
+            ops::matmul_forward(&dev, &mut out.as_view_mut(), &i, &w, None, m, c, oc)
                 .expect("launch");
-            }),
-            time_ms(&dev, || {
-                ops::gemm_f32(
-                    &dev,
-                    &dw_g,
-                    &mut dweight.as_view_mut(),
-                    &dout.as_view(),
-                    &inp.as_view(),
-                    None,
-                )
-                .expect("launch");
-            }),
-        ];
+        })];
         let (inp_h, weight_h, dout_h) = (rounded(&inp), rounded(&weight), rounded(&dout));
-        for (g, c_buf, a, b) in [
-            (&fwd_g, &mut out, &inp_h, &weight_h),
-            (&dinp_g, &mut dinp, &dout_h, &weight_h),
-            (&dw_g, &mut dweight, &dout_h, &inp_h),
-        ] {
-            row.push(time_ms(&dev, || {
-                ops::gemm_bf16(
-                    &dev,
-                    g,
-                    &mut c_buf.as_view_mut(),
-                    &a.as_view(),
-                    &b.as_view(),
-                    None,
-                )
-                .expect("launch");
-            }));
-        }
+        let mut outs = [&mut out, &mut dinp, &mut dweight];
+        let shapes = [&fwd_g, &dinp_g, &dw_g];
+        let f32_ops = [(&inp, &weight), (&dout, &weight), (&dout, &inp)];
+        let bf16_ops = [(&inp_h, &weight_h), (&dout_h, &weight_h), (&dout_h, &inp_h)];
+        row.extend(products(
+            &dev,
+            &shapes[1..],
+            &mut outs[1..],
+            &f32_ops[1..],
+            None,
+        ));
+        row.extend(products(&dev, &shapes, &mut outs, &bf16_ops, None));
         if let Some(lt) = &lt {
-            for (g, c_buf, a, b) in [
-                (&fwd_g, &mut out, &inp, &weight),
-                (&dinp_g, &mut dinp, &dout, &weight),
-                (&dw_g, &mut dweight, &dout, &inp),
-            ] {
-                row.push(time_ms(&dev, || {
-                    lt.gemm(
-                        &dev,
-                        g,
-                        &mut c_buf.as_view_mut(),
-                        &a.as_view(),
-                        &b.as_view(),
-                        None,
-                    )
-                    .expect("cuBLASLt");
-                }));
-            }
-            for (g, c_buf, a, b) in [
-                (&fwd_g, &mut out, &inp_h, &weight_h),
-                (&dinp_g, &mut dinp, &dout_h, &weight_h),
-                (&dw_g, &mut dweight, &dout_h, &inp_h),
-            ] {
-                row.push(time_ms(&dev, || {
-                    lt.gemm(
-                        &dev,
-                        g,
-                        &mut c_buf.as_view_mut(),
-                        &a.as_view(),
-                        &b.as_view(),
-                        None,
-                    )
-                    .expect("cuBLASLt");
-                }));
-            }
+            row.extend(products(&dev, &shapes, &mut outs, &f32_ops, Some(lt)));
+            row.extend(products(&dev, &shapes, &mut outs, &bf16_ops, Some(lt)));
         }
         s.synchronize().expect("sync");
         let cells: Vec<String> = row

@@ -80,13 +80,13 @@ fn cublaslt_matches_convoys_gemms() {
             let mut theirs = up(&c0);
             if bf16 {
                 let (a, b) = (a.1.as_view(), b.1.as_view());
-                ops::gemm_bf16(&dev, &g, &mut ours.as_view_mut(), &a, &b, bias.as_ref())
+                ops::gemm::<u16>(&dev, &g, &mut ours.as_view_mut(), &a, &b, bias.as_ref())
                     .expect("convoy");
                 lt.gemm(&dev, &g, &mut theirs.as_view_mut(), &a, &b, bias.as_ref())
                     .expect("cuBLASLt");
             } else {
                 let (a, b) = (a.0.as_view(), b.0.as_view());
-                ops::gemm_f32(&dev, &g, &mut ours.as_view_mut(), &a, &b, bias.as_ref())
+                ops::gemm::<f32>(&dev, &g, &mut ours.as_view_mut(), &a, &b, bias.as_ref())
                     .expect("convoy");
                 lt.gemm(&dev, &g, &mut theirs.as_view_mut(), &a, &b, bias.as_ref())
                     .expect("cuBLASLt");

@@ -3,7 +3,7 @@
 
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchArgs, PushKernelArg};
 
-use super::gemm::{Gemm, gemm_f32};
+use super::gemm::{Gemm, gemm};
 use super::{grid_1d, grid_rows, int, launched, need};
 use crate::cuda::{CudaError, Device};
 
@@ -129,7 +129,7 @@ pub fn attention_forward(
     let [mut q, mut k, mut v, mut vaccum, ..] = scratch.parts(sh.btc());
     permute(dev, &mut q, &mut k, &mut v, qkv, &sh)?;
     let hs = sh.hs;
-    gemm_f32(
+    gemm::<f32>(
         dev,
         &sh.bmm(false, true, t, t, hs, 1.0),
         preatt,
@@ -138,7 +138,7 @@ pub fn attention_forward(
         None,
     )?;
     softmax_forward(dev, preatt, att, &sh)?;
-    gemm_f32(
+    gemm::<f32>(
         dev,
         &sh.bmm(false, false, t, hs, t, 1.0),
         &mut vaccum,
@@ -179,7 +179,7 @@ pub fn attention_backward(
     permute(dev, &mut q, &mut k, &mut v, qkv, &sh)?;
     unpermute_backward(dev, &mut dvaccum, dout, &sh)?;
     let dvacc = dvaccum.as_view();
-    gemm_f32(
+    gemm::<f32>(
         dev,
         &sh.bmm(false, true, t, t, hs, 1.0),
         datt,
@@ -187,7 +187,7 @@ pub fn attention_backward(
         &v.as_view(),
         None,
     )?;
-    gemm_f32(
+    gemm::<f32>(
         dev,
         &sh.bmm(true, false, t, hs, t, 1.0),
         &mut dv,
@@ -199,7 +199,7 @@ pub fn attention_backward(
     // the scale then goes into the two products, as the CPU's sgemm calls do.
     softmax_backward(dev, dpreatt, datt, att, &sh)?;
     let dpre = dpreatt.as_view();
-    gemm_f32(
+    gemm::<f32>(
         dev,
         &sh.bmm(false, false, t, hs, t, scale),
         &mut dq,
@@ -207,7 +207,7 @@ pub fn attention_backward(
         &k.as_view(),
         None,
     )?;
-    gemm_f32(
+    gemm::<f32>(
         dev,
         &sh.bmm(true, false, t, hs, t, scale),
         &mut dk,

@@ -15,27 +15,13 @@ use std::mem::size_of;
 use std::sync::Mutex;
 
 use cudarc::cublaslt::{result, sys};
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut};
 
-use super::gemm::Gemm;
-use super::need;
+use super::gemm::{Gemm, Operand};
 use crate::cuda::{CudaError, Device};
 
 /// cuBLASLt's workspace: NVIDIA's recommendation for Hopper (32 MiB), enough for Ampere.
 const WORKSPACE_BYTES: usize = 32 << 20;
-
-/// An operand element type cuBLASLt takes: fp32, or bf16 as its `u16` bit pattern.
-pub trait LtOperand: DeviceRepr {
-    const TYPE: sys::cudaDataType;
-}
-
-impl LtOperand for f32 {
-    const TYPE: sys::cudaDataType = sys::cudaDataType::CUDA_R_32F;
-}
-
-impl LtOperand for u16 {
-    const TYPE: sys::cudaDataType = sys::cudaDataType::CUDA_R_16BF;
-}
 
 /// What a plan depends on: the product's shape, the operand type, the epilogue, and the
 /// pointers' alignments (cuBLASLt picks algorithms for the alignment it is promised).
@@ -118,7 +104,7 @@ impl CublasLt {
 
     /// `c [m, n] = op(a)·op(b) (+ bias [n]) (+ c if g.accumulate)` for the row-major,
     /// unbatched product `g` (alpha 1), on the device's stream.
-    pub fn gemm<T: LtOperand>(
+    pub fn gemm<T: Operand>(
         &self,
         dev: &Device,
         g: &Gemm,
@@ -136,13 +122,7 @@ impl CublasLt {
             !(g.accumulate && bias.is_some()),
             "{OP}: a bias with accumulate"
         );
-        let (ea, eb, ec) = g.extents();
-        need(OP, "A", a.len(), ea);
-        need(OP, "B", b.len(), eb);
-        need(OP, "C", c.len(), ec);
-        if let Some(bias) = bias {
-            need(OP, "bias", bias.len(), g.n);
-        }
+        g.check(OP, a.len(), b.len(), c.len(), bias.map(|x| x.len()));
         let s = &dev.stream;
         let (pa, _ra) = a.device_ptr(s);
         let (pb, _rb) = b.device_ptr(s);
@@ -155,7 +135,7 @@ impl CublasLt {
             ta: g.ta,
             tb: g.tb,
             dims: [g.m, g.n, g.k, g.lda, g.ldb, g.ldc],
-            operand: T::TYPE as i32,
+            operand: T::LT_TYPE as i32,
             bias: bias.is_some(),
             align: [align(pa), align(pb), align(pc)],
         };
@@ -207,7 +187,7 @@ impl CublasLt {
     }
 
     /// The descriptors of a product and the heuristic's fastest algorithm for it.
-    fn plan<T: LtOperand>(&self, key: &Key) -> Result<Plan, CudaError> {
+    fn plan<T: Operand>(&self, key: &Key) -> Result<Plan, CudaError> {
         let [m, n, k, lda, ldb, ldc] = key.dims.map(|x| x as u64);
         let (lda, ldb, ldc) = (lda as i64, ldb as i64, ldc as i64);
         let err = |what: &'static str| move |e| lt_error(what, e);
@@ -226,8 +206,8 @@ impl CublasLt {
         let (b_rows, b_cols) = if key.ta { (m, k) } else { (k, m) };
         let mut plan = Plan {
             desc,
-            a: layout(T::TYPE, a_rows, a_cols, ldb)?,
-            b: layout(T::TYPE, b_rows, b_cols, lda)?,
+            a: layout(T::LT_TYPE, a_rows, a_cols, ldb)?,
+            b: layout(T::LT_TYPE, b_rows, b_cols, lda)?,
             c: layout(sys::cudaDataType::CUDA_R_32F, n, m, ldc)?,
             pref: result::create_matmul_pref().map_err(err("creating a preference"))?,
             // SAFETY: an all-zero algorithm is a valid value of this plain C struct; the

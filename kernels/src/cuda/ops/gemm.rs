@@ -1,7 +1,7 @@
 //! matmul.cu: the linear layer (forward and its three backward products) and the generic
 //! batched GEMM that attention chains between its kernels.
 
-use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg};
 
 use super::{int, launched, need};
 use crate::cuda::{CudaError, Device};
@@ -110,35 +110,56 @@ impl Gemm {
         )
     }
 
+    /// Panics unless buffers of `a`, `b`, `c` (and `bias`) elements hold what this product
+    /// reaches: the check that makes a launch of it sound.
+    pub(super) fn check(&self, op: &str, a: usize, b: usize, c: usize, bias: Option<usize>) {
+        let (ea, eb, ec) = self.extents();
+        need(op, "A", a, ea);
+        need(op, "B", b, eb);
+        need(op, "C", c, ec);
+        if let Some(bias) = bias {
+            need(op, "bias", bias, self.n);
+        }
+    }
+
     /// The launch grid: one block per 128×128 tile of C, the batch in grid.z.
     pub fn grid(&self) -> LaunchConfig {
         gemm_grid(self.m, self.n, self.outer * self.inner)
     }
 }
 
-/// The generic fp32 GEMM `g` on views of the buffers (offset pointers allowed).
-pub fn gemm_f32(
-    dev: &Device,
-    g: &Gemm,
-    c: &mut CudaViewMut<'_, f32>,
-    a: &CudaView<'_, f32>,
-    b: &CudaView<'_, f32>,
-    bias: Option<&CudaView<'_, f32>>,
-) -> Result<(), CudaError> {
-    launch_gemm(dev, &g.kernel("f32", ""), g, c, a, b, bias)
+/// An operand element type of the generic GEMMs: fp32 (CUDA cores), or bf16 as its `u16`
+/// bit pattern (tensor cores). Either way the products accumulate in fp32 into an fp32 C.
+pub trait Operand: DeviceRepr + Sized {
+    /// The kernels' name prefix in matmul.cu: `gemm_{PREFIX}_{nn,nt,tn,tt}`.
+    const PREFIX: &'static str;
+    /// The same type as cuBLASLt names it.
+    const LT_TYPE: cudarc::cublaslt::sys::cudaDataType;
 }
 
-/// The generic GEMM `g` on the tensor cores: A and B are bf16 (as `u16` bit patterns), the
-/// products accumulate in fp32 and C is fp32.
-pub fn gemm_bf16(
+impl Operand for f32 {
+    const PREFIX: &'static str = "f32";
+    const LT_TYPE: cudarc::cublaslt::sys::cudaDataType =
+        cudarc::cublaslt::sys::cudaDataType::CUDA_R_32F;
+}
+
+impl Operand for u16 {
+    const PREFIX: &'static str = "bf16";
+    const LT_TYPE: cudarc::cublaslt::sys::cudaDataType =
+        cudarc::cublaslt::sys::cudaDataType::CUDA_R_16BF;
+}
+
+/// The generic GEMM `g` with operands of type `T` on views of the buffers (offset pointers
+/// allowed): `C = alpha·op(A)·op(B) + bias (+ C)`, C fp32.
+pub fn gemm<T: Operand>(
     dev: &Device,
     g: &Gemm,
     c: &mut CudaViewMut<'_, f32>,
-    a: &CudaView<'_, u16>,
-    b: &CudaView<'_, u16>,
+    a: &CudaView<'_, T>,
+    b: &CudaView<'_, T>,
     bias: Option<&CudaView<'_, f32>>,
 ) -> Result<(), CudaError> {
-    launch_gemm(dev, &g.kernel("bf16", ""), g, c, a, b, bias)
+    launch_gemm(dev, &g.kernel(T::PREFIX, ""), g, c, a, b, bias)
 }
 
 /// out [n] (bf16 bit patterns) = inp [n] rounded to the nearest bf16, ties to even.
@@ -171,13 +192,7 @@ fn launch_gemm<TC, TAB>(
     bias: Option<&CudaView<'_, f32>>,
 ) -> Result<(), CudaError> {
     assert!(g.outer >= 1 && g.inner >= 1, "{name}: an empty batch");
-    let (ea, eb, ec) = g.extents();
-    need(name, "A", a.len(), ea);
-    need(name, "B", b.len(), eb);
-    need(name, "C", c.len(), ec);
-    if let Some(bias) = bias {
-        need(name, "bias", bias.len(), g.n);
-    }
+    g.check(name, a.len(), b.len(), c.len(), bias.map(|x| x.len()));
     let f = dev.function("matmul", name)?;
     let dims = [g.m, g.n, g.k, g.lda, g.ldb, g.ldc].map(|x| int(name, "a dimension", x));
     let strides = [g.sa.0, g.sa.1, g.sb.0, g.sb.1, g.sc.0, g.sc.1].map(|x| x as i64);

@@ -18,10 +18,10 @@ mod loss;
 mod optim;
 
 pub use attention::{AttentionScratch, attention_backward, attention_forward};
-pub use cublaslt::{CublasLt, LtOperand};
+pub use cublaslt::CublasLt;
 pub use elementwise::{gelu_backward, gelu_forward, residual_forward};
 pub use encoder::{DeviceTokenBuckets, encoder_backward, encoder_forward};
-pub use gemm::{Gemm, gemm_bf16, gemm_f32, matmul_backward, matmul_dbias, matmul_forward, to_bf16};
+pub use gemm::{Gemm, Operand, gemm, matmul_backward, matmul_dbias, matmul_forward, to_bf16};
 pub use layernorm::{LN_ROWS_PER_PARTIAL, layernorm_backward, layernorm_forward, ln_partial_rows};
 pub use loss::crossentropy_forward_backward;
 pub use optim::{adamw_update, clip_grads, global_norm, sgd_update};

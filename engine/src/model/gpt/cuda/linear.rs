@@ -8,8 +8,8 @@
 
 use std::ops::Range;
 
-use convoy_kernels::cuda::ops::{self, CublasLt, Gemm, LtOperand};
-use convoy_kernels::cuda::{CudaError, Device};
+use convoy_kernels::cuda::Device;
+use convoy_kernels::cuda::ops::{self, CublasLt, Gemm, Operand};
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
 
 use super::gpu;
@@ -34,45 +34,6 @@ pub(super) struct Products<'a> {
     pub lt: Option<&'a CublasLt>,
 }
 
-/// An operand type with a GEMM of convoy's own (fp32 on the CUDA cores, bf16 on the tensor
-/// cores) and one in cuBLASLt.
-trait Operand: LtOperand + Sized {
-    fn convoy_gemm(
-        dev: &Device,
-        g: &Gemm,
-        c: &mut CudaViewMut<'_, f32>,
-        a: &CudaView<'_, Self>,
-        b: &CudaView<'_, Self>,
-        bias: Option<&CudaView<'_, f32>>,
-    ) -> std::result::Result<(), CudaError>;
-}
-
-impl Operand for f32 {
-    fn convoy_gemm(
-        dev: &Device,
-        g: &Gemm,
-        c: &mut CudaViewMut<'_, f32>,
-        a: &CudaView<'_, f32>,
-        b: &CudaView<'_, f32>,
-        bias: Option<&CudaView<'_, f32>>,
-    ) -> std::result::Result<(), CudaError> {
-        ops::gemm_f32(dev, g, c, a, b, bias)
-    }
-}
-
-impl Operand for u16 {
-    fn convoy_gemm(
-        dev: &Device,
-        g: &Gemm,
-        c: &mut CudaViewMut<'_, f32>,
-        a: &CudaView<'_, u16>,
-        b: &CudaView<'_, u16>,
-        bias: Option<&CudaView<'_, f32>>,
-    ) -> std::result::Result<(), CudaError> {
-        ops::gemm_bf16(dev, g, c, a, b, bias)
-    }
-}
-
 /// One product `c = op(a)·op(b) (+ bias) (+ c)` in convoy's kernel for the operand type, or in
 /// cuBLASLt when given.
 fn product<T: Operand>(
@@ -86,7 +47,7 @@ fn product<T: Operand>(
 ) -> Result<()> {
     match lt {
         Some(lt) => lt.gemm(dev, g, c, a, b, bias),
-        None => T::convoy_gemm(dev, g, c, a, b, bias),
+        None => ops::gemm(dev, g, c, a, b, bias),
     }
     .map_err(gpu)
 }
