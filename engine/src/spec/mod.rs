@@ -76,9 +76,10 @@ pub enum Backend {
     Cuda,
 }
 
-/// `fp32`: every op in fp32. `bf16` (CUDA only): the matrix products of the GPT's linear
-/// layers and LM head take bf16 operands on the tensor cores and accumulate in fp32; weights,
-/// optimizer state, activations and every other op stay fp32 (the master copy).
+/// `fp32`: every op in fp32. `bf16` (CUDA only): every matrix product of the GPT (linear
+/// layers, LM head, attention's batched products) takes bf16 operands on the tensor cores and
+/// accumulates in fp32; weights, optimizer state, activations and every other op stay fp32
+/// (the master copy).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {

@@ -3,59 +3,99 @@
 
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchArgs, PushKernelArg};
 
-use super::gemm::{Gemm, gemm};
-use super::{grid_1d, grid_rows, int, launched, need};
+use super::gemm::{Gemm, gemm, to_bf16};
+use super::{alloc_zeros, grid_1d, grid_rows, int, launched, need};
 use crate::cuda::{CudaError, Device};
 
 /// Head-major scratch for one layer's attention: seven [B, NH, T, HS] buffers (q, k, v, the
 /// weighted values and, in the backward, their gradients), reused by every layer. The
-/// backward recomputes q, k, v from the saved qkv instead of keeping them per layer.
+/// backward recomputes q, k, v from the saved qkv instead of keeping them per layer. With
+/// bf16 products, two more buffers hold the rounded operands of the product in flight.
 pub struct AttentionScratch {
     parts: [CudaSlice<f32>; 7],
     /// B·T·C, the size of each part.
     part: usize,
+    /// The rounded A operand (up to [B, NH, T, T]) and B operand ([B, NH, T, HS]) of a
+    /// batched product on the tensor cores.
+    bf16: Option<[CudaSlice<u16>; 2]>,
 }
 
 impl AttentionScratch {
-    /// Scratch for batches of up to `b·t` positions of width `c`.
-    pub fn new(dev: &Device, b: usize, t: usize, c: usize) -> Result<Self, CudaError> {
+    /// Scratch for batches of up to `b·t` positions of width `c` in `nh` heads; with `bf16`
+    /// the batched products take bf16 operands (fp32 accumulation and outputs).
+    pub fn new(
+        dev: &Device,
+        (b, t, c, nh): (usize, usize, usize, usize),
+        bf16: bool,
+    ) -> Result<Self, CudaError> {
         let part = b * t * c;
-        let alloc = || {
-            dev.stream
-                .alloc_zeros::<f32>(part.max(1))
-                .map_err(|e| CudaError::Driver {
-                    during: format!("allocating attention scratch (7 × {part} floats)"),
-                    msg: e.to_string(),
-                })
+        let alloc = |n: usize| alloc_zeros::<f32>(dev, n, "attention scratch");
+        let bf16 = if bf16 {
+            let rounded = |n: usize| alloc_zeros::<u16>(dev, n, "attention bf16 operands");
+            Some([rounded(part.max(b * nh * t * t))?, rounded(part)?])
+        } else {
+            None
         };
         Ok(AttentionScratch {
             parts: [
-                alloc()?,
-                alloc()?,
-                alloc()?,
-                alloc()?,
-                alloc()?,
-                alloc()?,
-                alloc()?,
+                alloc(part)?,
+                alloc(part)?,
+                alloc(part)?,
+                alloc(part)?,
+                alloc(part)?,
+                alloc(part)?,
+                alloc(part)?,
             ],
             part,
+            bf16,
         })
     }
 
-    /// Floats a scratch for (B, T, C) holds: what it costs in memory.
-    pub fn floats(b: usize, t: usize, c: usize) -> usize {
-        7 * b * t * c
+    /// Bytes a scratch for (B, T, C, NH) takes: what it costs in memory.
+    pub fn bytes((b, t, c, nh): (usize, usize, usize, usize), bf16: bool) -> u64 {
+        let part = b * t * c;
+        let rounded = if bf16 {
+            2 * (part.max(b * nh * t * t) + part)
+        } else {
+            0
+        };
+        (4 * 7 * part + rounded) as u64
     }
 
-    /// The seven parts, each cut to B·T·C ≤ the capacity.
-    fn parts(&mut self, btc: usize) -> [CudaViewMut<'_, f32>; 7] {
+    /// The seven parts, each cut to B·T·C ≤ the capacity, and the bf16 operand slots.
+    fn split(
+        &mut self,
+        btc: usize,
+    ) -> ([CudaViewMut<'_, f32>; 7], Option<&mut [CudaSlice<u16>; 2]>) {
         assert!(
             btc <= self.part,
             "attention: scratch for {} values per part, the batch needs {btc}",
             self.part
         );
-        self.parts.each_mut().map(|p| p.slice_mut(..btc))
+        (
+            self.parts.each_mut().map(|p| p.slice_mut(..btc)),
+            self.bf16.as_mut(),
+        )
     }
+}
+
+/// One batched product of attention: fp32, or with `bf16` slots its two operands rounded into
+/// them first and the product on the tensor cores (fp32 accumulation and output).
+fn product(
+    dev: &Device,
+    g: &Gemm,
+    c: &mut CudaViewMut<'_, f32>,
+    a: &CudaView<'_, f32>,
+    b: &CudaView<'_, f32>,
+    bf16: Option<&mut [CudaSlice<u16>; 2]>,
+) -> Result<(), CudaError> {
+    let Some([a16, b16]) = bf16 else {
+        return gemm::<f32>(dev, g, c, a, b, None);
+    };
+    let (ea, eb, _) = g.extents();
+    to_bf16(dev, &mut a16.slice_mut(..ea), &a.slice(..ea), ea)?;
+    to_bf16(dev, &mut b16.slice_mut(..eb), &b.slice(..eb), eb)?;
+    gemm::<u16>(dev, g, c, &a16.slice(..ea), &b16.slice(..eb), None)
 }
 
 /// The shape of one attention call, checked once.
@@ -126,25 +166,25 @@ pub fn attention_forward(
     need(OP, "preatt", preatt.len(), sh.att());
     need(OP, "att", att.len(), sh.att());
     need(OP, "qkv", qkv.len(), 3 * sh.btc());
-    let [mut q, mut k, mut v, mut vaccum, ..] = scratch.parts(sh.btc());
+    let ([mut q, mut k, mut v, mut vaccum, ..], mut bf16) = scratch.split(sh.btc());
     permute(dev, &mut q, &mut k, &mut v, qkv, &sh)?;
     let hs = sh.hs;
-    gemm::<f32>(
+    product(
         dev,
         &sh.bmm(false, true, t, t, hs, 1.0),
         preatt,
         &q.as_view(),
         &k.as_view(),
-        None,
+        bf16.as_deref_mut(),
     )?;
     softmax_forward(dev, preatt, att, &sh)?;
-    gemm::<f32>(
+    product(
         dev,
         &sh.bmm(false, false, t, hs, t, 1.0),
         &mut vaccum,
         &att.as_view(),
         &v.as_view(),
-        None,
+        bf16,
     )?;
     unpermute(dev, out, &vaccum.as_view(), &sh)
 }
@@ -174,46 +214,47 @@ pub fn attention_backward(
     need(OP, "dout", dout.len(), sh.btc());
     need(OP, "qkv", qkv.len(), 3 * sh.btc());
     need(OP, "att", att.len(), sh.att());
-    let [mut q, mut k, mut v, mut dvaccum, mut dq, mut dk, mut dv] = scratch.parts(sh.btc());
+    let ([mut q, mut k, mut v, mut dvaccum, mut dq, mut dk, mut dv], mut bf16) =
+        scratch.split(sh.btc());
     let (hs, scale) = (sh.hs, sh.scale());
     permute(dev, &mut q, &mut k, &mut v, qkv, &sh)?;
     unpermute_backward(dev, &mut dvaccum, dout, &sh)?;
     let dvacc = dvaccum.as_view();
-    gemm::<f32>(
+    product(
         dev,
         &sh.bmm(false, true, t, t, hs, 1.0),
         datt,
         &dvacc,
         &v.as_view(),
-        None,
+        bf16.as_deref_mut(),
     )?;
-    gemm::<f32>(
+    product(
         dev,
         &sh.bmm(true, false, t, hs, t, 1.0),
         &mut dv,
         att,
         &dvacc,
-        None,
+        bf16.as_deref_mut(),
     )?;
     // The softmax backward gives the gradient of the scaled scores (scale 1, as the CPU);
     // the scale then goes into the two products, as the CPU's sgemm calls do.
     softmax_backward(dev, dpreatt, datt, att, &sh)?;
     let dpre = dpreatt.as_view();
-    gemm::<f32>(
+    product(
         dev,
         &sh.bmm(false, false, t, hs, t, scale),
         &mut dq,
         &dpre,
         &k.as_view(),
-        None,
+        bf16.as_deref_mut(),
     )?;
-    gemm::<f32>(
+    product(
         dev,
         &sh.bmm(true, false, t, hs, t, scale),
         &mut dk,
         &dpre,
         &q.as_view(),
-        None,
+        bf16,
     )?;
     permute_backward(dev, dqkv, &dq.as_view(), &dk.as_view(), &dv.as_view(), &sh)
 }

@@ -26,9 +26,24 @@ pub use layernorm::{LN_ROWS_PER_PARTIAL, layernorm_backward, layernorm_forward, 
 pub use loss::crossentropy_forward_backward;
 pub use optim::{adamw_update, clip_grads, global_norm, sgd_update};
 
-use cudarc::driver::{DriverError, LaunchConfig};
+use cudarc::driver::{CudaSlice, DeviceRepr, DriverError, LaunchConfig, ValidAsZeroBits};
 
+use super::Device;
 use super::error::CudaError;
+
+/// A zeroed device buffer of `n` elements (at least one), or an error naming `what`.
+fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits>(
+    dev: &Device,
+    n: usize,
+    what: &str,
+) -> Result<CudaSlice<T>, CudaError> {
+    dev.stream
+        .alloc_zeros::<T>(n.max(1))
+        .map_err(|e| CudaError::Driver {
+            during: format!("allocating {what} ({n} elements)"),
+            msg: e.to_string(),
+        })
+}
 
 /// Panics unless `len` holds at least `need` elements: the check that makes a launch sound.
 #[track_caller]

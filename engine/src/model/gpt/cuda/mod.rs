@@ -219,11 +219,10 @@ impl GptCuda {
     /// GPU-only scratch.
     pub fn need(&self, b: usize, t: usize) -> MemoryNeed {
         let mut need = memory::training_need(&self.cfg, b, t, self.moments);
-        let (c, bt) = (self.cfg.channels, b * t);
-        need.scratch += 4
-            * (AttentionScratch::floats(b, t, c) + 2 * ops::ln_partial_rows(bt) * c + 2 * bt)
-                as u64;
-        if self.precision == Precision::Bf16 {
+        let (c, bt, bf16) = (self.cfg.channels, b * t, self.precision == Precision::Bf16);
+        need.scratch += AttentionScratch::bytes((b, t, c, self.cfg.n_head), bf16)
+            + 4 * (2 * ops::ln_partial_rows(bt) * c + 2 * bt) as u64;
+        if bf16 {
             let (dout, inp) = bf16_scratch(bt, c, self.cfg.padded_vocab_size);
             need.params += 2 * self.cfg.num_params() as u64;
             need.scratch += 2 * (dout + inp) as u64;
@@ -837,7 +836,11 @@ impl Buffers {
             t,
             acts,
             scratch,
-            attention: AttentionScratch::new(dev, b, t, c)?,
+            attention: AttentionScratch::new(
+                dev,
+                (b, t, c, cfg.n_head),
+                precision == Precision::Bf16,
+            )?,
             inputs: alloc(dev, b * t, "the batch's token ids")?,
             targets: alloc(dev, b * t, "the batch's targets")?,
             op16_dout: alloc(dev, op16.0, "bf16 gradient operands")?,
