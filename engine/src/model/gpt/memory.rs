@@ -17,7 +17,7 @@ pub fn activation_floats(cfg: &GptConfig, b: usize, t: usize) -> [usize; 21] {
         l * bt,      // ln1_rstd
         l * 3 * btc, // qkv
         l * btc,     // atty
-        l * att,     // preatt
+        att,         // preatt (one layer: the softmax's input, not needed by backward)
         l * att,     // att
         l * btc,     // residual2
         l * btc,     // ln2
@@ -122,9 +122,13 @@ mod tests {
         // llm.c's train_gpt2.c reports 73,347,840 activation floats at B=4, T=64. convoy keeps
         // the same tensors except three: llm.c's per-layer attproj and fcproj [L,B,T,C] are one
         // shared `proj` [B,T,C] here (consumed by the residual add at once), and there is no
-        // separate probs [B,T,Vp] (the fused classifier writes dlogits in place).
-        let (l, btc, btvp) = (12, 4 * 64 * 768, 4 * 64 * 50304);
-        assert_eq!(need.activations / 4, 73_347_840 - 2 * l * btc - btvp + btc);
+        // separate probs [B,T,Vp] (the fused classifier writes dlogits in place), and preatt
+        // [L,B,NH,T,T] is one layer's [B,NH,T,T] (the backward reads only att).
+        let (l, btc, btvp, att) = (12, 4 * 64 * 768, 4 * 64 * 50304, 4 * 12 * 64 * 64);
+        assert_eq!(
+            need.activations / 4,
+            73_347_840 - 2 * l * btc - btvp + btc - (l - 1) * att
+        );
         assert!(need.to_string().starts_with(&format!(
             "{:.2} GiB",
             need.total() as f64 / (1u64 << 30) as f64

@@ -34,7 +34,7 @@ struct Activations {
     ln1_rstd: Vec<f32>,  // [L,B,T]
     qkv: Vec<f32>,       // [L,B,T,3C]
     atty: Vec<f32>,      // [L,B,T,C]
-    preatt: Vec<f32>,    // [L,B,NH,T,T]
+    preatt: Vec<f32>,    // [B,NH,T,T] one layer's scaled scores (backward needs only att)
     att: Vec<f32>,       // [L,B,NH,T,T]
     residual2: Vec<f32>, // [L,B,T,C]
     ln2: Vec<f32>,       // [L,B,T,C]
@@ -317,7 +317,7 @@ impl Gpt {
             let la = l * att_len..(l + 1) * att_len;
             attention::attention_forward(
                 &mut a.atty[lc.clone()],
-                &mut a.preatt[la.clone()],
+                &mut a.preatt[..att_len],
                 &mut a.att[la],
                 &a.qkv[3 * l * btc..3 * (l + 1) * btc],
                 b,

@@ -478,7 +478,7 @@ impl GptCuda {
             ops::attention_forward(
                 dev,
                 &mut a.atty.slice_mut(lc.clone()),
-                &mut a.preatt.slice_mut(la.clone()),
+                &mut a.preatt.slice_mut(..att_len),
                 &mut a.att.slice_mut(la),
                 &a.qkv.slice(l3),
                 attention,
