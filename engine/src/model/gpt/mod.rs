@@ -74,6 +74,8 @@ fn grow(v: &mut Vec<f32>, len: usize) {
 pub struct Gpt {
     cfg: GptConfig,
     params: Vec<f32>,
+    /// Allocated by the first training forward: a model that only describes a GPU run (or
+    /// only evaluates) never holds host gradients.
     grads: Vec<f32>,
     acts: Activations,
     scratch: Scratch,
@@ -115,11 +117,10 @@ impl Gpt {
             cfg.num_params(),
             "parameter buffer does not match the config"
         );
-        let grads = vec![0.0; params.len()];
         Gpt {
             cfg,
             params,
-            grads,
+            grads: Vec::new(),
             acts: Activations::default(),
             scratch: Scratch::default(),
             shape: None,
@@ -169,6 +170,7 @@ impl Gpt {
             grow(v, len);
         }
         if training {
+            grow(&mut self.grads, self.params.len());
             let sizes = memory::scratch_floats(&self.cfg, b, t);
             let s = &mut self.scratch;
             let buffers = [
