@@ -8,8 +8,9 @@
 #
 # `run` runs every GPU test (kernels vs the CPU, the whole GPT in fp32 and bf16 with convoy's
 # GEMMs and again with cuBLASLt's, determinism and resume, NCCL), the GEMM benchmark with
-# cuBLASLt beside it and, when PY has torch, bench/gpu_gpt2.sh; the logs go to OUT (default
-# gpu-kit/out).
+# cuBLASLt beside it and, when PY has torch, bench/gpu_gpt2.sh; a memcheck pass of the
+# whole-model forward/backward tests runs under compute-sanitizer when it is installed. The
+# logs go to OUT (default gpu-kit/out): at most 8 files, as the device tool returns them.
 set -euo pipefail
 KIT=gpu-kit
 case "${1:-}" in
@@ -59,6 +60,17 @@ run)
   (cd engine && CONVOY_GEMM=cublaslt "$root/$KIT/tests/engine.gpu_gpt" --test-threads 1 --nocapture) \
     >>"$OUT/tests.log" 2>&1 || status=1
   tail -n 3 "$OUT/tests.log"
+  # Out-of-bounds or uninitialised accesses in any kernel of a whole forward and backward
+  # (fp32 and bf16), with launches synchronous so an error names its kernel.
+  sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+  if [ -x "$sanitizer" ]; then
+    (cd engine && CUDA_LAUNCH_BLOCKING=1 "$sanitizer" --tool memcheck --error-exitcode 1 \
+      "$root/$KIT/tests/engine.gpu_gpt" forward_and_backward --test-threads 1) \
+      >"$OUT/memcheck.txt" 2>&1 || status=1
+    tail -n 5 "$OUT/memcheck.txt"
+  else
+    echo "no compute-sanitizer: skipped the memcheck pass" | tee "$OUT/memcheck.txt"
+  fi
   "$KIT/gpu_gemm_bench" --cublaslt >"$OUT/gemm.txt" 2>&1 || status=1
   cat "$OUT/gemm.txt"
   PY=${PY:-python3}
