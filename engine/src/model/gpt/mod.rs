@@ -1,9 +1,11 @@
 //! The GPT-2 family decoder, as llm.c's train_gpt2.c: the same tensors in the same order, the
 //! same forward and backward, built from the op set in `convoy-kernels`.
 //!
-//! Activations are kept for every layer (the backward pass needs them), but activation
-//! *gradients* use single-layer scratch buffers that each layer's backward reuses, so the
-//! backward pass costs one layer's worth of memory rather than a mirror of every activation.
+//! Activations are kept for every layer (the backward pass needs them) except the scaled
+//! attention scores before the softmax, which the backward never reads (one layer's buffer);
+//! activation *gradients* use single-layer scratch buffers that each layer's backward reuses,
+//! so the backward pass costs one layer's worth of memory rather than a mirror of every
+//! activation.
 
 mod config;
 pub mod cuda;
