@@ -33,21 +33,34 @@ pub struct Optimizer {
     state: OptimizerState,
 }
 
+/// The length of the second-moment buffer for `num_params` parameters: AdamW keeps one per
+/// parameter, SGD none.
+pub(crate) fn second_moments(kind: OptimizerKind, num_params: usize) -> usize {
+    match kind {
+        OptimizerKind::Adamw => num_params,
+        OptimizerKind::Sgd => 0,
+    }
+}
+
 impl Optimizer {
     pub fn new(spec: &OptimizerSpec, groups: Vec<ParamGroup>, num_params: usize) -> Self {
-        let v = match spec.kind {
-            OptimizerKind::Adamw => vec![0.0; num_params],
-            OptimizerKind::Sgd => Vec::new(),
-        };
         Optimizer {
             spec: spec.clone(),
             groups,
             state: OptimizerState {
                 step: 0,
                 m: vec![0.0; num_params],
-                v,
+                v: vec![0.0; second_moments(spec.kind, num_params)],
             },
         }
+    }
+
+    pub(crate) fn spec(&self) -> &OptimizerSpec {
+        &self.spec
+    }
+
+    pub(crate) fn groups(&self) -> &[ParamGroup] {
+        &self.groups
     }
 
     pub(crate) fn decay_for(&self, group: &ParamGroup) -> f32 {

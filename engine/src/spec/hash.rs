@@ -45,8 +45,7 @@ impl JobSpec {
 }
 
 /// JSON with object keys sorted and null members left out, whatever order serde_json's map
-/// keeps (feature unification can turn on `preserve_order`).
-/// JSON with object keys sorted and null fields dropped: one text per value.
+/// keeps (feature unification can turn on `preserve_order`): one text per value.
 pub(crate) fn write_canonical(v: &Value, out: &mut String) {
     match v {
         Value::Object(map) => {

@@ -12,7 +12,7 @@ use cudarc::driver::CudaSlice;
 use crate::collective::DeviceGradReducer;
 use crate::error::{EngineError, Result};
 use crate::model::gpt::cuda::{GptCuda, gpu};
-use crate::optim::{Optimizer, OptimizerState, ParamGroup};
+use crate::optim::{Optimizer, OptimizerState, ParamGroup, second_moments};
 use crate::spec::{JobSpec, ModelSpec, OptimizerKind, OptimizerSpec};
 
 /// Opens GPU `ordinal` for a `backend = "cuda"` job, or says in one line why it cannot.
@@ -56,11 +56,9 @@ pub(crate) fn check_gpu_model(spec: &JobSpec) -> Result<()> {
 pub(crate) struct GpuStep {
     pub dev: Arc<Device>,
     pub reducer: Box<dyn DeviceGradReducer>,
-    spec: OptimizerSpec,
-    /// The host optimizer, for its parameter groups and decay rules; its moment buffers are
-    /// left empty-sized (the device ones below are the live state).
+    /// The host optimizer, for its settings, parameter groups and decay rules; its moment
+    /// buffers are left empty-sized (the device ones below are the live state).
     host: Optimizer,
-    groups: Vec<ParamGroup>,
     /// Updates applied so far (AdamW's bias correction; SGD's first step).
     step: u64,
     m: CudaSlice<f32>,
@@ -68,16 +66,6 @@ pub(crate) struct GpuStep {
     v: CudaSlice<f32>,
     norm: CudaSlice<f32>,
     partials: CudaSlice<f64>,
-}
-
-fn alloc_zeros<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
-    dev: &Device,
-    n: usize,
-    what: &str,
-) -> Result<CudaSlice<T>> {
-    dev.stream
-        .alloc_zeros::<T>(n.max(1))
-        .map_err(|e| EngineError::Gpu(format!("allocating {what} ({n} values): {e}")))
 }
 
 impl GpuStep {
@@ -88,18 +76,14 @@ impl GpuStep {
         groups: Vec<ParamGroup>,
         num_params: usize,
     ) -> Result<GpuStep> {
-        let v_len = match spec.kind {
-            OptimizerKind::Adamw => num_params,
-            OptimizerKind::Sgd => 0,
-        };
+        let v_len = second_moments(spec.kind, num_params);
         Ok(GpuStep {
-            m: alloc_zeros(&dev, num_params, "first moments")?,
-            v: alloc_zeros(&dev, v_len, "second moments")?,
-            norm: alloc_zeros(&dev, 1, "the gradient norm")?,
-            partials: alloc_zeros(&dev, gradnorm_partials(num_params), "norm partial sums")?,
-            host: Optimizer::new(spec, groups.clone(), 0),
-            spec: spec.clone(),
-            groups,
+            m: ops::alloc_zeros(&dev, num_params, "first moments").map_err(gpu)?,
+            v: ops::alloc_zeros(&dev, v_len, "second moments").map_err(gpu)?,
+            norm: ops::alloc_zeros(&dev, 1, "the gradient norm").map_err(gpu)?,
+            partials: ops::alloc_zeros(&dev, gradnorm_partials(num_params), "norm partial sums")
+                .map_err(gpu)?,
+            host: Optimizer::new(spec, groups, 0),
             step: 0,
             reducer,
             dev,
@@ -149,10 +133,10 @@ impl GpuStep {
     pub fn update(&mut self, model: &mut GptCuda, lr: f32) -> Result<()> {
         self.step += 1;
         let t = self.step;
-        let s = &self.spec;
+        let s = self.host.spec();
         let dev = &*self.dev;
         let (params, grads) = model.params_and_grads();
-        for g in &self.groups {
+        for g in self.host.groups() {
             let wd = self.host.decay_for(g);
             let r = g.range.clone();
             let launched: std::result::Result<(), CudaError> = match s.kind {
@@ -192,10 +176,7 @@ impl GpuStep {
                 .clone_dtoh(&x.slice(..len))
                 .map_err(|e| EngineError::Gpu(format!("downloading the optimizer state: {e}")))
         };
-        let v_len = match self.spec.kind {
-            OptimizerKind::Adamw => num_params,
-            OptimizerKind::Sgd => 0,
-        };
+        let v_len = second_moments(self.host.spec().kind, num_params);
         Ok(OptimizerState {
             step: self.step,
             m: down(&self.m, num_params)?,
@@ -205,10 +186,7 @@ impl GpuStep {
 
     /// Replaces the state with a saved one; the sizes must match this model.
     pub fn restore(&mut self, state: &OptimizerState, num_params: usize) -> Result<(), String> {
-        let v_len = match self.spec.kind {
-            OptimizerKind::Adamw => num_params,
-            OptimizerKind::Sgd => 0,
-        };
+        let v_len = second_moments(self.host.spec().kind, num_params);
         if state.m.len() != num_params || state.v.len() != v_len {
             return Err(format!(
                 "optimizer state holds {} + {} values, this model needs {num_params} + {v_len}",

@@ -2,41 +2,67 @@
 
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, PushKernelArg};
 
-use super::{grid_1d, int, launched, need, row_threads};
+use super::{alloc_zeros, grid_1d, int, launched, need};
 use crate::cuda::prep::TokenBuckets;
 use crate::cuda::{CudaError, Device};
 
 /// [`TokenBuckets`] of one batch, uploaded: what `encoder_backward_wte` reads. Built on the
-/// host from the batch's token ids (the ids are checked against the vocabulary there).
+/// host from the batch's token ids (the ids are checked against the vocabulary there), into
+/// device buffers allocated once for the largest batch, so a step allocates nothing.
 pub struct DeviceTokenBuckets {
     tokens: CudaSlice<u32>,
     offsets: CudaSlice<u32>,
     positions: CudaSlice<u32>,
-    /// `U`: the distinct tokens.
+    /// The most positions a batch may have.
+    capacity: usize,
+    /// `U`: the distinct tokens of the batch last filled in.
     distinct: usize,
-    /// `B·T`: the positions.
+    /// `B·T`: its positions.
     positions_len: usize,
     vocab: usize,
 }
 
 impl DeviceTokenBuckets {
-    /// Buckets `inp [B·T]` (every id `< vocab`, else a panic as on the CPU) and uploads them.
-    pub fn new(dev: &Device, inp: &[u32], vocab: usize) -> Result<Self, CudaError> {
-        let b = TokenBuckets::new(inp, vocab);
-        let up = |v: &[u32]| {
-            dev.stream.clone_htod(v).map_err(|e| CudaError::Driver {
-                during: "uploading the encoder's token buckets".into(),
-                msg: e.to_string(),
-            })
-        };
+    /// Empty buckets for batches of up to `capacity` positions (U ≤ B·T distinct tokens).
+    pub fn new(dev: &Device, capacity: usize) -> Result<Self, CudaError> {
+        let what = "the encoder's token buckets";
         Ok(DeviceTokenBuckets {
-            tokens: up(&b.tokens)?,
-            offsets: up(&b.offsets)?,
-            positions: up(&b.positions)?,
-            distinct: b.len(),
-            positions_len: inp.len(),
-            vocab,
+            tokens: alloc_zeros(dev, capacity, what)?,
+            offsets: alloc_zeros(dev, capacity + 1, what)?,
+            positions: alloc_zeros(dev, capacity, what)?,
+            capacity,
+            distinct: 0,
+            positions_len: 0,
+            vocab: 0,
         })
+    }
+
+    /// Buckets `inp [B·T]` (every id `< vocab`, else a panic as on the CPU) and uploads them
+    /// in place of the last batch's.
+    pub fn fill(&mut self, dev: &Device, inp: &[u32], vocab: usize) -> Result<(), CudaError> {
+        assert!(
+            inp.len() <= self.capacity,
+            "encoder: a batch of {} positions, buckets for {}",
+            inp.len(),
+            self.capacity
+        );
+        let b = TokenBuckets::new(inp, vocab);
+        for (src, dst) in [
+            (&b.tokens, &mut self.tokens),
+            (&b.offsets, &mut self.offsets),
+            (&b.positions, &mut self.positions),
+        ] {
+            dev.stream
+                .memcpy_htod(src.as_slice(), &mut dst.slice_mut(..src.len()))
+                .map_err(|e| CudaError::Driver {
+                    during: "uploading the encoder's token buckets".into(),
+                    msg: e.to_string(),
+                })?;
+        }
+        self.distinct = b.len();
+        self.positions_len = inp.len();
+        self.vocab = vocab;
+        Ok(())
     }
 }
 
@@ -121,7 +147,6 @@ pub fn encoder_backward(
         .arg(&u)
         .arg(&ci);
     let grid = super::grid_rows(buckets.distinct, c);
-    debug_assert_eq!(grid.block_dim.0, row_threads(c));
     // SAFETY: encoder_backward_wte(dwte [V, C], dout [B·T, C], bucket_tokens [U],
     // bucket_offsets [U+1], bucket_positions [B·T] u32, U, C: i32): the bucket arrays were
     // built by TokenBuckets::new from ids checked < V, every position < B·T, and uploaded whole;

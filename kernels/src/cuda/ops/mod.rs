@@ -31,8 +31,9 @@ use cudarc::driver::{CudaSlice, DeviceRepr, DriverError, LaunchConfig, ValidAsZe
 use super::Device;
 use super::error::CudaError;
 
-/// A zeroed device buffer of `n` elements (at least one), or an error naming `what`.
-fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits>(
+/// A zeroed device buffer of `n` elements (at least one, so a view of an empty shape still
+/// has a buffer), or an error naming `what`.
+pub fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits>(
     dev: &Device,
     n: usize,
     what: &str,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use convoy_kernels::IGNORE_INDEX;
 use convoy_kernels::cuda::ops::{self, AttentionScratch, CublasLt, DeviceTokenBuckets};
 use convoy_kernels::cuda::{CudaError, Device};
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr, ValidAsZeroBits};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
 
 mod linear;
 
@@ -82,6 +82,8 @@ struct Buffers {
     attention: AttentionScratch,
     inputs: CudaSlice<u32>,
     targets: CudaSlice<u32>,
+    /// The token buckets of the last training forward's batch, for the embedding backward.
+    buckets: DeviceTokenBuckets,
     /// bf16 operand scratch (see [`linear`]); one element each in fp32.
     op16_dout: CudaSlice<u16>,
     op16_inp: CudaSlice<u16>,
@@ -98,26 +100,11 @@ pub struct GptCuda {
     /// cuBLASLt for the linear products instead of convoy's kernels (`CONVOY_GEMM=cublaslt`).
     lt: Option<CublasLt>,
     bufs: Option<Buffers>,
-    /// The last training forward's token buckets (the embedding backward reads them).
-    buckets: Option<DeviceTokenBuckets>,
     /// The (B, T) of the last forward and whether it produced dlogits.
     last: Option<(usize, usize, bool)>,
     /// Optimizer moments the caller will allocate (2 AdamW, 1 SGD + momentum), counted in
     /// the memory check so that it fails before training rather than at the first update.
     moments: u64,
-}
-
-fn alloc<T: DeviceRepr + ValidAsZeroBits>(
-    dev: &Device,
-    len: usize,
-    what: &str,
-) -> std::result::Result<CudaSlice<T>, CudaError> {
-    dev.stream
-        .alloc_zeros::<T>(len.max(1))
-        .map_err(|e| CudaError::Driver {
-            during: format!("allocating {what} ({len} elements)"),
-            msg: e.to_string(),
-        })
 }
 
 impl GptCuda {
@@ -135,15 +122,15 @@ impl GptCuda {
             cfg.num_params(),
             "parameter buffer does not match the config"
         );
-        let mut p = alloc::<f32>(&dev, params.len(), "parameters").map_err(gpu)?;
+        let mut p = ops::alloc_zeros::<f32>(&dev, params.len(), "parameters").map_err(gpu)?;
         dev.stream
             .memcpy_htod(params, &mut p)
             .map_err(|e| EngineError::Gpu(format!("uploading the parameters: {e}")))?;
-        let grads = alloc::<f32>(&dev, params.len(), "gradients").map_err(gpu)?;
+        let grads = ops::alloc_zeros::<f32>(&dev, params.len(), "gradients").map_err(gpu)?;
         let params16 = match precision {
             Precision::Fp32 => None,
             Precision::Bf16 => {
-                Some(alloc::<u16>(&dev, params.len(), "bf16 parameters").map_err(gpu)?)
+                Some(ops::alloc_zeros::<u16>(&dev, params.len(), "bf16 parameters").map_err(gpu)?)
             }
         };
         let lt = match std::env::var("CONVOY_GEMM").as_deref() {
@@ -164,7 +151,6 @@ impl GptCuda {
             params16,
             lt,
             bufs: None,
-            buckets: None,
             last: None,
             moments,
         })
@@ -221,7 +207,8 @@ impl GptCuda {
         let mut need = memory::training_need(&self.cfg, b, t, self.moments);
         let (c, bt, bf16) = (self.cfg.channels, b * t, self.precision == Precision::Bf16);
         need.scratch += AttentionScratch::bytes((b, t, c, self.cfg.n_head), bf16)
-            + 4 * (2 * ops::ln_partial_rows(bt) * c + 2 * bt) as u64;
+            // LayerNorm partial sums; token ids, targets and the 3 token-bucket arrays (u32).
+            + 4 * (2 * ops::ln_partial_rows(bt) * c + 5 * bt + 1) as u64;
         if bf16 {
             let (dout, inp) = bf16_scratch(bt, c, self.cfg.padded_vocab_size);
             need.params += 2 * self.cfg.num_params() as u64;
@@ -408,12 +395,13 @@ impl GptCuda {
         dev.stream
             .memcpy_htod(inputs, &mut bufs.inputs.slice_mut(..bt))
             .map_err(|e| EngineError::Gpu(format!("uploading the batch: {e}")))?;
-        // Token ids are checked on the host (the bucketing panics on an id ≥ V, as the CPU).
-        self.buckets = if training {
-            Some(DeviceTokenBuckets::new(dev, inputs, cfg.vocab_size).map_err(gpu)?)
-        } else {
-            None
-        };
+        // Token ids are checked on the host (the bucketing panics on an id ≥ V, as the CPU);
+        // the embedding backward of this batch reads the buckets.
+        if training {
+            bufs.buckets
+                .fill(dev, inputs, cfg.vocab_size)
+                .map_err(gpu)?;
+        }
         if let Some(p16) = &mut self.params16 {
             let n = self.params.len();
             ops::to_bf16(dev, &mut p16.as_view_mut(), &self.params.as_view(), n).map_err(gpu)?;
@@ -748,10 +736,7 @@ impl GptCuda {
             hook(g, next_bucket(&mut buckets))?;
         }
 
-        let tokens = self
-            .buckets
-            .as_ref()
-            .expect("a training forward bucketed its tokens");
+        let tokens = &bufs.buckets;
         pair_mut(
             g,
             cfg.range(Tensor::Wte),
@@ -776,7 +761,9 @@ impl Buffers {
         precision: Precision,
     ) -> std::result::Result<Buffers, CudaError> {
         let sizes = memory::activation_floats(cfg, b, t);
-        let mut acts = sizes.iter().map(|&n| alloc::<f32>(dev, n, "activations"));
+        let mut acts = sizes
+            .iter()
+            .map(|&n| ops::alloc_zeros::<f32>(dev, n, "activations"));
         let mut next = || acts.next().expect("21 activation sizes");
         let acts = Activations {
             encoded: next()?,
@@ -810,7 +797,7 @@ impl Buffers {
             let sizes = memory::scratch_floats(cfg, b, t);
             let mut parts = sizes
                 .iter()
-                .map(|&n| alloc::<f32>(dev, n, "backward scratch"));
+                .map(|&n| ops::alloc_zeros::<f32>(dev, n, "backward scratch"));
             let mut next = || parts.next().expect("9 scratch sizes");
             Some(Scratch {
                 dlogits: next()?,
@@ -822,7 +809,7 @@ impl Buffers {
                 datt: next()?,
                 dfch: next()?,
                 dfch_gelu: next()?,
-                ln_partial: alloc(
+                ln_partial: ops::alloc_zeros(
                     dev,
                     2 * ops::ln_partial_rows(b * t) * c,
                     "LayerNorm scratch",
@@ -841,10 +828,11 @@ impl Buffers {
                 (b, t, c, cfg.n_head),
                 precision == Precision::Bf16,
             )?,
-            inputs: alloc(dev, b * t, "the batch's token ids")?,
-            targets: alloc(dev, b * t, "the batch's targets")?,
-            op16_dout: alloc(dev, op16.0, "bf16 gradient operands")?,
-            op16_inp: alloc(dev, op16.1, "bf16 input operands")?,
+            inputs: ops::alloc_zeros(dev, b * t, "the batch's token ids")?,
+            buckets: DeviceTokenBuckets::new(dev, b * t)?,
+            targets: ops::alloc_zeros(dev, b * t, "the batch's targets")?,
+            op16_dout: ops::alloc_zeros(dev, op16.0, "bf16 gradient operands")?,
+            op16_inp: ops::alloc_zeros(dev, op16.1, "bf16 input operands")?,
         })
     }
 }
