@@ -228,6 +228,15 @@ impl Worker {
         self.liveness == Liveness::Alive && self.cordon.is_none()
     }
 
+    /// Not heard from for over half the heartbeat timeout at `now`: possibly dead, so it gets
+    /// no new ranks until it heartbeats again. A worker killed with its ranks makes their
+    /// peers fail at once, but it is declared lost only after the whole timeout; a gang
+    /// restarted in between must not land on it. Healthy workers heartbeat several times
+    /// per timeout and are never silent.
+    pub fn silent(&self, now: Millis, heartbeat_timeout: Millis) -> bool {
+        now.saturating_sub(self.last_heartbeat) > heartbeat_timeout / 2
+    }
+
     /// How many ranks of a job with this backend fit on an empty worker: every rank takes a
     /// slot, and a CUDA rank also takes a GPU.
     pub fn capacity_for(&self, backend: Backend) -> u32 {

@@ -80,14 +80,26 @@ pub struct Plan {
 /// Decides which queued jobs start and where, ignoring restart holds (as if at the end of
 /// time). Pure and deterministic.
 pub fn schedule(state: &ClusterState) -> Plan {
-    schedule_at(state, Millis::MAX)
+    plan(state, None)
 }
 
 /// [`schedule`] at time `now`: a job requeued after a rank failure is held until its
 /// `not_before` (see [`crate::ClusterConfig::restart_delay`]) and does not take part until
-/// then, not even as the protected head.
+/// then, not even as the protected head; and no rank is placed on a [`Worker::silent`] one
+/// (it still counts as capacity: it is not lost yet).
 pub fn schedule_at(state: &ClusterState, now: Millis) -> Plan {
+    plan(state, Some(now))
+}
+
+/// The plan, with time (holds and silent workers) when `now` is given.
+fn plan(state: &ClusterState, now: Option<Millis>) -> Plan {
     let workers: Vec<&Worker> = state.workers.values().filter(|w| w.schedulable()).collect();
+    let timeout = state.config.heartbeat_timeout;
+    let fresh: Vec<&Worker> = workers
+        .iter()
+        .copied()
+        .filter(|w| now.is_none_or(|now| !w.silent(now, timeout)))
+        .collect();
     let mut usage = state.usage();
     // Places each running gang returns to the schedulable cluster when it ends.
     let mut running: Vec<u32> = state
@@ -110,18 +122,18 @@ pub fn schedule_at(state: &ClusterState, now: Millis) -> Plan {
     queue.sort_by_key(|j| (Reverse(j.priority), j.seq));
 
     let mut plan = Plan::default();
-    queue.retain(|j| {
-        if j.not_before <= now {
-            return true;
+    queue.retain(|j| match now {
+        Some(now) if j.not_before > now => {
+            plan.waiting.push(Note {
+                job: j.id,
+                reason: format!(
+                    "restarting in {} ms (time for failed workers to be detected)",
+                    j.not_before - now
+                ),
+            });
+            false
         }
-        plan.waiting.push(Note {
-            job: j.id,
-            reason: format!(
-                "restarting in {} ms (time for failed workers to be detected)",
-                j.not_before - now
-            ),
-        });
-        false
+        _ => true,
     });
     // The protected head and the slack left behind it.
     let mut head: Option<(JobId, u32)> = None;
@@ -134,11 +146,11 @@ pub fn schedule_at(state: &ClusterState, now: Millis) -> Plan {
             });
             continue;
         }
-        let fit = place(job.backend, n, &workers, &usage);
+        let fit = place(job.backend, n, &fresh, &usage);
         let start = match (&mut head, fit) {
             (None, Some(p)) => Some(p),
             (None, None) => {
-                let free = free_places(job.backend, &workers, &usage);
+                let free = free_places(job.backend, &fresh, &usage);
                 let slack = match job.backend {
                     Backend::Cpu => slack(n, free, &running),
                     Backend::Cuda => 0,
@@ -160,7 +172,7 @@ pub fn schedule_at(state: &ClusterState, now: Millis) -> Plan {
                         "would delay {head_id}, the first waiting job (needs {n} slots; backfill slack {slack})"
                     )
                 } else {
-                    let free = free_places(job.backend, &workers, &usage);
+                    let free = free_places(job.backend, &fresh, &usage);
                     format!(
                         "waiting for capacity: needs {n} slots; {free} free now (behind {head_id})"
                     )

@@ -30,7 +30,9 @@ pub struct ClusterConfig {
     /// How long a job whose rank failed waits before it is placed again. When a worker dies,
     /// its peers' ranks fail at once (their connections break) while the worker is declared
     /// lost only after the heartbeat timeout; without this hold the restart would land on the
-    /// dead worker and waste an attempt. Equal to the heartbeat timeout by default.
+    /// dead worker and waste an attempt. Equal to the heartbeat timeout by default; the tick
+    /// that declares the dead worker lost may come a little after the hold ends, which the
+    /// scheduler covers by placing nothing on a silent worker ([`crate::model::Worker::silent`]).
     pub restart_delay: Millis,
 }
 

@@ -278,7 +278,60 @@ fn a_job_requeued_after_a_rank_failure_is_held_for_the_restart_delay() {
         now: 5_999,
     };
     assert!(matches!(s.apply(&premature), Err(ApplyError::Held { .. })));
+    // Both workers are alive and heartbeating.
+    for w in [a, b] {
+        s.apply(&Command::Heartbeat {
+            worker: w,
+            now: 5_500,
+        })
+        .unwrap();
+    }
     let later = schedule_at(&s, 6_000);
     assert_eq!(later.starts.len(), 1);
     assert_eq!(later.starts[0].generation, 2);
+}
+
+/// A worker SIGKILLed with its ranks: its peer's rank fails at once, the hold ends after the
+/// heartbeat timeout, and the tick that declares the worker lost may come a little later on a
+/// loaded coordinator. The restart must not land on the dead worker in between: it is silent
+/// (no heartbeat for over half the timeout), so the gang goes to the live workers.
+#[test]
+fn a_restart_avoids_a_worker_that_is_silent_but_not_yet_lost() {
+    let mut s = ClusterState::new(ClusterConfig {
+        heartbeat_timeout: 2_000,
+        restart_delay: 2_000,
+        ..ClusterConfig::default()
+    });
+    let a = worker(&mut s, "a", 1);
+    let dead = worker(&mut s, "dead", 1);
+    let job = submit(&mut s, "j", 2, 0);
+    let plan = schedule_at(&s, 0);
+    s.apply(&plan.starts[0].clone().into_command(0)).unwrap();
+    let c = worker(&mut s, "c", 1);
+    // `dead` heartbeats last at 900 and is killed at 1 000; its peer fails at 1 010.
+    for (w, now) in [(a, 900), (dead, 900), (c, 900)] {
+        s.apply(&Command::Heartbeat { worker: w, now }).unwrap();
+    }
+    s.apply(&Command::ReportRankExit {
+        job,
+        generation: 1,
+        rank: 0,
+        exit: RankExit::Failure {
+            status: 1,
+            log_tail: "peer closed the connection".into(),
+        },
+        now: 1_010,
+    })
+    .unwrap();
+    for now in [1_900, 2_900] {
+        for w in [a, c] {
+            s.apply(&Command::Heartbeat { worker: w, now }).unwrap();
+        }
+    }
+    // The hold is over at 3 010; the tick that would declare `dead` lost (due after 2 900)
+    // has not run yet, so it is still alive in the state, but silent since 900.
+    let plan = schedule_at(&s, 3_010);
+    assert_eq!(plan.starts.len(), 1, "{plan:?}");
+    assert_eq!(plan.starts[0].placement.len(), 2);
+    assert!(!plan.starts[0].placement.contains(&dead), "{plan:?}");
 }

@@ -92,7 +92,10 @@ impl Coordinator {
 
 /// Sends rank 0's step metrics to the coordinator from a thread of its own, so a slow or
 /// restarting coordinator never slows training. Reports queue in a channel; when the
-/// coordinator says this attempt is over, the rank stops (a zombie must not keep running).
+/// reporter falls behind (a fast job, a coordinator being restarted) it sends, of a backlog,
+/// every evaluation and only the newest step metrics, so it catches up instead of replaying
+/// stale steps one RPC each. When the coordinator says this attempt is over, the rank stops
+/// (a zombie must not keep running).
 pub(super) fn spawn_reporter(
     coord: Coordinator,
     env: RankEnv,
@@ -103,10 +106,12 @@ pub(super) fn spawn_reporter(
     let (tx, rx) = mpsc::sync_channel::<pb::StepMetrics>(1024);
     let thread = std::thread::spawn(move || {
         while let Ok(first) = rx.recv() {
-            // Only the newest of a backlog matters for progress; all are kept as metrics.
             let mut batch = vec![first];
             batch.extend(rx.try_iter());
-            for m in batch {
+            let newest_step = batch.iter().rposition(|m| m.val_loss.is_none());
+            let keep =
+                |(i, m): &(usize, pb::StepMetrics)| m.val_loss.is_some() || Some(*i) == newest_step;
+            for (_, m) in batch.into_iter().enumerate().filter(keep) {
                 let req = pb::ProgressReport {
                     job_id: env.job_id.clone(),
                     generation: env.generation,

@@ -286,7 +286,7 @@ pub fn run(env: RankEnv) -> Result<(), WorkerError> {
     let summary = trainer.run(&mut |event| match event {
         Event::Step(m) => {
             if let Some(tx) = &reporter {
-                let _ = tx.try_send(pb::StepMetrics {
+                let metrics = pb::StepMetrics {
                     step: m.step,
                     loss: m.loss,
                     lr: m.lr,
@@ -295,7 +295,14 @@ pub fn run(env: RankEnv) -> Result<(), WorkerError> {
                     unit: unit.to_string(),
                     generation: env.generation,
                     val_loss: None,
-                });
+                };
+                // A full queue drops a step's metrics, never the last step's: the job's
+                // final progress must reach the coordinator.
+                let _ = if m.step == steps {
+                    tx.send(metrics).map_err(|_| ())
+                } else {
+                    tx.try_send(metrics).map_err(|_| ())
+                };
             }
             if m.step % print_every == 0 || m.step == steps {
                 println!(
