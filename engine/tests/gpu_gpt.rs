@@ -175,10 +175,12 @@ fn forward_and_backward_match_the_cpu() {
     forward_and_backward_against_the_cpu(dev, Precision::Fp32, tol);
 }
 
-/// bf16 operands carry 8 significant bits (relative rounding 2^-9 ≈ 2e-3 per operand); sums
-/// of such products keep that relative error, so the bf16 model agrees with the fp32 CPU to
-/// about 1e-2 of each quantity's scale, and a wrong product (a missing term, a wrong
-/// transpose) is off by far more.
+/// bf16 carries 8 significant bits: each stored activation and each product operand is off by
+/// at most 2^-8 ≈ 4e-3 of its value. Products and row sums average those roundings rather
+/// than adding them, and the two layers here compound a few of them, so the bf16 model
+/// agrees with the fp32 CPU to about 1e-2 of each quantity's scale (gradients, which go
+/// through the most rounded values, to a few 1e-2), and a wrong op (a missing term, a wrong
+/// transpose, a wrong storage type) is off by the quantity's whole scale.
 #[test]
 fn bf16_forward_and_backward_match_the_cpu_to_bf16_precision() {
     let Some(dev) = gpu_or_skip("bf16_forward_and_backward_match_the_cpu") else {
@@ -186,7 +188,7 @@ fn bf16_forward_and_backward_match_the_cpu_to_bf16_precision() {
     };
     let tol = Tolerance {
         loss: 1e-2,
-        grad: 3e-2,
+        grad: 5e-2,
         logit: 2e-2,
     };
     forward_and_backward_against_the_cpu(dev, Precision::Bf16, tol);
@@ -200,7 +202,7 @@ fn ten_steps_follow_the_cpu_trajectory() {
     trajectory_against_the_cpu("", 1e-3);
 }
 
-/// The bf16 products put ~1e-2 relative noise into every step (see the bf16 forward test);
+/// bf16 activations and products put ~1e-2 relative noise into every step (see the bf16 forward test);
 /// over ten steps the losses still follow the CPU's to a few percent.
 #[test]
 fn bf16_training_follows_the_cpu_trajectory() {

@@ -1,35 +1,28 @@
 // Elementwise activations (mirrors convoy-kernels' activation.rs): GELU (tanh approximation),
 // ReLU, tanh, sigmoid. Every kernel takes buffers of n elements, one thread per element in a
-// grid-stride loop (any 1-D grid works); backward kernels accumulate into dinp.
+// grid-stride loop (any 1-D grid works); backward kernels accumulate into dinp. GELU, the GPT's
+// activation, also comes with bf16 activations (`_bf16`, common.cuh); the others are fp32.
 // tanhf and expf are the IEEE-accurate library functions (a few ulp), not the fast intrinsics.
 
 #define GELU_SCALE 0.7978846f  // sqrt(2/pi)
 #define GELU_CUBE 0.044715f
 
-#define CONVOY_FOR_EACH(i, n)                                                       \
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
-         i += (long long)gridDim.x * blockDim.x)
-
 // out = 0.5*x*(1 + tanh(sqrt(2/pi)*(x + 0.044715*x^3))).
-extern "C" __global__ void gelu_forward(
-    float* out,          // [n]
-    const float* inp,    // [n]
-    long long n) {
+template <typename T>
+__device__ void gelu_forward_t(T* out, const T* inp, long long n) {
     CONVOY_FOR_EACH(i, n) {
-        const float x = inp[i];
+        const float x = load(inp + i);
         const float t = tanhf(GELU_SCALE * (x + GELU_CUBE * x * x * x));
-        out[i] = 0.5f * x * (1.0f + t);
+        store(out + i, 0.5f * x * (1.0f + t));
     }
 }
 
-// dinp += gelu'(inp)*dout, with 1 - tanh^2 for sech^2 as the CPU.
-extern "C" __global__ void gelu_backward(
-    float* dinp,         // [n]
-    const float* inp,    // [n]
-    const float* dout,   // [n]
-    long long n) {
+// dinp += gelu'(inp)*dout, with 1 - tanh^2 for sech^2 as the CPU. The gradients are fp32 with
+// either storage type of the forward's input.
+template <typename T>
+__device__ void gelu_backward_t(float* dinp, const T* inp, const float* dout, long long n) {
     CONVOY_FOR_EACH(i, n) {
-        const float x = inp[i];
+        const float x = load(inp + i);
         const float x2 = x * x;
         const float t = tanhf(GELU_SCALE * (x + GELU_CUBE * x2 * x));
         const float dt = GELU_SCALE * (1.0f + 3.0f * GELU_CUBE * x2);
@@ -37,6 +30,24 @@ extern "C" __global__ void gelu_backward(
         dinp[i] += local * dout[i];
     }
 }
+
+#define GELU(SUFFIX, T)                                                                     \
+    extern "C" __global__ void gelu_forward##SUFFIX(                                        \
+        T* out,           /* [n] */                                                         \
+        const T* inp,     /* [n] */                                                         \
+        long long n) {                                                                      \
+        gelu_forward_t(out, inp, n);                                                        \
+    }                                                                                       \
+    extern "C" __global__ void gelu_backward##SUFFIX(                                       \
+        float* dinp,       /* [n] */                                                        \
+        const T* inp,      /* [n] */                                                        \
+        const float* dout, /* [n] */                                                        \
+        long long n) {                                                                      \
+        gelu_backward_t(dinp, inp, dout, n);                                                \
+    }
+
+GELU(, float)
+GELU(_bf16, bf16)
 
 // out = max(inp, 0), NaN stays NaN.
 extern "C" __global__ void relu_forward(

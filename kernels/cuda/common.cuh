@@ -8,6 +8,21 @@
 
 #define CONVOY_WARP 32
 
+// One thread per element i < n in a grid-stride loop: any 1-D grid works.
+#define CONVOY_FOR_EACH(i, n)                                                       \
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
+         i += (long long)gridDim.x * blockDim.x)
+
+// Activations are stored as float or as bf16 (`precision = "bf16"`); every kernel that reads or
+// writes them is a template over the storage type T with one extern "C" instance per type (the
+// bf16 one named with a `_bf16` suffix), and computes in fp32 between `load` and `store`.
+typedef __nv_bfloat16 bf16;
+__device__ __forceinline__ float load(const float* p) { return *p; }
+__device__ __forceinline__ float load(const bf16* p) { return __bfloat162float(*p); }
+// Rounds to the nearest bf16, ties to even (NaN stays NaN).
+__device__ __forceinline__ void store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store(bf16* p, float v) { *p = __float2bfloat16_rn(v); }
+
 // Sum over the warp, the same tree for every call: lane 0..31 all get the result.
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -18,25 +18,33 @@
 // Token ids must be < V (the host checks; the CPU panics). The forward writes NaN for an
 // out-of-range id rather than reading outside wte.
 
-// out [B*T, C] = wte [V, C] row inp[bt] + wpe [maxT >= T, C] row (bt % T). Overwrites out.
-// Any 1-D grid (grid-stride loop).
-extern "C" __global__ void encoder_forward(
-    float* out,              // [B*T, C]
-    const unsigned* inp,     // [B*T] token ids
-    const float* wte,        // [V, C]
-    const float* wpe,        // [maxT, C]
-    int B, int T, int C, int V) {
-    const long long n = (long long)B * T * C;
-    const long long stride = (long long)gridDim.x * blockDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+// out [B*T, C] = wte [V, C] row inp[bt] + wpe [maxT >= T, C] row (bt % T), stored as T (fp32,
+// or bf16 for `encoder_forward_bf16`). Overwrites out. Any 1-D grid (grid-stride loop).
+template <typename T>
+__device__ void encoder_forward_t(T* out, const unsigned* inp, const float* wte,
+                                  const float* wpe, int B, int Tn, int C, int V) {
+    const long long n = (long long)B * Tn * C;
+    CONVOY_FOR_EACH(i, n) {
         const long long bt = i / C;
         const int c = (int)(i % C);
-        const int t = (int)(bt % T);
+        const int t = (int)(bt % Tn);
         const unsigned tok = inp[bt];
-        out[i] = tok < (unsigned)V ? wte[(long long)tok * C + c] + wpe[(long long)t * C + c]
-                                   : __int_as_float(0x7fc00000);  // NaN
+        store(out + i, tok < (unsigned)V ? wte[(long long)tok * C + c] + wpe[(long long)t * C + c]
+                                         : __int_as_float(0x7fc00000));  // NaN
     }
 }
+
+#define ENCODER_FORWARD(NAME, OUT_T)                                                        \
+    extern "C" __global__ void NAME(OUT_T* out,          /* [B*T, C] */                     \
+                                    const unsigned* inp, /* [B*T] token ids */              \
+                                    const float* wte,    /* [V, C] */                       \
+                                    const float* wpe,    /* [maxT, C] */                    \
+                                    int B, int T, int C, int V) {                           \
+        encoder_forward_t(out, inp, wte, wpe, B, T, C, V);                                  \
+    }
+
+ENCODER_FORWARD(encoder_forward, float)
+ENCODER_FORWARD(encoder_forward_bf16, bf16)
 
 // dwpe [maxT, C] rows 0..T += sum_b dout [B*T, C] row (b*T + t), b in order. Rows T.. of dwpe are
 // not touched. Any 1-D grid (grid-stride loop over the T*C entries).

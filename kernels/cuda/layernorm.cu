@@ -12,35 +12,31 @@
 //     partial rows in order into dweight, dbias.
 // The backward is three launches: dinp (independent of the other two), then partial, then
 // reduce. No float atomics: every sum has a fixed order for a fixed launch shape.
+// The first three kernels also come with bf16 activations (inp, out) as `*_bf16` (common.cuh).
 
 #define CONVOY_LAYERNORM_EPS 1e-5f
 
 // out [N, C] = (inp - mean)*rstd*weight + bias per row; saves mean [N] and
 // rstd [N] = 1/sqrt(var + eps). All three are overwritten.
-extern "C" __global__ void layernorm_forward(
-    float* out,            // [N, C]
-    float* mean,           // [N]
-    float* rstd,           // [N]
-    const float* inp,      // [N, C]
-    const float* weight,   // [C]
-    const float* bias,     // [C]
-    int N, int C) {
+template <typename T>
+__device__ void layernorm_forward_t(T* out, float* mean, float* rstd, const T* inp,
+                                    const float* weight, const float* bias, int N, int C) {
     __shared__ float shared[32];
     for (int row = blockIdx.x; row < N; row += gridDim.x) {
-        const float* x = inp + (long long)row * C;
-        float* o = out + (long long)row * C;
+        const T* x = inp + (long long)row * C;
+        T* o = out + (long long)row * C;
         float s = 0.0f;
-        for (int i = threadIdx.x; i < C; i += blockDim.x) s += x[i];
+        for (int i = threadIdx.x; i < C; i += blockDim.x) s += load(x + i);
         const float mu = block_sum(s, shared) / (float)C;
         float sq = 0.0f;
         for (int i = threadIdx.x; i < C; i += blockDim.x) {
-            const float d = x[i] - mu;
+            const float d = load(x + i) - mu;
             sq += d * d;
         }
         const float var = block_sum(sq, shared) / (float)C;
         const float rs = 1.0f / sqrtf(var + CONVOY_LAYERNORM_EPS);
         for (int i = threadIdx.x; i < C; i += blockDim.x) {
-            o[i] = (x[i] - mu) * rs * weight[i] + bias[i];
+            store(o + i, (load(x + i) - mu) * rs * weight[i] + bias[i]);
         }
         if (threadIdx.x == 0) {
             mean[row] = mu;
@@ -51,33 +47,29 @@ extern "C" __global__ void layernorm_forward(
 
 // dinp [N, C] += rstd*(dnorm - mean(dnorm) - norm*mean(dnorm*norm)) per row, with
 // dnorm = weight*dout and norm = (inp - mean)*rstd, from the forward's saved mean and rstd.
-extern "C" __global__ void layernorm_backward_dinp(
-    float* dinp,           // [N, C]
-    const float* dout,     // [N, C]
-    const float* inp,      // [N, C]
-    const float* weight,   // [C]
-    const float* mean,     // [N]
-    const float* rstd,     // [N]
-    int N, int C) {
+template <typename T>
+__device__ void layernorm_backward_dinp_t(float* dinp, const float* dout, const T* inp,
+                                          const float* weight, const float* mean,
+                                          const float* rstd, int N, int C) {
     __shared__ float shared[32];
     for (int row = blockIdx.x; row < N; row += gridDim.x) {
         const long long off = (long long)row * C;
         const float* g = dout + off;
-        const float* x = inp + off;
+        const T* x = inp + off;
         float* di = dinp + off;
         const float mu = mean[row], s = rstd[row];
         float a = 0.0f, b = 0.0f;
         for (int i = threadIdx.x; i < C; i += blockDim.x) {
             const float dn = weight[i] * g[i];
             a += dn;
-            b += dn * (x[i] - mu);
+            b += dn * (load(x + i) - mu);
         }
         const float sum_dnorm = block_sum(a, shared);
         const float sum_dnorm_dev = block_sum(b, shared);
         const float dnorm_mean = sum_dnorm / (float)C;
         const float dnorm_norm_mean = sum_dnorm_dev * s / (float)C;
         for (int i = threadIdx.x; i < C; i += blockDim.x) {
-            const float norm = (x[i] - mu) * s;
+            const float norm = (load(x + i) - mu) * s;
             di[i] += (weight[i] * g[i] - dnorm_mean - norm * dnorm_norm_mean) * s;
         }
     }
@@ -87,14 +79,12 @@ extern "C" __global__ void layernorm_backward_dinp(
 // the rows r*rows_per_block .. min(N, (r+1)*rows_per_block) in order,
 // R = ceil(N / rows_per_block).
 // Overwrites both scratch buffers.
-extern "C" __global__ void layernorm_backward_dparams_partial(
-    float* partial_dweight,  // [R, C]
-    float* partial_dbias,    // [R, C]
-    const float* dout,       // [N, C]
-    const float* inp,        // [N, C]
-    const float* mean,       // [N]
-    const float* rstd,       // [N]
-    int N, int C, int rows_per_block) {
+template <typename T>
+__device__ void layernorm_backward_dparams_partial_t(float* partial_dweight,
+                                                     float* partial_dbias, const float* dout,
+                                                     const T* inp, const float* mean,
+                                                     const float* rstd, int N, int C,
+                                                     int rows_per_block) {
     const int R = (N + rows_per_block - 1) / rows_per_block;
     for (int r = blockIdx.x; r < R; r += gridDim.x) {
         const int row0 = r * rows_per_block;
@@ -104,7 +94,7 @@ extern "C" __global__ void layernorm_backward_dparams_partial(
             for (int row = row0; row < row1; row++) {
                 const long long i = (long long)row * C + c;
                 const float g = dout[i];
-                dw += (inp[i] - mean[row]) * rstd[row] * g;
+                dw += (load(inp + i) - mean[row]) * rstd[row] * g;
                 db += g;
             }
             partial_dweight[(long long)r * C + c] = dw;
@@ -112,6 +102,44 @@ extern "C" __global__ void layernorm_backward_dparams_partial(
         }
     }
 }
+
+// The instances: fp32 activations, and bf16 ones (`_bf16`); gradients, weights and the saved
+// statistics are fp32 in both.
+#define LAYERNORM(SUFFIX, T)                                                                \
+    extern "C" __global__ void layernorm_forward##SUFFIX(                                   \
+        T* out,               /* [N, C] */                                                  \
+        float* mean,          /* [N] */                                                     \
+        float* rstd,          /* [N] */                                                     \
+        const T* inp,         /* [N, C] */                                                  \
+        const float* weight,  /* [C] */                                                     \
+        const float* bias,    /* [C] */                                                     \
+        int N, int C) {                                                                     \
+        layernorm_forward_t(out, mean, rstd, inp, weight, bias, N, C);                      \
+    }                                                                                       \
+    extern "C" __global__ void layernorm_backward_dinp##SUFFIX(                             \
+        float* dinp,          /* [N, C] */                                                  \
+        const float* dout,    /* [N, C] */                                                  \
+        const T* inp,         /* [N, C] */                                                  \
+        const float* weight,  /* [C] */                                                     \
+        const float* mean,    /* [N] */                                                     \
+        const float* rstd,    /* [N] */                                                     \
+        int N, int C) {                                                                     \
+        layernorm_backward_dinp_t(dinp, dout, inp, weight, mean, rstd, N, C);               \
+    }                                                                                       \
+    extern "C" __global__ void layernorm_backward_dparams_partial##SUFFIX(                  \
+        float* partial_dweight,  /* [R, C] */                                               \
+        float* partial_dbias,    /* [R, C] */                                               \
+        const float* dout,       /* [N, C] */                                               \
+        const T* inp,            /* [N, C] */                                               \
+        const float* mean,       /* [N] */                                                  \
+        const float* rstd,       /* [N] */                                                  \
+        int N, int C, int rows_per_block) {                                                 \
+        layernorm_backward_dparams_partial_t(partial_dweight, partial_dbias, dout, inp, mean, \
+                                             rstd, N, C, rows_per_block);                   \
+    }
+
+LAYERNORM(, float)
+LAYERNORM(_bf16, bf16)
 
 // dweight [C] += sum_r partial_dweight [R, C] row r, dbias [C] likewise, r in order.
 extern "C" __global__ void layernorm_backward_dparams_reduce(

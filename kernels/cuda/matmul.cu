@@ -147,13 +147,13 @@ __device__ __forceinline__ void sgemm_block(float* __restrict__ C, const float* 
     const bool vec_b = (reinterpret_cast<unsigned long long>(B) & 15) == 0 && ldb % 4 == 0;
 
     float4 ra[SG_CHUNKS], rb[SG_CHUNKS];
-    auto load = [&](int k0) {
+    auto fetch = [&](int k0) {
         if (TA) sg_load<SG_BK, SG_BM>(ra, A, lda, k0, m0, K, M, vec_a);  // rows k, columns m
         else sg_load<SG_BM, SG_BK>(ra, A, lda, m0, k0, M, K, vec_a);     // rows m, columns k
         if (TB) sg_load<SG_BN, SG_BK>(rb, B, ldb, n0, k0, N, K, vec_b);  // rows n, columns k
         else sg_load<SG_BK, SG_BN>(rb, B, ldb, k0, n0, K, N, vec_b);     // rows k, columns n
     };
-    auto store = [&](int buf) {
+    auto stage = [&](int buf) {
         if (TA) sg_store<SG_BK, SG_BM, false>(As[buf], ra);
         else sg_store<SG_BM, SG_BK, true>(As[buf], ra);
         if (TB) sg_store<SG_BN, SG_BK, true>(Bs[buf], rb);
@@ -167,14 +167,14 @@ __device__ __forceinline__ void sgemm_block(float* __restrict__ C, const float* 
         for (int j = 0; j < 8; ++j) acc[i][j] = 0.0f;
 
     if (K > 0) {
-        load(0);
-        store(0);
+        fetch(0);
+        stage(0);
     }
     __syncthreads();
     int buf = 0;
     for (int k0 = 0; k0 < K; k0 += SG_BK) {
         const bool more = k0 + SG_BK < K;
-        if (more) load(k0 + SG_BK);
+        if (more) fetch(k0 + SG_BK);
 #pragma unroll
         for (int kk = 0; kk < SG_BK; ++kk) {
             const float4 a0 = *reinterpret_cast<const float4*>(&As[buf][kk][ty * 4]);
@@ -189,7 +189,7 @@ __device__ __forceinline__ void sgemm_block(float* __restrict__ C, const float* 
                 for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
         }
         // Buffer buf ^ 1 was last read in the previous stage, which every thread has left.
-        if (more) store(buf ^ 1);
+        if (more) stage(buf ^ 1);
         __syncthreads();
         buf ^= 1;
     }
@@ -362,11 +362,6 @@ __device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const unsigned (&a
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
-__device__ __forceinline__ float hg_read(const float* p) { return *p; }
-__device__ __forceinline__ float hg_read(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-__device__ __forceinline__ void hg_write(float* p, float v) { *p = v; }
-__device__ __forceinline__ void hg_write(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
-
 // One 128×128 block of C = alpha·op(A)·op(B) (+ bias) (+ C) with bf16 A, B (as raw 16-bit
 // patterns) and fp32 accumulators; OutT = float or __nv_bfloat16. Shared tiles keep the
 // orientation of global memory ([m][k] for "n" A, [k][m] for "t" A, [k][n] for "n" B, [n][k]
@@ -391,13 +386,13 @@ __device__ __forceinline__ void hgemm_block(OutT* __restrict__ C,
     const bool vec_b = (reinterpret_cast<unsigned long long>(B) & 15) == 0 && ldb % 8 == 0;
 
     uint4 ra[HG_CHUNKS], rb[HG_CHUNKS];
-    auto load = [&](int k0) {
+    auto fetch = [&](int k0) {
         if (TA) hg_load<HG_BK, HG_BM>(ra, A, lda, k0, m0, K, M, vec_a);
         else hg_load<HG_BM, HG_BK>(ra, A, lda, m0, k0, M, K, vec_a);
         if (TB) hg_load<HG_BN, HG_BK>(rb, B, ldb, n0, k0, N, K, vec_b);
         else hg_load<HG_BK, HG_BN>(rb, B, ldb, k0, n0, K, N, vec_b);
     };
-    auto store = [&](int buf) {
+    auto stage = [&](int buf) {
         if (TA) hg_store<HG_BK, HG_BM>(As[buf], ra);
         else hg_store<HG_BM, HG_BK>(As[buf], ra);
         if (TB) hg_store<HG_BN, HG_BK>(Bs[buf], rb);
@@ -413,14 +408,14 @@ __device__ __forceinline__ void hgemm_block(OutT* __restrict__ C,
             for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
 
     if (K > 0) {
-        load(0);
-        store(0);
+        fetch(0);
+        stage(0);
     }
     __syncthreads();
     int buf = 0;
     for (int k0 = 0; k0 < K; k0 += HG_BK) {
         const bool more = k0 + HG_BK < K;
-        if (more) load(k0 + HG_BK);
+        if (more) fetch(k0 + HG_BK);
         const unsigned short* sa = As[buf];
         const unsigned short* sb = Bs[buf];
         // Not unrolled, and A fragments loaded one m16 tile at a time: fits in 128 registers
@@ -462,7 +457,7 @@ __device__ __forceinline__ void hgemm_block(OutT* __restrict__ C,
                 for (int j = 0; j < 4; ++j) mma_bf16_16816(acc[i][j], af, bf[j]);
             }
         }
-        if (more) store(buf ^ 1);
+        if (more) stage(buf ^ 1);
         __syncthreads();
         buf ^= 1;
     }
@@ -482,8 +477,8 @@ __device__ __forceinline__ void hgemm_block(OutT* __restrict__ C,
                     if (n >= N) continue;
                     float v = alpha * acc[i][j][h * 2 + e];
                     if (bias != nullptr) v += bias[n];
-                    if (accumulate) v += hg_read(crow + n);
-                    hg_write(crow + n, v);
+                    if (accumulate) v += load(crow + n);
+                    store(crow + n, v);
                 }
         }
 }

@@ -65,8 +65,8 @@ fn products<T: Operand>(
             time_ms(dev, || {
                 let (mut c, a, b) = (c.as_view_mut(), a.as_view(), b.as_view());
                 match lt {
-                    Some(lt) => lt.gemm(dev, g, &mut c, &a, &b, None),
-                    None => ops::gemm(dev, g, &mut c, &a, &b, None),
+                    Some(lt) => lt.gemm::<T, f32>(dev, g, &mut c, &a, &b, None),
+                    None => ops::gemm::<T, f32>(dev, g, &mut c, &a, &b, None),
                 }
                 .expect("launch");
             })

@@ -1,16 +1,46 @@
 //! cuBLASLt (`ops::CublasLt`, the `CONVOY_GEMM=cublaslt` switch) against convoy's own GEMM
-//! kernels on the linear layer's three products, fp32 and bf16 operands, with a bias and with
-//! accumulation.
+//! kernels on the linear layer's three products (and the forward without its bias): fp32
+//! operands, bf16 operands with an fp32 output, and bf16 operands with a bf16 output, with a
+//! bias and with accumulation.
 //!
 //! Tolerance: both accumulate in fp32 (cuBLASLt without TF32) over the same products, in
-//! different orders, so they agree to the fp32 GEMM tolerance of gpu_matmul.rs: rtol
-//! 1e-5·sqrt(K) against |x| + sqrt(K/3). A wrong transpose, layout or missing bias is off by
-//! whole terms.
+//! different orders, so fp32 outputs agree to the fp32 GEMM tolerance of gpu_matmul.rs: rtol
+//! 1e-5·sqrt(K) against |x| + sqrt(K/3). A bf16 output is each side's fp32 value (bias and
+//! accumulated bf16 C added in fp32) rounded once; two values that close may round to
+//! neighbouring bf16s, one ulp apart, and a bf16 ulp is at most 2^-7 of the value (8
+//! significant bits), so rtol 1e-2 on top of the fp32 tolerance. A wrong transpose, layout or
+//! missing bias is off by whole terms.
 
 mod gpu_common;
 
-use convoy_kernels::cuda::ops::{self, CublasLt, Gemm};
-use gpu_common::{assert_close, data, device_or_skip};
+use convoy_kernels::cuda::Device;
+use convoy_kernels::cuda::ops::{self, CublasLt, Gemm, Operand};
+use cudarc::driver::{CudaSlice, CudaView};
+use gpu_common::{Storage, assert_close, data, device_or_skip, stored, widen};
+
+/// `g` on operands `a`, `b` into a C of type `O` starting as `c0` (rounded to O), by convoy's
+/// kernels and by cuBLASLt: (convoy's C, cuBLASLt's C), widened to f32.
+fn both<T: Operand, O: Storage>(
+    dev: &Device,
+    lt: &CublasLt,
+    g: &Gemm,
+    (a, b): (&CudaSlice<T>, &CudaSlice<T>),
+    c0: &[f32],
+    bias: Option<&CudaView<'_, f32>>,
+) -> (Vec<f32>, Vec<f32>) {
+    let s = &dev.stream;
+    let c0 = stored::<O>(c0);
+    let mut ours = s.clone_htod(&c0).expect("upload");
+    let mut theirs = s.clone_htod(&c0).expect("upload");
+    let (a, b) = (a.as_view(), b.as_view());
+    ops::gemm::<T, O>(dev, g, &mut ours.as_view_mut(), &a, &b, bias).expect("convoy");
+    lt.gemm::<T, O>(dev, g, &mut theirs.as_view_mut(), &a, &b, bias)
+        .expect("cuBLASLt");
+    (
+        widen(&s.clone_dtoh(&ours).expect("download")),
+        widen(&s.clone_dtoh(&theirs).expect("download")),
+    )
+}
 
 #[test]
 fn cublaslt_matches_convoys_gemms() {
@@ -55,6 +85,14 @@ fn cublaslt_matches_convoys_gemms() {
             true,
         ),
         (
+            "forward without bias",
+            fwd,
+            (&inp_d, &inp_h),
+            (&w_d, &w_h),
+            vec![0.0; n * oc],
+            false,
+        ),
+        (
             "dinp",
             dinp,
             (&dout_d, &dout_h),
@@ -75,26 +113,28 @@ fn cublaslt_matches_convoys_gemms() {
         let k = g.k.max(1) as f32;
         let (rtol, atol) = (1e-5 * k.sqrt(), 1e-5 * k.sqrt() * (k / 3.0).sqrt());
         let bias = with_bias.then(|| bias_d.as_view());
-        for bf16 in [false, true] {
-            let mut ours = up(&c0);
-            let mut theirs = up(&c0);
-            if bf16 {
-                let (a, b) = (a.1.as_view(), b.1.as_view());
-                ops::gemm::<u16>(&dev, &g, &mut ours.as_view_mut(), &a, &b, bias.as_ref())
-                    .expect("convoy");
-                lt.gemm(&dev, &g, &mut theirs.as_view_mut(), &a, &b, bias.as_ref())
-                    .expect("cuBLASLt");
-            } else {
-                let (a, b) = (a.0.as_view(), b.0.as_view());
-                ops::gemm::<f32>(&dev, &g, &mut ours.as_view_mut(), &a, &b, bias.as_ref())
-                    .expect("convoy");
-                lt.gemm(&dev, &g, &mut theirs.as_view_mut(), &a, &b, bias.as_ref())
-                    .expect("cuBLASLt");
-            }
-            let ours = s.clone_dtoh(&ours).expect("download");
-            let theirs = s.clone_dtoh(&theirs).expect("download");
-            let what = format!("{name} ({})", if bf16 { "bf16" } else { "fp32" });
-            assert_close(&what, &theirs, &ours, rtol, atol);
+        let bias = bias.as_ref();
+        let (f32_ops, bf16_ops) = ((a.0, b.0), (a.1, b.1));
+        let runs = [
+            (
+                "fp32",
+                both::<f32, f32>(&dev, &lt, &g, f32_ops, &c0, bias),
+                0.0,
+            ),
+            (
+                "bf16",
+                both::<u16, f32>(&dev, &lt, &g, bf16_ops, &c0, bias),
+                0.0,
+            ),
+            (
+                "bf16, bf16 out",
+                both::<u16, u16>(&dev, &lt, &g, bf16_ops, &c0, bias),
+                1e-2,
+            ),
+        ];
+        for (kind, (ours, theirs), rounding) in runs {
+            let what = format!("{name} ({kind})");
+            assert_close(&what, &theirs, &ours, rtol + rounding, atol);
         }
     }
 }

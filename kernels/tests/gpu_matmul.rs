@@ -7,7 +7,7 @@
 //! two orders of magnitude above that rounding, and orders below what a wrong or missing term
 //! (≥ ~0.1) or a wrong element (~S) costs. The bf16 kernels are compared with the f64 product of
 //! the bf16-rounded inputs: their products are exact in fp32 and only the accumulation order
-//! differs, so fp32 outputs meet the fp32 tolerance; bf16 outputs add one rounding (2^-9
+//! differs, so fp32 outputs meet the fp32 tolerance; bf16 outputs add one rounding (at most 2^-8
 //! relative), checked with rtol 1e-2 and atol 1e-2·S for sums that cancel.
 
 mod gpu_common;

@@ -76,10 +76,11 @@ pub enum Backend {
     Cuda,
 }
 
-/// `fp32`: every op in fp32. `bf16` (CUDA only): every matrix product of the GPT (linear
-/// layers, LM head, attention's batched products) takes bf16 operands on the tensor cores and
-/// accumulates in fp32; weights, optimizer state, activations and every other op stay fp32
-/// (the master copy).
+/// `fp32`: every op in fp32. `bf16` (CUDA only): mixed precision as llm.c and PyTorch's
+/// autocast do it: activations are stored as bf16 and every matrix product of the GPT (linear
+/// layers, LM head, attention's batched products) takes bf16 operands on the tensor cores
+/// and accumulates in fp32; the master weights (rounded to bf16 once per forward), gradients
+/// and optimizer state stay fp32.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {

@@ -27,7 +27,7 @@ macro_rules! sources {
 }
 
 sources! {
-    "residual" => ["residual_forward", "residual_backward"],
+    "residual" => ["residual_forward", "residual_forward_bf16", "residual_backward"],
     "matmul" => [
         "matmul_forward", "matmul_backward_dinp", "matmul_backward_dweight",
         "matmul_backward_dbias", "gemm_f32_nn", "gemm_f32_nt", "gemm_f32_tn", "gemm_f32_tt",
@@ -35,26 +35,33 @@ sources! {
         "gemm_bf16_nn_bf16out", "gemm_bf16_nt_bf16out", "gemm_bf16_tn_bf16out",
         "gemm_bf16_tt_bf16out", "f32_to_bf16", "bf16_to_f32",
     ],
-    "encoder" => ["encoder_forward", "encoder_backward_wpe", "encoder_backward_wte"],
+    "encoder" => [
+        "encoder_forward", "encoder_forward_bf16", "encoder_backward_wpe",
+        "encoder_backward_wte",
+    ],
     "layernorm" => [
         "layernorm_forward",
+        "layernorm_forward_bf16",
         "layernorm_backward_dinp",
+        "layernorm_backward_dinp_bf16",
         "layernorm_backward_dparams_partial",
+        "layernorm_backward_dparams_partial_bf16",
         "layernorm_backward_dparams_reduce",
     ],
     "activation" => [
-        "gelu_forward", "gelu_backward", "relu_forward", "relu_backward",
-        "tanh_forward", "tanh_backward", "sigmoid_forward", "sigmoid_backward",
+        "gelu_forward", "gelu_forward_bf16", "gelu_backward", "gelu_backward_bf16",
+        "relu_forward", "relu_backward", "tanh_forward", "tanh_backward", "sigmoid_forward",
+        "sigmoid_backward",
     ],
     "attention" => [
-        "attention_permute",
-        "attention_permute_backward",
-        "attention_unpermute",
-        "attention_unpermute_backward",
         "attention_softmax_forward",
+        "attention_softmax_forward_bf16",
         "attention_softmax_backward",
+        "attention_softmax_backward_bf16",
     ],
-    "classifier" => ["crossentropy_forward_backward", "softmax_forward"],
+    "classifier" => [
+        "crossentropy_forward_backward", "crossentropy_forward_backward_bf16", "softmax_forward",
+    ],
     "optim" => ["adamw_update", "sgd_update"],
     "gradnorm" => ["global_norm_partials", "global_norm_finish", "clip_grads"],
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use convoy_kernels::cuda::Device;
+use convoy_kernels::cuda::ops::Operand;
 
 /// GPU 0, or `None` after printing why the test is skipped (no driver or no GPU here).
 pub fn device_or_skip(test: &str) -> Option<Device> {
@@ -55,4 +56,70 @@ pub fn grid_blocks(blocks: usize, threads: u32) -> cudarc::driver::LaunchConfig 
         block_dim: (threads, 1, 1),
         shared_mem_bytes: 0,
     }
+}
+
+/// bf16's unit roundoff: 8 significant bits (7 stored and the implicit one), so rounding an
+/// fp32 value x to the nearest bf16 moves it by at most 2^-8·|x| (half an ulp; the ulp of a
+/// bf16 is between 2^-8 and 2^-7 of its value).
+pub const BF16_ROUNDING: f32 = 1.0 / 256.0;
+
+/// The nearest bf16 (ties to even) as its bit pattern, like `__float2bfloat16_rn`: written
+/// here independently of the code under test. NaN stays a (quiet) NaN; overflow gives ±inf.
+pub fn bf16_bits(x: f32) -> u16 {
+    let u = x.to_bits();
+    if x.is_nan() {
+        return ((u >> 16) | 0x40) as u16;
+    }
+    ((u + 0x7fff + ((u >> 16) & 1)) >> 16) as u16
+}
+
+/// The value of a bf16 bit pattern: the pattern in the high half of an f32 (exact).
+pub fn bf16_value(b: u16) -> f32 {
+    f32::from_bits(u32::from(b) << 16)
+}
+
+/// An activation storage type as the tests make its host values: `from_host` is the nearest
+/// value of the type (fp32 itself; bf16 rounded to nearest even, as the device's `store`).
+pub trait Storage: Operand + Copy {
+    fn from_host(x: f32) -> Self;
+}
+
+impl Storage for f32 {
+    fn from_host(x: f32) -> f32 {
+        x
+    }
+}
+
+impl Storage for u16 {
+    fn from_host(x: f32) -> u16 {
+        bf16_bits(x)
+    }
+}
+
+/// `x` stored as `A` (rounded to bf16 for `u16`).
+pub fn stored<A: Storage>(x: &[f32]) -> Vec<A> {
+    x.iter().map(|&v| A::from_host(v)).collect()
+}
+
+/// Values of type `A` widened to f32 through `Operand::to_f32` (exact).
+pub fn widen<A: Operand + Copy>(x: &[A]) -> Vec<f32> {
+    x.iter().map(|&v| v.to_f32()).collect()
+}
+
+/// `x` rounded to the nearest bf16 values (as f32): what a bf16 buffer of `x` holds.
+pub fn rounded(x: &[f32]) -> Vec<f32> {
+    widen(&stored::<u16>(x))
+}
+
+/// The largest |x| (0 for an empty slice): the scale that absolute tolerances refer to.
+pub fn max_abs(x: &[f32]) -> f32 {
+    x.iter().fold(0.0f32, |m, v| m.max(v.abs()))
+}
+
+/// The tolerance (rtol, atol) of a bf16 output that is one rounding of an fp32 value within
+/// (rtol, atol) of the reference c: |bf16(g) − c| ≤ 2^-8·|g| + |g − c| and
+/// |g| ≤ |c| + |g − c|, so rtol grows by 2^-8 and both by a factor 1 + 2^-8.
+pub fn after_one_rounding(rtol: f32, atol: f32) -> (f32, f32) {
+    let u = BF16_ROUNDING;
+    (u + rtol * (1.0 + u), atol * (1.0 + u))
 }

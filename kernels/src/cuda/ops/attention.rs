@@ -1,110 +1,28 @@
-//! attention.cu chained with the batched GEMMs of matmul.cu: causal multi-head attention in
-//! the CPU's layouts (the recipe is at the top of attention.cu).
+//! attention.cu's softmaxes chained with the batched GEMMs of matmul.cu: causal multi-head
+//! attention in the CPU's layouts (the recipe is at the top of attention.cu). The GEMMs read
+//! q, k, v where they lie in qkv and write the heads where they belong in out and dqkv, so the
+//! op needs no head-major copies and no scratch of its own.
 
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchArgs, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, PushKernelArg};
 
-use super::gemm::{Gemm, gemm, to_bf16};
-use super::{alloc_zeros, grid_1d, grid_rows, int, launched, need};
+use super::gemm::{Gemm, gemm};
+use super::{Operand, grid_rows, int, launched, need};
 use crate::cuda::{CudaError, Device};
 
-/// Head-major scratch for one layer's attention: seven [B, NH, T, HS] buffers (q, k, v, the
-/// weighted values and, in the backward, their gradients), reused by every layer. The
-/// backward recomputes q, k, v from the saved qkv instead of keeping them per layer. With
-/// bf16 products, two more buffers hold the rounded operands of the product in flight.
-pub struct AttentionScratch {
-    parts: [CudaSlice<f32>; 7],
-    /// B·T·C, the size of each part.
-    part: usize,
-    /// The rounded A operand (up to [B, NH, T, T]) and B operand ([B, NH, T, HS]) of a
-    /// batched product on the tensor cores.
-    bf16: Option<[CudaSlice<u16>; 2]>,
-}
-
-impl AttentionScratch {
-    /// Scratch for batches of up to `b·t` positions of width `c` in `nh` heads; with `bf16`
-    /// the batched products take bf16 operands (fp32 accumulation and outputs).
-    pub fn new(
-        dev: &Device,
-        (b, t, c, nh): (usize, usize, usize, usize),
-        bf16: bool,
-    ) -> Result<Self, CudaError> {
-        let part = b * t * c;
-        let alloc = |n: usize| alloc_zeros::<f32>(dev, n, "attention scratch");
-        let bf16 = if bf16 {
-            let rounded = |n: usize| alloc_zeros::<u16>(dev, n, "attention bf16 operands");
-            Some([rounded(part.max(b * nh * t * t))?, rounded(part)?])
-        } else {
-            None
-        };
-        Ok(AttentionScratch {
-            parts: [
-                alloc(part)?,
-                alloc(part)?,
-                alloc(part)?,
-                alloc(part)?,
-                alloc(part)?,
-                alloc(part)?,
-                alloc(part)?,
-            ],
-            part,
-            bf16,
-        })
-    }
-
-    /// Bytes a scratch for (B, T, C, NH) takes: what it costs in memory.
-    pub fn bytes((b, t, c, nh): (usize, usize, usize, usize), bf16: bool) -> u64 {
-        let part = b * t * c;
-        let rounded = if bf16 {
-            2 * (part.max(b * nh * t * t) + part)
-        } else {
-            0
-        };
-        (4 * 7 * part + rounded) as u64
-    }
-
-    /// The seven parts, each cut to B·T·C ≤ the capacity, and the bf16 operand slots.
-    fn split(
-        &mut self,
-        btc: usize,
-    ) -> ([CudaViewMut<'_, f32>; 7], Option<&mut [CudaSlice<u16>; 2]>) {
-        assert!(
-            btc <= self.part,
-            "attention: scratch for {} values per part, the batch needs {btc}",
-            self.part
-        );
-        (
-            self.parts.each_mut().map(|p| p.slice_mut(..btc)),
-            self.bf16.as_mut(),
-        )
-    }
-}
-
-/// One batched product of attention: fp32, or with `bf16` slots its two operands rounded into
-/// them first and the product on the tensor cores (fp32 accumulation and output).
-fn product(
-    dev: &Device,
-    g: &Gemm,
-    c: &mut CudaViewMut<'_, f32>,
-    a: &CudaView<'_, f32>,
-    b: &CudaView<'_, f32>,
-    bf16: Option<&mut [CudaSlice<u16>; 2]>,
-) -> Result<(), CudaError> {
-    let Some([a16, b16]) = bf16 else {
-        return gemm::<f32>(dev, g, c, a, b, None);
-    };
-    let (ea, eb, _) = g.extents();
-    to_bf16(dev, &mut a16.slice_mut(..ea), &a.slice(..ea), ea)?;
-    to_bf16(dev, &mut b16.slice_mut(..eb), &b.slice(..eb), eb)?;
-    gemm::<u16>(dev, g, c, &a16.slice(..ea), &b16.slice(..eb), None)
-}
-
-/// The shape of one attention call, checked once.
+/// The shape of one attention call, checked once, and the strided products over its heads.
 struct Shape {
     b: usize,
     t: usize,
     c: usize,
     nh: usize,
     hs: usize,
+}
+
+/// Where the matrices of head (b, h) lie in a buffer: leading dimension and the (b, h) strides.
+#[derive(Clone, Copy)]
+struct Heads {
+    ld: usize,
+    strides: (usize, usize),
 }
 
 impl Shape {
@@ -133,28 +51,71 @@ impl Shape {
     fn scale(&self) -> f32 {
         1.0 / (self.hs as f32).sqrt()
     }
-    /// B·NH products of [m, k]·[k, n] matrices stored one after another.
-    fn bmm(&self, ta: bool, tb: bool, m: usize, n: usize, k: usize, alpha: f32) -> Gemm {
-        Gemm {
-            alpha,
-            ..Gemm::batched(ta, tb, m, n, k, self.b * self.nh)
+    /// q, k or v of a head in qkv [B, T, 3C] (from the part's first channel), and the same
+    /// parts of dqkv.
+    fn qkv(&self) -> Heads {
+        Heads {
+            ld: 3 * self.c,
+            strides: (self.t * 3 * self.c, self.hs),
         }
     }
-    fn dims(&self, op: &str) -> [i32; 4] {
-        [self.b, self.t, self.nh, self.hs].map(|x| int(op, "a dimension", x))
+    /// A head's [T, HS] columns of a [B, T, C] buffer (out, dout).
+    fn btc_heads(&self) -> Heads {
+        Heads {
+            ld: self.c,
+            strides: (self.t * self.c, self.hs),
+        }
+    }
+    /// A head's [T, T] matrix of a [B, NH, T, T] buffer.
+    fn tt(&self) -> Heads {
+        Heads {
+            ld: self.t,
+            strides: (self.nh * self.t * self.t, self.t * self.t),
+        }
+    }
+    /// The B·NH products `C = alpha·op(A)·op(B) (+ C)` of [m, k]·[k, n] matrices laid out
+    /// as `a`, `b`, `c` say.
+    #[allow(clippy::too_many_arguments)] // one product: its transposes, shape and layouts
+    fn bmm(
+        &self,
+        (ta, tb): (bool, bool),
+        (m, n, k): (usize, usize, usize),
+        a: Heads,
+        b: Heads,
+        c: Heads,
+        alpha: f32,
+        accumulate: bool,
+    ) -> Gemm {
+        Gemm {
+            ta,
+            tb,
+            m,
+            n,
+            k,
+            lda: a.ld,
+            ldb: b.ld,
+            ldc: c.ld,
+            sa: a.strides,
+            sb: b.strides,
+            sc: c.strides,
+            outer: self.b,
+            inner: self.nh,
+            alpha,
+            accumulate,
+        }
     }
 }
 
-/// out [B, T, C] = causal attention over qkv [B, T, 3C]; saves preatt (the scaled scores) and
-/// att (their softmax), both [B, NH, T, T] and 0 above the diagonal. All three overwritten.
+/// out [B, T, C] = causal attention over qkv [B, T, 3C]; saves preatt (the scaled scores, fp32)
+/// and att (their softmax), both [B, NH, T, T] and 0 above the diagonal. All three
+/// overwritten. `A` is the activations' storage (qkv, att, out).
 #[allow(clippy::too_many_arguments)] // the op's contract: every buffer with its shape
-pub fn attention_forward(
+pub fn attention_forward<A: Operand>(
     dev: &Device,
-    out: &mut CudaViewMut<'_, f32>,
+    out: &mut CudaViewMut<'_, A>,
     preatt: &mut CudaViewMut<'_, f32>,
-    att: &mut CudaViewMut<'_, f32>,
-    qkv: &CudaView<'_, f32>,
-    scratch: &mut AttentionScratch,
+    att: &mut CudaViewMut<'_, A>,
+    qkv: &CudaView<'_, A>,
     b: usize,
     t: usize,
     c: usize,
@@ -166,41 +127,38 @@ pub fn attention_forward(
     need(OP, "preatt", preatt.len(), sh.att());
     need(OP, "att", att.len(), sh.att());
     need(OP, "qkv", qkv.len(), 3 * sh.btc());
-    let ([mut q, mut k, mut v, mut vaccum, ..], mut bf16) = scratch.split(sh.btc());
-    permute(dev, &mut q, &mut k, &mut v, qkv, &sh)?;
-    let hs = sh.hs;
-    product(
-        dev,
-        &sh.bmm(false, true, t, t, hs, 1.0),
-        preatt,
-        &q.as_view(),
-        &k.as_view(),
-        bf16.as_deref_mut(),
-    )?;
+    let (q, k, v) = (qkv.slice(..), qkv.slice(c..), qkv.slice(2 * c..));
+    let (qkv_h, tt, hs) = (sh.qkv(), sh.tt(), sh.hs);
+    // preatt = q·kᵀ (the softmax scales it).
+    let g = sh.bmm((false, true), (t, t, hs), qkv_h, qkv_h, tt, 1.0, false);
+    gemm(dev, &g, preatt, &q, &k, None)?;
     softmax_forward(dev, preatt, att, &sh)?;
-    product(
-        dev,
-        &sh.bmm(false, false, t, hs, t, 1.0),
-        &mut vaccum,
-        &att.as_view(),
-        &v.as_view(),
-        bf16,
-    )?;
-    unpermute(dev, out, &vaccum.as_view(), &sh)
+    // out = att·v, each head into its columns of out.
+    let g = sh.bmm(
+        (false, false),
+        (t, hs, t),
+        tt,
+        qkv_h,
+        sh.btc_heads(),
+        1.0,
+        false,
+    );
+    gemm(dev, &g, out, &att.as_view(), &v, None)
 }
 
 /// dqkv [B, T, 3C] += attention's gradient for dout [B, T, C], from the forward's qkv and att.
-/// dpreatt and datt [B, NH, T, T] are scratch (overwritten).
+/// dpreatt and datt [B, NH, T, T] are scratch (overwritten). With bf16 activations the
+/// products take dout rounded into `slot` (B·T·C elements; unused for fp32).
 #[allow(clippy::too_many_arguments)] // the op's contract: every buffer with its shape
-pub fn attention_backward(
+pub fn attention_backward<A: Operand>(
     dev: &Device,
     dqkv: &mut CudaViewMut<'_, f32>,
-    dpreatt: &mut CudaViewMut<'_, f32>,
+    dpreatt: &mut CudaViewMut<'_, A>,
     datt: &mut CudaViewMut<'_, f32>,
     dout: &CudaView<'_, f32>,
-    qkv: &CudaView<'_, f32>,
-    att: &CudaView<'_, f32>,
-    scratch: &mut AttentionScratch,
+    qkv: &CudaView<'_, A>,
+    att: &CudaView<'_, A>,
+    slot: &mut CudaSlice<A>,
     b: usize,
     t: usize,
     c: usize,
@@ -214,153 +172,64 @@ pub fn attention_backward(
     need(OP, "dout", dout.len(), sh.btc());
     need(OP, "qkv", qkv.len(), 3 * sh.btc());
     need(OP, "att", att.len(), sh.att());
-    let ([mut q, mut k, mut v, mut dvaccum, mut dq, mut dk, mut dv], mut bf16) =
-        scratch.split(sh.btc());
-    let (hs, scale) = (sh.hs, sh.scale());
-    permute(dev, &mut q, &mut k, &mut v, qkv, &sh)?;
-    unpermute_backward(dev, &mut dvaccum, dout, &sh)?;
-    let dvacc = dvaccum.as_view();
-    product(
-        dev,
-        &sh.bmm(false, true, t, t, hs, 1.0),
-        datt,
-        &dvacc,
-        &v.as_view(),
-        bf16.as_deref_mut(),
-    )?;
-    product(
-        dev,
-        &sh.bmm(true, false, t, hs, t, 1.0),
-        &mut dv,
-        att,
-        &dvacc,
-        bf16.as_deref_mut(),
-    )?;
+    let (q, k, v) = (qkv.slice(..), qkv.slice(c..), qkv.slice(2 * c..));
+    let (qkv_h, tt, btc_h, hs, scale) = (sh.qkv(), sh.tt(), sh.btc_heads(), sh.hs, sh.scale());
+    let dout = A::from_f32(dev, dout.slice(..sh.btc()), slot)?;
+    // datt = dout·vᵀ
+    let g = sh.bmm((false, true), (t, t, hs), btc_h, qkv_h, tt, 1.0, false);
+    gemm(dev, &g, datt, &dout, &v, None)?;
+    // dv += attᵀ·dout
+    let g = sh.bmm((true, false), (t, hs, t), tt, btc_h, qkv_h, 1.0, true);
+    gemm(dev, &g, &mut dqkv.slice_mut(2 * c..), att, &dout, None)?;
     // The softmax backward gives the gradient of the scaled scores (scale 1, as the CPU);
     // the scale then goes into the two products, as the CPU's sgemm calls do.
     softmax_backward(dev, dpreatt, datt, att, &sh)?;
     let dpre = dpreatt.as_view();
-    product(
-        dev,
-        &sh.bmm(false, false, t, hs, t, scale),
-        &mut dq,
-        &dpre,
-        &k.as_view(),
-        bf16.as_deref_mut(),
-    )?;
-    product(
-        dev,
-        &sh.bmm(true, false, t, hs, t, scale),
-        &mut dk,
-        &dpre,
-        &q.as_view(),
-        bf16,
-    )?;
-    permute_backward(dev, dqkv, &dq.as_view(), &dk.as_view(), &dv.as_view(), &sh)
+    // dq += scale·dpreatt·k
+    let g = sh.bmm((false, false), (t, hs, t), tt, qkv_h, qkv_h, scale, true);
+    gemm(dev, &g, &mut dqkv.slice_mut(..), &dpre, &k, None)?;
+    // dk += scale·dpreattᵀ·q
+    let g = sh.bmm((true, false), (t, hs, t), tt, qkv_h, qkv_h, scale, true);
+    gemm(dev, &g, &mut dqkv.slice_mut(c..), &dpre, &q, None)
 }
 
-fn permute(
-    dev: &Device,
-    q: &mut CudaViewMut<'_, f32>,
-    k: &mut CudaViewMut<'_, f32>,
-    v: &mut CudaViewMut<'_, f32>,
-    qkv: &CudaView<'_, f32>,
-    sh: &Shape,
-) -> Result<(), CudaError> {
-    const K: &str = "attention_permute";
-    let f = dev.function("attention", K)?;
-    let mut launch = dev.stream.launch_builder(&f);
-    launch.arg(q).arg(k).arg(v).arg(qkv);
-    layout(launch, K, sh)
-}
-
-fn permute_backward(
-    dev: &Device,
-    dqkv: &mut CudaViewMut<'_, f32>,
-    dq: &CudaView<'_, f32>,
-    dk: &CudaView<'_, f32>,
-    dv: &CudaView<'_, f32>,
-    sh: &Shape,
-) -> Result<(), CudaError> {
-    const K: &str = "attention_permute_backward";
-    let f = dev.function("attention", K)?;
-    let mut launch = dev.stream.launch_builder(&f);
-    launch.arg(dqkv).arg(dq).arg(dk).arg(dv);
-    layout(launch, K, sh)
-}
-
-fn unpermute(
-    dev: &Device,
-    out: &mut CudaViewMut<'_, f32>,
-    vaccum: &CudaView<'_, f32>,
-    sh: &Shape,
-) -> Result<(), CudaError> {
-    const K: &str = "attention_unpermute";
-    let f = dev.function("attention", K)?;
-    let mut launch = dev.stream.launch_builder(&f);
-    launch.arg(out).arg(vaccum);
-    layout(launch, K, sh)
-}
-
-fn unpermute_backward(
-    dev: &Device,
-    dvaccum: &mut CudaViewMut<'_, f32>,
-    dout: &CudaView<'_, f32>,
-    sh: &Shape,
-) -> Result<(), CudaError> {
-    const K: &str = "attention_unpermute_backward";
-    let f = dev.function("attention", K)?;
-    let mut launch = dev.stream.launch_builder(&f);
-    launch.arg(dvaccum).arg(dout);
-    layout(launch, K, sh)
-}
-
-/// Finishes and launches one of attention.cu's four layout kernels, whose buffers the caller
-/// pushed: B, T, NH, HS follow.
-fn layout(launch: LaunchArgs<'_>, kernel: &str, sh: &Shape) -> Result<(), CudaError> {
-    let dims = sh.dims(kernel);
-    let mut launch = launch;
-    for d in &dims {
-        launch.arg(d);
-    }
-    // SAFETY: the layout kernels, with C = NH·HS:
-    //   attention_permute(q, k, v [B, NH, T, HS], inp [B, T, 3C], B, T, NH, HS: i32)
-    //   attention_permute_backward(dinp [B, T, 3C], dq, dk, dv [B, NH, T, HS], B, T, NH, HS)
-    //   attention_unpermute(out [B, T, C], vaccum [B, NH, T, HS], B, T, NH, HS)
-    //   attention_unpermute_backward(dvaccum [B, NH, T, HS], dout [B, T, C], B, T, NH, HS)
-    // The callers push exactly those buffers in that order, after `attention_forward` and
-    // `attention_backward` checked each against the shape (the scratch parts hold B·T·C
-    // floats); grid-stride over the B·T·C elements, one thread per [B, NH, T, HS] element.
-    launched(kernel, unsafe { launch.launch(grid_1d(sh.btc())) })
-}
-
-fn softmax_forward(
+fn softmax_forward<A: Operand>(
     dev: &Device,
     preatt: &mut CudaViewMut<'_, f32>,
-    att: &mut CudaViewMut<'_, f32>,
+    att: &mut CudaViewMut<'_, A>,
     sh: &Shape,
 ) -> Result<(), CudaError> {
-    const K: &str = "attention_softmax_forward";
-    let f = dev.function("attention", K)?;
-    let (rows, t, scale) = (int(K, "rows", sh.rows()), int(K, "T", sh.t), sh.scale());
+    let kernel = format!("attention_softmax_forward{}", A::SUFFIX);
+    let f = dev.function("attention", &kernel)?;
+    let (rows, t, scale) = (
+        int(&kernel, "rows", sh.rows()),
+        int(&kernel, "T", sh.t),
+        sh.scale(),
+    );
     let mut launch = dev.stream.launch_builder(&f);
     launch.arg(preatt).arg(att).arg(&rows).arg(&t).arg(&scale);
-    // SAFETY: attention_softmax_forward(preatt, att [B, NH, T, T], rows = B·NH·T, T: i32,
-    // scale: f32): both hold B·NH·T·T floats (checked by the caller); one block of whole warps
-    // per row.
-    launched(K, unsafe { launch.launch(grid_rows(sh.rows(), sh.t)) })
+    // SAFETY: attention_softmax_forward{,_bf16}(preatt [B, NH, T, T] f32, att [B, NH, T, T] A,
+    // rows = B·NH·T, T: i32, scale: f32), the instance for A: both hold B·NH·T·T elements
+    // (checked by the caller); one block of whole warps per row.
+    launched(&kernel, unsafe {
+        launch.launch(grid_rows(sh.rows(), sh.t))
+    })
 }
 
-fn softmax_backward(
+fn softmax_backward<A: Operand>(
     dev: &Device,
-    dpreatt: &mut CudaViewMut<'_, f32>,
+    dpreatt: &mut CudaViewMut<'_, A>,
     datt: &mut CudaViewMut<'_, f32>,
-    att: &CudaView<'_, f32>,
+    att: &CudaView<'_, A>,
     sh: &Shape,
 ) -> Result<(), CudaError> {
-    const K: &str = "attention_softmax_backward";
-    let f = dev.function("attention", K)?;
-    let (rows, t, one) = (int(K, "rows", sh.rows()), int(K, "T", sh.t), 1.0f32);
+    let kernel = format!("attention_softmax_backward{}", A::SUFFIX);
+    let f = dev.function("attention", &kernel)?;
+    let (rows, t, one) = (
+        int(&kernel, "rows", sh.rows()),
+        int(&kernel, "T", sh.t),
+        1.0f32,
+    );
     let mut launch = dev.stream.launch_builder(&f);
     launch
         .arg(dpreatt)
@@ -369,8 +238,41 @@ fn softmax_backward(
         .arg(&rows)
         .arg(&t)
         .arg(&one);
-    // SAFETY: attention_softmax_backward(dpreatt, datt, att [B, NH, T, T], rows = B·NH·T,
-    // T: i32, scale: f32): all three hold B·NH·T·T floats (checked by the caller); one block
-    // of whole warps per row.
-    launched(K, unsafe { launch.launch(grid_rows(sh.rows(), sh.t)) })
+    // SAFETY: attention_softmax_backward{,_bf16}(dpreatt [B, NH, T, T] A, datt [B, NH, T, T]
+    // f32, att [B, NH, T, T] A, rows = B·NH·T, T: i32, scale: f32), the instance for A: all
+    // three hold B·NH·T·T elements (checked by the caller); one block of whole warps per row.
+    launched(&kernel, unsafe {
+        launch.launch(grid_rows(sh.rows(), sh.t))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The strided products reach exactly the ends of their buffers: the last head's last row
+    /// of v ends at the end of qkv, and of a [B, T, C] buffer at its end.
+    #[test]
+    fn head_products_stay_inside_their_buffers() {
+        let (b, t, c, nh) = (2, 5, 12, 3);
+        let sh = Shape::new("test", b, t, c, nh);
+        let (qkv, tt, btc) = (sh.qkv(), sh.tt(), sh.btc_heads());
+        let g = sh.bmm((false, true), (t, t, sh.hs), qkv, qkv, tt, 1.0, false);
+        let (ea, eb, ec) = g.extents();
+        assert_eq!(ea, 3 * b * t * c - 2 * c, "q read from qkv[0..]");
+        assert_eq!(
+            eb,
+            3 * b * t * c - 2 * c,
+            "k read from qkv[C..]: ends at 3BTC - C"
+        );
+        assert_eq!(ec, sh.att());
+        let g = sh.bmm((false, false), (t, sh.hs, t), tt, qkv, btc, 1.0, false);
+        let (_, eb, ec) = g.extents();
+        assert_eq!(
+            eb,
+            3 * b * t * c - 2 * c,
+            "v read from qkv[2C..]: ends at 3BTC"
+        );
+        assert_eq!(ec, b * t * c);
+    }
 }

@@ -1,7 +1,8 @@
 //! cuBLASLt, NVIDIA's GEMM library, through cudarc's raw bindings: the vendor's products as a
 //! switch beside convoy's own (`CONVOY_GEMM=cublaslt`), so the same model and the GEMM
 //! benchmark can compare the two with the same arithmetic — fp32 or bf16 operands, fp32
-//! accumulation (no TF32) and an fp32 output, optional bias, overwrite or accumulate.
+//! accumulation (no TF32), an fp32 output or, from bf16 operands, a bf16 one, optional fp32
+//! bias, overwrite or accumulate.
 //!
 //! cudarc's safe `Matmul` uses one element type for A, B and C and TF32 for fp32, so this file
 //! sets up the descriptors itself. A plan (descriptor, layouts, the heuristic's algorithm) is
@@ -17,20 +18,21 @@ use std::sync::Mutex;
 use cudarc::cublaslt::{result, sys};
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut};
 
-use super::gemm::{Gemm, Operand};
+use super::gemm::{Gemm, Operand, check_output};
 use crate::cuda::{CudaError, Device};
 
 /// cuBLASLt's workspace: NVIDIA's recommendation for Hopper (32 MiB), enough for Ampere.
 const WORKSPACE_BYTES: usize = 32 << 20;
 
-/// What a plan depends on: the product's shape, the operand type, the epilogue, and the
-/// pointers' alignments (cuBLASLt picks algorithms for the alignment it is promised).
+/// What a plan depends on: the product's shape, the operand and output types, the epilogue,
+/// and the pointers' alignments (cuBLASLt picks algorithms for the alignment it is promised).
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 struct Key {
     ta: bool,
     tb: bool,
     dims: [usize; 6],
     operand: i32,
+    output: i32,
     bias: bool,
     align: [u32; 3],
 }
@@ -104,11 +106,11 @@ impl CublasLt {
 
     /// `c [m, n] = op(a)·op(b) (+ bias [n]) (+ c if g.accumulate)` for the row-major,
     /// unbatched product `g` (alpha 1), on the device's stream.
-    pub fn gemm<T: Operand>(
+    pub fn gemm<T: Operand, O: Operand>(
         &self,
         dev: &Device,
         g: &Gemm,
-        c: &mut CudaViewMut<'_, f32>,
+        c: &mut CudaViewMut<'_, O>,
         a: &CudaView<'_, T>,
         b: &CudaView<'_, T>,
         bias: Option<&CudaView<'_, f32>>,
@@ -118,6 +120,7 @@ impl CublasLt {
             g.outer == 1 && g.inner == 1 && g.alpha == 1.0,
             "{OP}: unbatched products with alpha 1 only"
         );
+        check_output::<T, O>(OP);
         assert!(
             !(g.accumulate && bias.is_some()),
             "{OP}: a bias with accumulate"
@@ -136,13 +139,14 @@ impl CublasLt {
             tb: g.tb,
             dims: [g.m, g.n, g.k, g.lda, g.ldb, g.ldc],
             operand: T::LT_TYPE as i32,
+            output: O::LT_TYPE as i32,
             bias: bias.is_some(),
             align: [align(pa), align(pb), align(pc)],
         };
         let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
         let plan = match plans.entry(key) {
             Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => e.insert(self.plan::<T>(&key)?),
+            Entry::Vacant(e) => e.insert(self.plan::<T, O>(&key)?),
         };
         if let Some((p, _)) = &bias_ptr {
             // SAFETY: the attribute is a device pointer, passed by address with its size; the
@@ -187,7 +191,7 @@ impl CublasLt {
     }
 
     /// The descriptors of a product and the heuristic's fastest algorithm for it.
-    fn plan<T: Operand>(&self, key: &Key) -> Result<Plan, CudaError> {
+    fn plan<T: Operand, O: Operand>(&self, key: &Key) -> Result<Plan, CudaError> {
         let [m, n, k, lda, ldb, ldc] = key.dims.map(|x| x as u64);
         let (lda, ldb, ldc) = (lda as i64, ldb as i64, ldc as i64);
         let err = |what: &'static str| move |e| lt_error(what, e);
@@ -208,7 +212,7 @@ impl CublasLt {
             desc,
             a: layout(T::LT_TYPE, a_rows, a_cols, ldb)?,
             b: layout(T::LT_TYPE, b_rows, b_cols, lda)?,
-            c: layout(sys::cudaDataType::CUDA_R_32F, n, m, ldc)?,
+            c: layout(O::LT_TYPE, n, m, ldc)?,
             pref: result::create_matmul_pref().map_err(err("creating a preference"))?,
             // SAFETY: an all-zero algorithm is a valid value of this plain C struct; the
             // heuristic overwrites it below.
@@ -220,10 +224,13 @@ impl CublasLt {
             sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT
         };
         let (trans_a, trans_b) = (c_int::from(key.tb), c_int::from(key.ta));
+        // The bias is fp32 whatever the output (by default cuBLASLt would take D's type).
+        let bias_type = sys::cudaDataType::CUDA_R_32F;
         let workspace = WORKSPACE_BYTES as u64;
         // SAFETY: every attribute is passed by the address of a live local of the type the
-        // attribute has (int32 transposes, a uint32 epilogue, a uint64 workspace size, uint32
-        // alignments) with that type's size; the handles were just created.
+        // attribute has (int32 transposes, a uint32 epilogue, a cudaDataType bias type, a
+        // uint64 workspace size, uint32 alignments) with that type's size; the handles were
+        // just created.
         unsafe {
             use sys::cublasLtMatmulDescAttributes_t as D;
             use sys::cublasLtMatmulPreferenceAttributes_t as P;
@@ -245,6 +252,11 @@ impl CublasLt {
                 D::CUBLASLT_MATMUL_DESC_EPILOGUE,
                 (&epilogue as *const sys::cublasLtEpilogue_t).cast(),
                 size_of::<sys::cublasLtEpilogue_t>(),
+            )?;
+            set_desc(
+                D::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+                (&bias_type as *const sys::cudaDataType).cast(),
+                size_of::<sys::cudaDataType>(),
             )?;
             let set_pref = |attr, value: *const c_void, size| {
                 result::set_matmul_pref_attribute(plan.pref, attr, value, size)

@@ -2,7 +2,7 @@
 
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, PushKernelArg};
 
-use super::{alloc_zeros, grid_1d, int, launched, need};
+use super::{Operand, alloc_zeros, grid_1d, int, launched, need};
 use crate::cuda::prep::TokenBuckets;
 use crate::cuda::{CudaError, Device};
 
@@ -67,11 +67,11 @@ impl DeviceTokenBuckets {
 }
 
 /// out [B·T, C] = wte [V, C] row inp[bt] + wpe [maxT ≥ T, C] row (bt mod T), overwritten.
-/// `inp` [B·T] holds token ids the host has checked to be `< V`.
+/// `inp` [B·T] holds token ids the host has checked to be `< V`; out is stored as `A`.
 #[allow(clippy::too_many_arguments)] // the kernel's contract: every buffer with its shape
-pub fn encoder_forward(
+pub fn encoder_forward<A: Operand>(
     dev: &Device,
-    out: &mut CudaViewMut<'_, f32>,
+    out: &mut CudaViewMut<'_, A>,
     inp: &CudaView<'_, u32>,
     wte: &CudaView<'_, f32>,
     wpe: &CudaView<'_, f32>,
@@ -85,14 +85,14 @@ pub fn encoder_forward(
     need(OP, "inp", inp.len(), b * t);
     need(OP, "wte", wte.len(), v * c);
     need(OP, "wpe", wpe.len(), t * c);
-    let f = dev.function("encoder", OP)?;
+    let f = dev.function("encoder", &format!("{OP}{}", A::SUFFIX))?;
     let args = [b, t, c, v].map(|x| int(OP, "a dimension", x));
     let mut launch = dev.stream.launch_builder(&f);
     launch.arg(out).arg(inp).arg(wte).arg(wpe);
     for a in &args {
         launch.arg(a);
     }
-    // SAFETY: encoder_forward(out [B·T, C], inp [B·T] u32, wte [V, C], wpe [≥T, C], B, T, C,
+    // SAFETY: encoder_forward{,_bf16}(out [B·T, C] A, inp [B·T] u32, wte [V, C], wpe [≥T, C], B, T, C,
     // V: i32): views of at least those sizes (checked above); an id ≥ V is checked inside
     // (NaN, no read); grid-stride over B·T·C.
     launched(OP, unsafe { launch.launch(grid_1d(b * t * c)) })

@@ -1,7 +1,9 @@
 //! matmul.cu: the linear layer (forward and its three backward products) and the generic
 //! batched GEMM that attention chains between its kernels.
 
-use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaSlice, CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+};
 
 use super::{int, launched, need};
 use crate::cuda::{CudaError, Device};
@@ -128,38 +130,99 @@ impl Gemm {
     }
 }
 
-/// An operand element type of the generic GEMMs: fp32 (CUDA cores), or bf16 as its `u16`
-/// bit pattern (tensor cores). Either way the products accumulate in fp32 into an fp32 C.
-pub trait Operand: DeviceRepr + Sized {
-    /// The kernels' name prefix in matmul.cu: `gemm_{PREFIX}_{nn,nt,tn,tt}`.
+/// An element type of device buffers the kernels read and write: fp32, or bf16 as its `u16`
+/// bit pattern. As a GEMM operand: fp32 on the CUDA cores, bf16 on the tensor cores, fp32
+/// accumulation either way. As activations: the storage of the GPT's activations, which the
+/// kernels widen to fp32 to compute with.
+pub trait Operand: DeviceRepr + ValidAsZeroBits + Unpin + Sized + 'static {
+    /// The GEMM kernels' name prefix in matmul.cu: `gemm_{PREFIX}_{nn,nt,tn,tt}`.
     const PREFIX: &'static str;
+    /// The suffix of a GEMM writing its output as this type (`gemm_bf16_nt_bf16out`).
+    const OUT: &'static str;
+    /// The suffix of the other kernels' instance for activations of this type
+    /// (`layernorm_forward_bf16`).
+    const SUFFIX: &'static str;
     /// The same type as cuBLASLt names it.
     const LT_TYPE: cudarc::cublaslt::sys::cudaDataType;
+    /// Bytes per element.
+    const BYTES: usize = std::mem::size_of::<Self>();
+
+    /// `x` [n] as an operand of this type: `x` itself for fp32; for bf16, `x` rounded into
+    /// `slot` (which must hold n elements) and a view of it.
+    fn from_f32<'a>(
+        dev: &Device,
+        x: CudaView<'a, f32>,
+        slot: &'a mut CudaSlice<Self>,
+    ) -> Result<CudaView<'a, Self>, CudaError>;
+
+    /// A host value of this type as f32 (bf16 widens exactly).
+    fn to_f32(self) -> f32;
 }
 
 impl Operand for f32 {
     const PREFIX: &'static str = "f32";
+    const OUT: &'static str = "";
+    const SUFFIX: &'static str = "";
     const LT_TYPE: cudarc::cublaslt::sys::cudaDataType =
         cudarc::cublaslt::sys::cudaDataType::CUDA_R_32F;
+
+    fn from_f32<'a>(
+        _: &Device,
+        x: CudaView<'a, f32>,
+        _: &'a mut CudaSlice<f32>,
+    ) -> Result<CudaView<'a, f32>, CudaError> {
+        Ok(x)
+    }
+
+    fn to_f32(self) -> f32 {
+        self
+    }
 }
 
 impl Operand for u16 {
     const PREFIX: &'static str = "bf16";
+    const OUT: &'static str = "_bf16out";
+    const SUFFIX: &'static str = "_bf16";
     const LT_TYPE: cudarc::cublaslt::sys::cudaDataType =
         cudarc::cublaslt::sys::cudaDataType::CUDA_R_16BF;
+
+    fn from_f32<'a>(
+        dev: &Device,
+        x: CudaView<'a, f32>,
+        slot: &'a mut CudaSlice<u16>,
+    ) -> Result<CudaView<'a, u16>, CudaError> {
+        let n = x.len();
+        need("f32_to_bf16", "the bf16 slot", slot.len(), n);
+        to_bf16(dev, &mut slot.slice_mut(..n), &x, n)?;
+        Ok(slot.slice(..n))
+    }
+
+    fn to_f32(self) -> f32 {
+        f32::from_bits(u32::from(self) << 16)
+    }
 }
 
 /// The generic GEMM `g` with operands of type `T` on views of the buffers (offset pointers
-/// allowed): `C = alpha·op(A)·op(B) + bias (+ C)`, C fp32.
-pub fn gemm<T: Operand>(
+/// allowed): `C = alpha·op(A)·op(B) + bias (+ C)`, C fp32 or, for bf16 operands, bf16.
+pub fn gemm<T: Operand, O: Operand>(
     dev: &Device,
     g: &Gemm,
-    c: &mut CudaViewMut<'_, f32>,
+    c: &mut CudaViewMut<'_, O>,
     a: &CudaView<'_, T>,
     b: &CudaView<'_, T>,
     bias: Option<&CudaView<'_, f32>>,
 ) -> Result<(), CudaError> {
-    launch_gemm(dev, &g.kernel(T::PREFIX, ""), g, c, a, b, bias)
+    check_output::<T, O>("gemm");
+    launch_gemm(dev, &g.kernel(T::PREFIX, O::OUT), g, c, a, b, bias)
+}
+
+/// Panics unless operands `T` may give outputs `O`: fp32 ones only fp32, bf16 ones either.
+#[track_caller]
+pub(super) fn check_output<T: Operand, O: Operand>(op: &str) {
+    assert!(
+        T::BYTES == 2 || O::BYTES == 4,
+        "{op}: fp32 operands give an fp32 output"
+    );
 }
 
 /// out [n] (bf16 bit patterns) = inp [n] rounded to the nearest bf16, ties to even.
@@ -217,7 +280,8 @@ fn launch_gemm<TC, TAB>(
     launch.arg(&inner).arg(&alpha).arg(&accumulate);
     // SAFETY: gemm_{f32,bf16}_*(C, A, B, bias [N] or null, M, N, K, lda, ldb, ldc: i32, six
     // i64 strides, batch_inner: i32, alpha: f32, accumulate: i32), pushed in that order, with
-    // C fp32 and A, B of the kernel's element type (f32, or bf16 as u16). The views hold at
+    // A, B of the kernel's element type (f32, or bf16 as u16) and C fp32, or bf16 for the
+    // `_bf16out` kernels (the name is made from the types: `gemm`). The views hold at
     // least the elements the call reaches (`Gemm::extents`, checked above) and the bias at
     // least N; the grid is the one the kernels require (`Gemm::grid`), and every access is
     // bounds-checked against M, N, K inside.

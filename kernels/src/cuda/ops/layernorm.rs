@@ -3,7 +3,7 @@
 
 use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
 
-use super::{grid_1d, grid_rows, int, launched, need};
+use super::{Operand, grid_1d, grid_rows, int, launched, need};
 use crate::cuda::{CudaError, Device};
 
 /// Rows summed into one partial row of the parameter gradients. Fixed: the sums' order
@@ -16,14 +16,15 @@ pub fn ln_partial_rows(n: usize) -> usize {
 }
 
 /// out [N, C] = the rows of inp [N, C] normalised, · weight [C] + bias [C]; saves
-/// mean [N] and rstd [N]. All three are overwritten.
+/// mean [N] and rstd [N]. All three are overwritten. `A` is the activations' storage (inp
+/// and out); the statistics, weight and bias are fp32.
 #[allow(clippy::too_many_arguments)] // the kernel's contract: every buffer with its shape
-pub fn layernorm_forward(
+pub fn layernorm_forward<A: Operand>(
     dev: &Device,
-    out: &mut CudaViewMut<'_, f32>,
+    out: &mut CudaViewMut<'_, A>,
     mean: &mut CudaViewMut<'_, f32>,
     rstd: &mut CudaViewMut<'_, f32>,
-    inp: &CudaView<'_, f32>,
+    inp: &CudaView<'_, A>,
     weight: &CudaView<'_, f32>,
     bias: &CudaView<'_, f32>,
     n: usize,
@@ -36,7 +37,7 @@ pub fn layernorm_forward(
     need(OP, "inp", inp.len(), n * c);
     need(OP, "weight", weight.len(), c);
     need(OP, "bias", bias.len(), c);
-    let f = dev.function("layernorm", OP)?;
+    let f = dev.function("layernorm", &format!("{OP}{}", A::SUFFIX))?;
     let (ni, ci) = (int(OP, "N", n), int(OP, "C", c));
     let mut launch = dev.stream.launch_builder(&f);
     launch
@@ -48,24 +49,24 @@ pub fn layernorm_forward(
         .arg(bias)
         .arg(&ni)
         .arg(&ci);
-    // SAFETY: layernorm_forward(out [N, C], mean [N], rstd [N], inp [N, C], weight [C],
-    // bias [C], N, C: i32): views of at least those sizes (checked above); one block per row,
+    // SAFETY: layernorm_forward{,_bf16}(out [N, C] A, mean [N], rstd [N], inp [N, C] A,
+    // weight [C], bias [C], N, C: i32), the instance for A: views of at least those sizes (checked above); one block per row,
     // whole warps (`row_threads`), static shared memory only.
     launched(OP, unsafe { launch.launch(grid_rows(n, c)) })
 }
 
 /// dinp [N, C], dweight [C], dbias [C] += LayerNorm's gradients for dout [N, C], from the
 /// forward's inp, mean and rstd. `partial` is scratch of at least 2·R·C floats,
-/// R = [`ln_partial_rows`]`(N)`.
+/// R = [`ln_partial_rows`]`(N)`. Only `inp` is of the activations' type `A`.
 #[allow(clippy::too_many_arguments)] // the kernels' contract: every buffer with its shape
-pub fn layernorm_backward(
+pub fn layernorm_backward<A: Operand>(
     dev: &Device,
     dinp: &mut CudaViewMut<'_, f32>,
     dweight: &mut CudaViewMut<'_, f32>,
     dbias: &mut CudaViewMut<'_, f32>,
     partial: &mut CudaViewMut<'_, f32>,
     dout: &CudaView<'_, f32>,
-    inp: &CudaView<'_, f32>,
+    inp: &CudaView<'_, A>,
     weight: &CudaView<'_, f32>,
     mean: &CudaView<'_, f32>,
     rstd: &CudaView<'_, f32>,
@@ -87,7 +88,8 @@ pub fn layernorm_backward(
     let rows_per = LN_ROWS_PER_PARTIAL as i32;
     let s = &dev.stream;
 
-    let f = dev.function("layernorm", "layernorm_backward_dinp")?;
+    let dinp_k = format!("layernorm_backward_dinp{}", A::SUFFIX);
+    let f = dev.function("layernorm", &dinp_k)?;
     let mut launch = s.launch_builder(&f);
     launch
         .arg(dinp)
@@ -98,14 +100,14 @@ pub fn layernorm_backward(
         .arg(rstd)
         .arg(&ni)
         .arg(&ci);
-    // SAFETY: layernorm_backward_dinp(dinp [N, C], dout [N, C], inp [N, C], weight [C],
-    // mean [N], rstd [N], N, C: i32): sizes checked above; one block of whole warps per row.
-    launched("layernorm_backward_dinp", unsafe {
-        launch.launch(grid_rows(n, c))
-    })?;
+    // SAFETY: layernorm_backward_dinp{,_bf16}(dinp [N, C], dout [N, C], inp [N, C] A,
+    // weight [C], mean [N], rstd [N], N, C: i32), the instance for A: sizes checked above; one
+    // block of whole warps per row.
+    launched(&dinp_k, unsafe { launch.launch(grid_rows(n, c)) })?;
 
     let (mut pdw, mut pdb) = partial.split_at_mut(r * c);
-    let f = dev.function("layernorm", "layernorm_backward_dparams_partial")?;
+    let partial_k = format!("layernorm_backward_dparams_partial{}", A::SUFFIX);
+    let f = dev.function("layernorm", &partial_k)?;
     let mut launch = s.launch_builder(&f);
     launch
         .arg(&mut pdw)
@@ -117,13 +119,11 @@ pub fn layernorm_backward(
         .arg(&ni)
         .arg(&ci)
         .arg(&rows_per);
-    // SAFETY: layernorm_backward_dparams_partial(partial_dweight [R, C], partial_dbias [R, C],
-    // dout [N, C], inp [N, C], mean [N], rstd [N], N, C, rows_per_block: i32) with
+    // SAFETY: layernorm_backward_dparams_partial{,_bf16}(partial_dweight [R, C],
+    // partial_dbias [R, C], dout [N, C], inp [N, C] A, mean [N], rstd [N], N, C, rows_per_block: i32) with
     // R = ⌈N / rows_per_block⌉: the two halves of the scratch hold R·C floats each (checked
     // above: 2·R·C in all, split at R·C); one block per chunk of rows.
-    launched("layernorm_backward_dparams_partial", unsafe {
-        launch.launch(grid_rows(r, c))
-    })?;
+    launched(&partial_k, unsafe { launch.launch(grid_rows(r, c)) })?;
 
     let f = dev.function("layernorm", "layernorm_backward_dparams_reduce")?;
     let (pdw, pdb) = (pdw.as_view(), pdb.as_view());

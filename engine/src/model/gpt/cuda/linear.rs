@@ -1,10 +1,11 @@
-//! The matrix products of the GPT's linear layers and LM head, in the job's precision: fp32
-//! (the tiled fp32 kernels) or bf16 operands on the tensor cores with fp32 accumulation and
-//! fp32 outputs. Everything around the products (biases, activations, master weights)
-//! stays fp32 either way, so the two precisions share every other kernel and buffer.
+//! The matrix products of the GPT's linear layers and LM head, in the activations' type `A`:
+//! fp32 (the tiled fp32 kernels), or bf16 operands on the tensor cores with fp32 accumulation
+//! and a bf16 output (forward) or an fp32 one accumulated into the fp32 gradients (backward).
+//! The weights are the fp32 parameters or their bf16 copy; biases stay fp32 either way.
 //!
-//! With `CONVOY_GEMM=cublaslt` the same products (same operand types, fp32 accumulation and
-//! output) run in cuBLASLt instead of convoy's kernels, for comparing the two in one model.
+//! With `CONVOY_GEMM=cublaslt` the same products (same operand and output types, fp32
+//! accumulation) run in cuBLASLt instead of convoy's kernels, for comparing the two in one
+//! model.
 
 use std::ops::Range;
 
@@ -15,32 +16,26 @@ use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
 use super::gpu;
 use crate::error::Result;
 
-/// The bf16 side of the products: the weights rounded once per step, and operand scratch.
-pub(super) struct Bf16Operands<'a> {
-    /// All parameters as bf16 bit patterns (same layout as the fp32 buffer).
-    pub params: &'a CudaSlice<u16>,
-    /// An output gradient [N, max(OC)] rounded for the backward products.
-    pub dout: &'a mut CudaSlice<u16>,
-    /// A layer input [N, max(C)] rounded for the forward and the weight gradient.
-    pub inp: &'a mut CudaSlice<u16>,
-}
-
-/// A layer's products against the model's parameter buffer.
-pub(super) struct Products<'a> {
+/// A layer's products against the model's parameters.
+pub(super) struct Products<'a, A> {
     pub dev: &'a Device,
+    /// The fp32 parameters, for the biases.
     pub params: &'a CudaSlice<f32>,
-    pub bf16: Option<Bf16Operands<'a>>,
+    /// The weights as `A`.
+    pub weights: &'a CudaSlice<A>,
     /// cuBLASLt instead of convoy's GEMM kernels (the benchmark switch).
     pub lt: Option<&'a CublasLt>,
+    /// Where an fp32 output gradient is rounded to `A` (bf16 only).
+    pub slot: &'a mut CudaSlice<A>,
 }
 
-/// One product `c = op(a)·op(b) (+ bias) (+ c)` in convoy's kernel for the operand type, or in
+/// One product `c = op(a)·op(b) (+ bias) (+ c)` in convoy's kernel for the types, or in
 /// cuBLASLt when given.
-fn product<T: Operand>(
+fn product<T: Operand, O: Operand>(
     dev: &Device,
     lt: Option<&CublasLt>,
     g: &Gemm,
-    c: &mut CudaViewMut<'_, f32>,
+    c: &mut CudaViewMut<'_, O>,
     a: &CudaView<'_, T>,
     b: &CudaView<'_, T>,
     bias: Option<&CudaView<'_, f32>>,
@@ -52,14 +47,14 @@ fn product<T: Operand>(
     .map_err(gpu)
 }
 
-impl Products<'_> {
+impl<A: Operand> Products<'_, A> {
     /// out [N, OC] = inp [N, C] · W [OC, C]ᵀ (+ bias [OC]), W and bias given as ranges of the
     /// parameter buffer. Overwrites out.
     #[allow(clippy::too_many_arguments)] // the product's contract: every buffer with its shape
     pub fn forward(
-        &mut self,
-        out: &mut CudaViewMut<'_, f32>,
-        inp: &CudaView<'_, f32>,
+        &self,
+        out: &mut CudaViewMut<'_, A>,
+        inp: &CudaView<'_, A>,
         weight: Range<usize>,
         bias: Option<Range<usize>>,
         n: usize,
@@ -68,23 +63,8 @@ impl Products<'_> {
     ) -> Result<()> {
         let g = Gemm::dense(false, true, n, oc, c);
         let bias = bias.map(|r| self.params.slice(r));
-        let (dev, lt) = (self.dev, self.lt);
-        match &mut self.bf16 {
-            None => product(
-                dev,
-                lt,
-                &g,
-                out,
-                inp,
-                &self.params.slice(weight),
-                bias.as_ref(),
-            ),
-            Some(h) => {
-                ops::to_bf16(dev, &mut h.inp.slice_mut(..n * c), inp, n * c).map_err(gpu)?;
-                let (inp16, w16) = (h.inp.slice(..n * c), h.params.slice(weight));
-                product(dev, lt, &g, out, &inp16, &w16, bias.as_ref())
-            }
-        }
+        let w = self.weights.slice(weight);
+        product(self.dev, self.lt, &g, out, inp, &w, bias.as_ref())
     }
 
     /// The backward of [`Products::forward`], accumulating: dinp [N, C] += dout · W,
@@ -96,54 +76,75 @@ impl Products<'_> {
         grads: &mut CudaSlice<f32>,
         dinp: &mut CudaViewMut<'_, f32>,
         dout: &CudaView<'_, f32>,
-        inp: &CudaView<'_, f32>,
+        inp: &CudaView<'_, A>,
         (weight, bias): (Range<usize>, Option<Range<usize>>),
         n: usize,
         c: usize,
         oc: usize,
     ) -> Result<()> {
-        // dinp [N, C] += dout [N, OC] · W [OC, C]; dW [OC, C] += dout [N, OC]ᵀ · inp [N, C]
-        let dinp_g = Gemm {
-            accumulate: true,
-            ..Gemm::dense(false, false, n, c, oc)
-        };
-        let dw_g = Gemm {
-            accumulate: true,
-            ..Gemm::dense(true, false, oc, c, n)
-        };
-        let (dev, lt) = (self.dev, self.lt);
-        let mut dw = grads.slice_mut(weight.clone());
-        match &mut self.bf16 {
-            None => {
-                let w = self.params.slice(weight);
-                product(dev, lt, &dinp_g, dinp, dout, &w, None)?;
-                product(dev, lt, &dw_g, &mut dw, dout, inp, None)?;
-            }
-            Some(h) => {
-                ops::to_bf16(dev, &mut h.dout.slice_mut(..n * oc), dout, n * oc).map_err(gpu)?;
-                ops::to_bf16(dev, &mut h.inp.slice_mut(..n * c), inp, n * c).map_err(gpu)?;
-                let (dout16, inp16) = (h.dout.slice(..n * oc), h.inp.slice(..n * c));
-                product(
-                    dev,
-                    lt,
-                    &dinp_g,
-                    dinp,
-                    &dout16,
-                    &h.params.slice(weight),
-                    None,
-                )?;
-                product(dev, lt, &dw_g, &mut dw, &dout16, &inp16, None)?;
-            }
-        }
+        let dout_a = A::from_f32(self.dev, dout.slice(..n * oc), self.slot).map_err(gpu)?;
+        let (dev, lt, weights) = (self.dev, self.lt, self.weights);
+        let w = weights.slice(weight.clone());
+        products_backward(dev, lt, grads, dinp, &dout_a, inp, &w, weight, n, c, oc)?;
         if let Some(bias) = bias {
             ops::matmul_dbias(dev, &mut grads.slice_mut(bias), dout, n, oc).map_err(gpu)?;
         }
         Ok(())
     }
+
+    /// [`Products::backward`] without a bias, from an output gradient already in `A` (the LM
+    /// head's dlogits, which the classifier writes as `A`).
+    #[allow(clippy::too_many_arguments)] // the product's contract: every buffer with its shape
+    pub fn backward_from(
+        &self,
+        grads: &mut CudaSlice<f32>,
+        dinp: &mut CudaViewMut<'_, f32>,
+        dout: &CudaView<'_, A>,
+        inp: &CudaView<'_, A>,
+        weight: Range<usize>,
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) -> Result<()> {
+        let w = self.weights.slice(weight.clone());
+        products_backward(
+            self.dev, self.lt, grads, dinp, dout, inp, &w, weight, n, c, oc,
+        )
+    }
 }
 
-/// The largest rounded output gradient and input of one (B, T) step: [N, max(Vp, 4C)] and
-/// [N, 4C] bf16 values.
-pub(super) fn bf16_scratch(n: usize, c: usize, vp: usize) -> (usize, usize) {
-    (n * vp.max(4 * c), n * 4 * c)
+/// dinp [N, C] += dout [N, OC] · W [OC, C]; dW [OC, C] += dout [N, OC]ᵀ · inp [N, C], dW at
+/// `weight` in `grads`.
+#[allow(clippy::too_many_arguments)] // the products' contract: every buffer with its shape
+fn products_backward<A: Operand>(
+    dev: &Device,
+    lt: Option<&CublasLt>,
+    grads: &mut CudaSlice<f32>,
+    dinp: &mut CudaViewMut<'_, f32>,
+    dout: &CudaView<'_, A>,
+    inp: &CudaView<'_, A>,
+    w: &CudaView<'_, A>,
+    weight: Range<usize>,
+    n: usize,
+    c: usize,
+    oc: usize,
+) -> Result<()> {
+    let dinp_g = Gemm {
+        accumulate: true,
+        ..Gemm::dense(false, false, n, c, oc)
+    };
+    let dw_g = Gemm {
+        accumulate: true,
+        ..Gemm::dense(true, false, oc, c, n)
+    };
+    product(dev, lt, &dinp_g, dinp, dout, w, None)?;
+    product(
+        dev,
+        lt,
+        &dw_g,
+        &mut grads.slice_mut(weight),
+        dout,
+        inp,
+        None,
+    )
 }
