@@ -7,8 +7,9 @@
 #
 # PEAK_TFLOPS is the GPU's dense peak for the precision (default 989: H100/H200 SXM bf16);
 # TORCH_FLAGS adds flags to the PyTorch run (e.g. "--compile --sdpa"); CUBLASLT=1 also runs
-# convoy with cuBLASLt for its linear products (CONVOY_GEMM=cublaslt). Prints per-run tokens/s
-# (median over the steps after the first 5), MFU, then medians and the ratio.
+# convoy with cuBLASLt for its linear products (CONVOY_GEMM=cublaslt), FLASH=1 with flash
+# attention (CONVOY_ATTENTION=flash). Prints per-run tokens/s (median over the steps after the
+# first 5), MFU, then medians and the ratio.
 set -euo pipefail
 PY=${1:-python3}
 ROUNDS=${2:-3}
@@ -41,6 +42,11 @@ for round in $(seq "$ROUNDS"); do
     echo "round $round: convoy with cuBLASLt products ${l_tps} tok/s (MFU $(mfu "$l_tps") %)"
     echo "$l_tps" >>"$tmp/l"
   fi
+  if [ "${FLASH:-0}" = 1 ]; then
+    f_tps=$(CONVOY_GEMM=convoy CONVOY_ATTENTION=flash convoy_tps)
+    echo "round $round: convoy with flash attention ${f_tps} tok/s (MFU $(mfu "$f_tps") %)"
+    echo "$f_tps" >>"$tmp/f"
+  fi
   # shellcheck disable=SC2086
   "$PY" bench/gpt_torch.py --device cuda --dtype "$dtype" --layers "$L" --channels "$C" \
     --heads "$NH" --seq-len "$T" --batch "$B" --steps 25 --warmup 5 --json $TORCH_FLAGS >"$tmp/torch.json"
@@ -52,6 +58,10 @@ c=$(median <"$tmp/c"); t=$(median <"$tmp/t")
 if [ -s "$tmp/l" ]; then
   l=$(median <"$tmp/l")
   echo "median: convoy with cuBLASLt products $l tok/s (MFU $(mfu "$l") %)"
+fi
+if [ -s "$tmp/f" ]; then
+  f=$(median <"$tmp/f")
+  echo "median: convoy with flash attention $f tok/s (MFU $(mfu "$f") %)"
 fi
 echo "median: convoy $c tok/s (MFU $(mfu "$c") %), pytorch $t tok/s (MFU $(mfu "$t") %)," \
   "ratio $(awk -v c="$c" -v t="$t" 'BEGIN {printf "%.2f", c/t}')x ($N parameters, $dtype, peak $PEAK_TFLOPS TFLOP/s)"

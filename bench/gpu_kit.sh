@@ -7,8 +7,9 @@
 #   bench/gpu_kit.sh run [OUT]    # on the GPU machine, from the root of the carried tree
 #
 # `run` runs every GPU test (kernels vs the CPU, the whole GPT in fp32 and bf16 with convoy's
-# GEMMs and again with cuBLASLt's, determinism and resume, NCCL), the GEMM benchmark with
-# cuBLASLt beside it and, when PY has torch, bench/gpu_gpt2.sh; a memcheck pass of the
+# GEMMs, again with cuBLASLt's and again with flash attention, determinism and resume, NCCL),
+# the GEMM benchmark with cuBLASLt beside it and, when PY has torch, bench/gpu_gpt2.sh (convoy
+# materialized, flash and with cuBLASLt against PyTorch with SDPA); a memcheck pass of the
 # whole-model forward/backward tests runs under compute-sanitizer when it is installed. The
 # logs go to OUT (default gpu-kit/out): at most 8 files, as the device tool returns them.
 set -euo pipefail
@@ -60,6 +61,11 @@ run)
   (cd engine && CONVOY_GEMM=cublaslt "$root/$KIT/tests/engine.gpu_gpt" --test-threads 1 --nocapture) \
     >>"$OUT/tests.log" 2>&1 || status=1
   tail -n 3 "$OUT/tests.log"
+  # And with flash attention for the bf16 model (CONVOY_ATTENTION=flash).
+  echo "== engine.gpu_gpt with CONVOY_ATTENTION=flash" | tee -a "$OUT/tests.log"
+  (cd engine && CONVOY_ATTENTION=flash "$root/$KIT/tests/engine.gpu_gpt" --test-threads 1 --nocapture) \
+    >>"$OUT/tests.log" 2>&1 || status=1
+  tail -n 3 "$OUT/tests.log"
   # Out-of-bounds or uninitialised accesses in any kernel of a whole forward and backward
   # (fp32 and bf16), with launches synchronous so an error names its kernel.
   sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
@@ -67,6 +73,9 @@ run)
     (cd engine && CUDA_LAUNCH_BLOCKING=1 "$sanitizer" --tool memcheck --error-exitcode 1 \
       "$root/$KIT/tests/engine.gpu_gpt" forward_and_backward --test-threads 1) \
       >"$OUT/memcheck.txt" 2>&1 || status=1
+    (cd engine && CONVOY_ATTENTION=flash CUDA_LAUNCH_BLOCKING=1 "$sanitizer" --tool memcheck \
+      --error-exitcode 1 "$root/$KIT/tests/engine.gpu_gpt" bf16_forward_and_backward \
+      --test-threads 1) >>"$OUT/memcheck.txt" 2>&1 || status=1
     tail -n 5 "$OUT/memcheck.txt"
   else
     echo "no compute-sanitizer: skipped the memcheck pass" | tee "$OUT/memcheck.txt"
@@ -75,7 +84,8 @@ run)
   cat "$OUT/gemm.txt"
   PY=${PY:-python3}
   if "$PY" -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
-    CUBLASLT=1 CONVOY_BIN=$KIT/convoy bench/gpu_gpt2.sh "$PY" "${ROUNDS:-3}" >"$OUT/gpt2.txt" 2>&1 || status=1
+    # PyTorch as its users run GPT-2: fused SDPA attention (flash) and fused AdamW.
+    TORCH_FLAGS=${TORCH_FLAGS:---sdpa} CUBLASLT=1 FLASH=1 CONVOY_BIN=$KIT/convoy bench/gpu_gpt2.sh "$PY" "${ROUNDS:-3}" >"$OUT/gpt2.txt" 2>&1 || status=1
     cat "$OUT/gpt2.txt"
   else
     echo "no torch with CUDA in $PY: skipped bench/gpu_gpt2.sh" | tee "$OUT/gpt2.txt"

@@ -341,27 +341,6 @@ __device__ __forceinline__ void hg_store(unsigned short* s, const uint4 (&reg)[H
     }
 }
 
-// Two bf16 from shared memory as one .b32 mma operand register, the first in the low half.
-__device__ __forceinline__ unsigned hg_pair(const unsigned short* s) {
-    return *reinterpret_cast<const unsigned*>(s);
-}
-__device__ __forceinline__ unsigned hg_pack(unsigned short lo, unsigned short hi) {
-    return (unsigned)lo | (unsigned)hi << 16;
-}
-
-// d += a·b on a 16×8×16 tile (PTX ISA "Matrix Fragments for mma.m16n8k16"), lane = 4g + t:
-//   a[0] = A(g, 2t..2t+1), a[1] = A(g+8, 2t..), a[2] = A(g, 2t+8..), a[3] = A(g+8, 2t+8..);
-//   b[0] = B(2t..2t+1, g), b[1] = B(2t+8..2t+9, g);
-//   d[0..1] = D(g, 2t..2t+1), d[2..3] = D(g+8, 2t..2t+1).
-__device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const unsigned (&a)[4],
-                                               const unsigned (&b)[2]) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
 // One 128×128 block of C = alpha·op(A)·op(B) (+ bias) (+ C) with bf16 A, B (as raw 16-bit
 // patterns) and fp32 accumulators; OutT = float or __nv_bfloat16. Shared tiles keep the
 // orientation of global memory ([m][k] for "n" A, [k][m] for "t" A, [k][n] for "n" B, [n][k]

@@ -3,10 +3,10 @@
 //! q, k, v where they lie in qkv and write the heads where they belong in out and dqkv, so the
 //! op needs no head-major copies and no scratch of its own.
 
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr, LaunchConfig, PushKernelArg};
 
 use super::gemm::{Gemm, gemm};
-use super::{Operand, grid_rows, int, launched, need};
+use super::{Operand, grid_1d, grid_rows, int, launched, need};
 use crate::cuda::{CudaError, Device};
 
 /// The shape of one attention call, checked once, and the strided products over its heads.
@@ -50,6 +50,9 @@ impl Shape {
     }
     fn scale(&self) -> f32 {
         1.0 / (self.hs as f32).sqrt()
+    }
+    fn dims(&self, op: &str) -> [i32; 4] {
+        [self.b, self.t, self.nh, self.hs].map(|x| int(op, "a dimension", x))
     }
     /// q, k or v of a head in qkv [B, T, 3C] (from the part's first channel), and the same
     /// parts of dqkv.
@@ -244,6 +247,162 @@ fn softmax_backward<A: Operand>(
     launched(&kernel, unsafe {
         launch.launch(grid_rows(sh.rows(), sh.t))
     })
+}
+
+/// Whether flash attention has an instance for heads of `hs` channels (and the shape keeps
+/// its 16-byte row loads aligned).
+pub fn flash_attention_supported(c: usize, nh: usize) -> bool {
+    nh > 0 && c.is_multiple_of(nh) && matches!(c / nh, 16 | 32 | 64)
+}
+
+/// Queries or keys per flash-attention block (FA_TILE in attention.cu).
+const FA_TILE: usize = 64;
+
+/// The flash kernels' launch: 128 threads per 64 queries (or keys) of one (b, h).
+fn flash_grid(op: &str, sh: &Shape) -> LaunchConfig {
+    let bnh = sh.b * sh.nh;
+    assert!(bnh <= 65_535, "{op}: B·NH = {bnh} exceeds grid.y");
+    LaunchConfig {
+        grid_dim: (sh.t.div_ceil(FA_TILE).max(1) as u32, bnh.max(1) as u32, 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// The flash shape checks: bf16 activations, a supported head size, 16-byte aligned rows.
+fn flash_shape<A: Operand>(op: &str, dev: &Device, rows: &[&CudaView<'_, A>], sh: &Shape) {
+    assert!(
+        A::BYTES == 2,
+        "{op}: flash attention needs bf16 activations"
+    );
+    assert!(
+        flash_attention_supported(sh.c, sh.nh),
+        "{op}: no flash instance for heads of {} channels (16, 32 or 64)",
+        sh.hs
+    );
+    for v in rows {
+        let (ptr, _guard) = v.device_ptr(&dev.stream);
+        assert!(ptr % 16 == 0, "{op}: a buffer is not 16-byte aligned");
+    }
+}
+
+/// out [B, T, C] = causal attention over qkv [B, T, 3C] without the [B, NH, T, T] matrices,
+/// saving lse [B, NH, T] (each query's log-sum-exp of its scaled scores) for the backward.
+/// bf16 activations only, heads of 16, 32 or 64 channels ([`flash_attention_supported`]).
+#[allow(clippy::too_many_arguments)] // the op's contract: every buffer with its shape
+pub fn flash_attention_forward<A: Operand>(
+    dev: &Device,
+    out: &mut CudaViewMut<'_, A>,
+    lse: &mut CudaViewMut<'_, f32>,
+    qkv: &CudaView<'_, A>,
+    b: usize,
+    t: usize,
+    c: usize,
+    nh: usize,
+) -> Result<(), CudaError> {
+    const OP: &str = "flash_attention_forward";
+    let sh = Shape::new(OP, b, t, c, nh);
+    need(OP, "out", out.len(), sh.btc());
+    need(OP, "lse", lse.len(), sh.rows());
+    need(OP, "qkv", qkv.len(), 3 * sh.btc());
+    flash_shape(OP, dev, &[qkv], &sh);
+    let kernel = format!("{OP}_hs{}", sh.hs);
+    let f = dev.function("attention", &kernel)?;
+    let [bi, ti, nhi, _] = sh.dims(OP);
+    let scale = sh.scale();
+    let mut launch = dev.stream.launch_builder(&f);
+    launch
+        .arg(out)
+        .arg(lse)
+        .arg(qkv)
+        .arg(&bi)
+        .arg(&ti)
+        .arg(&nhi)
+        .arg(&scale);
+    // SAFETY: flash_attention_forward_hs{HS}(out [B, T, C] bf16, lse [B, NH, T] f32,
+    // qkv [B, T, 3C] bf16, B, T, NH: i32, scale: f32) with HS = C/NH the instance's: views of
+    // at least those sizes (checked above), bf16 as `flash_shape` checked, qkv 16-byte aligned
+    // for the kernel's row loads (C a multiple of 16 keeps every row so); the grid is the one
+    // the kernel is written for (`flash_grid`), rows past T are guarded inside.
+    launched(&kernel, unsafe { launch.launch(flash_grid(OP, &sh)) })
+}
+
+/// dqkv [B, T, 3C] += flash attention's gradient for dout [B, T, C], from the forward's qkv,
+/// out and lse; `delta` [B, NH, T] is scratch, and dout is rounded into `slot` (B·T·C
+/// elements) for the products.
+#[allow(clippy::too_many_arguments)] // the op's contract: every buffer with its shape
+pub fn flash_attention_backward<A: Operand>(
+    dev: &Device,
+    dqkv: &mut CudaViewMut<'_, f32>,
+    delta: &mut CudaViewMut<'_, f32>,
+    dout: &CudaView<'_, f32>,
+    qkv: &CudaView<'_, A>,
+    out: &CudaView<'_, A>,
+    lse: &CudaView<'_, f32>,
+    slot: &mut CudaSlice<A>,
+    b: usize,
+    t: usize,
+    c: usize,
+    nh: usize,
+) -> Result<(), CudaError> {
+    const OP: &str = "flash_attention_backward";
+    let sh = Shape::new(OP, b, t, c, nh);
+    need(OP, "dqkv", dqkv.len(), 3 * sh.btc());
+    need(OP, "delta", delta.len(), sh.rows());
+    need(OP, "dout", dout.len(), sh.btc());
+    need(OP, "qkv", qkv.len(), 3 * sh.btc());
+    need(OP, "out", out.len(), sh.btc());
+    need(OP, "lse", lse.len(), sh.rows());
+    assert!(
+        A::BYTES == 2,
+        "{OP}: flash attention needs bf16 activations"
+    );
+    let [bi, ti, nhi, hsi] = sh.dims(OP);
+    let scale = sh.scale();
+
+    let dout16 = A::from_f32(dev, dout.slice(..sh.btc()), slot)?;
+    flash_shape(OP, dev, &[qkv, &dout16], &sh);
+
+    const DELTA: &str = "flash_attention_backward_delta";
+    let f = dev.function("attention", DELTA)?;
+    let mut launch = dev.stream.launch_builder(&f);
+    launch
+        .arg(&mut *delta)
+        .arg(&dout16)
+        .arg(out)
+        .arg(&bi)
+        .arg(&ti)
+        .arg(&nhi)
+        .arg(&hsi);
+    // SAFETY: flash_attention_backward_delta(delta [B, NH, T] f32, dout [B, T, C] bf16,
+    // out [B, T, C] bf16, B, T, NH, HS: i32): views of at least those sizes, both bf16
+    // (checked above); grid-stride over B·NH·T.
+    launched(DELTA, unsafe { launch.launch(grid_1d(sh.rows())) })?;
+
+    let delta = delta.as_view();
+    for pass in ["dkv", "dq"] {
+        let kernel = format!("flash_attention_backward_{pass}_hs{}", sh.hs);
+        let f = dev.function("attention", &kernel)?;
+        let mut launch = dev.stream.launch_builder(&f);
+        launch
+            .arg(&mut *dqkv)
+            .arg(&dout16)
+            .arg(qkv)
+            .arg(lse)
+            .arg(&delta)
+            .arg(&bi)
+            .arg(&ti)
+            .arg(&nhi)
+            .arg(&scale);
+        // SAFETY: flash_attention_backward_{dkv,dq}_hs{HS}(dqkv [B, T, 3C] f32, dout
+        // [B, T, C] bf16, qkv [B, T, 3C] bf16, lse, delta [B, NH, T] f32, B, T, NH: i32,
+        // scale: f32): views of at least those sizes (checked above; dout16 is the B·T·C
+        // rounded slot), bf16, a supported HS and 16-byte alignment checked by `flash_shape`;
+        // the grid is the kernels' (`flash_grid`). The two kernels add into disjoint parts of
+        // dqkv (k, v and q), one thread per element.
+        launched(&kernel, unsafe { launch.launch(flash_grid(OP, &sh)) })?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

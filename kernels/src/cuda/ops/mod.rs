@@ -17,7 +17,10 @@ mod layernorm;
 mod loss;
 mod optim;
 
-pub use attention::{attention_backward, attention_forward};
+pub use attention::{
+    attention_backward, attention_forward, flash_attention_backward, flash_attention_forward,
+    flash_attention_supported,
+};
 pub use cublaslt::CublasLt;
 pub use elementwise::{gelu_backward, gelu_forward, residual_forward};
 pub use encoder::{DeviceTokenBuckets, encoder_backward, encoder_forward};

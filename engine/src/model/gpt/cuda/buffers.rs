@@ -53,6 +53,40 @@ const ACTIVATIONS_AS_A: [bool; 21] = [
 /// are only ever product operands.
 const SCRATCH_AS_A: [bool; 9] = [true, false, false, false, false, true, false, false, false];
 
+/// Element counts of every buffer of (B, T): [`memory::activation_floats`] and
+/// [`memory::scratch_floats`] as the CPU has them, except that flash attention keeps no
+/// [B, NH, T, T] matrix (preatt, att, dpreatt, datt) but a log-sum-exp per query and layer
+/// (`lse`) and a per-query scratch (`delta`).
+struct Sizes {
+    acts: [usize; 21],
+    scratch: [usize; 9],
+    lse: usize,
+    delta: usize,
+}
+
+impl Sizes {
+    fn new(cfg: &GptConfig, b: usize, t: usize, flash: bool) -> Sizes {
+        let mut acts = memory::activation_floats(cfg, b, t);
+        let mut scratch = memory::scratch_floats(cfg, b, t);
+        let rows = b * cfg.n_head * t;
+        if !flash {
+            return Sizes {
+                acts,
+                scratch,
+                lse: 0,
+                delta: 0,
+            };
+        }
+        (acts[6], acts[7], scratch[5], scratch[6]) = (0, 0, 0, 0);
+        Sizes {
+            acts,
+            scratch,
+            lse: cfg.n_layer * rows,
+            delta: rows,
+        }
+    }
+}
+
 /// Bytes of `sizes` elements, `A`-typed where `as_a` says so (`a_bytes` each), else fp32.
 fn bytes(sizes: &[usize], as_a: &[bool], a_bytes: usize) -> u64 {
     sizes
@@ -65,13 +99,16 @@ fn bytes(sizes: &[usize], as_a: &[bool], a_bytes: usize) -> u64 {
 /// Activation and backward-scratch bytes of (B, T) with `a_bytes`-byte activations, and the
 /// GPU-only scratch: LayerNorm's partial sums, the token ids, targets and buckets, and the
 /// slot in which bf16 models round a gradient before a product.
-pub(super) fn need_bytes(cfg: &GptConfig, b: usize, t: usize, a_bytes: usize) -> (u64, u64) {
-    let acts = bytes(
-        &memory::activation_floats(cfg, b, t),
-        &ACTIVATIONS_AS_A,
-        a_bytes,
-    );
-    let scratch = bytes(&memory::scratch_floats(cfg, b, t), &SCRATCH_AS_A, a_bytes);
+pub(super) fn need_bytes(
+    cfg: &GptConfig,
+    b: usize,
+    t: usize,
+    a_bytes: usize,
+    flash: bool,
+) -> (u64, u64) {
+    let sizes = Sizes::new(cfg, b, t, flash);
+    let acts = bytes(&sizes.acts, &ACTIVATIONS_AS_A, a_bytes) + 4 * sizes.lse as u64;
+    let scratch = bytes(&sizes.scratch, &SCRATCH_AS_A, a_bytes) + 4 * sizes.delta as u64;
     let bt = b * t;
     let gpu_only = 4 * (2 * ops::ln_partial_rows(bt) * cfg.channels + 5 * bt + 1)
         + a_bytes * slot_len(a_bytes < 4, bt, cfg.channels);
@@ -106,6 +143,8 @@ pub(super) struct Activations<A> {
     pub lnf_rstd: CudaSlice<f32>,
     pub logits: CudaSlice<A>,
     pub losses: CudaSlice<f32>,
+    /// Flash attention's log-sum-exp per layer and query [L, B, NH, T] (1 element otherwise).
+    pub lse: CudaSlice<f32>,
 }
 
 /// Single-layer gradient scratch for the backward pass, and LayerNorm's partial sums.
@@ -120,6 +159,8 @@ pub(super) struct Scratch<A> {
     pub dfch: CudaSlice<f32>,
     pub dfch_gelu: CudaSlice<f32>,
     pub ln_partial: CudaSlice<f32>,
+    /// Flash attention's backward scratch [B, NH, T] (1 element otherwise).
+    pub delta: CudaSlice<f32>,
 }
 
 /// The buffers of one (B, T): allocated together, so a batch either fits or fails at once.
@@ -158,10 +199,12 @@ impl<A: Storage> Buffers<A> {
         b: usize,
         t: usize,
         training: bool,
+        flash: bool,
     ) -> Result<Buffers<A>, CudaError> {
+        let sizes = Sizes::new(cfg, b, t, flash);
         let mut x = Allocs {
             dev,
-            sizes: memory::activation_floats(cfg, b, t).into_iter(),
+            sizes: sizes.acts.into_iter(),
             what: "activations",
         };
         let acts = Activations {
@@ -186,12 +229,13 @@ impl<A: Storage> Buffers<A> {
             lnf_rstd: x.next()?,
             logits: x.next()?,
             losses: x.next()?,
+            lse: ops::alloc_zeros(dev, sizes.lse, "attention log-sum-exps")?,
         };
         let c = cfg.channels;
         let scratch = if training {
             let mut x = Allocs {
                 dev,
-                sizes: memory::scratch_floats(cfg, b, t).into_iter(),
+                sizes: sizes.scratch.into_iter(),
                 what: "backward scratch",
             };
             Some(Scratch {
@@ -209,6 +253,7 @@ impl<A: Storage> Buffers<A> {
                     2 * ops::ln_partial_rows(b * t) * c,
                     "LayerNorm scratch",
                 )?,
+                delta: ops::alloc_zeros(dev, sizes.delta, "attention scratch")?,
             })
         } else {
             None
@@ -243,8 +288,8 @@ mod tests {
         };
         let (b, t) = (2, 16);
         let acts = memory::activation_floats(&cfg, b, t);
-        let (a32, _) = need_bytes(&cfg, b, t, 4);
-        let (a16, _) = need_bytes(&cfg, b, t, 2);
+        let (a32, _) = need_bytes(&cfg, b, t, 4, false);
+        let (a16, _) = need_bytes(&cfg, b, t, 2, false);
         let (l, bt) = (cfg.n_layer, b * t);
         let att = b * cfg.n_head * t * t;
         // fp32 stays: 3 pairs of LayerNorm statistics, preatt, the losses.
@@ -253,6 +298,33 @@ mod tests {
         assert_eq!(
             a16,
             (4 * fp32 + 2 * (acts.iter().sum::<usize>() - fp32)) as u64
+        );
+    }
+
+    #[test]
+    fn flash_attention_keeps_no_t_by_t_matrix() {
+        let cfg = GptConfig {
+            max_seq_len: 1024,
+            vocab_size: 100,
+            padded_vocab_size: 128,
+            n_layer: 2,
+            n_head: 4,
+            channels: 256,
+        };
+        let (b, t) = (2, 1024);
+        let (acts, scratch) = need_bytes(&cfg, b, t, 2, false);
+        let (flash_acts, flash_scratch) = need_bytes(&cfg, b, t, 2, true);
+        let (l, rows) = (cfg.n_layer, b * cfg.n_head * t);
+        let att = rows * t;
+        // preatt (fp32, one layer) and att (bf16, per layer) go; lse (fp32) comes.
+        assert_eq!(
+            acts - flash_acts,
+            (4 * att + 2 * l * att - 4 * l * rows) as u64
+        );
+        // dpreatt (bf16) and datt (fp32) go; delta (fp32) comes.
+        assert_eq!(
+            scratch - flash_scratch,
+            (2 * att + 4 * att - 4 * rows) as u64
         );
     }
 }

@@ -65,6 +65,7 @@ macro_rules! with_pass {
             params,
             params16,
             lt,
+            flash,
             bufs,
             grads,
             ..
@@ -79,6 +80,7 @@ macro_rules! with_pass {
                     params,
                     weights: <f32 as Storage>::weights(params, params16.as_ref()),
                     lt: lt.as_ref(),
+                    flash: false,
                     bufs,
                 };
                 $body
@@ -91,6 +93,7 @@ macro_rules! with_pass {
                     params,
                     weights: <u16 as Storage>::weights(params, params16.as_ref()),
                     lt: lt.as_ref(),
+                    flash: *flash,
                     bufs,
                 };
                 $body
@@ -109,6 +112,8 @@ pub struct GptCuda {
     params16: Option<CudaSlice<u16>>,
     /// cuBLASLt for the linear products instead of convoy's kernels (`CONVOY_GEMM=cublaslt`).
     lt: Option<CublasLt>,
+    /// Flash attention instead of the materialized path (`CONVOY_ATTENTION=flash`, bf16).
+    flash: bool,
     bufs: Option<AnyBuffers>,
     /// The (B, T) of the last forward and whether it produced dlogits.
     last: Option<(usize, usize, bool)>,
@@ -152,12 +157,32 @@ impl GptCuda {
                 )));
             }
         };
+        // Flash attention exists for bf16 activations; fp32 models keep the materialized path.
+        let flash = match std::env::var("CONVOY_ATTENTION").as_deref() {
+            Err(_) | Ok("") | Ok("materialized") => false,
+            Ok("flash") if precision == Precision::Fp32 => false,
+            Ok("flash") if !ops::flash_attention_supported(cfg.channels, cfg.n_head) => {
+                return Err(EngineError::Gpu(format!(
+                    "CONVOY_ATTENTION = \"flash\" needs heads of 16, 32 or 64 channels; this \
+                     model's have {}",
+                    cfg.channels / cfg.n_head.max(1)
+                )));
+            }
+            Ok("flash") => true,
+            Ok(other) => {
+                return Err(EngineError::Gpu(format!(
+                    "CONVOY_ATTENTION = {other:?}: expected \"materialized\" (the default) or \
+                     \"flash\""
+                )));
+            }
+        };
         Ok(GptCuda {
             dev,
             cfg,
             params: p,
             grads,
             precision,
+            flash,
             params16,
             lt,
             bufs: None,
@@ -218,7 +243,7 @@ impl GptCuda {
         let mut need = memory::training_need(&self.cfg, b, t, self.moments);
         let bf16 = self.precision == Precision::Bf16;
         (need.activations, need.scratch) =
-            buffers::need_bytes(&self.cfg, b, t, if bf16 { 2 } else { 4 });
+            buffers::need_bytes(&self.cfg, b, t, if bf16 { 2 } else { 4 }, self.flash);
         if bf16 {
             need.params += 2 * self.cfg.num_params() as u64;
         }
@@ -268,8 +293,10 @@ impl GptCuda {
         }
         let (dev, cfg) = (&*self.dev, &self.cfg);
         let bufs = match self.precision {
-            Precision::Fp32 => Buffers::new(dev, cfg, b, t, training).map(AnyBuffers::Fp32),
-            Precision::Bf16 => Buffers::new(dev, cfg, b, t, training).map(AnyBuffers::Bf16),
+            Precision::Fp32 => Buffers::new(dev, cfg, b, t, training, false).map(AnyBuffers::Fp32),
+            Precision::Bf16 => {
+                Buffers::new(dev, cfg, b, t, training, self.flash).map(AnyBuffers::Bf16)
+            }
         };
         self.bufs = Some(bufs.map_err(|e| oom(format!(" ({e})")))?);
         Ok(())

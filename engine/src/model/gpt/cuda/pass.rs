@@ -22,6 +22,8 @@ pub(super) struct Pass<'a, A> {
     pub params: &'a CudaSlice<f32>,
     pub weights: &'a CudaSlice<A>,
     pub lt: Option<&'a CublasLt>,
+    /// Flash attention (bf16 only) instead of the materialized [B, NH, T, T] path.
+    pub flash: bool,
     pub bufs: &'a mut Buffers<A>,
 }
 
@@ -100,17 +102,31 @@ impl<A: Storage> Pass<'_, A> {
                 c,
                 3 * c,
             )?;
-            ops::attention_forward(
-                dev,
-                &mut a.atty.slice_mut(lc.clone()),
-                &mut a.preatt.slice_mut(..att_len),
-                &mut a.att.slice_mut(la),
-                &a.qkv.slice(l3),
-                b,
-                t,
-                c,
-                nh,
-            )
+            if self.flash {
+                let rows = b * nh * t;
+                ops::flash_attention_forward(
+                    dev,
+                    &mut a.atty.slice_mut(lc.clone()),
+                    &mut a.lse.slice_mut(l * rows..(l + 1) * rows),
+                    &a.qkv.slice(l3),
+                    b,
+                    t,
+                    c,
+                    nh,
+                )
+            } else {
+                ops::attention_forward(
+                    dev,
+                    &mut a.atty.slice_mut(lc.clone()),
+                    &mut a.preatt.slice_mut(..att_len),
+                    &mut a.att.slice_mut(la),
+                    &a.qkv.slice(l3),
+                    b,
+                    t,
+                    c,
+                    nh,
+                )
+            }
             .map_err(gpu)?;
             mm.forward(
                 &mut a.proj.slice_mut(..btc),
@@ -401,20 +417,38 @@ impl<A: Storage> Pass<'_, A> {
                 bt,
             )?;
             zero(&mut s.dqkv.slice_mut(..3 * btc))?;
-            ops::attention_backward(
-                dev,
-                &mut s.dqkv.slice_mut(..3 * btc),
-                &mut s.dpreatt.slice_mut(..att_len),
-                &mut s.datt.slice_mut(..att_len),
-                &s.datty.slice(..btc),
-                &a.qkv.slice(l3),
-                &a.att.slice(la),
-                mm.slot,
-                b,
-                t,
-                c,
-                nh,
-            )
+            if self.flash {
+                let rows = b * nh * t;
+                ops::flash_attention_backward(
+                    dev,
+                    &mut s.dqkv.slice_mut(..3 * btc),
+                    &mut s.delta.slice_mut(..rows),
+                    &s.datty.slice(..btc),
+                    &a.qkv.slice(l3),
+                    &a.atty.slice(lc.clone()),
+                    &a.lse.slice(l * rows..(l + 1) * rows),
+                    mm.slot,
+                    b,
+                    t,
+                    c,
+                    nh,
+                )
+            } else {
+                ops::attention_backward(
+                    dev,
+                    &mut s.dqkv.slice_mut(..3 * btc),
+                    &mut s.dpreatt.slice_mut(..att_len),
+                    &mut s.datt.slice_mut(..att_len),
+                    &s.datty.slice(..btc),
+                    &a.qkv.slice(l3),
+                    &a.att.slice(la),
+                    mm.slot,
+                    b,
+                    t,
+                    c,
+                    nh,
+                )
+            }
             .map_err(gpu)?;
             layer.linear_backward(
                 &mut mm,
