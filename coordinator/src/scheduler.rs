@@ -80,7 +80,7 @@ pub struct Plan {
 /// Decides which queued jobs start and where, ignoring restart holds (as if at the end of
 /// time). Pure and deterministic.
 pub fn schedule(state: &ClusterState) -> Plan {
-    plan(state, None)
+    make_plan(state, None)
 }
 
 /// [`schedule`] at time `now`: a job requeued after a rank failure is held until its
@@ -88,11 +88,11 @@ pub fn schedule(state: &ClusterState) -> Plan {
 /// then, not even as the protected head; and no rank is placed on a [`Worker::silent`] one
 /// (it still counts as capacity: it is not lost yet).
 pub fn schedule_at(state: &ClusterState, now: Millis) -> Plan {
-    plan(state, Some(now))
+    make_plan(state, Some(now))
 }
 
 /// The plan, with time (holds and silent workers) when `now` is given.
-fn plan(state: &ClusterState, now: Option<Millis>) -> Plan {
+fn make_plan(state: &ClusterState, now: Option<Millis>) -> Plan {
     let workers: Vec<&Worker> = state.workers.values().filter(|w| w.schedulable()).collect();
     let timeout = state.config.heartbeat_timeout;
     let fresh: Vec<&Worker> = workers

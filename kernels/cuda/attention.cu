@@ -486,6 +486,18 @@ __device__ void flash_backward_dq_t(float* dqkv, const bf16* dout, const bf16* q
     }
 }
 
+// The two backward kernels share their parameters.
+#define FLASH_BACKWARD(NAME, FN, HS)                                                        \
+    extern "C" __global__ void __launch_bounds__(FA_THREADS)                                \
+        NAME(float* dqkv,        /* [B, T, 3C] += */                                        \
+             const bf16* dout,   /* [B, T, C] */                                            \
+             const bf16* qkv,    /* [B, T, 3C] */                                           \
+             const float* lse,   /* [B, NH, T] */                                           \
+             const float* delta, /* [B, NH, T] */                                           \
+             int B, int T, int NH, float scale) {                                           \
+        FN<HS>(dqkv, dout, qkv, lse, delta, B, T, NH, scale);                               \
+    }
+
 #define FLASH_ATTENTION(HS)                                                                 \
     extern "C" __global__ void __launch_bounds__(FA_THREADS)                                \
         flash_attention_forward_hs##HS(bf16* out,        /* [B, T, C] */                    \
@@ -494,24 +506,8 @@ __device__ void flash_backward_dq_t(float* dqkv, const bf16* dout, const bf16* q
                                        int B, int T, int NH, float scale) {                 \
         flash_forward_t<HS>(out, lse, qkv, B, T, NH, scale);                                \
     }                                                                                       \
-    extern "C" __global__ void __launch_bounds__(FA_THREADS)                                \
-        flash_attention_backward_dkv_hs##HS(float* dqkv,        /* [B, T, 3C] += */         \
-                                            const bf16* dout,   /* [B, T, C] */             \
-                                            const bf16* qkv,    /* [B, T, 3C] */            \
-                                            const float* lse,   /* [B, NH, T] */            \
-                                            const float* delta, /* [B, NH, T] */            \
-                                            int B, int T, int NH, float scale) {            \
-        flash_backward_dkv_t<HS>(dqkv, dout, qkv, lse, delta, B, T, NH, scale);             \
-    }                                                                                       \
-    extern "C" __global__ void __launch_bounds__(FA_THREADS)                                \
-        flash_attention_backward_dq_hs##HS(float* dqkv,        /* [B, T, 3C] += */          \
-                                           const bf16* dout,   /* [B, T, C] */              \
-                                           const bf16* qkv,    /* [B, T, 3C] */             \
-                                           const float* lse,   /* [B, NH, T] */             \
-                                           const float* delta, /* [B, NH, T] */             \
-                                           int B, int T, int NH, float scale) {             \
-        flash_backward_dq_t<HS>(dqkv, dout, qkv, lse, delta, B, T, NH, scale);              \
-    }
+    FLASH_BACKWARD(flash_attention_backward_dkv_hs##HS, flash_backward_dkv_t, HS)           \
+    FLASH_BACKWARD(flash_attention_backward_dq_hs##HS, flash_backward_dq_t, HS)
 
 FLASH_ATTENTION(16)
 FLASH_ATTENTION(32)

@@ -8,14 +8,15 @@
 //! (≥ ~0.1) or a wrong element (~S) costs. The bf16 kernels are compared with the f64 product of
 //! the bf16-rounded inputs: their products are exact in fp32 and only the accumulation order
 //! differs, so fp32 outputs meet the fp32 tolerance; bf16 outputs add one rounding (at most 2^-8
-//! relative), checked with rtol 1e-2 and atol 1e-2·S for sums that cancel.
+//! relative), checked with rtol 1e-2 and atol 1e-2·S for sums that cancel. The generic GEMMs
+//! are launched through `ops::gemm`, the launcher the engine uses.
 
 mod gpu_common;
 
-use convoy_kernels::cuda::Device;
+use convoy_kernels::cuda::ops::{self, Gemm};
 use convoy_kernels::matmul::{matmul_backward, matmul_forward};
-use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
-use gpu_common::{assert_close, data, device_or_skip, grid_1d};
+use cudarc::driver::PushKernelArg;
+use gpu_common::{assert_close, bf16_bits, bf16_value, data, device_or_skip, grid_1d};
 
 /// Launch configurations and arguments of matmul.cu (the table at the top of the file).
 mod launch {
@@ -47,8 +48,6 @@ mod launch {
         }
     }
 }
-
-use convoy_kernels::cuda::ops::Gemm;
 
 /// `c = alpha·op(a)·op(b) + bias + (c if accumulate)` in f64, batch by batch.
 fn reference(g: &Gemm, a: &[f32], b: &[f32], bias: Option<&[f32]>, c: &mut [f32]) {
@@ -87,19 +86,6 @@ fn fp32_tolerance(k: usize) -> (f32, f32) {
     let k = k.max(1) as f32;
     let rtol = 1e-5 * k.sqrt();
     (rtol, rtol * (k / 3.0).sqrt())
-}
-
-/// The nearest bf16 (ties to even) as its bit pattern, like `__float2bfloat16_rn`.
-fn bf16_bits(x: f32) -> u16 {
-    let u = x.to_bits();
-    if x.is_nan() {
-        return ((u >> 16) | 0x40) as u16;
-    }
-    ((u + 0x7fff + ((u >> 16) & 1)) >> 16) as u16
-}
-
-fn bf16_value(b: u16) -> f32 {
-    f32::from_bits(u32::from(b) << 16)
 }
 
 /// Sizes around the 128×128 tile: tiny, ragged, exact multiples, and one GPT-2-like layer.
@@ -236,55 +222,6 @@ fn matmul_backward_matches_the_cpu() {
     }
 }
 
-/// Launches `gemm_{prefix}_xx{suffix}` on views of the buffers (offset pointers). C has
-/// element type `TC`, A and B `TAB` (f32 for fp32, u16 bf16 patterns for bf16).
-#[allow(clippy::too_many_arguments)] // the kernel's contract: every buffer with its shape
-fn launch_gemm<TC, TAB>(
-    dev: &Device,
-    prefix: &str,
-    suffix: &str,
-    g: &Gemm,
-    c: &mut CudaViewMut<'_, TC>,
-    a: &CudaView<'_, TAB>,
-    b: &CudaView<'_, TAB>,
-    bias: Option<&CudaView<'_, f32>>,
-) {
-    let (ea, eb, ec) = g.extents();
-    assert!(
-        a.len() >= ea && b.len() >= eb && c.len() >= ec,
-        "buffers too small for {g:?}"
-    );
-    assert!(bias.is_none_or(|b| b.len() >= g.n), "bias must be [N]");
-    let f = dev
-        .function("matmul", &g.kernel(prefix, suffix))
-        .expect("kernel");
-    let dims = [g.m, g.n, g.k, g.lda, g.ldb, g.ldc].map(|x| x as i32);
-    let strides = [g.sa.0, g.sa.1, g.sb.0, g.sb.1, g.sc.0, g.sc.1].map(|x| x as i64);
-    let (inner, alpha, accumulate) = (g.inner as i32, g.alpha, i32::from(g.accumulate));
-    let null = 0u64;
-    let s = &dev.stream;
-    let mut launch = s.launch_builder(&f);
-    launch.arg(c).arg(a).arg(b);
-    match bias {
-        Some(bias) => launch.arg(bias),
-        None => launch.arg(&null),
-    };
-    for d in &dims {
-        launch.arg(d);
-    }
-    for st in &strides {
-        launch.arg(st);
-    }
-    launch.arg(&inner).arg(&alpha).arg(&accumulate);
-    // SAFETY: gemm_*(C, A, B, bias [N] or null, M, N, K, lda, ldb, ldc, six i64 strides,
-    // batch_inner, alpha, accumulate): three device views, a bias view or a null u64, six i32,
-    // six i64, an i32, an f32 and an i32, matching the kernel's parameters. The views hold at
-    // least the elements the call reaches (`Gemm::extents`, asserted above), the bias at least
-    // N; grid (⌈N/128⌉, ⌈M/128⌉, outer·inner) of 256 threads as the kernels require, each
-    // access bounds-checked against M, N, K.
-    unsafe { launch.launch(launch::gemm(g.m, g.n, g.outer * g.inner)) }.expect("launch");
-}
-
 /// Generic GEMMs: every transpose combination, padded leading dimensions, two-level batch
 /// strides, offset (unaligned) base pointers, alpha, accumulate and bias.
 fn generic_cases() -> Vec<(Gemm, usize)> {
@@ -352,7 +289,7 @@ fn generic_fp32_gemms_match_a_cpu_loop() {
             let (av, bv, biasv) = (a_d.slice(off..), b_d.slice(off..), bias_d.slice(..));
             let mut cv = c_d.slice_mut(off..);
             let bias = with_bias.then_some(&biasv);
-            launch_gemm(&dev, "f32", "", &g, &mut cv, &av, &bv, bias);
+            ops::gemm::<f32, f32>(&dev, &g, &mut cv, &av, &bv, bias).expect("launch");
         }
         let got = s.clone_dtoh(&c_d).expect("download");
         let mut want = c0.clone();
@@ -405,16 +342,8 @@ fn generic_bf16_gemms_match_the_rounded_cpu_product() {
         {
             let (av, bv, biasv) = (a_d.slice(off..), b_d.slice(off..), bias_d.slice(..));
             let mut cv = c_d.slice_mut(off..);
-            launch_gemm(
-                &dev,
-                "bf16",
-                "",
-                &g,
-                &mut cv,
-                &av,
-                &bv,
-                with_bias.then_some(&biasv),
-            );
+            let bias = with_bias.then_some(&biasv);
+            ops::gemm::<u16, f32>(&dev, &g, &mut cv, &av, &bv, bias).expect("launch");
         }
         let got = s.clone_dtoh(&c_d).expect("download");
         let mut want = c0.clone();
@@ -432,7 +361,7 @@ fn generic_bf16_gemms_match_the_rounded_cpu_product() {
             let (av, bv, biasv) = (a_d.slice(off..), b_d.slice(off..), bias_d.slice(..));
             let mut cv = c_d.slice_mut(off..);
             let bias = with_bias.then_some(&biasv);
-            launch_gemm(&dev, "bf16", "_bf16out", &g, &mut cv, &av, &bv, bias);
+            ops::gemm::<u16, u16>(&dev, &g, &mut cv, &av, &bv, bias).expect("launch");
         }
         let got: Vec<f32> = s
             .clone_dtoh(&c_d)
@@ -490,7 +419,7 @@ fn attention_products_in_convoy_layout_match_a_cpu_loop() {
     {
         let (qv, kv) = (qkv_d.slice(..), qkv_d.slice(c..));
         let mut pv = pre_d.slice_mut(..);
-        launch_gemm(&dev, "f32", "", &g, &mut pv, &qv, &kv, None);
+        ops::gemm::<f32, f32>(&dev, &g, &mut pv, &qv, &kv, None).expect("launch");
     }
     let mut want = vec![0.0f32; b * nh * t * t];
     for bi in 0..b {
@@ -536,7 +465,7 @@ fn attention_products_in_convoy_layout_match_a_cpu_loop() {
     {
         let (av, vv) = (att_d.slice(..), qkv_d.slice(2 * c..));
         let mut ov = out_d.slice_mut(..);
-        launch_gemm(&dev, "f32", "", &g, &mut ov, &av, &vv, None);
+        ops::gemm::<f32, f32>(&dev, &g, &mut ov, &av, &vv, None).expect("launch");
     }
     let mut want = vec![0.0f32; b * t * c];
     for bi in 0..b {
@@ -586,7 +515,7 @@ fn attention_products_in_convoy_layout_match_a_cpu_loop() {
     {
         let (av, dv) = (att_d.slice(..), dout_d.slice(..));
         let mut dvv = dinp_d.slice_mut(2 * c..);
-        launch_gemm(&dev, "f32", "", &g, &mut dvv, &av, &dv, None);
+        ops::gemm::<f32, f32>(&dev, &g, &mut dvv, &av, &dv, None).expect("launch");
     }
     let mut want = dinp0.clone();
     for bi in 0..b {

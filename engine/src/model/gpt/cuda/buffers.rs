@@ -12,9 +12,6 @@ use super::super::memory;
 
 /// An activation storage type and how the model gets its weights in it.
 pub(super) trait Storage: Operand {
-    /// Whether fp32 gradients must be rounded into a slot before they are product operands.
-    const ROUNDS: bool;
-
     /// The weights as this type: the fp32 parameters themselves, or their bf16 copy.
     fn weights<'a>(
         params: &'a CudaSlice<f32>,
@@ -23,8 +20,6 @@ pub(super) trait Storage: Operand {
 }
 
 impl Storage for f32 {
-    const ROUNDS: bool = false;
-
     fn weights<'a>(
         params: &'a CudaSlice<f32>,
         _: Option<&'a CudaSlice<u16>>,
@@ -34,8 +29,6 @@ impl Storage for f32 {
 }
 
 impl Storage for u16 {
-    const ROUNDS: bool = true;
-
     fn weights<'a>(
         _: &'a CudaSlice<f32>,
         params16: Option<&'a CudaSlice<u16>>,
@@ -111,13 +104,14 @@ pub(super) fn need_bytes(
     let scratch = bytes(&sizes.scratch, &SCRATCH_AS_A, a_bytes) + 4 * sizes.delta as u64;
     let bt = b * t;
     let gpu_only = 4 * (2 * ops::ln_partial_rows(bt) * cfg.channels + 5 * bt + 1)
-        + a_bytes * slot_len(a_bytes < 4, bt, cfg.channels);
+        + a_bytes * slot_len(a_bytes, bt, cfg.channels);
     (acts, scratch + gpu_only as u64)
 }
 
-/// The rounding slot: the largest gradient that is rounded, [B·T, 4C] (dfch); unused for fp32.
-fn slot_len(rounds: bool, bt: usize, c: usize) -> usize {
-    if rounds { bt * 4 * c } else { 1 }
+/// The rounding slot for `a_bytes`-byte activations: the largest gradient that is rounded,
+/// [B·T, 4C] (dfch), for bf16; unused for fp32, whose gradients are operands as they are.
+fn slot_len(a_bytes: usize, bt: usize, c: usize) -> usize {
+    if a_bytes < 4 { bt * 4 * c } else { 1 }
 }
 
 /// Forward activations for a (B, T), as [`super::super::Gpt`]'s (per-layer buffers stacked).
@@ -266,7 +260,7 @@ impl<A: Storage> Buffers<A> {
             inputs: ops::alloc_zeros(dev, b * t, "the batch's token ids")?,
             buckets: DeviceTokenBuckets::new(dev, b * t)?,
             targets: ops::alloc_zeros(dev, b * t, "the batch's targets")?,
-            slot: ops::alloc_zeros(dev, slot_len(A::ROUNDS, b * t, c), "bf16 operand slot")?,
+            slot: ops::alloc_zeros(dev, slot_len(A::BYTES, b * t, c), "bf16 operand slot")?,
         })
     }
 }

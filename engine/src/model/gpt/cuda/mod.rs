@@ -22,8 +22,8 @@ mod buffers;
 mod linear;
 mod pass;
 
-use buffers::{Buffers, Storage};
-use pass::Pass;
+use buffers::Buffers;
+use pass::{Model, Pass};
 
 use super::config::GptConfig;
 use super::memory::{self, MemoryNeed};
@@ -71,31 +71,23 @@ macro_rules! with_pass {
             ..
         } = &mut *$model;
         let $grads = grads;
+        let model = Model {
+            dev,
+            cfg,
+            params,
+            params16: params16.as_ref(),
+            lt: lt.as_ref(),
+            flash: *flash,
+        };
         match bufs.as_mut().expect("reserved before a pass") {
             AnyBuffers::Fp32(bufs) => {
                 #[allow(unused_mut)]
-                let mut $pass = Pass {
-                    dev,
-                    cfg,
-                    params,
-                    weights: <f32 as Storage>::weights(params, params16.as_ref()),
-                    lt: lt.as_ref(),
-                    flash: false,
-                    bufs,
-                };
+                let mut $pass = Pass::new(model, bufs);
                 $body
             }
             AnyBuffers::Bf16(bufs) => {
                 #[allow(unused_mut)]
-                let mut $pass = Pass {
-                    dev,
-                    cfg,
-                    params,
-                    weights: <u16 as Storage>::weights(params, params16.as_ref()),
-                    lt: lt.as_ref(),
-                    flash: *flash,
-                    bufs,
-                };
+                let mut $pass = Pass::new(model, bufs);
                 $body
             }
         }

@@ -15,6 +15,19 @@ use crate::collective::Bucket;
 use crate::error::{EngineError, Result};
 use crate::model::gpt::config::{GptConfig, Tensor};
 
+/// The model's parts a pass reads, whatever its storage type.
+#[derive(Clone, Copy)]
+pub(super) struct Model<'a> {
+    pub dev: &'a Device,
+    pub cfg: &'a GptConfig,
+    pub params: &'a CudaSlice<f32>,
+    /// The bf16 copy of the weights (bf16 models).
+    pub params16: Option<&'a CudaSlice<u16>>,
+    pub lt: Option<&'a CublasLt>,
+    /// Flash attention (set for bf16 models only).
+    pub flash: bool,
+}
+
 /// The model's parts a pass reads, and the buffers it writes.
 pub(super) struct Pass<'a, A> {
     pub dev: &'a Device,
@@ -27,7 +40,19 @@ pub(super) struct Pass<'a, A> {
     pub bufs: &'a mut Buffers<A>,
 }
 
-impl<A: Storage> Pass<'_, A> {
+impl<'a, A: Storage> Pass<'a, A> {
+    pub fn new(m: Model<'a>, bufs: &'a mut Buffers<A>) -> Pass<'a, A> {
+        Pass {
+            dev: m.dev,
+            cfg: m.cfg,
+            params: m.params,
+            weights: A::weights(m.params, m.params16),
+            lt: m.lt,
+            flash: m.flash,
+            bufs,
+        }
+    }
+
     /// Everything up to and including the final LayerNorm, for `inputs` [B·T] (already
     /// checked against the context and the buffers' shape).
     pub fn hidden(&mut self, inputs: &[u32], b: usize, t: usize, training: bool) -> Result<()> {
