@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
-cargo build --release -q -p convoy-worker --example allreduce_bench
+cargo build --release -q -p convoy-collective --example allreduce_bench
 BENCH=target/release/examples/allreduce_bench
 export GLOO_SOCKET_IFNAME=lo
 for round in $(seq 1 "${1:-1}"); do

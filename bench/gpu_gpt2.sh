@@ -7,8 +7,8 @@
 #
 # PEAK_TFLOPS is the GPU's dense peak for the precision (default 989: H100/H200 SXM bf16);
 # TORCH_FLAGS adds flags to the PyTorch run (e.g. "--compile --sdpa"); CUBLASLT=1 also runs
-# convoy with cuBLASLt for its linear products (CONVOY_GEMM=cublaslt), FLASH=1 with flash
-# attention (CONVOY_ATTENTION=flash). Prints per-run tokens/s (median over the steps after the
+# convoy with cuBLASLt for its linear products (the spec with `[kernels] gemm = "cublaslt"`),
+# FLASH=1 with flash attention (`[kernels] attention = "flash"`). Prints per-run tokens/s (median over the steps after the
 # first 5), MFU, then medians and the ratio.
 set -euo pipefail
 PY=${1:-python3}
@@ -31,19 +31,30 @@ median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+
 N=$(awk -v L="$L" -v C="$C" -v T="$T" 'BEGIN {Vp=50304; print Vp*C + T*C + L*(12*C*C + 13*C) + 2*C}')
 mfu() { awk -v tps="$1" -v n="$N" -v L="$L" -v C="$C" -v T="$T" -v p="$PEAK_TFLOPS" \
   'BEGIN {printf "%.1f", 100 * tps * (6*n + 6*L*C*T) / (p*1e12)}'; }
+# The spec with a [kernels] table appended (the spec must not have one), beside it so its
+# relative data paths still resolve.
+variant() {
+  local out
+  out="$(dirname "$SPEC")/.gpu_gpt2-$1.toml"
+  { cat "$SPEC"; printf '\n[kernels]\n%s\n' "$2"; } >"$out"
+  echo "$out"
+}
+LT_SPEC=$(variant cublaslt 'gemm = "cublaslt"')
+FLASH_SPEC=$(variant flash 'attention = "flash"')
+trap 'rm -rf "$tmp" "$LT_SPEC" "$FLASH_SPEC"' EXIT
 for round in $(seq "$ROUNDS"); do
   convoy_tps() {
-    "$BIN" train "$SPEC" --json >"$tmp/convoy.jsonl"
+    "$BIN" train "$1" --json >"$tmp/convoy.jsonl"
     grep '"event":"step"' "$tmp/convoy.jsonl" | tail -n +6 | sed 's/.*"throughput":\([0-9.e+]*\).*/\1/' | median
   }
-  c_tps=$(CONVOY_GEMM=convoy convoy_tps)
+  c_tps=$(convoy_tps "$SPEC")
   if [ "${CUBLASLT:-0}" = 1 ]; then
-    l_tps=$(CONVOY_GEMM=cublaslt convoy_tps)
+    l_tps=$(convoy_tps "$LT_SPEC")
     echo "round $round: convoy with cuBLASLt products ${l_tps} tok/s (MFU $(mfu "$l_tps") %)"
     echo "$l_tps" >>"$tmp/l"
   fi
   if [ "${FLASH:-0}" = 1 ]; then
-    f_tps=$(CONVOY_GEMM=convoy CONVOY_ATTENTION=flash convoy_tps)
+    f_tps=$(convoy_tps "$FLASH_SPEC")
     echo "round $round: convoy with flash attention ${f_tps} tok/s (MFU $(mfu "$f_tps") %)"
     echo "$f_tps" >>"$tmp/f"
   fi

@@ -6,8 +6,9 @@
 #   bench/gpu_kit.sh build        # here, from the repository root
 #   bench/gpu_kit.sh run [OUT]    # on the GPU machine, from the root of the carried tree
 #
-# `run` runs every GPU test (kernels vs the CPU, the whole GPT in fp32 and bf16 with convoy's
-# GEMMs, again with cuBLASLt's and again with flash attention, determinism and resume, NCCL),
+# `run` runs every GPU test (kernels vs the CPU; the whole GPT in fp32 and bf16 with each kernel
+# choice a spec can make — convoy's GEMMs, cuBLASLt's, flash attention —, determinism and resume,
+# NCCL),
 # the GEMM benchmark with cuBLASLt beside it and, when PY has torch, bench/gpu_gpt2.sh (convoy
 # materialized, flash and with cuBLASLt against PyTorch with SDPA); a memcheck pass of the
 # whole-model forward/backward tests runs under compute-sanitizer when it is installed. The
@@ -20,7 +21,7 @@ build)
   json=$(mktemp)
   cargo test --release --no-run --message-format=json \
     -p convoy-kernels --test 'gpu_*' -p convoy-engine --test gpu_gpt \
-    -p convoy-worker --test gpu_nccl >"$json"
+    -p convoy-collective --test gpu_nccl >"$json"
   # Each test executable, named after its package so `run` knows where to start it.
   python3 - "$json" "$KIT/tests" <<'PY'
 import json, shutil, sys
@@ -50,32 +51,19 @@ run)
   status=0
   for t in "$KIT"/tests/*; do
     name=$(basename "$t")
-    # Tests read data relative to their package folder (engine/, kernels/, worker/).
+    # Tests read data relative to their package folder (engine/, kernels/, collective/).
     pkg=${name%%.*}; dir=${pkg#convoy-}
     echo "== $name" | tee -a "$OUT/tests.log"
     (cd "$dir" && "$root/$t" --test-threads 1 --nocapture) >>"$OUT/tests.log" 2>&1 || status=1
     tail -n 3 "$OUT/tests.log"
   done
-  # The whole model again with cuBLASLt for its products (CONVOY_GEMM=cublaslt).
-  echo "== engine.gpu_gpt with CONVOY_GEMM=cublaslt" | tee -a "$OUT/tests.log"
-  (cd engine && CONVOY_GEMM=cublaslt "$root/$KIT/tests/engine.gpu_gpt" --test-threads 1 --nocapture) \
-    >>"$OUT/tests.log" 2>&1 || status=1
-  tail -n 3 "$OUT/tests.log"
-  # And with flash attention for the bf16 model (CONVOY_ATTENTION=flash).
-  echo "== engine.gpu_gpt with CONVOY_ATTENTION=flash" | tee -a "$OUT/tests.log"
-  (cd engine && CONVOY_ATTENTION=flash "$root/$KIT/tests/engine.gpu_gpt" --test-threads 1 --nocapture) \
-    >>"$OUT/tests.log" 2>&1 || status=1
-  tail -n 3 "$OUT/tests.log"
   # Out-of-bounds or uninitialised accesses in any kernel of a whole forward and backward
-  # (fp32 and bf16), with launches synchronous so an error names its kernel.
+  # (fp32 and bf16, every kernel choice), with launches synchronous so an error names its kernel.
   sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
   if [ -x "$sanitizer" ]; then
     (cd engine && CUDA_LAUNCH_BLOCKING=1 "$sanitizer" --tool memcheck --error-exitcode 1 \
       "$root/$KIT/tests/engine.gpu_gpt" forward_and_backward --test-threads 1) \
       >"$OUT/memcheck.txt" 2>&1 || status=1
-    (cd engine && CONVOY_ATTENTION=flash CUDA_LAUNCH_BLOCKING=1 "$sanitizer" --tool memcheck \
-      --error-exitcode 1 "$root/$KIT/tests/engine.gpu_gpt" bf16_forward_and_backward \
-      --test-threads 1) >>"$OUT/memcheck.txt" 2>&1 || status=1
     tail -n 5 "$OUT/memcheck.txt"
   else
     echo "no compute-sanitizer: skipped the memcheck pass" | tee "$OUT/memcheck.txt"

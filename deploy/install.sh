@@ -7,7 +7,8 @@ usage() {
     cat <<'EOF'
 Usage: deploy/install.sh [OPTIONS]
 
-Installs convoy-coordinator and/or convoy-worker (and the convoy CLI, when built)
+Installs convoy-coordinator and/or convoy-worker with convoy-rank (and the convoy
+CLI, when built)
 into /usr/local/bin, their systemd units into /etc/systemd/system and example
 settings into /etc/convoy (existing settings files are never overwritten), creates
 the system user convoy, then enables and starts the services.
@@ -110,7 +111,8 @@ bin_dir=$(cd "$bin_dir" && pwd -P)
 binaries=()
 units=()
 has_role coordinator && binaries+=(convoy-coordinator) && units+=(convoy-coordinator.service)
-has_role worker && binaries+=(convoy-worker) && units+=(convoy-worker@.service)
+# The worker starts each rank as convoy-rank, which it finds beside its own binary.
+has_role worker && binaries+=(convoy-worker convoy-rank) && units+=(convoy-worker@.service)
 for b in "${binaries[@]}"; do
     [ -f "$bin_dir/$b" ] || die "$bin_dir/$b not found: build with cargo build --release first"
     [ -x "$bin_dir/$b" ] || die "$bin_dir/$b is not executable"

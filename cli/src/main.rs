@@ -1,7 +1,6 @@
 //! `convoy`: the command line. A thin clap wrapper: every command calls into a library.
 
 mod cluster;
-mod common;
 mod data;
 mod train;
 
@@ -20,7 +19,7 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
     /// The coordinator's address (cluster commands).
-    #[arg(long, global = true, env = "CONVOY_COORDINATOR", default_value = cluster::DEFAULT_COORDINATOR)]
+    #[arg(long, global = true, env = "CONVOY_COORDINATOR", default_value = convoy_client::DEFAULT_ADDRESS)]
     coordinator: String,
 }
 

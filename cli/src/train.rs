@@ -8,7 +8,7 @@ use clap::Args;
 use convoy_engine::collective::SingleProcess;
 use convoy_engine::spec::JobSpec;
 use convoy_engine::state;
-use convoy_engine::train::{EvalMetrics, Event, Summary, Trainer};
+use convoy_engine::train::{EvalMetrics, Event, StopToken, Summary, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
@@ -53,18 +53,23 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let unit = trainer.unit();
     let mut out = Output::new(&args, spec.steps, trainer.step(), unit);
     let mut save_error = None;
-    let summary = trainer.run(&mut |event| match event {
-        Event::Step(m) => out.step(m.step, m.loss, m.throughput, m.skipped),
-        Event::Eval(e) => out.eval(e),
-        Event::Checkpoint(st) => {
-            if let Some(path) = &args.save_state
-                && let Err(e) = state::save(path, &st)
-            {
-                save_error.get_or_insert(e);
+    // Nothing stops a local run but the end of its steps (or Ctrl-C, which ends the process).
+    let never = StopToken::new();
+    let summary = trainer.run(
+        &mut |event| match event {
+            Event::Step(m) => out.step(m.step, m.loss, m.throughput, m.skipped),
+            Event::Eval(e) => out.eval(e),
+            Event::Checkpoint(st) => {
+                if let Some(path) = &args.save_state
+                    && let Err(e) = state::save(path, &st)
+                {
+                    save_error.get_or_insert(e);
+                }
             }
-        }
-        Event::Sample(_) => {}
-    });
+            Event::Sample(_) => {}
+        },
+        &never,
+    );
     out.finish();
     let summary = summary?;
     if let Some(e) = save_error {

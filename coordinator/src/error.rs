@@ -47,6 +47,8 @@ pub enum ApplyError {
         rank: usize,
         world_size: usize,
     },
+    #[error("invalid cluster settings: {0}")]
+    InvalidConfig(String),
     #[error("{job} generation {generation}: rank {rank} has already reported its exit")]
     DuplicateExit {
         job: JobId,

@@ -33,6 +33,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
+use std::fmt;
 
 use convoy_engine::spec::Backend;
 
@@ -59,11 +60,77 @@ impl Decision {
     }
 }
 
-/// A queued job with a one-line explanation (for status listings).
+/// Why a queued job does not start now. Decisions match on the variant (a held job becomes
+/// startable with time alone); people read its one-line [`fmt::Display`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WaitReason {
+    /// Requeued after a failed attempt and held this much longer, so that failed workers are
+    /// detected before the gang is placed again.
+    Held { remaining: Millis },
+    /// Fewer places free now than the gang needs; `behind` is the protected head when this
+    /// job is not the head itself.
+    Capacity {
+        needs: u32,
+        free: u32,
+        behind: Option<JobId>,
+    },
+    /// It fits now, but starting it could delay the head beyond what the backfill slack allows.
+    WouldDelay { head: JobId, needs: u32, slack: u32 },
+    /// More CPU places than the alive, uncordoned cluster has even when empty.
+    TooManySlots { needs: u32, capacity: u32 },
+    /// A CUDA job, but no alive, uncordoned worker has a GPU.
+    NoGpuWorkers,
+    /// More GPU places than the alive, uncordoned GPU workers have even when empty.
+    TooManyGpus { needs: u32, capacity: u32 },
+}
+
+impl fmt::Display for WaitReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WaitReason::Held { remaining } => write!(
+                f,
+                "restarting in {remaining} ms (time for failed workers to be detected)"
+            ),
+            WaitReason::Capacity {
+                needs,
+                free,
+                behind: None,
+            } => write!(
+                f,
+                "waiting for capacity: needs {needs} slots; {free} free now"
+            ),
+            WaitReason::Capacity {
+                needs,
+                free,
+                behind: Some(head),
+            } => write!(
+                f,
+                "waiting for capacity: needs {needs} slots; {free} free now (behind {head})"
+            ),
+            WaitReason::WouldDelay { head, needs, slack } => write!(
+                f,
+                "would delay {head}, the first waiting job (needs {needs} slots; backfill slack {slack})"
+            ),
+            WaitReason::TooManySlots { needs, capacity } => write!(
+                f,
+                "needs {needs} slots; the cluster has {capacity} alive uncordoned"
+            ),
+            WaitReason::NoGpuWorkers => f.write_str(
+                "backend = \"cuda\" needs GPU workers; no alive uncordoned worker reports a GPU",
+            ),
+            WaitReason::TooManyGpus { needs, capacity } => write!(
+                f,
+                "needs {needs} GPU slots; the cluster has {capacity} on alive uncordoned GPU workers"
+            ),
+        }
+    }
+}
+
+/// A queued job and why it waits (for status listings).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Note {
     pub job: JobId,
-    pub reason: String,
+    pub reason: WaitReason,
 }
 
 /// The scheduler's answer for one snapshot.
@@ -77,28 +144,18 @@ pub struct Plan {
     pub unschedulable: Vec<Note>,
 }
 
-/// Decides which queued jobs start and where, ignoring restart holds (as if at the end of
-/// time). Pure and deterministic.
-pub fn schedule(state: &ClusterState) -> Plan {
-    make_plan(state, None)
-}
-
-/// [`schedule`] at time `now`: a job requeued after a rank failure is held until its
-/// `not_before` (see [`crate::ClusterConfig::restart_delay`]) and does not take part until
-/// then, not even as the protected head; and no rank is placed on a [`Worker::silent`] one
-/// (it still counts as capacity: it is not lost yet).
+/// Decides which queued jobs start and where at time `now`. Pure and deterministic. A job
+/// requeued after a rank failure is held until its `not_before` (see
+/// [`crate::ClusterConfig::restart_delay`]) and does not take part until then, not even as
+/// the protected head; and no rank is placed on a [`Worker::silent`] one (it still counts as
+/// capacity: it is not lost yet).
 pub fn schedule_at(state: &ClusterState, now: Millis) -> Plan {
-    make_plan(state, Some(now))
-}
-
-/// The plan, with time (holds and silent workers) when `now` is given.
-fn make_plan(state: &ClusterState, now: Option<Millis>) -> Plan {
     let workers: Vec<&Worker> = state.workers.values().filter(|w| w.schedulable()).collect();
     let timeout = state.config.heartbeat_timeout;
     let fresh: Vec<&Worker> = workers
         .iter()
         .copied()
-        .filter(|w| now.is_none_or(|now| !w.silent(now, timeout)))
+        .filter(|w| !w.silent(now, timeout))
         .collect();
     let mut usage = state.usage();
     // Places each running gang returns to the schedulable cluster when it ends.
@@ -122,18 +179,17 @@ fn make_plan(state: &ClusterState, now: Option<Millis>) -> Plan {
     queue.sort_by_key(|j| (Reverse(j.priority), j.seq));
 
     let mut plan = Plan::default();
-    queue.retain(|j| match now {
-        Some(now) if j.not_before > now => {
-            plan.waiting.push(Note {
-                job: j.id,
-                reason: format!(
-                    "restarting in {} ms (time for failed workers to be detected)",
-                    j.not_before - now
-                ),
-            });
-            false
+    queue.retain(|j| {
+        if j.not_before <= now {
+            return true;
         }
-        _ => true,
+        plan.waiting.push(Note {
+            job: j.id,
+            reason: WaitReason::Held {
+                remaining: j.not_before - now,
+            },
+        });
+        false
     });
     // The protected head and the slack left behind it.
     let mut head: Option<(JobId, u32)> = None;
@@ -158,7 +214,11 @@ fn make_plan(state: &ClusterState, now: Option<Millis>) -> Plan {
                 head = Some((job.id, slack));
                 plan.waiting.push(Note {
                     job: job.id,
-                    reason: format!("waiting for capacity: needs {n} slots; {free} free now"),
+                    reason: WaitReason::Capacity {
+                        needs: n,
+                        free,
+                        behind: None,
+                    },
                 });
                 None
             }
@@ -168,14 +228,17 @@ fn make_plan(state: &ClusterState, now: Option<Millis>) -> Plan {
             }
             (Some((head_id, slack)), fit) => {
                 let reason = if fit.is_some() {
-                    format!(
-                        "would delay {head_id}, the first waiting job (needs {n} slots; backfill slack {slack})"
-                    )
+                    WaitReason::WouldDelay {
+                        head: *head_id,
+                        needs: n,
+                        slack: *slack,
+                    }
                 } else {
-                    let free = free_places(job.backend, &fresh, &usage);
-                    format!(
-                        "waiting for capacity: needs {n} slots; {free} free now (behind {head_id})"
-                    )
+                    WaitReason::Capacity {
+                        needs: n,
+                        free: free_places(job.backend, &fresh, &usage),
+                        behind: Some(*head_id),
+                    }
                 };
                 plan.waiting.push(Note {
                     job: job.id,
@@ -200,19 +263,15 @@ fn make_plan(state: &ClusterState, now: Option<Millis>) -> Plan {
 }
 
 /// Why `job` cannot run on these workers even when they are empty, if so.
-fn unschedulable_reason(job: &Job, n: u32, workers: &[&Worker]) -> Option<String> {
-    let capacity: u32 = workers.iter().map(|w| w.capacity_for(job.backend)).sum();
+fn unschedulable_reason(job: &Job, n: u32, workers: &[&Worker]) -> Option<WaitReason> {
+    let capacity: u32 = workers
+        .iter()
+        .map(|w| w.capacity_for(job.backend))
+        .fold(0, u32::saturating_add);
     match job.backend {
-        Backend::Cpu if n > capacity => Some(format!(
-            "needs {n} slots; the cluster has {capacity} alive uncordoned"
-        )),
-        Backend::Cuda if !workers.iter().any(|w| w.gpus > 0) => Some(
-            "backend = \"cuda\" needs GPU workers; no alive uncordoned worker reports a GPU"
-                .to_string(),
-        ),
-        Backend::Cuda if n > capacity => Some(format!(
-            "needs {n} GPU slots; the cluster has {capacity} on alive uncordoned GPU workers"
-        )),
+        Backend::Cpu if n > capacity => Some(WaitReason::TooManySlots { needs: n, capacity }),
+        Backend::Cuda if !workers.iter().any(|w| w.gpus > 0) => Some(WaitReason::NoGpuWorkers),
+        Backend::Cuda if n > capacity => Some(WaitReason::TooManyGpus { needs: n, capacity }),
         _ => None,
     }
 }

@@ -143,6 +143,9 @@ pub enum Command {
     ResumeJob {
         job: JobId,
     },
+    /// Replaces the cluster's settings (the coordinator was started with other values than
+    /// those stored).
+    Configure(ClusterConfig),
 }
 
 /// What the I/O loop must do after a command was applied.
@@ -309,6 +312,15 @@ impl ClusterState {
                 now,
             } => self.rank_exit(*job, *generation, *rank, exit, *now),
             Command::Tick { now } => Ok(self.tick(*now)),
+            Command::Configure(config) => {
+                if config.heartbeat_timeout == 0 {
+                    return Err(ApplyError::InvalidConfig(
+                        "heartbeat_timeout = 0 ms: every worker would be lost at once".into(),
+                    ));
+                }
+                self.config = config.clone();
+                Ok(vec![])
+            }
         }
     }
 

@@ -6,14 +6,14 @@ use common::cluster;
 use common::random::Gen;
 use convoy_coordinator::log::codec;
 use convoy_coordinator::{
-    ClusterConfig, ClusterState, CommandLog, Coordinator, SledLog, StoreError, recover,
+    ClusterConfig, ClusterState, CommandLog, LoggedState, SledLog, StoreError, recover,
 };
 
 /// Runs `n` generated commands through a coordinator on a sled log in `dir`; returns the
 /// state it ended with, after dropping everything (as a crash would).
 fn run(dir: &std::path::Path, seed: u64, n: usize, snapshot_every: u64) -> ClusterState {
     let log = SledLog::open(dir).expect("open");
-    let mut c = Coordinator::open(log, ClusterConfig::default(), snapshot_every).expect("coord");
+    let mut c = LoggedState::open(log, ClusterConfig::default(), snapshot_every).expect("coord");
     let mut g = Gen::new(seed);
     for _ in 0..n {
         let cmd = g.next(c.state());
@@ -48,7 +48,7 @@ fn recover_from_a_snapshot_plus_later_commands() {
     assert_eq!((index, &state), (67, &before));
     drop(log);
     // And a reopened coordinator continues the index sequence.
-    let mut c = Coordinator::open(
+    let mut c = LoggedState::open(
         SledLog::open(dir.path()).unwrap(),
         ClusterConfig::default(),
         10,

@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use convoy_coordinator::{
     ApplyError, ClusterConfig, ClusterState, Command, Decision, Effect, JobId, JobState, RankExit,
-    SubmitJob, WorkerId, schedule, schedule_at,
+    SubmitJob, WaitReason, WorkerId, schedule_at,
 };
 
 fn finish(s: &mut ClusterState, job: JobId) {
@@ -24,7 +24,7 @@ fn finish(s: &mut ClusterState, job: JobId) {
 }
 
 fn started(s: &ClusterState) -> Vec<JobId> {
-    schedule(s).starts.iter().map(|d| d.job).collect()
+    schedule_at(s, 0).starts.iter().map(|d| d.job).collect()
 }
 
 #[test]
@@ -34,7 +34,7 @@ fn gangs_start_whole_or_not_at_all() {
     let b = worker(&mut s, "b", 2);
     let j1 = submit(&mut s, "one", 3, 0);
     let j2 = submit(&mut s, "two", 3, 0);
-    let plan = schedule(&s);
+    let plan = schedule_at(&s, 0);
     assert_eq!(
         plan.starts,
         vec![Decision {
@@ -46,7 +46,7 @@ fn gangs_start_whole_or_not_at_all() {
     assert_eq!(plan.waiting.len(), 1);
     assert_eq!(plan.waiting[0].job, j2);
     assert_eq!(
-        plan.waiting[0].reason,
+        plan.waiting[0].reason.to_string(),
         "waiting for capacity: needs 3 slots; 1 free now"
     );
     run_scheduler(&mut s, 1);
@@ -54,7 +54,7 @@ fn gangs_start_whole_or_not_at_all() {
     assert_eq!(s.jobs[&j2].state, JobState::Queued);
     assert!(s.jobs[&j2].attempts.is_empty());
     assert_eq!(s.usage().values().map(|u| u.slots).sum::<u32>(), 3);
-    assert!(schedule(&s).starts.is_empty());
+    assert!(schedule_at(&s, 0).starts.is_empty());
     finish(&mut s, j1);
     assert_eq!(started(&s), vec![j2]);
 }
@@ -95,7 +95,7 @@ fn backfill_uses_only_slack_that_cannot_delay_the_head() {
     run_scheduler(&mut s, 0);
     let head = submit(&mut s, "head", 2, 0);
     let small = submit(&mut s, "small", 1, 0);
-    let plan = schedule(&s);
+    let plan = schedule_at(&s, 0);
     assert_eq!(
         plan.starts.iter().map(|d| d.job).collect::<Vec<_>>(),
         vec![small]
@@ -118,11 +118,11 @@ fn backfill_is_refused_when_it_would_delay_the_head() {
     run_scheduler(&mut s, 0);
     let head = submit(&mut s, "head", 3, 0);
     let small = submit(&mut s, "small", 1, 0);
-    let plan = schedule(&s);
+    let plan = schedule_at(&s, 0);
     assert!(plan.starts.is_empty());
     assert_eq!(plan.waiting[1].job, small);
     assert_eq!(
-        plan.waiting[1].reason,
+        plan.waiting[1].reason.to_string(),
         format!("would delay {head}, the first waiting job (needs 1 slots; backfill slack 0)")
     );
     finish(&mut s, two);
@@ -137,11 +137,11 @@ fn an_oversized_job_is_reported_and_does_not_block_the_queue() {
     worker(&mut s, "b", 1);
     let huge = submit(&mut s, "huge", 4, 100);
     let small = submit(&mut s, "small", 2, 0);
-    let plan = schedule(&s);
+    let plan = schedule_at(&s, 0);
     assert_eq!(plan.unschedulable.len(), 1);
     assert_eq!(plan.unschedulable[0].job, huge);
     assert_eq!(
-        plan.unschedulable[0].reason,
+        plan.unschedulable[0].reason.to_string(),
         "needs 4 slots; the cluster has 3 alive uncordoned"
     );
     assert_eq!(
@@ -151,7 +151,7 @@ fn an_oversized_job_is_reported_and_does_not_block_the_queue() {
     // A worker joins: the big job becomes schedulable and, as the head, waits for slots.
     run_scheduler(&mut s, 0);
     worker(&mut s, "c", 1);
-    let plan = schedule(&s);
+    let plan = schedule_at(&s, 0);
     assert!(plan.unschedulable.is_empty());
     assert_eq!(plan.waiting[0].job, huge);
 }
@@ -179,7 +179,7 @@ fn cordoned_and_lost_workers_get_no_ranks() {
     .unwrap();
     let _ = submit(&mut s, "j", 2, 0);
     let _ = submit(&mut s, "k", 2, 0);
-    let plan = schedule(&s);
+    let plan = schedule_at(&s, 0);
     let used: Vec<WorkerId> = plan
         .starts
         .iter()
@@ -187,7 +187,7 @@ fn cordoned_and_lost_workers_get_no_ranks() {
         .collect();
     assert_eq!(used, vec![b, b, c, c]);
     s.apply(&Command::Cordon { worker: c }).unwrap();
-    let plan = schedule(&s);
+    let plan = schedule_at(&s, 0);
     assert_eq!(plan.starts.len(), 1);
     assert!(plan.starts[0].placement.iter().all(|w| *w == b));
 }
@@ -206,10 +206,10 @@ fn cuda_jobs_without_gpu_workers_get_a_clear_message() {
     let [Effect::JobSubmitted { job }] = effects.as_slice() else {
         panic!("{effects:?}")
     };
-    let plan = schedule(&s);
+    let plan = schedule_at(&s, 0);
     assert_eq!(plan.unschedulable[0].job, *job);
     assert_eq!(
-        plan.unschedulable[0].reason,
+        plan.unschedulable[0].reason.to_string(),
         "backend = \"cuda\" needs GPU workers; no alive uncordoned worker reports a GPU"
     );
     // A GPU worker: one rank per GPU.
@@ -225,7 +225,7 @@ fn cuda_jobs_without_gpu_workers_get_a_clear_message() {
     let [Effect::WorkerRegistered { worker: gw }] = g.as_slice() else {
         panic!("{g:?}")
     };
-    assert_eq!(schedule(&s).starts[0].placement, vec![*gw, *gw]);
+    assert_eq!(schedule_at(&s, 0).starts[0].placement, vec![*gw, *gw]);
 }
 
 #[test]
@@ -236,13 +236,13 @@ fn placement_is_best_fit_on_one_worker_else_packed_by_most_free() {
     let c = worker(&mut s, "c", 3);
     let two = submit(&mut s, "two", 2, 0);
     let six = submit(&mut s, "six", 6, 0);
-    let plan = schedule(&s);
+    let plan = schedule_at(&s, 0);
     assert_eq!(plan.starts[0].job, two);
     assert_eq!(plan.starts[0].placement, vec![b, b]);
     assert_eq!(plan.starts[1].job, six);
     assert_eq!(plan.starts[1].placement, vec![a, a, a, a, c, c]);
     // Deterministic: the same state gives the same plan.
-    assert_eq!(schedule(&s), plan);
+    assert_eq!(schedule_at(&s, 0), plan);
 }
 
 #[test]
@@ -270,7 +270,13 @@ fn a_job_requeued_after_a_rank_failure_is_held_for_the_restart_delay() {
     // Held: nothing starts before 6 000 ms, and a start command is refused too.
     let early = schedule_at(&s, 5_999);
     assert!(early.starts.is_empty());
-    assert!(early.waiting[0].reason.starts_with("restarting in 1 ms"));
+    assert_eq!(early.waiting[0].reason, WaitReason::Held { remaining: 1 });
+    assert!(
+        early.waiting[0]
+            .reason
+            .to_string()
+            .starts_with("restarting in 1 ms")
+    );
     let premature = Command::StartAttempt {
         job,
         generation: 2,

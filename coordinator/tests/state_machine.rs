@@ -434,10 +434,10 @@ fn a_lost_worker_stops_the_gang_elsewhere_and_requeues_its_jobs() {
     );
     assert_eq!(s.jobs[&j].state, JobState::Queued);
     // Lost workers' slots are not offered: the 3-rank job cannot be placed on 2 workers.
-    let plan = convoy_coordinator::schedule(&s);
+    let plan = convoy_coordinator::schedule_at(&s, 0);
     assert!(plan.starts.is_empty());
     assert_eq!(
-        plan.unschedulable[0].reason,
+        plan.unschedulable[0].reason.to_string(),
         "needs 3 slots; the cluster has 2 alive uncordoned"
     );
 }
@@ -530,7 +530,7 @@ fn repeated_failures_cordon_a_worker_until_an_operator_uncordons_it() {
     })
     .unwrap();
     assert!(s.workers[&w].cordon.is_some());
-    assert!(convoy_coordinator::schedule(&s).starts.is_empty());
+    assert!(convoy_coordinator::schedule_at(&s, 0).starts.is_empty());
     s.apply(&Command::Uncordon { worker: w }).unwrap();
     assert_eq!(s.workers[&w].consecutive_failures, 0);
     assert!(s.workers[&w].schedulable());

@@ -37,6 +37,9 @@ pub enum EngineError {
     /// estimated need), a kernel that did not compile or load, a failed launch.
     #[error("GPU: {0}")]
     Gpu(String),
+    /// Another thread stopped the training loop (`train::StopToken`).
+    #[error("stopped before step {}: {reason}", step + 1)]
+    Stopped { step: u64, reason: String },
 }
 
 impl EngineError {

@@ -1,62 +1,34 @@
 //! Self-describing checkpoints: exporting a training state (safetensors, llm.c) without the
 //! spec, the state file's versioning, and which specs a state resumes or seeds.
 
-use std::path::{Path, PathBuf};
+mod common;
 
+use std::path::Path;
+
+use common::{tiny, train};
 use convoy_engine::collective::SingleProcess;
 use convoy_engine::export::{ExportFormat, export};
 use convoy_engine::model::llmc;
 use convoy_engine::spec::JobSpec;
 use convoy_engine::state;
 use convoy_engine::train::{TrainState, Trainer};
+use convoy_testkit::specs::TinyGpt;
+use convoy_testkit::{bits, repo_root};
 use safetensors::SafeTensors;
 use safetensors::tensor::Dtype;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// A tiny GPT on the first 20 kB of Shakespeare, written into `dir`.
+/// The tiny GPT with shuffled data, 6 steps and learning rate `lr` (no decay, no schedule).
 fn tiny_spec(dir: &Path, lr: &str) -> JobSpec {
-    let text =
-        std::fs::read_to_string(root().join("examples/data/tinyshakespeare.txt")).expect("data");
-    std::fs::write(dir.join("text.txt"), &text[..20_000]).expect("write text");
-    let spec = format!(
-        r#"
-name = "tiny"
-steps = 6
-batch_size = 4
-seq_len = 16
-[model]
-kind = "gpt"
-n_layer = 2
-n_head = 2
-n_embd = 16
-context = 16
-[data]
-kind = "text"
-files = ["text.txt"]
-tokenizer = "byte"
-shuffle = true
-[optimizer]
-lr = {lr}
-"#
-    );
-    let path = dir.join("job.toml");
-    std::fs::write(&path, spec).expect("write spec");
-    JobSpec::load(&path).expect("valid spec")
-}
-
-fn train(spec: &JobSpec, steps: u64) -> Trainer {
-    let mut t = Trainer::new(spec, Box::new(SingleProcess)).expect("trainer");
-    for _ in 0..steps {
-        t.train_step().expect("step");
-    }
-    t
-}
-
-fn bits(x: &[f32]) -> Vec<u32> {
-    x.iter().map(|v| v.to_bits()).collect()
+    let training = format!("[optimizer]\nlr = {lr}\n");
+    tiny(
+        dir,
+        TinyGpt {
+            steps: 6,
+            data: "shuffle = true",
+            training: &training,
+            ..TinyGpt::default()
+        },
+    )
 }
 
 fn trained_state(dir: &Path) -> (JobSpec, TrainState) {
@@ -128,7 +100,7 @@ fn llmc_export_reads_back_and_needs_a_gpt() {
     assert_eq!(bits(&params), bits(&st.params));
 
     // A classifier has no llm.c form; its safetensors export still works.
-    let mut mlp = JobSpec::load(&root().join("examples/digits-mlp.toml")).expect("example");
+    let mut mlp = JobSpec::load(&repo_root().join("examples/digits-mlp.toml")).expect("example");
     mlp.steps = 2;
     let st = train(&mlp, 1).state().expect("state");
     assert!(st.gpt.is_none());

@@ -19,7 +19,7 @@ use convoy_kernels::{IGNORE_INDEX, gradnorm};
 use safetensors::SafeTensors;
 
 fn fixture_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gpt_tiny")
+    convoy_testkit::repo_root().join("tests/fixtures/gpt_tiny")
 }
 
 struct Reference {

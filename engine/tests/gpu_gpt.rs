@@ -8,16 +8,17 @@
 //! Over ten AdamW steps at lr 3e-3 those differences are amplified (AdamW normalises small
 //! gradients to unit steps), hence 1e-3 relative on the losses.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use convoy_engine::collective::SingleProcess;
 use convoy_engine::model::Model;
 use convoy_engine::model::gpt::cuda::GptCuda;
 use convoy_engine::model::gpt::{Gpt, GptConfig, TENSORS};
-use convoy_engine::spec::{JobSpec, Precision};
+use convoy_engine::spec::{AttentionKernels, GemmKernels, JobSpec, KernelSpec, Precision};
 use convoy_engine::train::Trainer;
 use convoy_kernels::cuda::Device;
+use convoy_testkit::bits;
 
 fn gpu_or_skip(test: &str) -> Option<Arc<Device>> {
     match Device::open(0) {
@@ -30,23 +31,9 @@ fn gpu_or_skip(test: &str) -> Option<Arc<Device>> {
     }
 }
 
-/// The example text: beside the sources this binary was built from, or (a test binary
-/// carried to a GPU machine and run from a copy of the repository's `engine/`) beside the
-/// working directory.
-fn shakespeare() -> PathBuf {
-    let rel = "../examples/data/tinyshakespeare.txt";
-    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel);
-    if built.exists() {
-        built
-    } else {
-        PathBuf::from(rel)
-    }
-}
-
 /// A small GPT on the first 20 kB of Shakespeare, on `backend`, written into `dir`.
 fn spec(dir: &Path, backend: &str, extra_top: &str) -> JobSpec {
-    let text = std::fs::read_to_string(shakespeare()).expect("example data");
-    std::fs::write(dir.join("text.txt"), &text[..20_000]).expect("write text");
+    convoy_testkit::specs::write_shakespeare(dir, 20_000);
     let spec = format!(
         r#"
 name = "gpu-tiny"
@@ -79,10 +66,6 @@ warmup_steps = 2
     JobSpec::load(&path).expect("valid spec")
 }
 
-fn bits(x: &[f32]) -> Vec<u32> {
-    x.iter().map(|v| v.to_bits()).collect()
-}
-
 fn tokens(n: usize, vocab: usize, seed: u32) -> Vec<u32> {
     (0..n as u32)
         .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 7) % vocab as u32)
@@ -91,13 +74,38 @@ fn tokens(n: usize, vocab: usize, seed: u32) -> Vec<u32> {
 
 /// Tolerances of one forward and backward against the CPU (relative to the loss, to each
 /// tensor's largest gradient, and to 1 + |logit|).
+#[derive(Clone, Copy)]
 struct Tolerance {
     loss: f64,
     grad: f32,
     logit: f32,
 }
 
-fn forward_and_backward_against_the_cpu(dev: Arc<Device>, precision: Precision, tol: Tolerance) {
+/// The kernel choices a spec can make for a precision: each is checked against the CPU.
+fn kernel_choices(precision: Precision) -> Vec<KernelSpec> {
+    let mut all = vec![
+        KernelSpec::default(),
+        KernelSpec {
+            gemm: GemmKernels::Cublaslt,
+            ..KernelSpec::default()
+        },
+    ];
+    if precision == Precision::Bf16 {
+        all.push(KernelSpec {
+            attention: AttentionKernels::Flash,
+            ..KernelSpec::default()
+        });
+    }
+    all
+}
+
+fn forward_and_backward_against_the_cpu(
+    dev: Arc<Device>,
+    precision: Precision,
+    kernels: KernelSpec,
+    tol: Tolerance,
+) {
+    eprintln!("{precision:?} with {kernels:?}");
     let cfg = GptConfig {
         max_seq_len: 32,
         vocab_size: 100,
@@ -111,7 +119,8 @@ fn forward_and_backward_against_the_cpu(dev: Arc<Device>, precision: Precision, 
     let mut targets = tokens(b * t, cfg.vocab_size, 2);
     targets[5] = convoy_kernels::IGNORE_INDEX;
     let mut cpu = Gpt::new(cfg, 7);
-    let mut gpu = GptCuda::new(dev.clone(), cfg, cpu.params(), 2, precision).expect("upload");
+    let mut gpu =
+        GptCuda::new(dev.clone(), cfg, cpu.params(), 2, precision, kernels).expect("upload");
 
     let (cpu_sum, cpu_n) = cpu.forward(&inputs, Some(&targets), Some(1.0), b, t);
     cpu.backward(&inputs, &mut |_, _| Ok(()))
@@ -172,7 +181,9 @@ fn forward_and_backward_match_the_cpu() {
         grad: 1e-4,
         logit: 1e-5,
     };
-    forward_and_backward_against_the_cpu(dev, Precision::Fp32, tol);
+    for kernels in kernel_choices(Precision::Fp32) {
+        forward_and_backward_against_the_cpu(dev.clone(), Precision::Fp32, kernels, tol);
+    }
 }
 
 /// bf16 carries 8 significant bits: each stored activation and each product operand is off by
@@ -191,7 +202,9 @@ fn bf16_forward_and_backward_match_the_cpu_to_bf16_precision() {
         grad: 5e-2,
         logit: 2e-2,
     };
-    forward_and_backward_against_the_cpu(dev, Precision::Bf16, tol);
+    for kernels in kernel_choices(Precision::Bf16) {
+        forward_and_backward_against_the_cpu(dev.clone(), Precision::Bf16, kernels, tol);
+    }
 }
 
 #[test]
@@ -200,6 +213,7 @@ fn ten_steps_follow_the_cpu_trajectory() {
         return;
     };
     trajectory_against_the_cpu("", 1e-3);
+    trajectory_against_the_cpu("[kernels]\ngemm = \"cublaslt\"", 1e-3);
 }
 
 /// bf16 activations and products put ~1e-2 relative noise into every step (see the bf16 forward test);
@@ -210,9 +224,15 @@ fn bf16_training_follows_the_cpu_trajectory() {
         return;
     };
     trajectory_against_the_cpu("precision = \"bf16\"", 3e-2);
+    trajectory_against_the_cpu("precision = \"bf16\"\n[kernels]\ngemm = \"cublaslt\"", 3e-2);
+    trajectory_against_the_cpu(
+        "precision = \"bf16\"\n[kernels]\nattention = \"flash\"",
+        3e-2,
+    );
 }
 
 fn trajectory_against_the_cpu(gpu_extra: &str, rtol: f64) {
+    eprintln!("trajectory with {gpu_extra:?}");
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cpu =
         Trainer::new(&spec(dir.path(), "cpu", ""), Box::new(SingleProcess)).expect("cpu trainer");
@@ -247,8 +267,17 @@ fn the_same_spec_gives_bit_identical_parameters_and_resumes_bit_exactly() {
     let Some(_dev) = gpu_or_skip("the_same_spec_gives_bit_identical_parameters") else {
         return;
     };
+    // fp32 with convoy's kernels, and bf16 with flash attention (whose backward gives every
+    // gradient element one owner, so it promises the same determinism).
+    for extra in ["", "precision = \"bf16\"\n[kernels]\nattention = \"flash\""] {
+        eprintln!("determinism and resume with {extra:?}");
+        determinism_and_resume(extra);
+    }
+}
+
+fn determinism_and_resume(extra: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let spec = spec(dir.path(), "cuda", "");
+    let spec = spec(dir.path(), "cuda", extra);
     let run = |steps: u64| {
         let mut t = Trainer::new(&spec, Box::new(SingleProcess)).expect("trainer");
         for _ in 0..steps {
@@ -299,7 +328,8 @@ fn a_batch_too_big_for_the_gpu_names_what_it_needs() {
         channels: 64,
     };
     let params = vec![0.0f32; cfg.num_params()];
-    let mut gpu = GptCuda::new(dev, cfg, &params, 2, Precision::Fp32).expect("upload");
+    let mut gpu =
+        GptCuda::new(dev, cfg, &params, 2, Precision::Fp32, KernelSpec::default()).expect("upload");
     // The attention maps alone: 2 layers × 2 (preatt, att) × B·NH·T² floats ≈ 275 GB at B = 1024.
     let e = gpu
         .reserve(1024, 1024, true)

@@ -1,26 +1,9 @@
 //! Job-spec parsing and validation: the examples load, and each kind of mistake gets a one-line
 //! error that names the field, the value and what is allowed.
 
-use std::path::PathBuf;
-
 use convoy_engine::spec::JobSpec;
 
-const BASE: &str = r#"
-name = "t"
-steps = 10
-batch_size = 4
-seq_len = 8
-[model]
-kind = "gpt"
-n_layer = 2
-n_head = 2
-n_embd = 16
-context = 8
-[data]
-kind = "text"
-files = ["x.txt"]
-tokenizer = "byte"
-"#;
+const BASE: &str = convoy_testkit::specs::GPT_TEXT;
 
 fn err(text: &str) -> String {
     let e = JobSpec::parse(text, "job.toml")
@@ -33,7 +16,7 @@ fn err(text: &str) -> String {
 
 #[test]
 fn examples_are_valid() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = convoy_testkit::repo_root();
     for name in [
         "examples/digits-mlp.toml",
         "examples/shakespeare-char.toml",
@@ -65,7 +48,7 @@ fn base_is_valid_and_paths_resolve_against_the_spec_file() {
 #[test]
 fn unknown_keys_are_rejected_with_their_name_and_line() {
     let e = err(&BASE.replace("steps = 10", "setps = 10"));
-    assert!(e.contains("setps") && e.contains("line 3"), "{e}");
+    assert!(e.contains("setps") && e.contains("line 2"), "{e}");
     let e = err(&format!("{BASE}dropout = 0.1\n"));
     assert!(e.contains("dropout"), "{e}");
     let e = err(&BASE.replace("n_layer = 2", "n_layers = 2"));

@@ -1,65 +1,32 @@
 //! The step loop end to end on the CPU backend: determinism, bit-exact resume, gradient
 //! accumulation, the all-reduce contract and non-finite losses.
 
-use std::ops::Range;
-use std::path::{Path, PathBuf};
+mod common;
 
+use std::ops::Range;
+use std::path::Path;
+
+use common::{tiny, train};
+use convoy_engine::EngineError;
 use convoy_engine::collective::{GradReducer, SingleProcess};
 use convoy_engine::model::gpt::{Gpt, GptConfig, Tensor};
 use convoy_engine::model::llmc;
 use convoy_engine::spec::JobSpec;
 use convoy_engine::state;
-use convoy_engine::train::Trainer;
+use convoy_engine::train::{Event, StopToken, Trainer};
+use convoy_testkit::bits;
+use convoy_testkit::specs::TinyGpt;
 
-fn shakespeare() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/data/tinyshakespeare.txt")
-}
-
-/// A tiny GPT on the first 20 kB of Shakespeare, written into `dir`.
+/// The tiny GPT (cosine schedule, weight decay) with extra top-level and `[data]` keys.
 fn tiny_spec(dir: &Path, extra_top: &str, extra_data: &str) -> JobSpec {
-    let text = std::fs::read_to_string(shakespeare()).expect("example data");
-    std::fs::write(dir.join("text.txt"), &text[..20_000]).expect("write text");
-    let spec = format!(
-        r#"
-name = "tiny"
-steps = 8
-batch_size = 4
-seq_len = 16
-{extra_top}
-[model]
-kind = "gpt"
-n_layer = 2
-n_head = 2
-n_embd = 16
-context = 16
-[data]
-kind = "text"
-files = ["text.txt"]
-tokenizer = "byte"
-{extra_data}
-[optimizer]
-lr = 3e-3
-weight_decay = 0.1
-[schedule]
-kind = "cosine"
-warmup_steps = 2
-"#
-    );
-    let path = dir.join("job.toml");
-    std::fs::write(&path, spec).expect("write spec");
-    JobSpec::load(&path).expect("valid spec")
-}
-
-fn train(spec: &JobSpec, steps: u64) -> Trainer {
-    let mut t = Trainer::new(spec, Box::new(SingleProcess)).expect("trainer");
-    for _ in 0..steps {
-        t.train_step().expect("step");
-    }
-    t
-}
-
-fn bits(x: &[f32]) -> Vec<u32> {
-    x.iter().map(|v| v.to_bits()).collect()
+    tiny(
+        dir,
+        TinyGpt {
+            top: extra_top,
+            data: extra_data,
+            ..TinyGpt::default()
+        },
+    )
 }
 
 #[test]
@@ -109,6 +76,38 @@ fn resumed_job_continues_bit_exactly() {
     std::fs::write(&path, &bytes[..bytes.len() / 2]).expect("truncate");
     let e = state::load(&path).expect_err("truncated state").to_string();
     assert!(e.contains("state.bin") && e.contains("truncated"), "{e}");
+}
+
+/// Another thread (a rank's reporter hearing that its attempt is over) stops the loop: it
+/// returns before the next step, with the reason, instead of the process exiting under it.
+#[test]
+fn a_stop_token_ends_the_loop_before_the_next_step() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = tiny_spec(dir.path(), "", "");
+    let mut t = Trainer::new(&spec, Box::new(SingleProcess)).expect("trainer");
+    let stop = StopToken::new();
+    let result = t.run(
+        &mut |event| {
+            if let Event::Step(m) = event
+                && m.step == 3
+            {
+                stop.stop("the attempt was superseded");
+                stop.stop("a later reason is not the one reported");
+            }
+        },
+        &stop,
+    );
+    match result {
+        Err(EngineError::Stopped { step: 3, reason }) => {
+            assert_eq!(reason, "the attempt was superseded")
+        }
+        other => panic!("expected a stop after step 3, got {other:?}"),
+    }
+    assert_eq!(t.step(), 3);
+    // A token nobody stops lets the loop run to the end.
+    let mut t = Trainer::new(&spec, Box::new(SingleProcess)).expect("trainer");
+    let summary = t.run(&mut |_| {}, &StopToken::new()).expect("runs");
+    assert_eq!(summary.steps, spec.steps);
 }
 
 #[test]
@@ -296,11 +295,9 @@ fn a_cuda_spec_needs_a_gpu_and_a_gpt() {
     let mlp_path = dir.path().join("mlp.toml");
     std::fs::write(
         &mlp_path,
-        std::fs::read_to_string(
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/digits-mlp.toml"),
-        )
-        .expect("example")
-        .replacen("[model]", "backend = \"cuda\"\n[model]", 1),
+        std::fs::read_to_string(convoy_testkit::examples("digits-mlp.toml"))
+            .expect("example")
+            .replacen("[model]", "backend = \"cuda\"\n[model]", 1),
     )
     .expect("write");
     match JobSpec::load(&mlp_path) {

@@ -109,7 +109,7 @@ ATTENTION_SOFTMAX(_bf16, bf16)
 
 // ---------------------------------------------------------------------------------------------
 // Flash attention (bf16 activations, tensor cores): the same causal attention without the
-// [B, NH, T, T] matrices. Selected with CONVOY_ATTENTION=flash; for head sizes HS in
+// [B, NH, T, T] matrices. Selected by a spec's `[kernels] attention = "flash"`; for head sizes HS in
 // {16, 32, 64} (the `_hs{HS}` instances).
 //
 // Forward (flash_attention_forward_hs*): one block of 4 warps per 64 queries of one (b, h);

@@ -9,8 +9,8 @@
 //! out [M, OC] = inp [M, C]·weightᵀ, dinp [M, C] += dout·weight and dweight [OC, C] +=
 //! doutᵀ·inp, 2·M·C·OC flops each; medians of 9 timed launches (CUDA events) after 2 warm-up
 //! launches. cuBLASLt runs the same products with the same arithmetic (`ops::CublasLt`: bf16 or
-//! fp32 operands, fp32 accumulation without TF32, fp32 output), the switch the model takes as
-//! `CONVOY_GEMM=cublaslt`. Prints "no GPU" and exits 0 on a machine without one.
+//! fp32 operands, fp32 accumulation without TF32, fp32 output), the switch a spec takes as
+//! `[kernels] gemm = "cublaslt"`. Prints "no GPU" and exits 0 on a machine without one.
 
 use cudarc::driver::CudaSlice;
 use cudarc::driver::sys::CUevent_flags;

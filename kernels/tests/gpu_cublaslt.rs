@@ -1,4 +1,4 @@
-//! cuBLASLt (`ops::CublasLt`, the `CONVOY_GEMM=cublaslt` switch) against convoy's own GEMM
+//! cuBLASLt (`ops::CublasLt`, a spec's `[kernels] gemm = "cublaslt"`) against convoy's own GEMM
 //! kernels on the linear layer's three products (and the forward without its bias): fp32
 //! operands, bf16 operands with an fp32 output, and bf16 operands with a bf16 output, with a
 //! bias and with accumulation.

@@ -2,7 +2,7 @@
 //! other. These golden encodings change if a field of these messages is renumbered or retyped,
 //! which is the mistake this test exists to catch.
 
-use convoy_proto::v1::{Assignment, RankExit, StartRank, SubmitJobRequest, assignment};
+use convoy_proto::v1::{Assignment, Backend, RankExit, StartRank, SubmitJobRequest, assignment};
 use prost::Message;
 
 fn hex(bytes: &[u8]) -> String {
@@ -33,11 +33,19 @@ fn assignment_and_exit_encodings_are_stable() {
             rank: 1,
             world_size: 2,
             spec_toml: "s".into(),
-            checkpoint: String::new(),
             ..Default::default()
         })),
     };
     assert_eq!(hex(&start.encode_to_vec()), "0a0c0a016a1002180120022a0173");
+    // The backend (appended as field 8, varint): a CUDA rank.
+    let cuda = Assignment {
+        kind: Some(assignment::Kind::Start(StartRank {
+            job_id: "j".into(),
+            backend: Backend::Cuda as i32,
+            ..Default::default()
+        })),
+    };
+    assert_eq!(hex(&cuda.encode_to_vec()), "0a050a016a4002");
     let exit = RankExit {
         job_id: "j".into(),
         generation: 7,

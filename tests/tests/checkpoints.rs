@@ -3,19 +3,14 @@
 //! `init_from = "job:ID"`; export, verify and the listing; bad references get one line.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use convoy_coordinator::checkpoints::CheckpointStore;
 use convoy_coordinator::model::JobId;
-use convoy_tests::cluster::{Cluster, digits_spec};
+use convoy_testkit::cluster::Cluster;
+use convoy_testkit::serial;
+use convoy_testkit::specs::digits as digits_spec;
 use serde_json::Value;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// The digits job with a checkpoint every `interval` steps and `extra` appended.
 fn spec(dir: &Path, name: &str, steps: u64, interval: u64, extra: &str) -> PathBuf {

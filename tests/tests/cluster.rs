@@ -1,18 +1,12 @@
 //! The cluster end to end: real `convoy-coordinator` and `convoy-worker` processes on
 //! 127.0.0.1 (ephemeral ports), driven with the `convoy` CLI. Every wait is bounded.
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use convoy_tests::cluster::{Cluster, digits_spec};
+use convoy_testkit::cluster::Cluster;
+use convoy_testkit::serial;
+use convoy_testkit::specs::digits as digits_spec;
 use serde_json::Value;
-
-/// The clusters of these tests share two cores: one at a time keeps their timing sane.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -20,16 +14,6 @@ fn stderr(out: &std::process::Output) -> String {
 
 fn attempts(job: &Value) -> usize {
     job["attempts"].as_array().map_or(0, Vec::len)
-}
-
-/// Waits until the job's current attempt reports a step past `step`.
-fn wait_step(c: &Cluster, id: &str, step: u64, timeout: Duration) -> Value {
-    let mut last = Value::Null;
-    c.wait_for(&format!("{id} past step {step}"), timeout, || {
-        last = c.job(id);
-        last["state"] == "running" && last["step"].as_u64().unwrap_or(0) > step
-    });
-    last
 }
 
 #[test]
@@ -79,7 +63,7 @@ fn a_job_survives_a_sigkilled_coordinator_and_its_ranks_are_not_restarted() {
     c.wait_workers(2);
     let spec = digits_spec(c.dir.path(), "long", 4_000, 2);
     let id = c.submit(&spec, &[]);
-    wait_step(&c, &id, 20, Duration::from_secs(60));
+    c.wait_step(&id, 20, Duration::from_secs(60));
     c.kill_coordinator();
     std::thread::sleep(Duration::from_millis(1500));
     c.restart_coordinator();
@@ -103,7 +87,7 @@ fn a_sigkilled_worker_is_lost_and_the_job_restarts_on_the_remaining_capacity() {
     c.wait_workers(3);
     let spec = digits_spec(c.dir.path(), "restarted", 3_000, 2);
     let id = c.submit(&spec, &[]);
-    let job = wait_step(&c, &id, 10, Duration::from_secs(60));
+    let job = c.wait_step(&id, 10, Duration::from_secs(60));
     let victim_id = job["attempts"][0]["placement"][1]
         .as_str()
         .unwrap()
@@ -157,7 +141,7 @@ fn cancel_stops_the_ranks_and_a_finished_job_cannot_be_cancelled_again() {
     c.wait_workers(1);
     let spec = digits_spec(c.dir.path(), "endless", 1_000_000, 2);
     let id = c.submit(&spec, &[]);
-    wait_step(&c, &id, 5, Duration::from_secs(60));
+    c.wait_step(&id, 5, Duration::from_secs(60));
     let out = c.convoy(&["cancel", &id]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(c.job(&id)["state"], "cancelled");
@@ -186,13 +170,20 @@ fn competing_jobs_run_in_priority_order_without_deadlock() {
     c.add_worker("beta", 1);
     c.wait_workers(2);
     let dir = c.dir.path();
-    let blocker = c.submit(&digits_spec(dir, "blocker", 400, 2), &[]);
-    wait_step(&c, &blocker, 1, Duration::from_secs(60));
+    // The blocker holds both slots until the test cancels it: a million steps take hours, so
+    // it cannot finish before the competitors are queued behind it, however fast the machine.
+    let blocker = c.submit(&digits_spec(dir, "blocker", 1_000_000, 2), &[]);
+    c.wait_step(&blocker, 1, Duration::from_secs(60));
     // Both need the whole cluster; the later one has the higher priority.
     let low = c.submit(&digits_spec(dir, "low", 200, 2), &["--priority", "0"]);
     let high = c.submit(&digits_spec(dir, "high", 200, 2), &["--priority", "10"]);
-    assert_eq!(c.job(&low)["state"], "queued");
-    for id in [&blocker, &low, &high] {
+    for id in [&low, &high] {
+        let job = c.job(id);
+        assert_eq!(job["state"], "queued", "{id}: {job}");
+    }
+    let out = c.convoy(&["cancel", &blocker]);
+    assert!(out.status.success(), "cancel: {}", stderr(&out));
+    for id in [&high, &low] {
         c.wait_state(id, "succeeded", Duration::from_secs(120));
     }
     let started = |id: &str| c.job(id)["attempts"][0]["started_at_ms"].as_u64().unwrap();

@@ -1,6 +1,6 @@
 //! `convoy train` and `convoy data prepare` as a user runs them.
 
-use convoy_tests::{convoy, repo_root};
+use convoy_testkit::{convoy, repo_root};
 use serde_json::Value;
 
 fn json_lines(stdout: &[u8]) -> Vec<Value> {

@@ -1,26 +1,17 @@
-//! Errors of the worker daemon and of a rank process.
+//! Errors of the worker daemon.
 
-use convoy_engine::EngineError;
-
-use crate::collective::RingError;
+use convoy_client::ClientError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     #[error("{0}")]
     Config(String),
+    #[error(transparent)]
+    Client(#[from] ClientError),
     #[error("{what}: {source}")]
     Io {
         what: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("{what}: {status}")]
-    Rpc { what: String, status: String },
-    /// The coordinator no longer runs this rank's attempt.
-    #[error("this attempt was superseded: {0}")]
-    Superseded(String),
-    #[error(transparent)]
-    Engine(#[from] EngineError),
-    #[error("gradient all-reduce: {0}")]
-    Ring(#[from] RingError),
 }

@@ -1,14 +1,142 @@
-//! convoy's worker: the daemon that runs training ranks, and what runs inside each rank.
+//! The worker daemon: registers this machine's slots with the coordinator, runs the ranks it
+//! is given as child processes (`convoy-rank`), ships their logs and reports their exits.
 //!
-//! * [`daemon`]: registers with the coordinator, starts each rank as a child process,
-//!   ships its output, reports its exit, and reattaches after a coordinator restart.
-//! * [`rank`]: the rank process — rendezvous, the TCP ring, the engine's training loop.
-//! * [`collective`]: the TCP ring all-reduce that implements the engine's
-//!   [`convoy_engine::collective::GradReducer`].
+//! [`run`] is the whole daemon; the `convoy-worker` binary only resolves its settings into a
+//! [`WorkerConfig`]. Nothing a rank does can take the daemon down: ranks are separate
+//! processes, and their crashes are just exits with a status to report. The daemon knows
+//! nothing of training: the coordinator says which backend a rank needs, and the rank reads
+//! its job's spec itself.
 
-pub mod collective;
-pub mod daemon;
-pub mod error;
-pub mod rank;
+mod error;
+pub mod gpus;
+mod logship;
+mod nccl_link;
+mod ranks;
+mod session;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, watch};
 
 pub use error::WorkerError;
+use ranks::Supervisor;
+
+/// Settings a worker has unless told otherwise.
+pub mod defaults {
+    /// Where rank working files go without `--data-dir`.
+    pub const DATA_DIR: &str = "/var/lib/convoy/worker";
+    /// The address other machines reach this machine's ranks at.
+    pub const ADVERTISE_HOST: &str = "127.0.0.1";
+    /// Between SIGTERM and SIGKILL when ranks are stopped.
+    pub const STOP_GRACE_MS: u64 = 10_000;
+    /// How long ranks wait for peers, and the longest a peer may be silent in a collective.
+    pub const COLLECTIVE_TIMEOUT_MS: u64 = 60_000;
+    /// The rank program, looked for next to the daemon's own binary.
+    pub const RANK_PROGRAM: &str = "convoy-rank";
+}
+
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// `http://host:port` of the coordinator.
+    pub coordinator: String,
+    /// Unique in the cluster; normally the host name.
+    pub name: String,
+    /// Ranks this worker runs at once.
+    pub slots: u32,
+    pub gpus: u32,
+    /// Each rank's working files (its spec and launch file) go under `ranks/` here.
+    pub data_dir: PathBuf,
+    /// The address other machines reach this machine's ranks at.
+    pub advertise_host: String,
+    /// Between SIGTERM and SIGKILL when ranks are stopped.
+    pub stop_grace: Duration,
+    /// The program that runs one rank, given the rank's launch file (`convoy-rank`).
+    pub rank_program: PathBuf,
+    /// CPU threads per rank (default: the spec's `threads`, else all cores).
+    pub threads_per_rank: Option<usize>,
+    /// How long ranks wait for peers, and the longest a peer may be silent in a collective.
+    pub collective_timeout: Duration,
+    /// Where to write the ready signal once the coordinator has accepted the registration.
+    pub ready_file: Option<PathBuf>,
+}
+
+/// Runs the daemon until `shutdown` resolves, then stops its ranks (SIGTERM, then SIGKILL
+/// after the grace period).
+pub async fn run(
+    config: WorkerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WorkerError> {
+    if config.name.trim().is_empty() {
+        return Err(WorkerError::Config("the worker name is empty".into()));
+    }
+    if config.slots == 0 {
+        return Err(WorkerError::Config(
+            "slots = 0: a worker needs at least one slot".into(),
+        ));
+    }
+    // Every rank would fail to start without it: say so now, once.
+    if !config.rank_program.is_file() {
+        return Err(WorkerError::Config(format!(
+            "rank_program = {}: no such file (convoy-rank is built and installed beside \
+             convoy-worker)",
+            config.rank_program.display()
+        )));
+    }
+    std::fs::create_dir_all(config.data_dir.join("ranks")).map_err(|e| WorkerError::Io {
+        what: format!("creating {}", config.data_dir.display()),
+        source: e,
+    })?;
+    let api = convoy_client::worker_api(convoy_client::connect_lazy(&config.coordinator)?);
+    // Distinguishes this process from an earlier daemon of the same name.
+    let instance = format!(
+        "{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    );
+    // CUDA ranks need libnccl under the name cudarc opens; fixed once here, for every rank.
+    let cuda_library_path = match config.gpus {
+        0 => None,
+        _ => {
+            let search = std::env::var("LD_LIBRARY_PATH").unwrap_or_default();
+            nccl_link::library_path(&search, &config.data_dir.join("lib")).map_err(|e| {
+                WorkerError::Io {
+                    what: "linking libnccl.so for the CUDA ranks".into(),
+                    source: e,
+                }
+            })?
+        }
+    };
+    let config = Arc::new(config);
+    let (log_tx, log_rx) = mpsc::channel(4096);
+    let ranks = Supervisor::new(config.clone(), log_tx, cuda_library_path);
+    let (stop_tx, stopping) = watch::channel(false);
+    let shipper = tokio::spawn(logship::run(log_rx, api.clone()));
+    let reporter = tokio::spawn(session::report_exits(
+        api.clone(),
+        ranks.clone(),
+        stopping.clone(),
+    ));
+    let sess = tokio::spawn(session::run(
+        config.clone(),
+        instance,
+        api,
+        ranks.clone(),
+        stopping,
+    ));
+    // systemd hears READY=1 once the daemon is set up, whether or not the coordinator is
+    // reachable yet: a worker waits for its coordinator, and its unit must not fail for that.
+    convoy_service::ready::notify_systemd();
+    shutdown.await;
+    tracing::info!("shutting down: stopping ranks");
+    let _ = stop_tx.send(true);
+    let _ = sess.await;
+    ranks.stop_all().await;
+    let _ = reporter.await;
+    shipper.abort();
+    Ok(())
+}

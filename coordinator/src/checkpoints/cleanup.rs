@@ -7,7 +7,7 @@ use std::ops::Bound;
 use super::CheckpointStore;
 use super::error::CheckpointError;
 use super::keys::{
-    Upload, job_prefix, manifest_key, split_chunk, split_part, upload_last_chunk_key, upload_prefix,
+    Upload, manifest_key, split_chunk, split_part, upload_last_chunk_key, upload_prefix,
 };
 use super::retention::{Retention, select_removals};
 use crate::model::JobId;
@@ -91,19 +91,6 @@ impl CheckpointStore {
         Ok(removals)
     }
 
-    /// Removes the checkpoint of `job` at `step`; `false` if there was none.
-    pub fn remove(&self, job: JobId, step: u64) -> Result<bool, CheckpointError> {
-        let Some(m) = self.get(job, step)? else {
-            return Ok(false);
-        };
-        self.remove_checkpoints(&[Upload {
-            job,
-            step,
-            generation: m.generation,
-        }])?;
-        Ok(true)
-    }
-
     fn remove_checkpoints(&self, uploads: &[Upload]) -> Result<(), CheckpointError> {
         if uploads.is_empty() {
             return Ok(());
@@ -123,21 +110,6 @@ impl CheckpointStore {
             let context = format!("remove the chunks of {u}");
             remove_prefix(&self.chunks, &upload_prefix(u), &context)?;
         }
-        Ok(())
-    }
-
-    /// Removes every checkpoint, chunk and pending part of `job`. Call it once the job's
-    /// ranks no longer upload: a chunk arriving later is stored again.
-    pub fn delete_job(&self, job: JobId) -> Result<(), CheckpointError> {
-        let prefix = job_prefix(job);
-        let context = format!("delete the checkpoints of {job}");
-        remove_prefix(&self.manifests, &prefix, &context)?;
-        self.db
-            .flush()
-            .map_err(CheckpointError::storage(context.clone()))?;
-        remove_prefix(&self.chunks, &prefix, &context)?;
-        remove_prefix(&self.pending, &prefix, &context)?;
-        self.lock_in_progress().retain(|u| u.job != job);
         Ok(())
     }
 }

@@ -16,9 +16,9 @@ use tonic::{Status, Streaming};
 
 use crate::checkpoints::{CheckpointError, CheckpointStore, Manifest, PartKey, Retention};
 use crate::model::JobId;
-use crate::server::Handle;
+use crate::server::clock::now_ms;
 use crate::server::convert;
-use crate::server::event_loop::now_ms;
+use crate::server::handle::Handle;
 
 pub type DownloadStream =
     Pin<Box<dyn Stream<Item = Result<pb::CheckpointDownload, Status>> + Send>>;
@@ -29,8 +29,9 @@ type PendingMeta = Arc<Mutex<BTreeMap<(JobId, u64, u64), (BTreeMap<String, f64>,
 
 #[derive(Clone)]
 pub(crate) struct Checkpoints {
-    pub store: CheckpointStore,
+    store: CheckpointStore,
     pending: PendingMeta,
+    handle: Handle,
 }
 
 /// Damaged bytes (stored or received) are data loss; anything else is the store failing.
@@ -89,10 +90,11 @@ async fn known_job(handle: &Handle, job: JobId) -> Result<(), Status> {
 }
 
 impl Checkpoints {
-    pub fn new(store: CheckpointStore) -> Self {
+    pub fn new(store: CheckpointStore, handle: Handle) -> Self {
         Checkpoints {
             store,
             pending: Arc::default(),
+            handle,
         }
     }
 
@@ -100,7 +102,6 @@ impl Checkpoints {
     /// when it is the last part to arrive. A failed upload leaves nothing behind.
     pub async fn upload(
         &self,
-        handle: &Handle,
         mut stream: Streaming<pb::CheckpointUpload>,
     ) -> Result<pb::UploadCheckpointResponse, Status> {
         let first = stream
@@ -124,7 +125,8 @@ impl Checkpoints {
             )));
         }
         let generation = part.generation;
-        let spec_text = handle
+        let spec_text = self
+            .handle
             .read(move |v| {
                 v.state.check_live_generation(job, generation).map(|_| ())?;
                 v.state.job(job).map(|j| j.spec_text.clone())
@@ -146,7 +148,7 @@ impl Checkpoints {
                 let step = part.step;
                 let _ =
                     tokio::task::spawn_blocking(move || store.abort(job, step, generation)).await;
-                handle.records.append_event(
+                self.handle.records.append_event(
                     job,
                     generation,
                     format!(
@@ -170,7 +172,7 @@ impl Checkpoints {
                 Ok(steps) => format!("; removed step(s) {steps:?} by retention"),
                 Err(e) => format!("; retention failed: {e}"),
             };
-            handle.records.append_event(
+            self.handle.records.append_event(
                 job,
                 generation,
                 format!(
@@ -270,11 +272,10 @@ impl Checkpoints {
     /// skipped, also written to the job's log).
     async fn resolve(
         &self,
-        handle: &Handle,
         job: JobId,
         step: Option<u64>,
     ) -> Result<(Manifest, Vec<String>), Status> {
-        known_job(handle, job).await?;
+        known_job(&self.handle, job).await?;
         let store = self.store.clone();
         let found = tokio::task::spawn_blocking(move || match step {
             Some(s) => store.get(job, s).map(|m| (m, vec![])),
@@ -286,7 +287,7 @@ impl Checkpoints {
         let (manifest, skipped) = found;
         let skipped: Vec<String> = skipped.iter().map(ToString::to_string).collect();
         for s in &skipped {
-            handle
+            self.handle
                 .records
                 .append_event(job, 0, format!("{s}; using an older checkpoint"));
         }
@@ -299,11 +300,10 @@ impl Checkpoints {
 
     pub async fn download(
         &self,
-        handle: &Handle,
         r: pb::DownloadCheckpointRequest,
     ) -> Result<DownloadStream, Status> {
         let job = convert::job_id(&r.job_id)?;
-        let (manifest, skipped) = self.resolve(handle, job, r.step).await?;
+        let (manifest, skipped) = self.resolve(job, r.step).await?;
         let (tx, rx) = mpsc::channel(4);
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
@@ -334,13 +334,9 @@ impl Checkpoints {
         Ok(Box::pin(ReceiverStream::new(rx)))
     }
 
-    pub async fn list(
-        &self,
-        handle: &Handle,
-        job_id: &str,
-    ) -> Result<pb::ListCheckpointsResponse, Status> {
+    pub async fn list(&self, job_id: &str) -> Result<pb::ListCheckpointsResponse, Status> {
         let job = convert::job_id(job_id)?;
-        known_job(handle, job).await?;
+        known_job(&self.handle, job).await?;
         let list = self.store.list(job).map_err(storage)?;
         Ok(pb::ListCheckpointsResponse {
             checkpoints: list.iter().map(info).collect(),
@@ -349,11 +345,10 @@ impl Checkpoints {
 
     pub async fn verify(
         &self,
-        handle: &Handle,
         r: pb::VerifyCheckpointRequest,
     ) -> Result<pb::VerifyCheckpointResponse, Status> {
         let job = convert::job_id(&r.job_id)?;
-        known_job(handle, job).await?;
+        known_job(&self.handle, job).await?;
         let store = self.store.clone();
         let manifest = match r.step {
             Some(s) => store.get(job, s),
@@ -372,7 +367,7 @@ impl Checkpoints {
         .map_err(|e| Status::internal(e.to_string()))??;
         Ok(pb::VerifyCheckpointResponse {
             info: Some(info(&manifest)),
-            chunks: manifest.parts.iter().map(|p| p.chunks.len() as u64).sum(),
+            chunks: manifest.chunk_count() as u64,
         })
     }
 }

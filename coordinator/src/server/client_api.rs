@@ -11,10 +11,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::model::{JobId, Liveness, Millis, WorkerId};
-use crate::server::Handle;
+use crate::server::checkpoints::Checkpoints;
 use crate::server::checkpoints::DownloadStream;
 use crate::server::convert;
-use crate::server::event_loop::{Request as LoopRequest, View};
+use crate::server::handle::Handle;
+use crate::server::request::{Request as LoopRequest, View};
 use crate::state::SubmitJob;
 
 /// A submitted spec larger than this is refused before it reaches the state (a spec is a
@@ -25,11 +26,15 @@ const STREAM_CHUNK: usize = 512;
 
 pub struct ClientApi {
     handle: Handle,
+    checkpoints: Checkpoints,
 }
 
 impl ClientApi {
-    pub(crate) fn new(handle: Handle) -> Self {
-        ClientApi { handle }
+    pub(crate) fn new(handle: Handle, checkpoints: Checkpoints) -> Self {
+        ClientApi {
+            handle,
+            checkpoints,
+        }
     }
 
     async fn job(&self, id: JobId) -> Result<pb::Job, Status> {
@@ -335,9 +340,8 @@ impl pb::convoy_server::Convoy for ClientApi {
         &self,
         request: Request<pb::ListCheckpointsRequest>,
     ) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
-        let h = &self.handle;
         Ok(Response::new(
-            h.checkpoints.list(h, &request.into_inner().job_id).await?,
+            self.checkpoints.list(&request.into_inner().job_id).await?,
         ))
     }
 
@@ -345,9 +349,8 @@ impl pb::convoy_server::Convoy for ClientApi {
         &self,
         request: Request<pb::VerifyCheckpointRequest>,
     ) -> Result<Response<pb::VerifyCheckpointResponse>, Status> {
-        let h = &self.handle;
         Ok(Response::new(
-            h.checkpoints.verify(h, request.into_inner()).await?,
+            self.checkpoints.verify(request.into_inner()).await?,
         ))
     }
 
@@ -357,9 +360,8 @@ impl pb::convoy_server::Convoy for ClientApi {
         &self,
         request: Request<pb::DownloadCheckpointRequest>,
     ) -> Result<Response<Self::DownloadCheckpointStream>, Status> {
-        let h = &self.handle;
         Ok(Response::new(
-            h.checkpoints.download(h, request.into_inner()).await?,
+            self.checkpoints.download(request.into_inner()).await?,
         ))
     }
 

@@ -4,9 +4,11 @@
 use convoy_proto::v1 as pb;
 use tonic::Status;
 
+use convoy_engine::spec::Backend;
+
 use crate::error::ApplyError;
 use crate::model::{Attempt, AttemptOutcome, Job, JobId, JobState, Liveness, Worker, WorkerId};
-use crate::server::event_loop::View;
+use crate::server::request::View;
 
 /// Accepts `job-7` (as listed) or `7`.
 pub fn job_id(text: &str) -> Result<JobId, Status> {
@@ -28,6 +30,42 @@ pub fn worker_id(text: &str) -> Option<WorkerId> {
         .map(WorkerId)
 }
 
+/// The backend as the worker API names it.
+pub fn backend(b: Backend) -> pb::Backend {
+    match b {
+        Backend::Cpu => pb::Backend::Cpu,
+        Backend::Cuda => pb::Backend::Cuda,
+    }
+}
+
+/// Whether a worker daemon of `theirs` may join a coordinator of `ours`: the same major and
+/// minor version (a 0.x minor release may change the protocol). `Ok(Some(note))` when it may
+/// but the patch releases differ, worth a warning.
+pub fn version_skew(ours: &str, theirs: &str) -> Result<Option<String>, String> {
+    let release = |v: &str| {
+        let mut parts = v.trim().splitn(3, '.');
+        match (parts.next(), parts.next()) {
+            (Some(major), Some(minor)) if !major.is_empty() && !minor.is_empty() => {
+                Some((major.to_string(), minor.to_string()))
+            }
+            _ => None,
+        }
+    };
+    let Some(theirs_release) = release(theirs) else {
+        return Err(format!(
+            "the worker reports no convoy version ({theirs:?}); this coordinator is {ours}"
+        ));
+    };
+    if release(ours) != Some(theirs_release) {
+        return Err(format!(
+            "the worker runs convoy {theirs} and this coordinator {ours}: upgrade them to the \
+             same release"
+        ));
+    }
+    Ok((ours != theirs.trim())
+        .then(|| format!("the worker runs convoy {theirs} and this coordinator {ours}")))
+}
+
 pub fn status(e: ApplyError) -> Status {
     let msg = e.to_string();
     match e {
@@ -35,6 +73,7 @@ pub fn status(e: ApplyError) -> Status {
         ApplyError::InvalidSpec(_)
         | ApplyError::InvalidSubmit(_)
         | ApplyError::InvalidWorker { .. }
+        | ApplyError::InvalidConfig(_)
         | ApplyError::RankOutOfRange { .. } => Status::invalid_argument(msg),
         ApplyError::DuplicateWorker { .. } => Status::already_exists(msg),
         ApplyError::WorkerLost { .. }
@@ -85,12 +124,16 @@ pub fn job(j: &Job, view: &View<'_>) -> pb::Job {
         .cloned();
     let reason = match &j.state {
         JobState::Failed { reason } => reason.clone(),
-        JobState::Queued => view.waiting.get(&j.id).cloned().unwrap_or_else(|| {
-            match j.attempts.last().and_then(|a| a.outcome.as_ref()) {
-                Some(AttemptOutcome::Failed { reason }) => format!("requeued: {reason}"),
-                _ => String::new(),
-            }
-        }),
+        JobState::Queued => view
+            .waiting
+            .get(&j.id)
+            .map(ToString::to_string)
+            .unwrap_or_else(
+                || match j.attempts.last().and_then(|a| a.outcome.as_ref()) {
+                    Some(AttemptOutcome::Failed { reason }) => format!("requeued: {reason}"),
+                    _ => String::new(),
+                },
+            ),
         _ => String::new(),
     };
     let step = latest
@@ -142,5 +185,24 @@ pub fn worker(w: &Worker, view: &View<'_>) -> pb::Worker {
         cordoned: w.cordon.is_some(),
         last_heartbeat_ms: w.last_heartbeat,
         ranks,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::version_skew;
+
+    #[test]
+    fn workers_of_the_same_release_join_and_others_are_refused() {
+        assert_eq!(version_skew("0.1.0", "0.1.0"), Ok(None));
+        assert!(
+            version_skew("0.1.0", "0.1.3")
+                .expect("same release")
+                .is_some()
+        );
+        let e = version_skew("0.1.0", "0.2.0").expect_err("another release");
+        assert!(e.contains("0.2.0") && e.contains("0.1.0"), "{e}");
+        assert!(version_skew("0.1.0", "").is_err());
+        assert!(version_skew("0.1.0", "banana").is_err());
     }
 }

@@ -1,4 +1,4 @@
-//! The coordinator's one I/O loop: the only owner of the [`Coordinator`] (state + log).
+//! The coordinator's one I/O loop: the only owner of the [`LoggedState`] (state + log).
 //!
 //! gRPC handlers turn requests into [`Request`]s and wait for the reply; the loop, on its own
 //! thread, takes every request that arrived while it was busy, logs their commands with one
@@ -10,95 +10,23 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use convoy_proto::v1 as pb;
 use prost::Message;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
-use crate::coordinator::Coordinator;
 use crate::error::{ApplyError, StoreError};
 use crate::log::SledLog;
-use crate::model::{JobId, Liveness, Millis, RankExit, WorkerId};
-use crate::scheduler::schedule_at;
+use crate::logged_state::LoggedState;
+use crate::model::{JobId, Liveness, Millis, WorkerId};
+use crate::scheduler::{WaitReason, schedule_at};
+use crate::server::clock::now_ms;
+use crate::server::convert;
 use crate::server::records::Records;
-use crate::server::rendezvous::{Published, RendezvousTable};
-use crate::state::{ClusterState, Command, Effect, SubmitJob};
-
-/// A rank of one attempt, as workers report what they run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct RankKey {
-    pub job: JobId,
-    pub generation: u64,
-    pub rank: usize,
-}
-
-pub type Reply<T> = oneshot::Sender<T>;
-
-/// What a handler may read: the state and the loop's volatile knowledge.
-pub struct View<'a> {
-    pub state: &'a ClusterState,
-    /// The latest metrics rank 0 reported, per job (not logged; lost on restart).
-    pub latest: &'a HashMap<JobId, pb::StepMetrics>,
-    /// Why each queued job waits, from the last scheduler run.
-    pub waiting: &'a HashMap<JobId, String>,
-}
-
-/// A request from a handler. Commands are logged; reads and rendezvous are not.
-pub enum Request {
-    Submit {
-        submit: SubmitJob,
-        reply: Reply<Result<JobId, ApplyError>>,
-    },
-    Cancel {
-        job: JobId,
-        reply: Reply<Result<(), ApplyError>>,
-    },
-    Resume {
-        job: JobId,
-        reply: Reply<Result<(), ApplyError>>,
-    },
-    SetCordon {
-        worker: WorkerId,
-        cordoned: bool,
-        reply: Reply<Result<(), ApplyError>>,
-    },
-    Register {
-        name: String,
-        slots: u32,
-        gpus: u32,
-        instance: String,
-        reply: Reply<Result<WorkerId, ApplyError>>,
-    },
-    Heartbeat {
-        worker: WorkerId,
-        running: Vec<RankKey>,
-        reply: Reply<Result<(), ApplyError>>,
-    },
-    Watch {
-        worker: WorkerId,
-        assignments: mpsc::UnboundedSender<pb::Assignment>,
-        reply: Reply<Result<(), ApplyError>>,
-    },
-    Progress {
-        key: RankKey,
-        metrics: pb::StepMetrics,
-        reply: Reply<Result<(), ApplyError>>,
-    },
-    RankExit {
-        key: RankKey,
-        exit: RankExit,
-        reply: Reply<Result<(), ApplyError>>,
-    },
-    Rendezvous {
-        key: RankKey,
-        address: String,
-        nccl_id: Vec<u8>,
-        reply: Reply<Result<Published, ApplyError>>,
-    },
-    Read(Box<dyn FnOnce(&View<'_>) + Send>),
-    Shutdown,
-}
+use crate::server::rendezvous::RendezvousTable;
+use crate::server::request::{Published, RankKey, Reply, Request, View};
+use crate::state::{Command, Effect};
 
 /// Settings of the loop that are not replicated state.
 #[derive(Clone, Debug)]
@@ -109,14 +37,8 @@ pub struct LoopConfig {
     pub progress_log_interval: Duration,
 }
 
-pub fn now_ms() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as Millis)
-}
-
-/// A command waiting for its result, with what to do with it.
-enum Pending {
+/// Who waits for a command's result, and what they expect back.
+enum ReplyTo {
     Submit(Reply<Result<JobId, ApplyError>>),
     Unit(Reply<Result<(), ApplyError>>),
     Register(Reply<Result<WorkerId, ApplyError>>),
@@ -130,20 +52,20 @@ enum Pending {
 }
 
 pub struct EventLoop {
-    core: Coordinator<SledLog>,
+    core: LoggedState<SledLog>,
     records: Arc<Records>,
     config: LoopConfig,
     streams: HashMap<WorkerId, mpsc::UnboundedSender<pb::Assignment>>,
     rendezvous: RendezvousTable,
     latest: HashMap<JobId, pb::StepMetrics>,
     progress_logged: HashMap<JobId, Instant>,
-    waiting: HashMap<JobId, String>,
+    waiting: HashMap<JobId, WaitReason>,
     /// Something changed that the scheduler may act on.
     dirty: bool,
 }
 
 impl EventLoop {
-    pub fn new(core: Coordinator<SledLog>, records: Arc<Records>, config: LoopConfig) -> Self {
+    pub fn new(core: LoggedState<SledLog>, records: Arc<Records>, config: LoopConfig) -> Self {
         EventLoop {
             core,
             records,
@@ -213,7 +135,7 @@ impl EventLoop {
                 });
             }
         }
-        let pending = cmds.iter().map(|_| Pending::Internal).collect();
+        let pending = cmds.iter().map(|_| ReplyTo::Internal).collect();
         self.execute(cmds, pending)
     }
 
@@ -229,15 +151,15 @@ impl EventLoop {
                 Request::Submit { mut submit, reply } => {
                     submit.now = now;
                     cmds.push(Command::SubmitJob(submit));
-                    pending.push(Pending::Submit(reply));
+                    pending.push(ReplyTo::Submit(reply));
                 }
                 Request::Cancel { job, reply } => {
                     cmds.push(Command::CancelJob { job, now });
-                    pending.push(Pending::Unit(reply));
+                    pending.push(ReplyTo::Unit(reply));
                 }
                 Request::Resume { job, reply } => {
                     cmds.push(Command::ResumeJob { job });
-                    pending.push(Pending::Unit(reply));
+                    pending.push(ReplyTo::Unit(reply));
                 }
                 Request::SetCordon {
                     worker,
@@ -249,7 +171,7 @@ impl EventLoop {
                     } else {
                         Command::Uncordon { worker }
                     });
-                    pending.push(Pending::Unit(reply));
+                    pending.push(ReplyTo::Unit(reply));
                 }
                 Request::Register {
                     name,
@@ -265,7 +187,7 @@ impl EventLoop {
                         instance,
                         now,
                     });
-                    pending.push(Pending::Register(reply));
+                    pending.push(ReplyTo::Register(reply));
                 }
                 Request::Heartbeat {
                     worker,
@@ -273,7 +195,7 @@ impl EventLoop {
                     reply,
                 } => {
                     cmds.push(Command::Heartbeat { worker, now });
-                    pending.push(Pending::Heartbeat {
+                    pending.push(ReplyTo::Heartbeat {
                         worker,
                         running,
                         reply,
@@ -287,7 +209,7 @@ impl EventLoop {
                         exit,
                         now,
                     });
-                    pending.push(Pending::Unit(reply));
+                    pending.push(ReplyTo::Unit(reply));
                 }
                 Request::Progress {
                     key,
@@ -298,7 +220,7 @@ impl EventLoop {
                     match self.progress(key, metrics, now) {
                         Ok(Some(cmd)) => {
                             cmds.push(cmd);
-                            pending.push(Pending::Unit(reply));
+                            pending.push(ReplyTo::Unit(reply));
                         }
                         Ok(None) => {
                             let _ = reply.send(Ok(()));
@@ -380,7 +302,7 @@ impl EventLoop {
     }
 
     /// Logs and applies `cmds`, answers their requests, and carries out their effects.
-    fn execute(&mut self, cmds: Vec<Command>, pending: Vec<Pending>) -> Result<(), StoreError> {
+    fn execute(&mut self, cmds: Vec<Command>, pending: Vec<ReplyTo>) -> Result<(), StoreError> {
         if cmds.is_empty() {
             return Ok(());
         }
@@ -396,7 +318,7 @@ impl EventLoop {
                 self.dirty = true;
             }
             match (p, result) {
-                (Pending::Submit(reply), Ok(fx)) => {
+                (ReplyTo::Submit(reply), Ok(fx)) => {
                     let id = fx.iter().find_map(|e| match e {
                         Effect::JobSubmitted { job } => Some(*job),
                         _ => None,
@@ -406,7 +328,7 @@ impl EventLoop {
                     }
                     effects.extend(fx);
                 }
-                (Pending::Register(reply), Ok(fx)) => {
+                (ReplyTo::Register(reply), Ok(fx)) => {
                     let id = fx.iter().find_map(|e| match e {
                         Effect::WorkerRegistered { worker } => Some(*worker),
                         _ => None,
@@ -416,12 +338,12 @@ impl EventLoop {
                     }
                     effects.extend(fx);
                 }
-                (Pending::Unit(reply), Ok(fx)) => {
+                (ReplyTo::Unit(reply), Ok(fx)) => {
                     let _ = reply.send(Ok(()));
                     effects.extend(fx);
                 }
                 (
-                    Pending::Heartbeat {
+                    ReplyTo::Heartbeat {
                         worker,
                         running,
                         reply,
@@ -432,17 +354,17 @@ impl EventLoop {
                     effects.extend(fx);
                     self.reconcile(worker, &running);
                 }
-                (Pending::Internal, Ok(fx)) => effects.extend(fx),
-                (Pending::Submit(reply), Err(e)) => {
+                (ReplyTo::Internal, Ok(fx)) => effects.extend(fx),
+                (ReplyTo::Submit(reply), Err(e)) => {
                     let _ = reply.send(Err(e));
                 }
-                (Pending::Register(reply), Err(e)) => {
+                (ReplyTo::Register(reply), Err(e)) => {
                     let _ = reply.send(Err(e));
                 }
-                (Pending::Unit(reply), Err(e)) | (Pending::Heartbeat { reply, .. }, Err(e)) => {
+                (ReplyTo::Unit(reply), Err(e)) | (ReplyTo::Heartbeat { reply, .. }, Err(e)) => {
                     let _ = reply.send(Err(e));
                 }
-                (Pending::Internal, Err(e)) => {
+                (ReplyTo::Internal, Err(e)) => {
                     tracing::debug!("internal command rejected: {e}");
                 }
             }
@@ -543,8 +465,8 @@ impl EventLoop {
                 rank: rank as u32,
                 world_size: j.world_size as u32,
                 spec_toml: j.spec_text.clone(),
-                checkpoint: String::new(),
                 workdir: j.workdir.clone(),
+                backend: convert::backend(j.backend) as i32,
             })),
         })
     }
@@ -648,7 +570,7 @@ impl EventLoop {
     fn tick(&mut self) -> Result<(), StoreError> {
         let now = now_ms();
         if self.core.state().tick_due(now) {
-            self.execute(vec![Command::Tick { now }], vec![Pending::Internal])?;
+            self.execute(vec![Command::Tick { now }], vec![ReplyTo::Internal])?;
         }
         Ok(())
     }
@@ -661,7 +583,7 @@ impl EventLoop {
         let held = plan
             .waiting
             .iter()
-            .any(|n| n.reason.starts_with("restarting in"));
+            .any(|n| matches!(n.reason, WaitReason::Held { .. }));
         self.waiting = plan
             .waiting
             .into_iter()
@@ -673,7 +595,7 @@ impl EventLoop {
             .into_iter()
             .map(|d| d.into_command(now))
             .collect();
-        let pending = cmds.iter().map(|_| Pending::Internal).collect();
+        let pending = cmds.iter().map(|_| ReplyTo::Internal).collect();
         self.execute(cmds, pending)?;
         // Starting jobs changed nothing else the scheduler reads until the next event.
         self.dirty = held;

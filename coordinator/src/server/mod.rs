@@ -7,10 +7,14 @@
 
 mod checkpoints;
 mod client_api;
+mod clock;
 pub mod convert;
 pub mod event_loop;
+mod handle;
 pub mod records;
 pub mod rendezvous;
+pub mod request;
+mod settings;
 mod worker_api;
 
 use std::future::Future;
@@ -24,87 +28,18 @@ use convoy_proto::v1::worker_api_server::WorkerApiServer;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::Status;
 
 use crate::checkpoints::{CheckpointError, CheckpointStore};
-use crate::coordinator::Coordinator;
 use crate::error::{CoordinatorError, StoreError};
 use crate::log::SledLog;
-use crate::server::event_loop::{EventLoop, LoopConfig, Request, View};
+use crate::logged_state::LoggedState;
+use crate::server::checkpoints::Checkpoints;
+use crate::server::event_loop::{EventLoop, LoopConfig};
+use crate::server::handle::Handle;
 use crate::server::records::Records;
+use crate::server::request::Request;
 use crate::state::ClusterConfig;
-
-/// Everything the coordinator daemon needs besides its listener.
-#[derive(Clone, Debug)]
-pub struct ServerConfig {
-    /// Holds the command log (`log/`), the logs and metrics store (`records/`) and the
-    /// checkpoint store (`checkpoints/`).
-    pub data_dir: PathBuf,
-    /// Replicated settings; used only when the data directory is new (afterwards the stored
-    /// state's own settings apply).
-    pub cluster: ClusterConfig,
-    /// Workers are told to heartbeat this often.
-    pub heartbeat_interval: Duration,
-    pub tick: Duration,
-    pub log_lines_per_job: u64,
-    pub metrics_per_job: u64,
-    /// A snapshot is written every this many commands.
-    pub snapshot_every: u64,
-    /// The largest request accepted (a spec, a batch of log lines).
-    pub max_message_bytes: usize,
-}
-
-impl ServerConfig {
-    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
-        ServerConfig {
-            data_dir: data_dir.into(),
-            cluster: ClusterConfig::default(),
-            heartbeat_interval: Duration::from_secs(1),
-            tick: Duration::from_millis(100),
-            log_lines_per_job: 10_000,
-            metrics_per_job: 100_000,
-            snapshot_every: 4096,
-            max_message_bytes: 4 << 20,
-        }
-    }
-}
-
-/// What both services share: the way into the loop, and the records store (read directly by
-/// streams, which would otherwise hold the loop up).
-#[derive(Clone)]
-pub(crate) struct Handle {
-    tx: std_mpsc::Sender<Request>,
-    records: Arc<Records>,
-    checkpoints: checkpoints::Checkpoints,
-    heartbeat_interval: Duration,
-    /// Becomes true when the server is shutting down; long streams end then.
-    stopping: watch::Receiver<bool>,
-}
-
-impl Handle {
-    /// Sends the request `make` builds around a reply channel and waits for the answer.
-    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Request) -> Result<T, Status> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(make(reply))
-            .map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
-        rx.await
-            .map_err(|_| Status::unavailable("the coordinator is shutting down"))
-    }
-
-    /// Runs `f` on the loop's current state.
-    async fn read<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&View<'_>) -> T + Send + 'static,
-    ) -> Result<T, Status> {
-        self.call(|reply| {
-            Request::Read(Box::new(move |view| {
-                let _ = reply.send(f(view));
-            }))
-        })
-        .await
-    }
-}
+pub use settings::{ClusterSettings, ServerConfig, defaults};
 
 /// Errors that stop the coordinator daemon.
 #[derive(Debug, thiserror::Error)]
@@ -123,27 +58,36 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("reading the listener's address: {0}")]
+    Listener(#[source] std::io::Error),
+    #[error("writing the ready file {path}: {source}")]
+    ReadyFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("starting the event loop thread: {0}")]
     Thread(#[source] std::io::Error),
     #[error("the event loop stopped unexpectedly")]
     LoopPanicked,
 }
 
-/// Recovers the state from `config.data_dir` and serves on `listener` until `shutdown`
-/// resolves; then stops accepting, finishes the loop's work and writes a snapshot. `ready` is
-/// called once the state is recovered and requests are about to be served (for sd_notify).
+/// Recovers the state from `config.data_dir`, applies the replicated settings this start was
+/// given, and serves on `listener` until `shutdown` resolves; then stops accepting, finishes
+/// the loop's work and writes a snapshot. Once the state is recovered and requests are about
+/// to be served it says so: `READY=1` to systemd, and the ready file when one is configured.
 pub async fn run(
     listener: TcpListener,
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    ready: impl FnOnce(),
 ) -> Result<(), ServerError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
         path: config.data_dir.clone(),
         source,
     })?;
     let log = SledLog::open(&config.data_dir.join("log"))?;
-    let core = Coordinator::open(log, config.cluster.clone(), config.snapshot_every)?;
+    let mut core = LoggedState::open(log, ClusterConfig::default(), config.snapshot_every)?;
+    settings::apply_cluster_settings(&mut core, &config.cluster)?;
     let records = Arc::new(Records::open(
         &config.data_dir.join("records"),
         config.log_lines_per_job,
@@ -186,10 +130,10 @@ pub async fn run(
     let handle = Handle {
         tx: tx.clone(),
         records,
-        checkpoints: checkpoints::Checkpoints::new(store),
         heartbeat_interval: config.heartbeat_interval,
         stopping,
     };
+    let checkpoints = Checkpoints::new(store, handle.clone());
     let shutdown = async move {
         tokio::select! {
             _ = shutdown => {}
@@ -207,15 +151,18 @@ pub async fn run(
         .set_serving::<WorkerApiServer<worker_api::WorkerService>>()
         .await;
     let max = config.max_message_bytes;
-    ready();
+    announce(&listener, &config)?;
     let served = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(
-            ConvoyServer::new(client_api::ClientApi::new(handle.clone()))
-                .max_decoding_message_size(max),
+            ConvoyServer::new(client_api::ClientApi::new(
+                handle.clone(),
+                checkpoints.clone(),
+            ))
+            .max_decoding_message_size(max),
         )
         .add_service(
-            WorkerApiServer::new(worker_api::WorkerService::new(handle))
+            WorkerApiServer::new(worker_api::WorkerService::new(handle, checkpoints))
                 .max_decoding_message_size(max),
         )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
@@ -224,5 +171,29 @@ pub async fn run(
     let looped = loop_thread.join().map_err(|_| ServerError::LoopPanicked)?;
     served?;
     looped?;
+    Ok(())
+}
+
+/// Says that the coordinator serves: a line for people, `READY=1` for systemd, and the ready
+/// file (with the bound address, which is how a harness that asked for port 0 learns it).
+fn announce(listener: &TcpListener, config: &ServerConfig) -> Result<(), ServerError> {
+    let addr = listener.local_addr().map_err(ServerError::Listener)?;
+    tracing::info!("listening on {addr}");
+    println!("listening on {addr}");
+    convoy_service::ready::notify_systemd();
+    if let Some(path) = &config.ready_file {
+        let signal = convoy_service::ReadySignal {
+            service: "coordinator".into(),
+            pid: std::process::id(),
+            listen: addr.to_string(),
+            worker_id: String::new(),
+        };
+        signal
+            .write(path)
+            .map_err(|source| ServerError::ReadyFile {
+                path: path.clone(),
+                source,
+            })?;
+    }
     Ok(())
 }

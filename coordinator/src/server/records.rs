@@ -145,7 +145,7 @@ impl Records {
             generation,
             stream: "convoy".into(),
             text,
-            at_ms: crate::server::event_loop::now_ms(),
+            at_ms: crate::server::clock::now_ms(),
         };
         if let Err(e) = self.append_log(job, &line.encode_to_vec()) {
             tracing::warn!("keeping a log line of {job}: {e}");

@@ -6,15 +6,7 @@ use std::collections::HashMap;
 
 use crate::error::ApplyError;
 use crate::model::JobId;
-use crate::server::event_loop::{RankKey, Reply};
-
-/// What every rank of an attempt receives.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Published {
-    /// Index = rank.
-    pub addresses: Vec<String>,
-    pub nccl_id: Vec<u8>,
-}
+use crate::server::request::{Published, RankKey, Reply};
 
 struct Round {
     addresses: Vec<Option<String>>,

@@ -10,18 +10,23 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::model::RankExit;
-use crate::server::Handle;
+use crate::server::checkpoints::Checkpoints;
 use crate::server::checkpoints::DownloadStream;
 use crate::server::convert;
-use crate::server::event_loop::{RankKey, Request as LoopRequest};
+use crate::server::handle::Handle;
+use crate::server::request::{RankKey, Request as LoopRequest};
 
 pub struct WorkerService {
     handle: Handle,
+    checkpoints: Checkpoints,
 }
 
 impl WorkerService {
-    pub(crate) fn new(handle: Handle) -> Self {
-        WorkerService { handle }
+    pub(crate) fn new(handle: Handle, checkpoints: Checkpoints) -> Self {
+        WorkerService {
+            handle,
+            checkpoints,
+        }
     }
 }
 
@@ -45,6 +50,11 @@ impl pb::worker_api_server::WorkerApi for WorkerService {
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
         let r = request.into_inner();
+        match convert::version_skew(convoy_service::VERSION, &r.version) {
+            Err(msg) => return Err(Status::failed_precondition(msg)),
+            Ok(Some(note)) => tracing::warn!("{}: {note}", r.name),
+            Ok(None) => {}
+        }
         let id = self
             .handle
             .call(|reply| LoopRequest::Register {
@@ -207,9 +217,8 @@ impl pb::worker_api_server::WorkerApi for WorkerService {
         &self,
         request: Request<Streaming<pb::CheckpointUpload>>,
     ) -> Result<Response<pb::UploadCheckpointResponse>, Status> {
-        let h = &self.handle;
         Ok(Response::new(
-            h.checkpoints.upload(h, request.into_inner()).await?,
+            self.checkpoints.upload(request.into_inner()).await?,
         ))
     }
 
@@ -219,9 +228,8 @@ impl pb::worker_api_server::WorkerApi for WorkerService {
         &self,
         request: Request<pb::DownloadCheckpointRequest>,
     ) -> Result<Response<Self::DownloadCheckpointStream>, Status> {
-        let h = &self.handle;
         Ok(Response::new(
-            h.checkpoints.download(h, request.into_inner()).await?,
+            self.checkpoints.download(request.into_inner()).await?,
         ))
     }
 }

@@ -5,17 +5,9 @@ pub mod random;
 
 use convoy_coordinator::{
     ClusterConfig, ClusterState, Command, Decision, Effect, JobId, Millis, SubmitJob, WorkerId,
-    schedule,
+    schedule_at,
 };
-
-/// A minimal valid spec with this name, world size and backend.
-pub fn spec(name: &str, world_size: usize, backend: &str) -> String {
-    format!(
-        "name = \"{name}\"\nsteps = 10\nbatch_size = 4\nworld_size = {world_size}\n\
-         backend = \"{backend}\"\n\n[model]\nkind = \"mlp\"\n\n[data]\nkind = \"csv\"\n\
-         path = \"data.csv\"\n"
-    )
-}
+pub use convoy_testkit::specs::mlp_text as spec;
 
 pub fn cluster() -> ClusterState {
     // The timings in these tests were written for a 15 s heartbeat timeout.
@@ -58,7 +50,7 @@ pub fn worker(state: &mut ClusterState, name: &str, slots: u32) -> WorkerId {
 
 /// Runs the scheduler and applies every decision; returns the decisions.
 pub fn run_scheduler(state: &mut ClusterState, now: Millis) -> Vec<Decision> {
-    let plan = schedule(state);
+    let plan = schedule_at(state, now);
     for d in &plan.starts {
         state
             .apply(&d.clone().into_command(now))

@@ -1,6 +1,8 @@
 //! Seeded random command sequences for the property, determinism and recovery tests.
 
-use convoy_coordinator::{ClusterState, Command, JobId, RankExit, SubmitJob, WorkerId, schedule};
+use convoy_coordinator::{
+    ClusterState, Command, JobId, RankExit, SubmitJob, WorkerId, schedule_at,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -54,7 +56,7 @@ impl Gen {
             39..42 => Command::Uncordon { worker },
             42..44 => Command::CancelJob { job, now },
             44..60 => {
-                let plan = schedule(s);
+                let plan = schedule_at(s, now);
                 if let Some(d) = plan.starts.into_iter().next() {
                     d.into_command(now)
                 } else {

@@ -387,8 +387,7 @@ mod tests {
     use crate::data::shard::TokenShard;
 
     fn shakespeare() -> String {
-        let path =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/data/tinyshakespeare.txt");
+        let path = convoy_testkit::examples("data/tinyshakespeare.txt");
         let text = std::fs::read_to_string(path).unwrap();
         text.chars().take(20_000).collect()
     }

@@ -347,7 +347,7 @@ mod tests {
     use super::*;
 
     fn digits_path() -> std::path::PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/data/digits.csv.gz")
+        convoy_testkit::examples("data/digits.csv.gz")
     }
 
     fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {

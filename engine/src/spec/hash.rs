@@ -17,7 +17,9 @@ impl JobSpec {
     /// worker may override it) and `[sample]` (text generated at the end). None of these
     /// alter the parameters, optimizer state or data order a
     /// checkpoint holds; every other field (model, data, optimizer, schedule, seed, batch
-    /// shape) does or may, so a state only resumes under a spec with the same hash.
+    /// shape) does or may, so a state only resumes under a spec with the same hash. That
+    /// includes `precision` and `[kernels]`: another GEMM or attention implementation rounds
+    /// differently, and a resume is promised bit-exact.
     ///
     /// Dropping unset optional fields keeps the hash of existing specs when a new optional
     /// field is added. (The schedule's step count is `steps`, so extending a cosine schedule
@@ -81,27 +83,12 @@ mod tests {
     use super::super::{GptSpec, ModelSpec};
     use super::*;
 
-    const SPEC: &str = r#"
-name = "t"
-steps = 10
-batch_size = 4
-seq_len = 8
-[model]
-kind = "gpt"
-n_layer = 2
-n_head = 2
-n_embd = 16
-context = 8
-[data]
-kind = "text"
-files = ["x.txt"]
-tokenizer = "byte"
-[optimizer]
-lr = 3e-3
-"#;
-
     fn base() -> JobSpec {
-        JobSpec::parse(SPEC, "job.toml").expect("valid spec")
+        let text = format!(
+            "{}[optimizer]\nlr = 3e-3\n",
+            convoy_testkit::specs::GPT_TEXT
+        );
+        JobSpec::parse(&text, "job.toml").expect("valid spec")
     }
 
     #[test]
@@ -137,5 +124,19 @@ lr = 3e-3
         let mut data = a.clone();
         data.resolve_paths(std::path::Path::new("/elsewhere"));
         assert_ne!(a.resume_hash(), data.resume_hash());
+    }
+
+    #[test]
+    fn default_kernels_keep_the_hash_and_others_change_it() {
+        let a = base();
+        let mut explicit = a.clone();
+        explicit.kernels = super::super::KernelSpec {
+            gemm: super::super::GemmKernels::Convoy,
+            attention: super::super::AttentionKernels::Materialized,
+        };
+        assert_eq!(a.resume_hash(), explicit.resume_hash());
+        let mut lt = a.clone();
+        lt.kernels.gemm = super::super::GemmKernels::Cublaslt;
+        assert_ne!(a.resume_hash(), lt.resume_hash());
     }
 }

@@ -43,6 +43,10 @@ pub struct JobSpec {
     /// fp32, so existing specs keep their resume hash).
     #[serde(default, skip_serializing_if = "Precision::is_fp32")]
     pub precision: Precision,
+    /// Which kernels the CUDA backend runs for the GPT's products and attention (left out of
+    /// the canonical form when default, so existing specs keep their resume hash).
+    #[serde(default, skip_serializing_if = "KernelSpec::is_default")]
+    pub kernels: KernelSpec,
     /// CPU threads per rank (default: all cores).
     #[serde(default)]
     pub threads: Option<usize>,
@@ -93,6 +97,48 @@ impl Precision {
     pub fn is_fp32(&self) -> bool {
         *self == Precision::Fp32
     }
+}
+
+/// `[kernels]`: which implementation of the same arithmetic the CUDA backend runs. They are
+/// part of the spec, not of the machine's environment, because each choice rounds
+/// differently: a job's parameters are bit-reproducible, and its checkpoints resume
+/// bit-exactly, only under the one choice (so they are in the resume hash).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelSpec {
+    /// The GPT's matrix products.
+    #[serde(default)]
+    pub gemm: GemmKernels,
+    /// Attention of bf16 GPT models.
+    #[serde(default)]
+    pub attention: AttentionKernels,
+}
+
+impl KernelSpec {
+    pub fn is_default(&self) -> bool {
+        *self == KernelSpec::default()
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GemmKernels {
+    /// convoy's own GEMMs (`kernels/cuda/matmul.cu`).
+    #[default]
+    Convoy,
+    /// NVIDIA's cuBLASLt, with the same operand and output types, for comparison.
+    Cublaslt,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttentionKernels {
+    /// Scores and probabilities materialised as [B, NH, T, T] matrices.
+    #[default]
+    Materialized,
+    /// Tile by tile with an online softmax, keeping a log-sum-exp per query (bf16 only;
+    /// heads of 16, 32 or 64 channels).
+    Flash,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

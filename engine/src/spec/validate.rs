@@ -1,7 +1,7 @@
 //! Semantic checks of a parsed spec. Each message names the field, the value and what is
 //! allowed, so a user can fix the spec from the one line alone.
 
-use super::{DataSpec, JobSpec, ModelSpec, OptimizerKind};
+use super::{AttentionKernels, Backend, DataSpec, JobSpec, ModelSpec, OptimizerKind, Precision};
 
 fn check(ok: bool, msg: impl FnOnce() -> String) -> Result<(), String> {
     if ok { Ok(()) } else { Err(msg()) }
@@ -30,6 +30,7 @@ impl JobSpec {
             self.precision.is_fp32() || self.backend == super::Backend::Cuda,
             || "precision = \"bf16\" needs backend = \"cuda\" (the CPU backend is fp32)".into(),
         )?;
+        self.validate_kernels()?;
         check(self.batch_size >= 1, || {
             "batch_size = 0: must be at least 1".into()
         })?;
@@ -101,6 +102,41 @@ impl JobSpec {
                     )
                 },
             )?;
+        }
+        Ok(())
+    }
+
+    fn validate_kernels(&self) -> Result<(), String> {
+        if self.kernels.is_default() {
+            return Ok(());
+        }
+        let gpt = match &self.model {
+            ModelSpec::Gpt(g) => Some(g),
+            ModelSpec::Mlp(_) => None,
+        };
+        check(self.backend == Backend::Cuda && gpt.is_some(), || {
+            "[kernels] choose the CUDA backend's GPT kernels: it needs backend = \"cuda\" and \
+             model.kind = \"gpt\""
+                .into()
+        })?;
+        if self.kernels.attention == AttentionKernels::Flash {
+            check(self.precision == Precision::Bf16, || {
+                "kernels.attention = \"flash\" needs precision = \"bf16\" (flash attention \
+                 keeps bf16 activations)"
+                    .into()
+            })?;
+            if let Some(g) = gpt {
+                check(
+                    convoy_kernels::cuda::ops::flash_attention_supported(g.n_embd, g.n_head),
+                    || {
+                        format!(
+                            "kernels.attention = \"flash\" needs heads of 16, 32 or 64 channels; \
+                             model.n_embd / model.n_head = {}",
+                            g.n_embd / g.n_head.max(1)
+                        )
+                    },
+                )?;
+            }
         }
         Ok(())
     }

@@ -4,6 +4,7 @@
 //! as [`Event`]s to its caller, which prints them (CLI) or streams them (worker).
 
 mod gpu;
+mod stop;
 mod task;
 
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use crate::spec::{Backend, JobSpec, NanPolicy};
 use convoy_kernels::cuda::Device;
 pub use gpu::open_gpu;
 use gpu::{GpuStep, check_gpu_model};
+pub use stop::StopToken;
 use task::Task;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -186,6 +188,7 @@ impl Trainer {
                 device.clone(),
                 GpuStep::moments(&spec.optimizer),
                 spec.precision,
+                spec.kernels,
             )?;
             let model = task.model();
             let step = GpuStep::new(
@@ -492,8 +495,9 @@ impl Trainer {
     }
 
     /// Trains to the spec's step count, evaluating, checkpointing and sampling as it asks,
-    /// and reports every event to `observe`.
-    pub fn run(&mut self, observe: &mut dyn FnMut(Event<'_>)) -> Result<Summary> {
+    /// and reports every event to `observe`. Before each step it checks `stop`, and returns
+    /// [`EngineError::Stopped`] once another thread has stopped it.
+    pub fn run(&mut self, observe: &mut dyn FnMut(Event<'_>), stop: &StopToken) -> Result<Summary> {
         let started = Instant::now();
         let (steps, eval_every, ckpt_every) = (
             self.spec.steps,
@@ -503,6 +507,12 @@ impl Trainer {
         let mut throughputs = Vec::new();
         let mut final_loss = None;
         while self.step < steps {
+            if let Some(reason) = stop.reason() {
+                return Err(EngineError::Stopped {
+                    step: self.step,
+                    reason,
+                });
+            }
             let m = self.train_step()?;
             final_loss = Some(m.loss);
             throughputs.push(m.throughput);

@@ -20,7 +20,7 @@ use crate::model::gpt::{Gpt, GptConfig};
 use crate::model::mlp::{Mlp, MlpConfig};
 use crate::model::{BucketHook, Model, llmc};
 use crate::sample;
-use crate::spec::{DataSpec, GptSpec, JobSpec, ModelSpec, Precision, SampleSpec};
+use crate::spec::{DataSpec, GptSpec, JobSpec, KernelSpec, ModelSpec, Precision, SampleSpec};
 
 #[allow(
     clippy::large_enum_variant,
@@ -107,13 +107,21 @@ impl Task {
         dev: Arc<Device>,
         moments: u64,
         precision: Precision,
+        kernels: KernelSpec,
     ) -> Result<()> {
         let Task::Lm(t) = self else {
             return Err(EngineError::Spec(
                 "backend = \"cuda\" trains GPT models only".into(),
             ));
         };
-        let mut gpu = GptCuda::new(dev, *t.model.config(), t.model.params(), moments, precision)?;
+        let mut gpu = GptCuda::new(
+            dev,
+            *t.model.config(),
+            t.model.params(),
+            moments,
+            precision,
+            kernels,
+        )?;
         gpu.reserve(t.b, t.t, true)?;
         t.gpu = Some(gpu);
         Ok(())

@@ -1,6 +1,6 @@
 //! cuBLASLt, NVIDIA's GEMM library, through cudarc's raw bindings: the vendor's products as a
-//! switch beside convoy's own (`CONVOY_GEMM=cublaslt`), so the same model and the GEMM
-//! benchmark can compare the two with the same arithmetic — fp32 or bf16 operands, fp32
+//! switch beside convoy's own (a spec's `[kernels] gemm = "cublaslt"`), so the same model and
+//! the GEMM benchmark can compare the two with the same arithmetic — fp32 or bf16 operands, fp32
 //! accumulation (no TF32), an fp32 output or, from bf16 operands, a bf16 one, optional fp32
 //! bias, overwrite or accumulate.
 //!

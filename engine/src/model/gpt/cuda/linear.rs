@@ -3,9 +3,9 @@
 //! and a bf16 output (forward) or an fp32 one accumulated into the fp32 gradients (backward).
 //! The weights are the fp32 parameters or their bf16 copy; biases stay fp32 either way.
 //!
-//! With `CONVOY_GEMM=cublaslt` the same products (same operand and output types, fp32
-//! accumulation) run in cuBLASLt instead of convoy's kernels, for comparing the two in one
-//! model.
+//! With `[kernels] gemm = "cublaslt"` in the spec the same products (same operand and output
+//! types, fp32 accumulation) run in cuBLASLt instead of convoy's kernels, for comparing the
+//! two in one model.
 
 use std::ops::Range;
 

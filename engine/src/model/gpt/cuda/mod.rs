@@ -29,7 +29,7 @@ use super::config::GptConfig;
 use super::memory::{self, MemoryNeed};
 use crate::collective::Bucket;
 use crate::error::{EngineError, Result};
-use crate::spec::Precision;
+use crate::spec::{AttentionKernels, GemmKernels, KernelSpec, Precision};
 
 /// Called by the backward pass each time a bucket of device gradients is final (on the stream).
 pub type DeviceBucketHook<'a> = &'a mut dyn FnMut(&CudaSlice<f32>, &Bucket) -> Result<()>;
@@ -102,9 +102,9 @@ pub struct GptCuda {
     precision: Precision,
     /// The weights rounded to bf16, refreshed at each forward (bf16 precision only).
     params16: Option<CudaSlice<u16>>,
-    /// cuBLASLt for the linear products instead of convoy's kernels (`CONVOY_GEMM=cublaslt`).
+    /// cuBLASLt for the linear products instead of convoy's kernels (`kernels.gemm`).
     lt: Option<CublasLt>,
-    /// Flash attention instead of the materialized path (`CONVOY_ATTENTION=flash`, bf16).
+    /// Flash attention instead of the materialized path (`kernels.attention`, bf16).
     flash: bool,
     bufs: Option<AnyBuffers>,
     /// The (B, T) of the last forward and whether it produced dlogits.
@@ -116,13 +116,15 @@ pub struct GptCuda {
 
 impl GptCuda {
     /// Uploads `params` (llm.c order, the length `cfg` gives) to `dev`; `moments` is what the
-    /// optimizer will keep per parameter, for the memory check.
+    /// optimizer will keep per parameter, for the memory check; `kernels` chooses the GEMM
+    /// and attention implementations.
     pub fn new(
         dev: Arc<Device>,
         cfg: GptConfig,
         params: &[f32],
         moments: u64,
         precision: Precision,
+        kernels: KernelSpec,
     ) -> Result<GptCuda> {
         assert_eq!(
             params.len(),
@@ -140,33 +142,27 @@ impl GptCuda {
                 Some(ops::alloc_zeros::<u16>(&dev, params.len(), "bf16 parameters").map_err(gpu)?)
             }
         };
-        let lt = match std::env::var("CONVOY_GEMM").as_deref() {
-            Err(_) | Ok("") | Ok("convoy") => None,
-            Ok("cublaslt") => Some(CublasLt::new(&dev).map_err(gpu)?),
-            Ok(other) => {
-                return Err(EngineError::Gpu(format!(
-                    "CONVOY_GEMM = {other:?}: expected \"convoy\" (the default) or \"cublaslt\""
-                )));
-            }
+        let lt = match kernels.gemm {
+            GemmKernels::Convoy => None,
+            GemmKernels::Cublaslt => Some(CublasLt::new(&dev).map_err(gpu)?),
         };
-        // Flash attention exists for bf16 activations; fp32 models keep the materialized path.
-        let flash = match std::env::var("CONVOY_ATTENTION").as_deref() {
-            Err(_) | Ok("") | Ok("materialized") => false,
-            Ok("flash") if precision == Precision::Fp32 => false,
-            Ok("flash") if !ops::flash_attention_supported(cfg.channels, cfg.n_head) => {
+        // Validated with the spec; checked again here for models built without one.
+        let flash = match kernels.attention {
+            AttentionKernels::Materialized => false,
+            AttentionKernels::Flash if precision == Precision::Fp32 => {
+                return Err(EngineError::Gpu(
+                    "flash attention needs precision = \"bf16\"".into(),
+                ));
+            }
+            AttentionKernels::Flash
+                if !ops::flash_attention_supported(cfg.channels, cfg.n_head) =>
+            {
                 return Err(EngineError::Gpu(format!(
-                    "CONVOY_ATTENTION = \"flash\" needs heads of 16, 32 or 64 channels; this \
-                     model's have {}",
+                    "flash attention needs heads of 16, 32 or 64 channels; this model's have {}",
                     cfg.channels / cfg.n_head.max(1)
                 )));
             }
-            Ok("flash") => true,
-            Ok(other) => {
-                return Err(EngineError::Gpu(format!(
-                    "CONVOY_ATTENTION = {other:?}: expected \"materialized\" (the default) or \
-                     \"flash\""
-                )));
-            }
+            AttentionKernels::Flash => true,
         };
         Ok(GptCuda {
             dev,

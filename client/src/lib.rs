@@ -1,0 +1,157 @@
+//! The one way every convoy program reaches a coordinator: the CLI, the worker daemon, a
+//! rank and its checkpoint uploader all build their connections here, so they agree on the
+//! address form, the default address, timeouts, keep-alives and message limits.
+//!
+//! Two ways to connect: [`connect`] for a command that talks to the coordinator now and
+//! must say in one line why it cannot; [`connect_lazy`] for long-lived daemons and ranks,
+//! which outlive coordinator restarts and reconnect on their own.
+
+use std::time::Duration;
+
+use convoy_proto::v1::convoy_client::ConvoyClient;
+use convoy_proto::v1::worker_api_client::WorkerApiClient;
+use tonic::transport::{Channel, Endpoint};
+
+/// The port `convoy-coordinator` listens on unless told otherwise.
+pub const DEFAULT_PORT: u16 = 7070;
+/// Where clients look for the coordinator unless told otherwise (`--coordinator`,
+/// `CONVOY_COORDINATOR`): a coordinator with its default settings on this machine.
+pub const DEFAULT_ADDRESS: &str = "http://127.0.0.1:7070";
+/// The coordinator's default listen address, the same place as [`DEFAULT_ADDRESS`].
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+
+/// The largest gRPC message either side sends: a checkpoint chunk, a batch of log lines, a
+/// listing of many jobs. Servers and clients use the same bound.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// How long establishing a TCP connection may take before the coordinator counts as
+/// unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// HTTP/2 pings on idle connections, so a coordinator that vanished without closing the
+/// connection (a crashed machine, a cut network) is noticed by long-lived streams.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid coordinator address {addr:?}: {msg}")]
+    InvalidAddress { addr: String, msg: String },
+    #[error(
+        "cannot reach the coordinator at {url}: {cause} (set --coordinator or CONVOY_COORDINATOR)"
+    )]
+    Unreachable { url: String, cause: String },
+}
+
+/// Accepts `host:port` as well as `http://host:port`.
+pub fn url(addr: &str) -> String {
+    let addr = addr.trim();
+    if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+/// The endpoint every connection is made from.
+pub fn endpoint(addr: &str) -> Result<Endpoint, ClientError> {
+    let url = url(addr);
+    Ok(Endpoint::from_shared(url)
+        .map_err(|e| ClientError::InvalidAddress {
+            addr: addr.to_string(),
+            msg: e.to_string(),
+        })?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true))
+}
+
+/// Connects now, or says in one line why not (the deepest cause: "Connection refused").
+pub async fn connect(addr: &str) -> Result<Channel, ClientError> {
+    let endpoint = endpoint(addr)?;
+    endpoint.connect().await.map_err(|e| {
+        let mut cause = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            cause = s.to_string();
+            source = s.source();
+        }
+        ClientError::Unreachable {
+            url: url(addr),
+            cause,
+        }
+    })
+}
+
+/// A channel that connects on first use and again after every failure. Must be called
+/// inside a tokio runtime: the channel's background task runs there.
+pub fn connect_lazy(addr: &str) -> Result<Channel, ClientError> {
+    Ok(endpoint(addr)?.connect_lazy())
+}
+
+/// The client API (`convoy.v1.Convoy`) over `channel`.
+pub fn client_api(channel: Channel) -> ConvoyClient<Channel> {
+    ConvoyClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// The worker API (`convoy.v1.WorkerApi`) over `channel`.
+pub fn worker_api(channel: Channel) -> WorkerApiClient<Channel> {
+    WorkerApiClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// A gRPC error as one line: the coordinator's message, which names the ids involved.
+pub fn one_line(status: &tonic::Status) -> String {
+    match status.code() {
+        tonic::Code::Unavailable => format!("the coordinator is unavailable: {}", status.message()),
+        _ => status.message().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_and_urls_are_both_accepted() {
+        assert_eq!(url("127.0.0.1:7070"), "http://127.0.0.1:7070");
+        assert_eq!(url("http://h:1"), "http://h:1");
+        assert_eq!(url(" https://h:1 "), "https://h:1");
+        assert_eq!(url(DEFAULT_LISTEN), DEFAULT_ADDRESS);
+    }
+
+    #[test]
+    fn a_bad_address_is_one_line_naming_it() {
+        let e = endpoint("http://[::1").expect_err("not a URI");
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("invalid coordinator address \"http://[::1\""),
+            "{msg}"
+        );
+        assert_eq!(msg.lines().count(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_coordinator_names_the_address_and_the_cause() {
+        // A port nobody listens on: bind one, note it, free it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let e = connect(&format!("127.0.0.1:{port}"))
+            .await
+            .expect_err("nothing listens");
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with(&format!(
+                "cannot reach the coordinator at http://127.0.0.1:{port}: "
+            )),
+            "{msg}"
+        );
+        assert!(msg.to_lowercase().contains("refused"), "{msg}");
+    }
+}

@@ -1,0 +1,120 @@
+//! `convoy-coordinator`: the coordinator daemon. Its settings come from flags, their
+//! `CONVOY_*` variables and an optional TOML file (`--config`), in that order of precedence,
+//! and are printed at start; everything else is `convoy_coordinator::server::run`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use clap::{CommandFactory, FromArgMatches, Parser};
+use convoy_coordinator::server::{ClusterSettings, ServerConfig, defaults, run};
+use convoy_service::Layers;
+
+/// The flags. Every one is optional here: the defaults live in
+/// `convoy_coordinator::server::defaults` and are applied by the settings layers.
+#[derive(Parser)]
+#[command(
+    name = "convoy-coordinator",
+    version,
+    about = "The convoy coordinator daemon"
+)]
+struct Args {
+    /// A TOML file of settings (keys are the flags' names with `_`, e.g. `data_dir`).
+    #[arg(long, env = "CONVOY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to serve the client and worker APIs on (port 0: any free port; the address is
+    /// printed on stdout and in the ready file) [default: 127.0.0.1:7070].
+    #[arg(long, env = "CONVOY_LISTEN")]
+    listen: Option<String>,
+    /// Where the command log, snapshots, logs, metrics and checkpoints are kept
+    /// [default: /var/lib/convoy/coordinator].
+    #[arg(long, env = "CONVOY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// A worker silent for longer than this is lost. Stored with the cluster state: a value
+    /// given here replaces the stored one [default: the stored value; 5000 for a new cluster].
+    #[arg(long, env = "CONVOY_HEARTBEAT_TIMEOUT_MS")]
+    heartbeat_timeout_ms: Option<u64>,
+    /// How often workers are told to heartbeat [default: 1000].
+    #[arg(long, env = "CONVOY_HEARTBEAT_INTERVAL_MS")]
+    heartbeat_interval_ms: Option<u64>,
+    /// Rank failures in a row after which a worker is cordoned (0: never). Stored with the
+    /// cluster state like the heartbeat timeout [default: the stored value; 3 for a new
+    /// cluster].
+    #[arg(long, env = "CONVOY_AUTO_CORDON_AFTER")]
+    auto_cordon_after: Option<u32>,
+    /// Log lines kept per job (the oldest go first) [default: 10000].
+    #[arg(long, env = "CONVOY_LOG_LINES_PER_JOB")]
+    log_lines_per_job: Option<u64>,
+    /// Write a JSON ready signal (pid, bound address) here once the coordinator serves (for
+    /// process harnesses such as `convoy dev`).
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    convoy_service::logging::init();
+    match configure().and_then(|(listen, config)| serve(listen, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("convoy-coordinator: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn configure() -> Result<(String, ServerConfig)> {
+    let matches = Args::command().get_matches();
+    Args::from_arg_matches(&matches)?;
+    let layers = Layers::new(Args::command(), matches, "config")?;
+    let listen = layers
+        .get("listen", convoy_client::DEFAULT_LISTEN.to_string())?
+        .value;
+    let mut config = ServerConfig::new(
+        layers
+            .get("data_dir", PathBuf::from(defaults::DATA_DIR))?
+            .value,
+    );
+    let stored = "keeps the stored value; the default for a new cluster";
+    config.cluster = ClusterSettings {
+        heartbeat_timeout: layers
+            .optional("heartbeat_timeout_ms", stored)?
+            .map(|s| s.value),
+        auto_cordon_after: layers
+            .optional("auto_cordon_after", stored)?
+            .map(|s| s.value),
+    };
+    config.heartbeat_interval = Duration::from_millis(
+        layers
+            .get("heartbeat_interval_ms", defaults::HEARTBEAT_INTERVAL_MS)?
+            .value,
+    );
+    config.log_lines_per_job = layers
+        .get("log_lines_per_job", defaults::LOG_LINES_PER_JOB)?
+        .value;
+    config.ready_file = layers
+        .optional("ready_file", "no ready file")?
+        .map(|s| s.value);
+    for line in layers.finish()? {
+        tracing::info!("setting {line}");
+    }
+    ensure!(
+        config.cluster.heartbeat_timeout != Some(0),
+        "heartbeat_timeout_ms = 0: every worker would be lost at once"
+    );
+    ensure!(
+        config.heartbeat_interval >= Duration::from_millis(10),
+        "heartbeat_interval_ms = {}: at least 10",
+        config.heartbeat_interval.as_millis()
+    );
+    Ok((listen, config))
+}
+
+#[tokio::main]
+async fn serve(listen: String, config: ServerConfig) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    run(listener, config, convoy_service::signals::terminated()).await?;
+    Ok(())
+}

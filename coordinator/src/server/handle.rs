@@ -1,0 +1,51 @@
+//! What the gRPC services share: the way into the event loop, the records store (read
+//! directly by streams, which would otherwise hold the loop up), and the server's settings.
+
+use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
+
+use tokio::sync::{oneshot, watch};
+use tonic::Status;
+
+use crate::server::records::Records;
+use crate::server::request::{Request, View};
+
+/// What both services share: the way into the loop, and the records store (read directly by
+/// streams, which would otherwise hold the loop up).
+#[derive(Clone)]
+pub(crate) struct Handle {
+    pub tx: std_mpsc::Sender<Request>,
+    pub records: Arc<Records>,
+    pub heartbeat_interval: Duration,
+    /// Becomes true when the server is shutting down; long streams end then.
+    pub stopping: watch::Receiver<bool>,
+}
+
+impl Handle {
+    /// Sends the request `make` builds around a reply channel and waits for the answer.
+    pub async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Request,
+    ) -> Result<T, Status> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
+        rx.await
+            .map_err(|_| Status::unavailable("the coordinator is shutting down"))
+    }
+
+    /// Runs `f` on the loop's current state.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&View<'_>) -> T + Send + 'static,
+    ) -> Result<T, Status> {
+        self.call(|reply| {
+            Request::Read(Box::new(move |view| {
+                let _ = reply.send(f(view));
+            }))
+        })
+        .await
+    }
+}

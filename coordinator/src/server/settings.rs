@@ -1,0 +1,131 @@
+//! The coordinator daemon's settings, with their defaults defined here once (the binary's
+//! flags, `convoy dev` and the tests all start from these).
+//!
+//! Two kinds: the daemon's own ([`ServerConfig`]: where its data lives, how often it ticks
+//! and asks for heartbeats), which simply apply to this process; and the cluster's
+//! ([`ClusterSettings`]), which are part of the replicated state because they change what the
+//! state machine decides. A cluster setting given at start that differs from the stored one
+//! is applied through a logged [`Command::Configure`], so a change is recorded, survives
+//! restarts and is never silently ignored; one not given keeps the stored value.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::CoordinatorError;
+use crate::log::CommandLog;
+use crate::logged_state::LoggedState;
+use crate::model::Millis;
+use crate::state::{ClusterConfig, Command};
+
+/// Settings the coordinator has unless told otherwise.
+pub mod defaults {
+    pub const DATA_DIR: &str = "/var/lib/convoy/coordinator";
+    pub const HEARTBEAT_INTERVAL_MS: u64 = 1_000;
+    pub const LOG_LINES_PER_JOB: u64 = 10_000;
+    pub const METRICS_PER_JOB: u64 = 100_000;
+    pub const TICK_MS: u64 = 100;
+    pub const SNAPSHOT_EVERY: u64 = 4096;
+    /// The largest request accepted (a spec, a batch of log lines, a checkpoint chunk).
+    pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
+}
+
+/// Everything the coordinator daemon needs besides its listener.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Holds the command log (`log/`), the logs and metrics store (`records/`) and the
+    /// checkpoint store (`checkpoints/`).
+    pub data_dir: PathBuf,
+    /// The replicated settings given for this start (see the module doc).
+    pub cluster: ClusterSettings,
+    /// Workers are told to heartbeat this often.
+    pub heartbeat_interval: Duration,
+    pub tick: Duration,
+    pub log_lines_per_job: u64,
+    pub metrics_per_job: u64,
+    /// A snapshot is written every this many commands.
+    pub snapshot_every: u64,
+    pub max_message_bytes: usize,
+    /// Where to write the ready signal once the coordinator serves.
+    pub ready_file: Option<PathBuf>,
+}
+
+impl ServerConfig {
+    /// The defaults, with the data in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        ServerConfig {
+            data_dir: data_dir.into(),
+            cluster: ClusterSettings::default(),
+            heartbeat_interval: Duration::from_millis(defaults::HEARTBEAT_INTERVAL_MS),
+            tick: Duration::from_millis(defaults::TICK_MS),
+            log_lines_per_job: defaults::LOG_LINES_PER_JOB,
+            metrics_per_job: defaults::METRICS_PER_JOB,
+            snapshot_every: defaults::SNAPSHOT_EVERY,
+            max_message_bytes: defaults::MAX_MESSAGE_BYTES,
+            ready_file: None,
+        }
+    }
+}
+
+/// Replicated settings given for this start; `None`: keep what the cluster has stored (the
+/// [`ClusterConfig`] default for a new data directory).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// A worker silent for longer is lost. A job whose rank failed is held as long before it
+    /// is placed again (see [`ClusterConfig::restart_delay`]), so this sets both.
+    pub heartbeat_timeout: Option<Millis>,
+    /// Rank failures in a row after which a worker is cordoned (0: never).
+    pub auto_cordon_after: Option<u32>,
+}
+
+impl ClusterSettings {
+    /// `stored` with the given settings applied.
+    pub fn applied_to(&self, stored: &ClusterConfig) -> ClusterConfig {
+        let mut c = stored.clone();
+        if let Some(t) = self.heartbeat_timeout {
+            c.heartbeat_timeout = t;
+            c.restart_delay = t;
+        }
+        if let Some(n) = self.auto_cordon_after {
+            c.auto_cordon_after = n;
+        }
+        c
+    }
+}
+
+/// Brings the recovered state's settings in line with `given`, through a logged command when
+/// anything changes, and says what is in force and why.
+pub(crate) fn apply_cluster_settings<L: CommandLog>(
+    core: &mut LoggedState<L>,
+    given: &ClusterSettings,
+) -> Result<(), CoordinatorError> {
+    let stored = core.state().config.clone();
+    let wanted = given.applied_to(&stored);
+    let fresh = core.applied() == 0;
+    let source = |is_given: bool, changed: bool| match (is_given, changed, fresh) {
+        (true, _, true) => "given",
+        (true, true, false) => "given; replaces the stored value",
+        (true, false, false) => "given; as stored",
+        (false, _, true) => "default",
+        (false, _, false) => "stored with the cluster state",
+    };
+    tracing::info!(
+        "setting heartbeat_timeout_ms = {} ({})",
+        wanted.heartbeat_timeout,
+        source(
+            given.heartbeat_timeout.is_some(),
+            wanted.heartbeat_timeout != stored.heartbeat_timeout
+        )
+    );
+    tracing::info!(
+        "setting auto_cordon_after = {} ({})",
+        wanted.auto_cordon_after,
+        source(
+            given.auto_cordon_after.is_some(),
+            wanted.auto_cordon_after != stored.auto_cordon_after
+        )
+    );
+    if wanted != stored {
+        core.execute(&Command::Configure(wanted))?;
+    }
+    Ok(())
+}

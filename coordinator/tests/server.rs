@@ -1,0 +1,98 @@
+//! The coordinator daemon as a library (`server::run` on a listener bound to port 0): the
+//! cluster settings a start is given are applied through the log and kept across restarts,
+//! and a worker daemon of another release is refused.
+
+use std::path::Path;
+
+use convoy_coordinator::server::{ClusterSettings, ServerConfig, run};
+use convoy_coordinator::{ClusterConfig, SledLog, recover};
+use convoy_proto::v1 as pb;
+use tokio::sync::oneshot;
+
+/// Serves `config` until `body` is done with the coordinator's address, then shuts down.
+async fn with_server<F, Fut>(config: ServerConfig, body: F)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(run(listener, config, async {
+        let _ = stopped.await;
+    }));
+    body(addr).await;
+    let _ = stop.send(());
+    server.await.expect("server task").expect("clean shutdown");
+}
+
+/// The cluster settings stored in the data directory, as a restart recovers them.
+fn stored(dir: &Path) -> ClusterConfig {
+    let log = SledLog::open(&dir.join("log")).expect("open the log");
+    recover(&log, ClusterConfig::default())
+        .expect("recover")
+        .0
+        .config
+}
+
+#[tokio::test]
+async fn given_cluster_settings_replace_the_stored_ones_and_others_keep_them() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let start = |heartbeat_timeout, auto_cordon_after| {
+        let mut c = ServerConfig::new(dir.path());
+        c.cluster = ClusterSettings {
+            heartbeat_timeout,
+            auto_cordon_after,
+        };
+        c
+    };
+    let defaults = ClusterConfig::default();
+
+    with_server(start(Some(2_000), None), |_| async {}).await;
+    let s = stored(dir.path());
+    assert_eq!(
+        (s.heartbeat_timeout, s.restart_delay, s.auto_cordon_after),
+        (2_000, 2_000, defaults.auto_cordon_after)
+    );
+    // Nothing given: the stored values stay (the defaults do not creep back in).
+    with_server(start(None, None), |_| async {}).await;
+    assert_eq!(stored(dir.path()).heartbeat_timeout, 2_000);
+    // A given value replaces the stored one, the other keeps its stored value.
+    with_server(start(None, Some(0)), |_| async {}).await;
+    let s = stored(dir.path());
+    assert_eq!((s.heartbeat_timeout, s.auto_cordon_after), (2_000, 0));
+}
+
+#[tokio::test]
+async fn a_worker_of_another_release_is_refused_and_one_of_this_release_registers() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    with_server(ServerConfig::new(dir.path()), |addr| async move {
+        let channel = convoy_client::connect(&addr).await.expect("connect");
+        let mut api = convoy_client::worker_api(channel);
+        let register = |version: &str| pb::RegisterRequest {
+            name: "w".into(),
+            cpu_slots: 1,
+            gpus: 0,
+            version: version.into(),
+            running: vec![],
+            instance: "i".into(),
+        };
+        let e = api
+            .register(register("0.0.1"))
+            .await
+            .expect_err("another release");
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+        assert!(e.message().contains("0.0.1"), "{}", e.message());
+        let e = api.register(register("")).await.expect_err("no version");
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+        let ok = api
+            .register(register(convoy_service::VERSION))
+            .await
+            .expect("this release")
+            .into_inner();
+        assert_eq!(ok.worker_id, "worker-1");
+    })
+    .await;
+}

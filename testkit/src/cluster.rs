@@ -1,0 +1,219 @@
+//! A real cluster on 127.0.0.1 for the integration tests: `convoy-coordinator` and
+//! `convoy-worker` processes (started by [`convoy_harness`]) with their data in a temporary
+//! directory, driven with the `convoy` CLI. Every wait is bounded; the daemons are killed
+//! when the cluster is dropped.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use convoy_harness::{Daemon, Harness, READY_TIMEOUT};
+use serde_json::Value;
+
+use crate::{bin_dir, repo_root};
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub addr: String,
+    harness: Harness,
+    heartbeat_timeout_ms: u64,
+    coordinator: Option<Daemon>,
+    pub workers: Vec<Daemon>,
+}
+
+impl Cluster {
+    /// A coordinator with a short heartbeat timeout (so loss is detected quickly in tests).
+    pub fn start(heartbeat_timeout_ms: u64) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let harness = Harness::new(&bin_dir(), dir.path()).expect("a harness");
+        harness.check_binaries().expect("the built binaries");
+        let mut c = Cluster {
+            dir,
+            addr: String::new(),
+            harness,
+            heartbeat_timeout_ms,
+            coordinator: None,
+            workers: vec![],
+        };
+        c.start_coordinator("127.0.0.1:0");
+        c
+    }
+
+    fn start_coordinator(&mut self, listen: &str) {
+        let args: Vec<String> = [
+            "--listen",
+            listen,
+            "--data-dir",
+            &self.dir.path().join("coordinator").display().to_string(),
+            "--heartbeat-timeout-ms",
+            &self.heartbeat_timeout_ms.to_string(),
+            "--heartbeat-interval-ms",
+            "250",
+        ]
+        .map(String::from)
+        .to_vec();
+        let d = self
+            .harness
+            .coordinator("coordinator", &args)
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.log_tails()));
+        self.addr = d.url().expect("the coordinator's address");
+        self.coordinator = Some(d);
+    }
+
+    /// Starts a worker daemon named `name` with `slots` slots and waits until the coordinator
+    /// has accepted it.
+    pub fn add_worker(&mut self, name: &str, slots: u32) {
+        let args: Vec<String> = [
+            "--coordinator",
+            &self.addr,
+            "--name",
+            name,
+            "--slots",
+            &slots.to_string(),
+            "--data-dir",
+            &self.dir.path().join(name).display().to_string(),
+            "--threads-per-rank",
+            "1",
+            "--stop-grace-ms",
+            "3000",
+            "--collective-timeout-ms",
+            "20000",
+        ]
+        .map(String::from)
+        .to_vec();
+        let mut w = self
+            .harness
+            .spawn_worker(name, &args)
+            .unwrap_or_else(|e| panic!("{e}"));
+        if let Err(e) = w.wait_ready(READY_TIMEOUT) {
+            panic!("{e}\n{}", self.log_tails());
+        }
+        self.workers.push(w);
+    }
+
+    /// Waits until `n` workers are alive.
+    pub fn wait_workers(&self, n: u64) {
+        self.wait_for(
+            &format!("{n} workers alive"),
+            Duration::from_secs(30),
+            || self.status()["workers_alive"].as_u64() == Some(n),
+        );
+    }
+
+    /// SIGKILLs the coordinator (no shutdown, no snapshot).
+    pub fn kill_coordinator(&mut self) {
+        if let Some(mut c) = self.coordinator.take() {
+            c.kill();
+        }
+    }
+
+    /// Starts the coordinator again on the same address and data directory.
+    pub fn restart_coordinator(&mut self) {
+        let listen = self.addr.trim_start_matches("http://").to_string();
+        self.start_coordinator(&listen);
+    }
+
+    /// SIGKILLs the worker named `name`.
+    pub fn kill_worker(&mut self, name: &str) {
+        if let Some(w) = self.workers.iter_mut().find(|w| w.name() == name) {
+            w.kill();
+        }
+    }
+
+    /// Runs `convoy` against this cluster.
+    pub fn convoy(&self, args: &[&str]) -> Output {
+        Command::new(bin_dir().join("convoy"))
+            .args(args)
+            .env("CONVOY_COORDINATOR", &self.addr)
+            .current_dir(repo_root())
+            .output()
+            .expect("run convoy")
+    }
+
+    /// Runs `convoy ARGS --json` and parses its output.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let out = self.convoy(&a);
+        assert!(
+            out.status.success(),
+            "convoy {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON output")
+    }
+
+    pub fn status(&self) -> Value {
+        self.json(&["status"])
+    }
+
+    pub fn job(&self, id: &str) -> Value {
+        self.json(&["job", "show", id])
+    }
+
+    /// Submits `spec` (extra CLI flags in `flags`) and returns the job id.
+    pub fn submit(&self, spec: &Path, flags: &[&str]) -> String {
+        let mut args = vec!["submit", spec.to_str().expect("utf-8 path"), "--json"];
+        args.extend_from_slice(flags);
+        let out = self.convoy(&args);
+        assert!(
+            out.status.success(),
+            "submit failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        v["job_id"].as_str().expect("job id").to_string()
+    }
+
+    /// Polls `cond` every 100 ms; panics (with the daemons' logs' tails) after `timeout`.
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if cond() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "timed out after {timeout:?} waiting for {what}\n{}",
+            self.log_tails()
+        );
+    }
+
+    /// Waits until the job is in `state` (queued, running, succeeded, failed, cancelled).
+    pub fn wait_state(&self, id: &str, state: &str, timeout: Duration) -> Value {
+        let mut last = Value::Null;
+        self.wait_for(&format!("{id} to be {state}"), timeout, || {
+            last = self.job(id);
+            last["state"] == state
+        });
+        last
+    }
+
+    /// Waits until the job's current attempt reports a step past `step`.
+    pub fn wait_step(&self, id: &str, step: u64, timeout: Duration) -> Value {
+        let mut last = Value::Null;
+        self.wait_for(&format!("{id} past step {step}"), timeout, || {
+            last = self.job(id);
+            last["state"] == "running" && last["step"].as_u64().unwrap_or(0) > step
+        });
+        last
+    }
+
+    fn log_tails(&self) -> String {
+        let mut out = String::new();
+        if let Ok(rd) = std::fs::read_dir(self.dir.path()) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "log")
+                    && let Ok(text) = std::fs::read_to_string(&p)
+                {
+                    let lines: Vec<&str> = text.lines().collect();
+                    let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+                    out += &format!("--- {}\n{tail}\n", p.display());
+                }
+            }
+        }
+        out
+    }
+}

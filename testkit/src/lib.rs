@@ -1,0 +1,74 @@
+//! What convoy's tests share, so no test file carries its own copy: where the repository and
+//! its example data are, the small specs the tests train, bit patterns for bit-exactness
+//! checks, the built binaries, and ([`cluster`]) a real cluster of daemon processes driven
+//! with the `convoy` CLI.
+
+pub mod cluster;
+pub mod specs;
+
+pub use convoy_harness as harness;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard};
+
+/// The repository's root: beside the sources these tests were built from, or, for a test
+/// binary carried to another machine (the GPU kit runs them from a copy of the repository),
+/// the nearest directory above the working directory that holds `examples/data`.
+pub fn repo_root() -> PathBuf {
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    if built.join("examples/data").is_dir() {
+        return built;
+    }
+    let cwd = std::env::current_dir().expect("a working directory");
+    cwd.ancestors()
+        .find(|d| d.join("examples/data").is_dir())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| panic!("no repository (examples/data) above {}", cwd.display()))
+}
+
+/// A file of the repository's examples, e.g. `examples("data/digits.csv.gz")`.
+pub fn examples(rel: &str) -> PathBuf {
+    repo_root().join("examples").join(rel)
+}
+
+/// The bit pattern of each value: bit-exactness is asserted on these, so that -0.0 and 0.0,
+/// or two NaNs, are told apart.
+pub fn bits(x: &[f32]) -> Vec<u32> {
+    x.iter().map(|v| v.to_bits()).collect()
+}
+
+/// The directory of the binaries of this build (`target/<profile>`, where cargo puts the
+/// daemons and the CLI when it builds the workspace's tests).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("a target directory")
+        .to_path_buf();
+    let convoy = dir.join("convoy");
+    assert!(
+        convoy.exists(),
+        "{} is missing: run `cargo test --workspace` (or `cargo build --bins`) first",
+        convoy.display()
+    );
+    dir
+}
+
+/// Runs `convoy` with `args` from the repository root.
+pub fn convoy(args: &[&str]) -> Output {
+    Command::new(bin_dir().join("convoy"))
+        .args(args)
+        .current_dir(repo_root())
+        .output()
+        .expect("run convoy")
+}
+
+/// Serialises the tests of one test binary that run clusters: two cores shared by several
+/// clusters would make every one of them slow.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,123 @@
+//! `convoy-worker`: the worker daemon. Its settings come from flags, their `CONVOY_*`
+//! variables and an optional TOML file (`--config`), in that order of precedence, and are
+//! printed at start; everything else is `convoy_worker::run`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{CommandFactory, FromArgMatches, Parser};
+use convoy_service::Layers;
+use convoy_worker::{WorkerConfig, defaults, gpus, run};
+
+/// The flags. Every one is optional here: defaults live in `convoy_worker::defaults` and are
+/// applied by the settings layers, which also read the file.
+#[derive(Parser)]
+#[command(name = "convoy-worker", version, about = "The convoy worker daemon")]
+struct Args {
+    /// A TOML file of settings (keys are the flags' names with `_`, e.g. `stop_grace_ms`).
+    #[arg(long, env = "CONVOY_CONFIG")]
+    config: Option<PathBuf>,
+    /// The coordinator's address [default: http://127.0.0.1:7070].
+    #[arg(long, env = "CONVOY_COORDINATOR")]
+    coordinator: Option<String>,
+    /// This worker's name, unique in the cluster [default: the host name].
+    #[arg(long, env = "CONVOY_WORKER_NAME")]
+    name: Option<String>,
+    /// Ranks run at once [default: the number of CPUs].
+    #[arg(long, env = "CONVOY_SLOTS")]
+    slots: Option<u32>,
+    /// Where rank working files go [default: /var/lib/convoy/worker].
+    #[arg(long, env = "CONVOY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The address other machines reach this machine's ranks at [default: 127.0.0.1].
+    #[arg(long, env = "CONVOY_ADVERTISE_HOST")]
+    advertise_host: Option<String>,
+    /// Milliseconds between SIGTERM and SIGKILL when ranks are stopped [default: 10000].
+    #[arg(long, env = "CONVOY_STOP_GRACE_MS")]
+    stop_grace_ms: Option<u64>,
+    /// CPU threads per rank [default: the spec's `threads`, else every core].
+    #[arg(long, env = "CONVOY_THREADS_PER_RANK")]
+    threads_per_rank: Option<usize>,
+    /// How long ranks wait for peers, and the longest a peer may be silent in a collective,
+    /// in milliseconds [default: 60000].
+    #[arg(long, env = "CONVOY_COLLECTIVE_TIMEOUT_MS")]
+    collective_timeout_ms: Option<u64>,
+    /// The program that runs one rank [default: convoy-rank next to this binary].
+    #[arg(long, env = "CONVOY_RANK_PROGRAM")]
+    rank_program: Option<PathBuf>,
+    /// Write a JSON ready signal here once the coordinator has accepted this worker (for
+    /// process harnesses such as `convoy dev`).
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    convoy_service::logging::init();
+    match configure().and_then(serve) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("convoy-worker: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn configure() -> Result<WorkerConfig> {
+    let matches = Args::command().get_matches();
+    Args::from_arg_matches(&matches)?;
+    let layers = Layers::new(Args::command(), matches, "config")?;
+    let exe = std::env::current_exe().context("locating convoy-worker")?;
+    let sibling = exe.with_file_name(defaults::RANK_PROGRAM);
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let config = WorkerConfig {
+        coordinator: convoy_client::url(
+            &layers
+                .get("coordinator", convoy_client::DEFAULT_ADDRESS.to_string())?
+                .value,
+        ),
+        name: layers.get("name", host)?.value,
+        slots: layers.get("slots", cpus)?.value,
+        gpus: gpus::count(),
+        data_dir: layers
+            .get("data_dir", PathBuf::from(defaults::DATA_DIR))?
+            .value,
+        advertise_host: layers
+            .get("advertise_host", defaults::ADVERTISE_HOST.to_string())?
+            .value,
+        stop_grace: Duration::from_millis(
+            layers.get("stop_grace_ms", defaults::STOP_GRACE_MS)?.value,
+        ),
+        threads_per_rank: layers
+            .optional("threads_per_rank", "the spec's threads, else every core")?
+            .map(|s| s.value),
+        collective_timeout: Duration::from_millis(
+            layers
+                .get("collective_timeout_ms", defaults::COLLECTIVE_TIMEOUT_MS)?
+                .value
+                .max(1),
+        ),
+        rank_program: layers.get("rank_program", sibling)?.value,
+        ready_file: layers
+            .optional("ready_file", "no ready file")?
+            .map(|s| s.value),
+    };
+    for line in layers.finish()? {
+        tracing::info!("setting {line}");
+    }
+    tracing::info!("GPUs: {} (from the CUDA driver)", config.gpus);
+    if config.name.trim().is_empty() {
+        anyhow::bail!("no worker name: the host name is empty; set --name or CONVOY_WORKER_NAME");
+    }
+    Ok(config)
+}
+
+#[tokio::main]
+async fn serve(config: WorkerConfig) -> Result<()> {
+    run(config, convoy_service::signals::terminated()).await?;
+    Ok(())
+}

@@ -1,0 +1,83 @@
+//! `convoy-worker`'s settings as an operator gives them: flags, `CONVOY_*` variables and a
+//! TOML file, one precedence rule, and one line on stderr for anything it cannot use.
+
+use std::process::Command;
+
+fn worker(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_convoy-worker"))
+        .args(args)
+        .env_remove("CONVOY_CONFIG")
+        .output()
+        .expect("run convoy-worker");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The error line: the last line of stderr (the settings report comes first).
+fn last_line(err: &str) -> &str {
+    err.trim().lines().last().unwrap_or("")
+}
+
+#[test]
+fn an_unknown_key_in_the_settings_file_is_refused_naming_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("worker.toml");
+    std::fs::write(&file, "slots = 2\nstop_grace = 5000\n").expect("write");
+    let (code, err) = worker(&["--config", file.to_str().expect("utf-8")]);
+    assert_eq!(code, 1, "{err}");
+    let line = last_line(&err);
+    assert!(line.starts_with("convoy-worker: settings file "), "{err}");
+    assert!(line.contains("unknown setting \"stop_grace\""), "{err}");
+}
+
+#[test]
+fn a_flag_overrides_the_file_and_bad_values_are_named() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("worker.toml");
+    let data = dir.path().join("data");
+    std::fs::write(
+        &file,
+        format!(
+            "slots = 2\ndata_dir = {:?}\ncoordinator = \"127.0.0.1:1\"\n",
+            data.display().to_string()
+        ),
+    )
+    .expect("write");
+    let f = file.to_str().expect("utf-8");
+    // The flag's 0 wins over the file's 2, and the daemon refuses it.
+    let (code, err) = worker(&["--config", f, "--slots", "0"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("setting slots = 0 (flag --slots)"), "{err}");
+    assert!(
+        last_line(&err).contains("slots = 0: a worker needs at least one slot"),
+        "{err}"
+    );
+    // A value of the wrong type in the file.
+    std::fs::write(&file, "slots = \"many\"\n").expect("write");
+    let (code, err) = worker(&["--config", f]);
+    assert_eq!(code, 1, "{err}");
+    assert!(last_line(&err).contains("slots from file"), "{err}");
+}
+
+#[test]
+fn a_missing_rank_program_is_refused_at_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let (code, err) = worker(&[
+        "--coordinator",
+        "127.0.0.1:1",
+        "--name",
+        "w",
+        "--data-dir",
+        data.to_str().expect("utf-8"),
+        "--rank-program",
+        "/nonexistent/convoy-rank",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        last_line(&err).contains("rank_program = /nonexistent/convoy-rank: no such file"),
+        "{err}"
+    );
+}
