@@ -210,7 +210,7 @@ pub struct Worker {
     pub name: String,
     /// Ranks it runs at once (CPU slots).
     pub slots: u32,
-    /// GPUs it reports (0 until the CUDA backend exists).
+    /// GPUs it reports (what its CUDA driver counts; 0 on a CPU machine).
     pub gpus: u32,
     pub liveness: Liveness,
     pub cordon: Option<Cordon>,

@@ -46,8 +46,8 @@ impl Default for ClusterConfig {
     }
 }
 
-/// A job submission. Priority, restarts and the progress timeout are submission options (the
-/// spec file may carry them later); the rest comes from the spec text.
+/// A job submission. Priority, restarts and the progress timeout are submission options; the
+/// rest comes from the spec text.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubmitJob {
     /// The spec (TOML), validated with `JobSpec::parse` before the job is accepted.

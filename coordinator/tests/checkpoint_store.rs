@@ -57,10 +57,10 @@ impl Upload<'_> {
         let (offset, end) = self.range(part);
         let mut n = 0;
         for (i, c) in self.state[offset..end].chunks(self.chunk).enumerate() {
-            let index = u32::try_from(i).unwrap();
+            let index = u32::try_from(i).expect("a chunk index");
             store
                 .put_chunk(&self.key(part), index, c, xxh3_64(c))
-                .unwrap();
+                .expect("the chunk is stored");
             n += 1;
         }
         n
@@ -77,8 +77,8 @@ impl Upload<'_> {
                 (end - offset) as u64,
                 chunks,
             )
-            .unwrap();
-        self.commit(store).unwrap()
+            .expect("the part is finished");
+        self.commit(store).expect("commit")
     }
 
     fn commit(&self, store: &CheckpointStore) -> Result<Option<Manifest>, CheckpointError> {
@@ -126,7 +126,7 @@ fn small(job: u64, step: u64, state: &[u8]) -> Upload<'_> {
 fn reassemble(store: &CheckpointStore, m: &Manifest) -> Vec<u8> {
     let mut out = Vec::with_capacity(m.total_len as usize);
     for chunk in store.read_chunks(m) {
-        out.extend_from_slice(&chunk.unwrap());
+        out.extend_from_slice(&chunk.expect("a stored chunk"));
     }
     out
 }
@@ -143,7 +143,10 @@ fn chunk_key(job: u64, step: u64, generation: u64, part: u32, index: u32) -> Vec
 }
 
 fn keys_with_prefix(db: &sled::Db, tree: &str, prefix: &[u8]) -> usize {
-    db.open_tree(tree).unwrap().scan_prefix(prefix).count()
+    db.open_tree(tree)
+        .expect("the tree")
+        .scan_prefix(prefix)
+        .count()
 }
 
 fn step_prefix(job: u64, step: u64) -> Vec<u8> {
@@ -151,8 +154,8 @@ fn step_prefix(job: u64, step: u64) -> Vec<u8> {
 }
 
 fn open(dir: &std::path::Path) -> (sled::Db, CheckpointStore) {
-    let db = sled::open(dir).unwrap();
-    let store = CheckpointStore::open(&db).unwrap();
+    let db = sled::open(dir).expect("open sled");
+    let store = CheckpointStore::open(&db).expect("open the store");
     (db, store)
 }
 

@@ -1,7 +1,7 @@
 //! Job-spec parsing and validation: the examples load, and each kind of mistake gets a one-line
 //! error that names the field, the value and what is allowed.
 
-use convoy_engine::spec::JobSpec;
+use convoy_engine::spec::{AttentionKernels, GemmKernels, JobSpec};
 
 const BASE: &str = convoy_testkit::specs::GPT_TEXT;
 
@@ -56,6 +56,23 @@ fn unknown_keys_are_rejected_with_their_name_and_line() {
 }
 
 #[test]
+fn kernel_choices_are_read_from_the_spec() {
+    let text = format!(
+        "backend = \"cuda\"\nprecision = \"bf16\"\n{}[kernels]\ngemm = \"cublaslt\"\nattention = \"flash\"\n",
+        BASE.replace("n_embd = 16", "n_embd = 32")
+    );
+    let spec = JobSpec::parse(&text, "job.toml").expect("valid");
+    assert_eq!(spec.kernels.gemm, GemmKernels::Cublaslt);
+    assert_eq!(spec.kernels.attention, AttentionKernels::Flash);
+    assert!(
+        JobSpec::parse(BASE, "job.toml")
+            .expect("valid")
+            .kernels
+            .is_default()
+    );
+}
+
+#[test]
 fn invalid_values_name_field_value_and_allowed_range() {
     let cases = [
         (BASE.replace("steps = 10", "steps = 0"), "steps = 0"),
@@ -105,6 +122,21 @@ fn invalid_values_name_field_value_and_allowed_range() {
             "tpu",
         ),
         (BASE.replace("seq_len = 8\n", ""), "seq_len is missing"),
+        (
+            format!("{BASE}[kernels]\ngemm = \"cublaslt\"\n"),
+            "[kernels] choose the CUDA backend's GPT kernels: it needs backend = \"cuda\"",
+        ),
+        (format!("{BASE}[kernels]\ngemm = \"cublas\"\n"), "cublas"),
+        (
+            format!("backend = \"cuda\"\n{BASE}[kernels]\nattention = \"flash\"\n"),
+            "kernels.attention = \"flash\" needs precision = \"bf16\"",
+        ),
+        (
+            format!(
+                "backend = \"cuda\"\nprecision = \"bf16\"\n{BASE}[kernels]\nattention = \"flash\"\n"
+            ),
+            "needs heads of 16, 32 or 64 channels; model.n_embd / model.n_head = 8",
+        ),
     ];
     for (text, expected) in cases {
         let e = err(&text);

@@ -28,14 +28,14 @@ use crate::error::RankError;
 const CHUNK: usize = 2 << 20;
 
 /// A checkpoint to upload, with the metrics that retention may rank it by.
-pub struct Upload {
+pub struct Outgoing {
     pub state: TrainState,
     pub metrics: HashMap<String, f64>,
 }
 
 /// The background uploader: at most one upload at a time, never a torn one.
 pub struct Uploader {
-    tx: Option<mpsc::SyncSender<Upload>>,
+    tx: Option<mpsc::SyncSender<Outgoing>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -48,7 +48,7 @@ impl Uploader {
         stop: StopToken,
     ) -> Result<Uploader, RankError> {
         // A rendezvous channel: `try_send` succeeds only while the thread waits for work.
-        let (tx, rx) = mpsc::sync_channel::<Upload>(0);
+        let (tx, rx) = mpsc::sync_channel::<Outgoing>(0);
         let thread = std::thread::Builder::new()
             .name("checkpoint-upload".into())
             .spawn(move || {
@@ -87,7 +87,7 @@ impl Uploader {
 
     /// Starts uploading `p` unless the previous upload is still running; then this one is
     /// skipped (with a line saying so), so training never waits on the network.
-    pub fn offer(&self, p: Upload) {
+    pub fn offer(&self, p: Outgoing) {
         let Some(tx) = &self.tx else { return };
         let step = p.state.step;
         if let Err(mpsc::TrySendError::Full(_)) = tx.try_send(p) {
@@ -97,7 +97,7 @@ impl Uploader {
 
     /// The job's last checkpoint is not optional: waits for a running upload, uploads `p`, and
     /// waits for that too.
-    pub fn finish(mut self, p: Option<Upload>) {
+    pub fn finish(mut self, p: Option<Outgoing>) {
         if let (Some(tx), Some(p)) = (self.tx.take(), p) {
             let _ = tx.send(p);
         }
@@ -113,7 +113,7 @@ enum UploadError {
     Failed(String),
 }
 
-fn upload(client: &RankClient, launch: &RankLaunch, p: &Upload) -> Result<u64, UploadError> {
+fn upload(client: &RankClient, launch: &RankLaunch, p: &Outgoing) -> Result<u64, UploadError> {
     let bytes = state::encode(&p.state);
     let total = bytes.len() as u64;
     let (w, r) = (launch.world_size as u64, launch.rank as u64);

@@ -32,7 +32,7 @@ use convoy_engine::train::{Event, StopToken, Trainer, open_gpu};
 use convoy_proto::v1 as pb;
 use convoy_service::RankLaunch;
 
-use checkpoint::{Upload, Uploader};
+use checkpoint::{Outgoing, Uploader};
 use client::RankClient;
 pub use error::RankError;
 use reporter::Reporter;
@@ -264,7 +264,7 @@ pub fn run(launch: RankLaunch) -> Result<(), RankError> {
                 {
                     metrics.insert("val_loss".to_string(), v);
                 }
-                let p = Upload { state, metrics };
+                let p = Outgoing { state, metrics };
                 if p.state.step == steps {
                     final_checkpoint = Some(p);
                 } else if let Some(u) = &uploader {

@@ -2,7 +2,7 @@
 //! state is rebuilt from the latest snapshot plus the commands after it.
 //!
 //! [`CommandLog`] is the seam between storage and the state machine: [`SledLog`] implements it
-//! on one machine today, and a Raft log can implement it later without any change to
+//! on one machine, and a Raft log can implement it without any change to
 //! [`crate::state`]. Encoding is bincode 2 (serde) in [`codec`].
 
 pub mod codec;

@@ -126,6 +126,13 @@ mod tests {
         assert_ne!(a.resume_hash(), data.resume_hash());
     }
 
+    /// Checkpoints written by earlier releases carry their spec's hash: a field added to the
+    /// spec with its default must not change it, or every stored state would stop resuming.
+    #[test]
+    fn the_hash_of_a_spec_is_pinned() {
+        assert_eq!(base().resume_hash(), 0x7ca4_9e55_eec3_f138);
+    }
+
     #[test]
     fn default_kernels_keep_the_hash_and_others_change_it() {
         let a = base();

@@ -1,7 +1,7 @@
 //! The job spec: one TOML file that says everything about a training job.
 //!
-//! The same types are parsed by `convoy train` and (later) by `convoy submit` and the
-//! coordinator, so a spec is validated once, the same way, before any work starts. Unknown keys
+//! The same types are parsed by `convoy train`, `convoy submit`, the coordinator and each
+//! rank, so a spec is validated the same way everywhere, before any work starts. Unknown keys
 //! are rejected so a typo (`setps = 100`) is an error rather than a silently ignored setting.
 
 mod hash;
