@@ -4,9 +4,15 @@
 use std::process::Command;
 
 fn worker(args: &[&str]) -> (i32, String) {
+    worker_with_env(args, &[])
+}
+
+fn worker_with_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_convoy-worker"))
         .args(args)
         .env_remove("CONVOY_CONFIG")
+        .env_remove("CONVOY_SLOTS")
+        .envs(env.iter().copied())
         .output()
         .expect("run convoy-worker");
     (
@@ -59,6 +65,24 @@ fn a_flag_overrides_the_file_and_bad_values_are_named() {
     let (code, err) = worker(&["--config", f]);
     assert_eq!(code, 1, "{err}");
     assert!(last_line(&err).contains("slots from file"), "{err}");
+}
+
+#[test]
+fn the_environment_beats_the_file_and_a_flag_beats_the_environment() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("worker.toml");
+    std::fs::write(&file, "slots = 2\ncoordinator = \"127.0.0.1:1\"\n").expect("write");
+    let f = file.to_str().expect("utf-8");
+    // Slots 0 is refused after the report, which shows where the 0 came from.
+    let (code, err) = worker_with_env(&["--config", f], &[("CONVOY_SLOTS", "0")]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("setting slots = 0 (environment CONVOY_SLOTS)"),
+        "{err}"
+    );
+    let (code, err) = worker_with_env(&["--config", f, "--slots", "0"], &[("CONVOY_SLOTS", "5")]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("setting slots = 0 (flag --slots)"), "{err}");
 }
 
 #[test]

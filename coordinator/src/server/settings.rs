@@ -101,29 +101,30 @@ pub(crate) fn apply_cluster_settings<L: CommandLog>(
     let stored = core.state().config.clone();
     let wanted = given.applied_to(&stored);
     let fresh = core.applied() == 0;
-    let source = |is_given: bool, changed: bool| match (is_given, changed, fresh) {
-        (true, _, true) => "given",
-        (true, true, false) => "given; replaces the stored value",
-        (true, false, false) => "given; as stored",
-        (false, _, true) => "default",
-        (false, _, false) => "stored with the cluster state",
-    };
-    tracing::info!(
-        "setting heartbeat_timeout_ms = {} ({})",
-        wanted.heartbeat_timeout,
-        source(
+    let settings = [
+        (
+            "heartbeat_timeout_ms",
             given.heartbeat_timeout.is_some(),
-            wanted.heartbeat_timeout != stored.heartbeat_timeout
-        )
-    );
-    tracing::info!(
-        "setting auto_cordon_after = {} ({})",
-        wanted.auto_cordon_after,
-        source(
+            wanted.heartbeat_timeout,
+            stored.heartbeat_timeout,
+        ),
+        (
+            "auto_cordon_after",
             given.auto_cordon_after.is_some(),
-            wanted.auto_cordon_after != stored.auto_cordon_after
-        )
-    );
+            u64::from(wanted.auto_cordon_after),
+            u64::from(stored.auto_cordon_after),
+        ),
+    ];
+    for (name, is_given, value, before) in settings {
+        let source = match (is_given, value != before, fresh) {
+            (true, _, true) => "given",
+            (true, true, false) => "given; replaces the stored value",
+            (true, false, false) => "given; as stored",
+            (false, _, true) => "default",
+            (false, _, false) => "stored with the cluster state",
+        };
+        tracing::info!("setting {name} = {value} ({source})");
+    }
     if wanted != stored {
         core.execute(&Command::Configure(wanted))?;
     }
