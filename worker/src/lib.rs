@@ -66,7 +66,7 @@ pub struct WorkerConfig {
 /// Runs the daemon until `shutdown` resolves, then stops its ranks (SIGTERM, then SIGKILL
 /// after the grace period).
 pub async fn run(
-    config: WorkerConfig,
+    mut config: WorkerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
     if config.name.trim().is_empty() {
@@ -89,6 +89,14 @@ pub async fn run(
         what: format!("creating {}", config.data_dir.display()),
         source: e,
     })?;
+    // Ranks run in their job's directory: the paths the daemon hands them must be absolute.
+    config.data_dir = config
+        .data_dir
+        .canonicalize()
+        .map_err(|e| WorkerError::Io {
+            what: format!("resolving {}", config.data_dir.display()),
+            source: e,
+        })?;
     let api = convoy_client::worker_api(convoy_client::connect_lazy(&config.coordinator)?);
     // Distinguishes this process from an earlier daemon of the same name.
     let instance = format!(
