@@ -1,5 +1,5 @@
 """Bus bandwidth of PyTorch's Gloo all-reduce on loopback, the peer of
-worker/examples/allreduce_bench.rs: same sizes, one process per rank, 2 warm-up iterations,
+collective/examples/allreduce_bench.rs: same sizes, one process per rank, 2 warm-up iterations,
 then N timed ones each after a barrier; rank 0 reports the median.
 busbw = 2(n-1)/n * bytes / time, bytes = MiB * 2**20.
 

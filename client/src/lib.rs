@@ -6,23 +6,31 @@
 //! must say in one line why it cannot; [`connect_lazy`] for long-lived daemons and ranks,
 //! which outlive coordinator restarts and reconnect on their own.
 
+pub mod checkpoint;
+
 use std::time::Duration;
 
 use convoy_proto::v1::convoy_client::ConvoyClient;
 use convoy_proto::v1::worker_api_client::WorkerApiClient;
 use tonic::transport::{Channel, Endpoint};
 
-/// The port `convoy-coordinator` listens on unless told otherwise.
-pub const DEFAULT_PORT: u16 = 7070;
-/// Where clients look for the coordinator unless told otherwise (`--coordinator`,
-/// `CONVOY_COORDINATOR`): a coordinator with its default settings on this machine.
-pub const DEFAULT_ADDRESS: &str = "http://127.0.0.1:7070";
-/// The coordinator's default listen address, the same place as [`DEFAULT_ADDRESS`].
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+/// `host:port` of a coordinator with its default settings on this machine (a macro so that
+/// both constants below are built from the one literal).
+macro_rules! default_host_port {
+    () => {
+        "127.0.0.1:7070"
+    };
+}
 
-/// The largest gRPC message either side sends: a checkpoint chunk, a batch of log lines, a
-/// listing of many jobs. Servers and clients use the same bound.
-pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// Where `convoy-coordinator` listens unless told otherwise.
+pub const DEFAULT_LISTEN: &str = default_host_port!();
+/// Where clients look for the coordinator unless told otherwise (`--coordinator`,
+/// `CONVOY_COORDINATOR`): [`DEFAULT_LISTEN`] as a URL.
+pub const DEFAULT_ADDRESS: &str = concat!("http://", default_host_port!());
+
+/// The largest gRPC message a client accepts (a listing of many jobs, a checkpoint chunk).
+/// The coordinator's own limit on what it accepts is its `max_message_bytes`.
+pub const MAX_RESPONSE_BYTES: usize = 64 << 20;
 
 /// How long establishing a TCP connection may take before the coordinator counts as
 /// unreachable.
@@ -92,16 +100,12 @@ pub fn connect_lazy(addr: &str) -> Result<Channel, ClientError> {
 
 /// The client API (`convoy.v1.Convoy`) over `channel`.
 pub fn client_api(channel: Channel) -> ConvoyClient<Channel> {
-    ConvoyClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    ConvoyClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES)
 }
 
 /// The worker API (`convoy.v1.WorkerApi`) over `channel`.
 pub fn worker_api(channel: Channel) -> WorkerApiClient<Channel> {
-    WorkerApiClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    WorkerApiClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES)
 }
 
 /// A gRPC error as one line: the coordinator's message, which names the ids involved.

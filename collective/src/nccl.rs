@@ -519,7 +519,7 @@ fn nccl_thread(
     // A panic (cudarc panics on a symbol missing from an old libnccl) must reach the training
     // thread as an error; unwinding drops the communicator, which aborts it.
     let outcome = catch_unwind(AssertUnwindSafe(|| {
-        let mut worker = match NcclThread::start(ctx, &setup, shared) {
+        let mut thread = match NcclThread::start(ctx, &setup, shared) {
             Ok(w) => w,
             Err(msg) => {
                 let _ = setup_tx.send(Err(msg));
@@ -527,7 +527,7 @@ fn nccl_thread(
             }
         };
         let _ = setup_tx.send(Ok(()));
-        worker.serve(work);
+        thread.serve(work);
     }));
     if let Err(p) = outcome {
         shared.fail(&format!(
@@ -633,7 +633,7 @@ impl<'a> NcclThread<'a> {
                 (&mut config as *mut ConfigV21400).cast::<sys::ncclConfig_t>(),
             )
         };
-        let mut worker = NcclThread {
+        let mut thread = NcclThread {
             comm: RawComm(raw),
             pending: VecDeque::new(),
             stream,
@@ -643,20 +643,20 @@ impl<'a> NcclThread<'a> {
             failed: None,
         };
         if let Err(e) = started {
-            let why = format!("NCCL communicator setup failed: {}", worker.describe(e.0));
-            return Err(worker.fail(why));
+            let why = format!("NCCL communicator setup failed: {}", thread.describe(e.0));
+            return Err(thread.fail(why));
         }
         let world = setup.world;
         let timeout = setup.timeout;
         let what = "NCCL communicator setup";
-        worker.settle(what, Instant::now() + setup.timeout, || {
+        thread.settle(what, Instant::now() + setup.timeout, || {
             format!(
                 "NCCL communicator setup ({world} ranks) did not finish within {}: a rank never \
                  joined (it did not start, or cannot reach rank 0)",
                 seconds(timeout)
             )
         })?;
-        Ok(worker)
+        Ok(thread)
     }
 
     fn serve(&mut self, work: Receiver<Work>) {

@@ -65,6 +65,8 @@ fn main() -> ExitCode {
 
 fn configure() -> Result<(String, ServerConfig)> {
     let matches = Args::command().get_matches();
+    // `Args` is the flags' definition; the values are read through the layers below, which
+    // also know the environment's and the file's. Building it once checks the types.
     Args::from_arg_matches(&matches)?;
     let layers = Layers::new(Args::command(), matches, "config")?;
     let listen = layers
@@ -75,14 +77,12 @@ fn configure() -> Result<(String, ServerConfig)> {
             .get("data_dir", PathBuf::from(defaults::DATA_DIR))?
             .value,
     );
-    let stored = "keeps the stored value; the default for a new cluster";
+    // The cluster settings are reported once the stored ones are known (server::run).
     config.cluster = ClusterSettings {
         heartbeat_timeout: layers
-            .optional("heartbeat_timeout_ms", stored)?
+            .optional("heartbeat_timeout_ms", None)?
             .map(|s| s.value),
-        auto_cordon_after: layers
-            .optional("auto_cordon_after", stored)?
-            .map(|s| s.value),
+        auto_cordon_after: layers.optional("auto_cordon_after", None)?.map(|s| s.value),
     };
     config.heartbeat_interval = Duration::from_millis(
         layers
@@ -93,7 +93,7 @@ fn configure() -> Result<(String, ServerConfig)> {
         .get("log_lines_per_job", defaults::LOG_LINES_PER_JOB)?
         .value;
     config.ready_file = layers
-        .optional("ready_file", "no ready file")?
+        .optional("ready_file", Some("no ready file"))?
         .map(|s| s.value);
     for line in layers.finish()? {
         tracing::info!("setting {line}");

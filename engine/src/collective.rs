@@ -11,6 +11,10 @@ use cudarc::driver::{CudaSlice, CudaStream};
 
 use crate::error::Result;
 
+/// Called by a device model's backward pass each time a bucket of gradients is final (queued
+/// on the stream): where a [`DeviceGradReducer`] starts reducing it.
+pub type DeviceBucketHook<'a> = &'a mut dyn FnMut(&CudaSlice<f32>, &Bucket) -> Result<()>;
+
 /// Ranges of the flat gradient buffer that become final together during a backward pass.
 /// A model's buckets cover every gradient element exactly once.
 pub type Bucket = Vec<Range<usize>>;

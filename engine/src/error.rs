@@ -59,3 +59,8 @@ impl EngineError {
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// A GPU failure as the engine's error (for `map_err`).
+pub(crate) fn gpu(e: convoy_kernels::cuda::CudaError) -> EngineError {
+    EngineError::Gpu(e.to_string())
+}

@@ -22,6 +22,12 @@ use nix::unistd::Pid;
 /// The binaries a cluster needs, which `cargo build` puts side by side.
 pub const BINARIES: [&str; 3] = ["convoy-coordinator", "convoy-worker", "convoy-rank"];
 
+/// Variables of this process that daemons it starts keep: where the machine's CUDA headers
+/// and compiled-kernel cache are, which their ranks read. Every other `CONVOY_*` variable is a
+/// daemon setting (`CONVOY_CONFIG`, `CONVOY_DATA_DIR`, …): a harness passes what it wants as
+/// flags, and one exported in the caller's shell must not reach into `convoy dev` or a test.
+const KEPT_CONVOY_VARS: [&str; 2] = ["CONVOY_KERNEL_CACHE", "CONVOY_CUDA_INCLUDE"];
+
 /// How long a daemon may take to become ready before the harness gives up on it: far longer
 /// than a healthy start on a loaded machine, short enough that a broken one fails a run.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -140,7 +146,14 @@ impl Harness {
                     source,
                 })
         };
-        let child = Command::new(&path)
+        let mut command = Command::new(&path);
+        for (var, _) in std::env::vars_os() {
+            let name = var.to_string_lossy();
+            if name.starts_with("CONVOY_") && !KEPT_CONVOY_VARS.contains(&name.as_ref()) {
+                command.env_remove(&var);
+            }
+        }
+        let child = command
             .args(args)
             .arg("--ready-file")
             .arg(&ready_file)
@@ -293,5 +306,8 @@ pub fn bin_dir_of_current_exe() -> Result<PathBuf, HarnessError> {
     })?;
     exe.parent()
         .map(Path::to_path_buf)
-        .ok_or(HarnessError::MissingBinary { path: exe })
+        .ok_or_else(|| HarnessError::Io {
+            what: format!("{} has no directory", exe.display()),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        })
 }

@@ -7,12 +7,11 @@
 //! last part arrives.
 
 use std::collections::HashMap;
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use std::sync::Arc;
-
+use convoy_client::checkpoint::{ReceiveError, receive};
 use convoy_engine::state;
 use convoy_engine::train::{StopToken, TrainState};
 use convoy_proto::v1 as pb;
@@ -206,8 +205,8 @@ fn try_download(
     job: &str,
     step: Option<u64>,
 ) -> Result<Downloaded, DownloadError> {
-    client.call(|mut api| async move {
-        let mut stream = api
+    let received = client.call(|mut api| async move {
+        let stream = api
             .download_checkpoint(pb::DownloadCheckpointRequest {
                 job_id: job.to_string(),
                 step,
@@ -215,41 +214,18 @@ fn try_download(
             .await
             .map_err(DownloadError::Status)?
             .into_inner();
-        let mut info = None;
-        let mut skipped = vec![];
-        let mut bytes = Vec::new();
-        while let Some(m) = stream.message().await.map_err(DownloadError::Status)? {
-            if let Some(i) = m.info {
-                bytes.reserve(i.size_bytes as usize);
-                info = Some(i);
-                skipped = m.skipped;
-            }
-            if !m.data.is_empty() {
-                if xxh3_64(&m.data) != m.checksum {
-                    return Err(DownloadError::Bad(format!(
-                        "a chunk at byte {} failed its checksum",
-                        bytes.len()
-                    )));
-                }
-                bytes.extend_from_slice(&m.data);
-            }
-        }
-        let info = info.ok_or_else(|| DownloadError::Bad("no header in the stream".into()))?;
-        if bytes.len() as u64 != info.size_bytes {
-            return Err(DownloadError::Bad(format!(
-                "{} of {} bytes arrived",
-                bytes.len(),
-                info.size_bytes
-            )));
-        }
-        let origin = std::path::PathBuf::from(format!("{job}@{}", info.step));
-        let state =
-            state::decode(&bytes, &origin).map_err(|e| DownloadError::Bad(e.to_string()))?;
-        Ok(Downloaded {
-            state,
-            step: info.step,
-            bytes: info.size_bytes,
-            skipped,
+        receive(stream).await.map_err(|e| match e {
+            ReceiveError::Status(s) => DownloadError::Status(s),
+            ReceiveError::Damaged(msg) => DownloadError::Bad(msg),
         })
+    })?;
+    let origin = std::path::PathBuf::from(format!("{job}@{}", received.info.step));
+    let state =
+        state::decode(&received.bytes, &origin).map_err(|e| DownloadError::Bad(e.to_string()))?;
+    Ok(Downloaded {
+        state,
+        step: received.info.step,
+        bytes: received.info.size_bytes,
+        skipped: received.skipped,
     })
 }

@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 use convoy_collective::{
     CollectiveError, NcclReducer, Ring, RingConfig, RingReducer, nccl_available, nccl_unique_id,
 };
-use convoy_engine::EngineError;
 use convoy_engine::collective::{DeviceGradReducer, SingleDevice};
 use convoy_engine::spec::{Backend, JobSpec};
 use convoy_engine::train::{Event, StopToken, Trainer, open_gpu};
@@ -274,10 +273,13 @@ pub fn run(launch: RankLaunch) -> Result<(), RankError> {
         },
         &stop,
     );
-    let summary = match trained {
-        Ok(s) => s,
-        Err(EngineError::Stopped { reason, .. }) => return Err(RankError::Superseded(reason)),
-        Err(e) => return Err(e.into()),
+    let summary = match (trained, stop.reason()) {
+        (Ok(s), _) => s,
+        // Told the attempt is over: whatever ended the loop (the check before a step, or a
+        // collective that failed because the other ranks were stopped first), this rank was
+        // superseded, and says so.
+        (Err(_), Some(reason)) => return Err(RankError::Superseded(reason)),
+        (Err(e), None) => return Err(e.into()),
     };
     if let Some(u) = uploader {
         u.finish(final_checkpoint);

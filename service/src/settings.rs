@@ -88,6 +88,10 @@ pub enum SettingsError {
         key: String,
         known: String,
     },
+    #[error("the daemon asked for a setting {0:?} that has no flag (a bug in the daemon)")]
+    NoSuchFlag(String),
+    #[error("the daemon never read its setting {0:?} (a bug in the daemon)")]
+    Unread(String),
     #[error("{key} from {origin}: {msg}")]
     Value {
         key: String,
@@ -99,6 +103,7 @@ pub enum SettingsError {
 /// The three layers of one daemon's settings; [`Layers::get`] resolves one setting.
 pub struct Layers {
     command: Command,
+    config_id: String,
     matches: ArgMatches,
     file: Option<(PathBuf, toml::Table)>,
     asked: RefCell<BTreeSet<String>>,
@@ -119,6 +124,7 @@ impl Layers {
         };
         Ok(Layers {
             command,
+            config_id: config_id.to_string(),
             matches,
             file,
             asked: RefCell::default(),
@@ -140,27 +146,34 @@ impl Layers {
         Ok(setting)
     }
 
-    /// A setting without a default: `None` when no layer gives it (the daemon decides, and
-    /// `unset` says what that means in the report).
+    /// A setting without a default: `None` when no layer gives it. `unset` says what that
+    /// means in the report; `None` leaves the line to the daemon, which reports such a
+    /// setting itself once it knows the value (a cluster setting stored with the state).
     pub fn optional<T: Value>(
         &self,
         id: &str,
-        unset: &str,
+        unset: Option<&str>,
     ) -> Result<Option<Setting<T>>, SettingsError> {
         let setting: Option<Setting<T>> = self.given(id)?;
-        match &setting {
-            Some(s) => self.note(id, &s.value.show(), &s.source),
-            None => self
+        match (&setting, unset) {
+            (Some(s), _) => self.note(id, &s.value.show(), &s.source),
+            (None, Some(unset)) => self
                 .report
                 .borrow_mut()
                 .push(format!("{id}: not given ({unset})")),
+            (None, None) => {}
         }
         Ok(setting)
     }
 
     fn given<T: Value>(&self, id: &str) -> Result<Option<Setting<T>>, SettingsError> {
         self.asked.borrow_mut().insert(id.to_string());
-        let arg = self.command.get_arguments().find(|a| a.get_id() == id);
+        // A setting is a flag first: an id without one is a daemon's typo, which would
+        // otherwise read as "not given" and accept the typo as a file key.
+        let Some(arg) = self.command.get_arguments().find(|a| a.get_id() == id) else {
+            return Err(SettingsError::NoSuchFlag(id.to_string()));
+        };
+        let arg = Some(arg);
         let cli_source = match self.matches.value_source(id) {
             Some(ValueSource::CommandLine) => Some(Source::Flag(
                 arg.and_then(|a| a.get_long()).unwrap_or(id).to_string(),
@@ -209,16 +222,28 @@ impl Layers {
     /// Checks that the file held no key the daemon did not ask for, and returns one line per
     /// setting (`heartbeat_timeout_ms = 5000 (default)`) for the start-up report.
     pub fn finish(self) -> Result<Vec<String>, SettingsError> {
-        if let Some((path, table)) = &self.file {
-            let asked = self.asked.borrow();
-            if let Some(key) = table.keys().find(|k| !asked.contains(*k)) {
-                return Err(SettingsError::UnknownKey {
-                    path: path.clone(),
-                    key: key.clone(),
-                    known: asked.iter().cloned().collect::<Vec<_>>().join(", "),
-                });
-            }
+        let asked = self.asked.borrow();
+        if let Some((path, table)) = &self.file
+            && let Some(key) = table.keys().find(|k| !asked.contains(*k))
+        {
+            return Err(SettingsError::UnknownKey {
+                path: path.clone(),
+                key: key.clone(),
+                known: asked.iter().cloned().collect::<Vec<_>>().join(", "),
+            });
         }
+        // Every flag is a setting the daemon resolves; one it forgot would be ignored.
+        let unread = self
+            .command
+            .get_arguments()
+            .map(|a| a.get_id().as_str())
+            .find(|id| {
+                !["help", "version", self.config_id.as_str()].contains(id) && !asked.contains(*id)
+            });
+        if let Some(id) = unread {
+            return Err(SettingsError::Unread(id.to_string()));
+        }
+        drop(asked);
         Ok(self.report.into_inner())
     }
 }

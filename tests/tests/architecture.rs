@@ -90,8 +90,12 @@ fn the_worker_daemon_links_no_training_code() {
 }
 
 /// A crate's source files by module path (`server/event_loop` for `src/server/event_loop.rs`,
-/// `server` for `src/server/mod.rs`, the empty path for `src/lib.rs` or `src/main.rs`).
+/// `server` for `src/server/mod.rs`, the empty path for the crate root: `src/lib.rs`, or
+/// `src/main.rs` in a crate without a library). Beside a library, `src/main.rs` is a crate of
+/// its own and is left out: such binaries are thin wrappers without modules (checked by the
+/// caller).
 fn modules(src: &Path) -> BTreeMap<Vec<String>, PathBuf> {
+    let has_lib = src.join("lib.rs").is_file();
     let mut out = BTreeMap::new();
     let mut dirs = vec![src.to_path_buf()];
     while let Some(dir) = dirs.pop() {
@@ -112,10 +116,13 @@ fn modules(src: &Path) -> BTreeMap<Vec<String>, PathBuf> {
                 .components()
                 .map(|c| c.as_os_str().to_string_lossy().into_owned())
                 .collect();
-            if matches!(
-                parts.last().map(String::as_str),
-                Some("mod" | "lib" | "main")
-            ) {
+            if parts == ["main"] {
+                if has_lib {
+                    continue;
+                }
+                parts.pop();
+            }
+            if matches!(parts.last().map(String::as_str), Some("mod" | "lib")) {
                 parts.pop();
             }
             out.insert(parts, path);
@@ -124,7 +131,8 @@ fn modules(src: &Path) -> BTreeMap<Vec<String>, PathBuf> {
     out
 }
 
-/// The source without comments and without its unit-test module (tests import their parent).
+/// The source without comments, without its unit-test module (tests import their parent) and
+/// without re-exports (`pub use child::Item` publishes a child's item; it is not a use of it).
 fn code(text: &str) -> String {
     let text = match text.find("#[cfg(test)]\nmod tests") {
         Some(i) => &text[..i],
@@ -132,12 +140,32 @@ fn code(text: &str) -> String {
     };
     text.lines()
         .map(|l| l.split("//").next().unwrap_or(""))
+        .filter(|l| {
+            let l = l.trim_start();
+            !(l.starts_with("pub use ") || l.starts_with("pub(crate) use "))
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
 
-/// The module paths a file names through `crate::…` and `super::…` (including the items of
-/// `use crate::{a, b::c}` groups).
+/// The child modules a file declares (`mod x;`, `pub mod x;`, `pub(crate) mod x;`).
+fn declared_children(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let l = l
+                .strip_prefix("pub(crate) ")
+                .or_else(|| l.strip_prefix("pub "))
+                .unwrap_or(l);
+            l.strip_prefix("mod ")?
+                .strip_suffix(';')
+                .map(|name| name.trim().to_string())
+        })
+        .collect()
+}
+
+/// The module paths a file names through `crate::…`, `super::…`, `self::…` and its own child
+/// modules (`child::…`), including the items of `use crate::{a, b::c}` groups.
 fn references(module: &[String], text: &str) -> Vec<Vec<String>> {
     let ident = |s: &str| -> Vec<String> {
         s.split("::")
@@ -151,21 +179,37 @@ fn references(module: &[String], text: &str) -> Vec<Vec<String>> {
             .collect()
     };
     let mut out = vec![];
-    for (i, _) in text
-        .match_indices("crate::")
-        .chain(text.match_indices("super::"))
-    {
+    let children: Vec<String> = declared_children(text)
+        .into_iter()
+        .map(|c| format!("{c}::"))
+        .collect();
+    let starts = ["crate::", "super::", "self::"]
+        .into_iter()
+        .map(String::from)
+        .chain(children);
+    let mut found: Vec<(usize, String)> = vec![];
+    for start in starts {
+        found.extend(text.match_indices(&start).map(|(i, _)| (i, start.clone())));
+    }
+    for (i, start) in found {
         let before = text[..i].chars().last();
-        if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
-            continue; // `convoy_crate::` and the like
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
+            continue; // `convoy_crate::`, `a::child::` and the like
         }
-        let rest = &text[i..];
-        let mut base: Vec<String> = if rest.starts_with("crate::") {
-            vec![]
-        } else {
-            module[..module.len().saturating_sub(1)].to_vec()
+        let rest = &text[i + start.len()..];
+        let mut base: Vec<String> = match start.as_str() {
+            "crate::" => vec![],
+            "super::" => module[..module.len().saturating_sub(1)].to_vec(),
+            // `self::x` names a child of this module.
+            "self::" => module.to_vec(),
+            // `child::x`: the child is the first segment.
+            child => {
+                let mut b = module.to_vec();
+                b.push(child.trim_end_matches("::").to_string());
+                b
+            }
         };
-        let mut path = rest.strip_prefix("crate::").unwrap_or(rest);
+        let mut path = rest;
         while let Some(r) = path.strip_prefix("super::") {
             base.pop();
             path = r;
@@ -245,6 +289,18 @@ fn no_two_files_of_a_crate_import_each_other() {
         let src = entry.path().join("src");
         if !entry.path().join("Cargo.toml").is_file() || !src.is_dir() {
             continue;
+        }
+        if let (true, Ok(main)) = (
+            src.join("lib.rs").is_file(),
+            std::fs::read_to_string(src.join("main.rs")),
+        ) {
+            let mods = declared_children(&code(&main));
+            assert!(
+                mods.is_empty(),
+                "{}/src/main.rs declares modules {mods:?}: binaries are thin wrappers over \
+                 their library",
+                entry.file_name().to_string_lossy()
+            );
         }
         let mods = modules(&src);
         files += mods.len();

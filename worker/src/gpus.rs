@@ -1,9 +1,10 @@
-//! How many GPUs this machine has, asked of the CUDA driver itself.
+//! Which GPUs this machine gives its ranks, asked of the CUDA driver itself.
 //!
-//! The daemon only needs a count (to advertise GPU slots and hand each CUDA rank its own
-//! device), so it loads `libcuda` directly and makes two driver calls instead of linking the
-//! CUDA stack the ranks use. No driver, a driver that fails to initialise, or no device all
-//! mean 0: the scheduler then never places a CUDA rank here.
+//! The daemon only needs a count (to advertise GPU slots) and a name for each device (to hand
+//! each CUDA rank its own through `CUDA_VISIBLE_DEVICES`), so it loads `libcuda` directly and
+//! makes two driver calls instead of linking the CUDA stack the ranks use. No driver, a driver
+//! that fails to initialise, or no device all mean none: the scheduler then never places a
+//! CUDA rank here.
 
 use std::ffi::c_int;
 
@@ -15,9 +16,24 @@ type CuDeviceGetCount = unsafe extern "C" fn(count: *mut c_int) -> c_int;
 /// The names the driver installs under (the unversioned one only with development files).
 const LIBRARIES: [&str; 2] = ["libcuda.so.1", "libcuda.so"];
 
+/// The GPUs this daemon may hand out, as a rank's `CUDA_VISIBLE_DEVICES` must name them: the
+/// entries of the daemon's own `CUDA_VISIBLE_DEVICES` when it has one (a daemon limited to
+/// GPUs 2 and 3 gives its ranks "2" and "3", not "0" and "1"), else the driver's ordinals.
+pub fn visible() -> Vec<String> {
+    let n = count() as usize;
+    match std::env::var("CUDA_VISIBLE_DEVICES") {
+        Ok(list) if !list.trim().is_empty() => list
+            .split(',')
+            .map(|d| d.trim().to_string())
+            .take(n)
+            .collect(),
+        _ => (0..n).map(|i| i.to_string()).collect(),
+    }
+}
+
 /// GPUs the CUDA driver reports to this process (after `CUDA_VISIBLE_DEVICES`); 0 when there
 /// is no usable driver.
-pub fn count() -> u32 {
+fn count() -> u32 {
     let Some(lib) = LIBRARIES.iter().find_map(|name| {
         // SAFETY: loading the NVIDIA driver library runs only its own initialisers, which make
         // no assumptions about this process; it is the library cudarc loads in every rank.

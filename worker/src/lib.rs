@@ -7,6 +7,7 @@
 //! nothing of training: the coordinator says which backend a rank needs, and the rank reads
 //! its job's spec itself.
 
+mod config;
 mod error;
 pub mod gpus;
 mod logship;
@@ -15,53 +16,14 @@ mod ranks;
 mod session;
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, watch};
 
+pub use config::{WorkerConfig, defaults};
 pub use error::WorkerError;
 use ranks::Supervisor;
-
-/// Settings a worker has unless told otherwise.
-pub mod defaults {
-    /// Where rank working files go without `--data-dir`.
-    pub const DATA_DIR: &str = "/var/lib/convoy/worker";
-    /// The address other machines reach this machine's ranks at.
-    pub const ADVERTISE_HOST: &str = "127.0.0.1";
-    /// Between SIGTERM and SIGKILL when ranks are stopped.
-    pub const STOP_GRACE_MS: u64 = 10_000;
-    /// How long ranks wait for peers, and the longest a peer may be silent in a collective.
-    pub const COLLECTIVE_TIMEOUT_MS: u64 = 60_000;
-    /// The rank program, looked for next to the daemon's own binary.
-    pub const RANK_PROGRAM: &str = "convoy-rank";
-}
-
-#[derive(Clone, Debug)]
-pub struct WorkerConfig {
-    /// `http://host:port` of the coordinator.
-    pub coordinator: String,
-    /// Unique in the cluster; normally the host name.
-    pub name: String,
-    /// Ranks this worker runs at once.
-    pub slots: u32,
-    pub gpus: u32,
-    /// Each rank's working files (its spec and launch file) go under `ranks/` here.
-    pub data_dir: PathBuf,
-    /// The address other machines reach this machine's ranks at.
-    pub advertise_host: String,
-    /// Between SIGTERM and SIGKILL when ranks are stopped.
-    pub stop_grace: Duration,
-    /// The program that runs one rank, given the rank's launch file (`convoy-rank`).
-    pub rank_program: PathBuf,
-    /// CPU threads per rank (default: the spec's `threads`, else all cores).
-    pub threads_per_rank: Option<usize>,
-    /// How long ranks wait for peers, and the longest a peer may be silent in a collective.
-    pub collective_timeout: Duration,
-    /// Where to write the ready signal once the coordinator has accepted the registration.
-    pub ready_file: Option<PathBuf>,
-}
 
 /// Runs the daemon until `shutdown` resolves, then stops its ranks (SIGTERM, then SIGKILL
 /// after the grace period).
@@ -70,7 +32,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
     if config.name.trim().is_empty() {
-        return Err(WorkerError::Config("the worker name is empty".into()));
+        return Err(WorkerError::Config(
+            "the worker name is empty: set --name or CONVOY_WORKER_NAME".into(),
+        ));
     }
     if config.slots == 0 {
         return Err(WorkerError::Config(
@@ -90,13 +54,12 @@ pub async fn run(
         source: e,
     })?;
     // Ranks run in their job's directory: the paths the daemon hands them must be absolute.
-    config.data_dir = config
-        .data_dir
-        .canonicalize()
-        .map_err(|e| WorkerError::Io {
-            what: format!("resolving {}", config.data_dir.display()),
+    for path in [&mut config.data_dir, &mut config.rank_program] {
+        *path = path.canonicalize().map_err(|e| WorkerError::Io {
+            what: format!("resolving {}", path.display()),
             source: e,
         })?;
+    }
     let api = convoy_client::worker_api(convoy_client::connect_lazy(&config.coordinator)?);
     // Distinguishes this process from an earlier daemon of the same name.
     let instance = format!(
@@ -107,7 +70,7 @@ pub async fn run(
             .map_or(0, |d| d.as_nanos())
     );
     // CUDA ranks need libnccl under the name cudarc opens; fixed once here, for every rank.
-    let cuda_library_path = match config.gpus {
+    let cuda_library_path = match config.gpus.len() {
         0 => None,
         _ => {
             let search = std::env::var("LD_LIBRARY_PATH").unwrap_or_default();

@@ -66,6 +66,8 @@ fn main() -> ExitCode {
 
 fn configure() -> Result<WorkerConfig> {
     let matches = Args::command().get_matches();
+    // `Args` is the flags' definition; the values are read through the layers below, which
+    // also know the environment's and the file's. Building it once checks the types.
     Args::from_arg_matches(&matches)?;
     let layers = Layers::new(Args::command(), matches, "config")?;
     let exe = std::env::current_exe().context("locating convoy-worker")?;
@@ -82,7 +84,7 @@ fn configure() -> Result<WorkerConfig> {
         ),
         name: layers.get("name", host)?.value,
         slots: layers.get("slots", cpus)?.value,
-        gpus: gpus::count(),
+        gpus: gpus::visible(),
         data_dir: layers
             .get("data_dir", PathBuf::from(defaults::DATA_DIR))?
             .value,
@@ -93,26 +95,29 @@ fn configure() -> Result<WorkerConfig> {
             layers.get("stop_grace_ms", defaults::STOP_GRACE_MS)?.value,
         ),
         threads_per_rank: layers
-            .optional("threads_per_rank", "the spec's threads, else every core")?
+            .optional(
+                "threads_per_rank",
+                Some("the spec's threads, else every core"),
+            )?
             .map(|s| s.value),
         collective_timeout: Duration::from_millis(
             layers
                 .get("collective_timeout_ms", defaults::COLLECTIVE_TIMEOUT_MS)?
-                .value
-                .max(1),
+                .value,
         ),
         rank_program: layers.get("rank_program", sibling)?.value,
         ready_file: layers
-            .optional("ready_file", "no ready file")?
+            .optional("ready_file", Some("no ready file"))?
             .map(|s| s.value),
     };
     for line in layers.finish()? {
         tracing::info!("setting {line}");
     }
-    tracing::info!("GPUs: {} (from the CUDA driver)", config.gpus);
-    if config.name.trim().is_empty() {
-        anyhow::bail!("no worker name: the host name is empty; set --name or CONVOY_WORKER_NAME");
-    }
+    tracing::info!(
+        "GPUs: {} from the CUDA driver {:?}",
+        config.gpus.len(),
+        config.gpus
+    );
     Ok(config)
 }
 

@@ -20,7 +20,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::WorkerConfig;
+use crate::config::WorkerConfig;
 use crate::logship::LogMsg;
 
 /// Lines of a rank's output kept for its exit report.
@@ -51,7 +51,8 @@ struct Table {
     /// Every rank started by this daemon: a repeated start (the coordinator re-sends starts
     /// when a worker reconnects) is ignored.
     seen: HashSet<RankId>,
-    /// The GPU each running CUDA rank holds (one rank per GPU, as the scheduler places them).
+    /// The GPU each running CUDA rank holds, as an index into the daemon's visible GPUs (one
+    /// rank per GPU, as the scheduler places them).
     gpus: HashMap<RankId, u32>,
 }
 
@@ -196,10 +197,10 @@ impl Supervisor {
         let gpu = match pb::Backend::try_from(s.backend) {
             Ok(pb::Backend::Cuda) => {
                 let mut t = self.table();
-                let g = free_gpu(self.config.gpus, t.gpus.values().copied()).ok_or_else(|| {
+                let total = self.config.gpus.len() as u32;
+                let g = free_gpu(total, t.gpus.values().copied()).ok_or_else(|| {
                     format!(
-                        "no free GPU: all {} of this worker's GPUs are held by other ranks",
-                        self.config.gpus
+                        "no free GPU: all {total} of this worker's GPUs are held by other ranks"
                     )
                 })?;
                 t.gpus.insert(key.clone(), g);
@@ -214,10 +215,8 @@ impl Supervisor {
                 ));
             }
         };
-        cmd.env(
-            "CUDA_VISIBLE_DEVICES",
-            gpu.map_or(String::new(), |g| g.to_string()),
-        );
+        let device = gpu.and_then(|g| self.config.gpus.get(g as usize));
+        cmd.env("CUDA_VISIBLE_DEVICES", device.map_or("", String::as_str));
         if let (Some(_), Some(path)) = (gpu, &self.cuda_library_path) {
             cmd.env("LD_LIBRARY_PATH", path);
         }

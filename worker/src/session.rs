@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::WorkerConfig;
+use crate::config::WorkerConfig;
 use crate::ranks::Supervisor;
 
 /// How long one unary call may take before the coordinator counts as unreachable.
@@ -41,7 +41,7 @@ pub async fn run(
         let registered = call(c.register(pb::RegisterRequest {
             name: config.name.clone(),
             cpu_slots: config.slots,
-            gpus: config.gpus,
+            gpus: config.gpus.len() as u32,
             version: convoy_service::VERSION.into(),
             running: ranks.running(),
             instance: instance.clone(),
@@ -80,7 +80,7 @@ pub async fn run(
             config.coordinator,
             reg.worker_id,
             config.slots,
-            config.gpus
+            config.gpus.len()
         );
         convoy_service::ready::status_systemd(&format!(
             "registered with {} as {}",

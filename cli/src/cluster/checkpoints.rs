@@ -2,13 +2,12 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use convoy_engine::export::{ExportFormat, export};
 use convoy_engine::spec::parse_job_ref;
 use convoy_engine::state;
 use convoy_proto::v1 as pb;
 use serde_json::{Value, json};
-use xxhash_rust::xxh3::xxh3_64;
 
 use super::jobs::{job_json, state as job_state};
 use super::{ago, connect, rpc};
@@ -102,7 +101,7 @@ pub async fn export_to(
     let format: ExportFormat = format.parse().map_err(|e| anyhow!("{e}"))?;
     let (job, step) = parse_ref(reference)?;
     let mut c = connect(coordinator).await?;
-    let mut stream = c
+    let stream = c
         .download_checkpoint(pb::DownloadCheckpointRequest {
             job_id: job.clone(),
             step,
@@ -110,28 +109,13 @@ pub async fn export_to(
         .await
         .map_err(rpc)?
         .into_inner();
-    let mut info = None;
-    let mut bytes = Vec::new();
-    while let Some(m) = stream.message().await.map_err(rpc)? {
-        for s in &m.skipped {
-            eprintln!("note: {s}");
-        }
-        if let Some(i) = m.info {
-            info = Some(i);
-        }
-        if !m.data.is_empty() && xxh3_64(&m.data) != m.checksum {
-            bail!("a chunk of {job}'s checkpoint was damaged in transit (checksum mismatch)");
-        }
-        bytes.extend_from_slice(&m.data);
+    let received = convoy_client::checkpoint::receive(stream)
+        .await
+        .map_err(|e| anyhow!("{job}'s checkpoint did not arrive intact: {e}"))?;
+    for s in &received.skipped {
+        eprintln!("note: {s}");
     }
-    let info = info.ok_or_else(|| anyhow!("the coordinator sent no checkpoint info"))?;
-    if bytes.len() as u64 != info.size_bytes {
-        bail!(
-            "{} of the checkpoint's {} bytes arrived",
-            bytes.len(),
-            info.size_bytes
-        );
-    }
+    let (info, bytes) = (received.info, received.bytes);
     let origin = Path::new(&reference).to_path_buf();
     let st = state::decode(&bytes, &origin)?;
     export(&st, format, output).with_context(|| format!("exporting to {}", output.display()))?;

@@ -6,7 +6,7 @@
 //! them in order (workers first, so their ranks are stopped cleanly) and removes the
 //! directory.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -59,7 +59,18 @@ pub async fn run(args: DevArgs) -> Result<()> {
         .prefix("convoy-dev-")
         .tempdir()
         .context("creating a temporary directory")?;
-    let harness = Harness::new(&bin_dir_of_current_exe()?, dir.path())?;
+    let result = cluster(&args, dir.path()).await;
+    if result.is_err() {
+        // Keep the daemons' logs (the error may point at one) for a look at what went wrong.
+        let kept = dir.keep();
+        eprintln!("convoy dev: logs kept in {}", kept.display());
+    }
+    result
+}
+
+/// Starts the daemons with their files in `dir`, drives them, and stops them in order.
+async fn cluster(args: &DevArgs, dir: &Path) -> Result<()> {
+    let harness = Harness::new(&bin_dir_of_current_exe()?, dir)?;
     harness.check_binaries()?;
     let path = |p: PathBuf| p.display().to_string();
     let mut coordinator = harness.coordinator(
@@ -68,7 +79,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
             "--listen".into(),
             format!("127.0.0.1:{}", args.port),
             "--data-dir".into(),
-            path(dir.path().join("coordinator")),
+            path(dir.join("coordinator")),
         ],
     )?;
     let url = coordinator
@@ -93,14 +104,14 @@ pub async fn run(args: DevArgs) -> Result<()> {
                 "--threads-per-rank".into(),
                 threads.to_string(),
                 "--data-dir".into(),
-                path(dir.path().join(&name)),
+                path(dir.join(&name)),
                 "--stop-grace-ms".into(),
                 "5000".into(),
             ],
         )?);
     }
     let result = tokio::select! {
-        r = drive(&url, &args, &mut workers, threads, dir.path()) => r,
+        r = drive(&url, args, &mut workers, threads, dir) => r,
         _ = tokio::signal::ctrl_c() => {
             eprintln!("convoy dev: interrupted; shutting down");
             Ok(())
@@ -111,11 +122,6 @@ pub async fn run(args: DevArgs) -> Result<()> {
         stop(w);
     }
     stop(&mut coordinator);
-    if result.is_err() {
-        // Keep the daemons' logs for a look at what went wrong.
-        let kept = dir.keep();
-        eprintln!("convoy dev: logs kept in {}", kept.display());
-    }
     result
 }
 
@@ -124,7 +130,7 @@ async fn drive(
     args: &DevArgs,
     workers: &mut [Daemon],
     threads: usize,
-    dir: &std::path::Path,
+    dir: &Path,
 ) -> Result<()> {
     // Polled here rather than waited for in a blocking call, so Ctrl-C works meanwhile.
     let deadline = std::time::Instant::now() + READY_TIMEOUT;

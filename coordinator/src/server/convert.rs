@@ -1,10 +1,9 @@
 //! Protobuf ↔ domain at the edge: ids parsed from their text form, domain values rendered into
 //! the client API's messages, and core errors mapped to gRPC status codes.
 
+use convoy_engine::spec::Backend;
 use convoy_proto::v1 as pb;
 use tonic::Status;
-
-use convoy_engine::spec::Backend;
 
 use crate::error::ApplyError;
 use crate::model::{Attempt, AttemptOutcome, Job, JobId, JobState, Liveness, Worker, WorkerId};

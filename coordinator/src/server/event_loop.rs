@@ -135,15 +135,15 @@ impl EventLoop {
                 });
             }
         }
-        let pending = cmds.iter().map(|_| ReplyTo::Internal).collect();
-        self.execute(cmds, pending)
+        let reply_to = cmds.iter().map(|_| ReplyTo::Internal).collect();
+        self.execute(cmds, reply_to)
     }
 
     /// Handles one batch; true when asked to shut down.
     fn handle(&mut self, batch: Vec<Request>) -> Result<bool, StoreError> {
         let now = now_ms();
         let mut cmds = vec![];
-        let mut pending = vec![];
+        let mut reply_to = vec![];
         let mut later = vec![];
         let mut stop = false;
         for req in batch {
@@ -151,15 +151,15 @@ impl EventLoop {
                 Request::Submit { mut submit, reply } => {
                     submit.now = now;
                     cmds.push(Command::SubmitJob(submit));
-                    pending.push(ReplyTo::Submit(reply));
+                    reply_to.push(ReplyTo::Submit(reply));
                 }
                 Request::Cancel { job, reply } => {
                     cmds.push(Command::CancelJob { job, now });
-                    pending.push(ReplyTo::Unit(reply));
+                    reply_to.push(ReplyTo::Unit(reply));
                 }
                 Request::Resume { job, reply } => {
                     cmds.push(Command::ResumeJob { job });
-                    pending.push(ReplyTo::Unit(reply));
+                    reply_to.push(ReplyTo::Unit(reply));
                 }
                 Request::SetCordon {
                     worker,
@@ -171,7 +171,7 @@ impl EventLoop {
                     } else {
                         Command::Uncordon { worker }
                     });
-                    pending.push(ReplyTo::Unit(reply));
+                    reply_to.push(ReplyTo::Unit(reply));
                 }
                 Request::Register {
                     name,
@@ -187,7 +187,7 @@ impl EventLoop {
                         instance,
                         now,
                     });
-                    pending.push(ReplyTo::Register(reply));
+                    reply_to.push(ReplyTo::Register(reply));
                 }
                 Request::Heartbeat {
                     worker,
@@ -195,7 +195,7 @@ impl EventLoop {
                     reply,
                 } => {
                     cmds.push(Command::Heartbeat { worker, now });
-                    pending.push(ReplyTo::Heartbeat {
+                    reply_to.push(ReplyTo::Heartbeat {
                         worker,
                         running,
                         reply,
@@ -209,7 +209,7 @@ impl EventLoop {
                         exit,
                         now,
                     });
-                    pending.push(ReplyTo::Unit(reply));
+                    reply_to.push(ReplyTo::Unit(reply));
                 }
                 Request::Progress {
                     key,
@@ -220,7 +220,7 @@ impl EventLoop {
                     match self.progress(key, metrics, now) {
                         Ok(Some(cmd)) => {
                             cmds.push(cmd);
-                            pending.push(ReplyTo::Unit(reply));
+                            reply_to.push(ReplyTo::Unit(reply));
                         }
                         Ok(None) => {
                             let _ = reply.send(Ok(()));
@@ -234,7 +234,7 @@ impl EventLoop {
                 other => later.push(other),
             }
         }
-        self.execute(cmds, pending)?;
+        self.execute(cmds, reply_to)?;
         for req in later {
             match req {
                 Request::Watch {
@@ -302,13 +302,13 @@ impl EventLoop {
     }
 
     /// Logs and applies `cmds`, answers their requests, and carries out their effects.
-    fn execute(&mut self, cmds: Vec<Command>, pending: Vec<ReplyTo>) -> Result<(), StoreError> {
+    fn execute(&mut self, cmds: Vec<Command>, reply_to: Vec<ReplyTo>) -> Result<(), StoreError> {
         if cmds.is_empty() {
             return Ok(());
         }
         let results = self.core.execute_all(&cmds)?;
         let mut effects = vec![];
-        for ((cmd, result), p) in cmds.iter().zip(results).zip(pending) {
+        for ((cmd, result), p) in cmds.iter().zip(results).zip(reply_to) {
             if result.is_ok()
                 && !matches!(
                     cmd,
@@ -595,8 +595,8 @@ impl EventLoop {
             .into_iter()
             .map(|d| d.into_command(now))
             .collect();
-        let pending = cmds.iter().map(|_| ReplyTo::Internal).collect();
-        self.execute(cmds, pending)?;
+        let reply_to = cmds.iter().map(|_| ReplyTo::Internal).collect();
+        self.execute(cmds, reply_to)?;
         // Starting jobs changed nothing else the scheduler reads until the next event.
         self.dirty = held;
         Ok(())

@@ -1,5 +1,4 @@
-//! What the gRPC services share: the way into the event loop, the records store (read
-//! directly by streams, which would otherwise hold the loop up), and the server's settings.
+//! The services' way into the event loop.
 
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
@@ -11,8 +10,9 @@ use tonic::Status;
 use crate::server::records::Records;
 use crate::server::request::{Request, View};
 
-/// What both services share: the way into the loop, and the records store (read directly by
-/// streams, which would otherwise hold the loop up).
+/// What both gRPC services share: the loop's request channel, the records store (read
+/// directly by streams, which would otherwise hold the loop up), the heartbeat interval
+/// workers are told, and the shutdown signal long streams end on.
 #[derive(Clone)]
 pub(crate) struct Handle {
     pub tx: std_mpsc::Sender<Request>,

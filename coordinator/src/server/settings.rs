@@ -6,7 +6,8 @@
 //! ([`ClusterSettings`]), which are part of the replicated state because they change what the
 //! state machine decides. A cluster setting given at start that differs from the stored one
 //! is applied through a logged [`Command::Configure`], so a change is recorded, survives
-//! restarts and is never silently ignored; one not given keeps the stored value.
+//! restarts and is never silently ignored; one not given keeps the stored value. A new
+//! cluster stores its settings at its first start.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -125,7 +126,9 @@ pub(crate) fn apply_cluster_settings<L: CommandLog>(
         };
         tracing::info!("setting {name} = {value} ({source})");
     }
-    if wanted != stored {
+    // A new cluster records its settings too: they are the cluster's from now on, even if a
+    // later release changes the defaults.
+    if wanted != stored || fresh {
         core.execute(&Command::Configure(wanted))?;
     }
     Ok(())

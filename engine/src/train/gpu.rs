@@ -10,8 +10,9 @@ use convoy_kernels::cuda::{CudaError, Device};
 use cudarc::driver::CudaSlice;
 
 use crate::collective::DeviceGradReducer;
+use crate::error::gpu;
 use crate::error::{EngineError, Result};
-use crate::model::gpt::cuda::{GptCuda, gpu};
+use crate::model::gpt::cuda::GptCuda;
 use crate::optim::{Optimizer, OptimizerState, ParamGroup, second_moments};
 use crate::spec::{JobSpec, ModelSpec, OptimizerKind, OptimizerSpec};
 
@@ -41,6 +42,16 @@ pub fn open_gpu(ordinal: usize) -> Result<Device> {
 
 /// The CUDA backend trains the GPT family; the MLP runs on the CPU.
 pub(crate) fn check_gpu_model(spec: &JobSpec) -> Result<()> {
+    // Earlier releases read the kernel choices from these variables; a script that still sets
+    // one would otherwise measure the default kernels without a word.
+    for (var, key) in [("CONVOY_GEMM", "gemm"), ("CONVOY_ATTENTION", "attention")] {
+        if std::env::var_os(var).is_some() {
+            return Err(EngineError::Spec(format!(
+                "{var} is set, but the kernels are chosen in the spec now: use [kernels] \
+                 {key} = ... and unset {var}"
+            )));
+        }
+    }
     if matches!(spec.model, ModelSpec::Gpt(_)) {
         return Ok(());
     }

@@ -13,8 +13,8 @@ use convoy_kernels::cuda::Device;
 use convoy_kernels::cuda::ops::{self, CublasLt, Gemm, Operand};
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
 
-use super::gpu;
 use crate::error::Result;
+use crate::error::gpu;
 
 /// A layer's products against the model's parameters.
 pub(super) struct Products<'a, A> {

@@ -14,8 +14,8 @@
 use std::sync::Arc;
 
 use convoy_kernels::IGNORE_INDEX;
+use convoy_kernels::cuda::Device;
 use convoy_kernels::cuda::ops::{self, CublasLt};
-use convoy_kernels::cuda::{CudaError, Device};
 use cudarc::driver::CudaSlice;
 
 mod buffers;
@@ -27,17 +27,9 @@ use pass::{Model, Pass};
 
 use super::config::GptConfig;
 use super::memory::{self, MemoryNeed};
-use crate::collective::Bucket;
-use crate::error::{EngineError, Result};
+use crate::collective::DeviceBucketHook;
+use crate::error::{EngineError, Result, gpu};
 use crate::spec::{AttentionKernels, GemmKernels, KernelSpec, Precision};
-
-/// Called by the backward pass each time a bucket of device gradients is final (on the stream).
-pub type DeviceBucketHook<'a> = &'a mut dyn FnMut(&CudaSlice<f32>, &Bucket) -> Result<()>;
-
-/// A GPU failure as the engine's error, with what was being done.
-pub(crate) fn gpu(e: CudaError) -> EngineError {
-    EngineError::Gpu(e.to_string())
-}
 
 /// The buffers in the model's storage type.
 enum AnyBuffers {

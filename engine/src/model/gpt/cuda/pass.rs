@@ -10,8 +10,9 @@ use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
 
 use super::buffers::{Buffers, Storage};
 use super::linear::Products;
-use super::{DeviceBucketHook, gpu};
 use crate::collective::Bucket;
+use crate::collective::DeviceBucketHook;
+use crate::error::gpu;
 use crate::error::{EngineError, Result};
 use crate::model::gpt::config::{GptConfig, Tensor};
 
