@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use convoy_engine::spec::Backend;
+use convoy_spec::Backend;
 use serde::{Deserialize, Serialize};
 
 /// Milliseconds since an epoch chosen by the I/O loop (Unix time in practice).

@@ -35,7 +35,7 @@ use std::cmp::Reverse;
 use std::collections::BTreeMap;
 use std::fmt;
 
-use convoy_engine::spec::Backend;
+use convoy_spec::Backend;
 
 use crate::model::{Job, JobId, Millis, Usage, Worker, WorkerId};
 use crate::state::{ClusterState, Command};

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use convoy_engine::spec::JobSpec;
+use convoy_spec::JobSpec;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApplyError;

@@ -7,7 +7,7 @@ use convoy_coordinator::{
     ApplyError, AttemptOutcome, Command, Cordon, Effect, JobId, JobState, Liveness, RankExit,
     SubmitJob, WorkerId,
 };
-use convoy_engine::spec::JobSpec;
+use convoy_spec::JobSpec;
 
 fn fail(status: i32, tail: &str) -> RankExit {
     RankExit::Failure {

@@ -64,3 +64,13 @@ pub type Result<T, E = EngineError> = std::result::Result<T, E>;
 pub(crate) fn gpu(e: convoy_kernels::cuda::CudaError) -> EngineError {
     EngineError::Gpu(e.to_string())
 }
+
+/// A spec that does not read or validate, as the engine's error (the same one line).
+impl From<convoy_spec::SpecError> for EngineError {
+    fn from(e: convoy_spec::SpecError) -> EngineError {
+        match e {
+            convoy_spec::SpecError::Io { path, source } => EngineError::Io { path, source },
+            convoy_spec::SpecError::Invalid(msg) => EngineError::Spec(msg),
+        }
+    }
+}

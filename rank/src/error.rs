@@ -4,6 +4,7 @@
 use convoy_client::ClientError;
 use convoy_collective::CollectiveError;
 use convoy_engine::EngineError;
+use convoy_engine::spec::SpecError;
 use convoy_service::launch::LaunchError;
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +26,8 @@ pub enum RankError {
     /// The coordinator no longer runs this rank's attempt.
     #[error("this attempt was superseded: {0}")]
     Superseded(String),
+    #[error(transparent)]
+    Spec(#[from] SpecError),
     #[error(transparent)]
     Engine(#[from] EngineError),
     #[error("gradient all-reduce: {0}")]

@@ -1,6 +1,6 @@
 //! The architecture's rules that a compiler does not check, checked on the workspace itself:
-//! the worker daemon links no training code, and no two source files of a crate import each
-//! other (directly or around a loop).
+//! the daemons (worker and coordinator) link no training code, and no two source files of a
+//! crate import each other (directly or around a loop).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -57,7 +57,7 @@ fn build_closure(metadata: &Value, root: &str) -> BTreeSet<String> {
 }
 
 #[test]
-fn the_worker_daemon_links_no_training_code() {
+fn the_daemons_link_no_training_code() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
         .args(["metadata", "--format-version", "1", "--locked"])
@@ -70,19 +70,19 @@ fn the_worker_daemon_links_no_training_code() {
         String::from_utf8_lossy(&out.stderr)
     );
     let metadata: Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    let daemon = build_closure(&metadata, "convoy-worker");
-    for banned in [
-        "convoy-engine",
-        "convoy-kernels",
-        "convoy-collective",
-        "cudarc",
-        "gemm",
-        "tiktoken-rs",
-    ] {
-        assert!(
-            !daemon.contains(banned),
-            "convoy-worker depends on {banned}"
-        );
+    // The worker daemon and the coordinator validate or pass on specs; neither trains.
+    for daemon in ["convoy-worker", "convoy-coordinator"] {
+        let closure = build_closure(&metadata, daemon);
+        for banned in [
+            "convoy-engine",
+            "convoy-kernels",
+            "convoy-collective",
+            "cudarc",
+            "gemm",
+            "tiktoken-rs",
+        ] {
+            assert!(!closure.contains(banned), "{daemon} depends on {banned}");
+        }
     }
     // The rank, which trains, does link them: the check above is not vacuous.
     let rank = build_closure(&metadata, "convoy-rank");

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
-use convoy_engine::spec::JobSpec;
 use convoy_proto::v1 as pb;
+use convoy_spec::JobSpec;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;

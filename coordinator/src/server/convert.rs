@@ -1,8 +1,8 @@
 //! Protobuf ↔ domain at the edge: ids parsed from their text form, domain values rendered into
 //! the client API's messages, and core errors mapped to gRPC status codes.
 
-use convoy_engine::spec::Backend;
 use convoy_proto::v1 as pb;
+use convoy_spec::Backend;
 use tonic::Status;
 
 use crate::error::ApplyError;

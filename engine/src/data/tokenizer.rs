@@ -7,12 +7,7 @@ use tiktoken_rs::CoreBPE;
 
 use crate::error::{EngineError, Result};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TokenizerKind {
-    Byte,
-    Gpt2,
-}
+pub use convoy_spec::TokenizerKind;
 
 const GPT2_VOCAB_SIZE: usize = 50257;
 const GPT2_EOT: u32 = 50256;

@@ -4,7 +4,7 @@
 use serde_json::Value;
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::JobSpec;
+use crate::JobSpec;
 
 /// Top-level spec keys left out of [`JobSpec::resume_hash`].
 const RESUME_MAY_CHANGE: [&str; 6] = ["steps", "checkpoint", "eval", "name", "threads", "sample"];
@@ -48,7 +48,7 @@ impl JobSpec {
 
 /// JSON with object keys sorted and null members left out, whatever order serde_json's map
 /// keeps (feature unification can turn on `preserve_order`): one text per value.
-pub(crate) fn write_canonical(v: &Value, out: &mut String) {
+pub fn write_canonical(v: &Value, out: &mut String) {
     match v {
         Value::Object(map) => {
             let mut entries: Vec<_> = map.iter().filter(|(_, v)| !v.is_null()).collect();
@@ -80,8 +80,8 @@ pub(crate) fn write_canonical(v: &Value, out: &mut String) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{GptSpec, ModelSpec};
     use super::*;
+    use crate::{GptSpec, ModelSpec};
 
     fn base() -> JobSpec {
         let text = format!(
@@ -137,13 +137,13 @@ mod tests {
     fn default_kernels_keep_the_hash_and_others_change_it() {
         let a = base();
         let mut explicit = a.clone();
-        explicit.kernels = super::super::KernelSpec {
-            gemm: super::super::GemmKernels::Convoy,
-            attention: super::super::AttentionKernels::Materialized,
+        explicit.kernels = crate::KernelSpec {
+            gemm: crate::GemmKernels::Convoy,
+            attention: crate::AttentionKernels::Materialized,
         };
         assert_eq!(a.resume_hash(), explicit.resume_hash());
         let mut lt = a.clone();
-        lt.kernels.gemm = super::super::GemmKernels::Cublaslt;
+        lt.kernels.gemm = crate::GemmKernels::Cublaslt;
         assert_ne!(a.resume_hash(), lt.resume_hash());
     }
 }

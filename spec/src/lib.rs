@@ -3,18 +3,34 @@
 //! The same types are parsed by `convoy train`, `convoy submit`, the coordinator and each
 //! rank, so a spec is validated the same way everywhere, before any work starts. Unknown keys
 //! are rejected so a typo (`setps = 100`) is an error rather than a silently ignored setting.
+//!
+//! A crate of its own, with nothing heavier than serde and toml: the coordinator validates
+//! every submitted spec without linking the training engine (its kernels, the CUDA bindings,
+//! the tokenizer tables).
 
+mod error;
 mod hash;
-
-pub(crate) use hash::write_canonical;
 mod validate;
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::tokenizer::TokenizerKind;
-use crate::error::{EngineError, Result};
+pub use error::SpecError;
+pub use hash::write_canonical;
+pub use validate::FLASH_HEAD_SIZES;
+
+type Result<T, E = SpecError> = std::result::Result<T, E>;
+
+/// The tokenizers a language-model spec can name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenizerKind {
+    /// One token per byte (256).
+    Byte,
+    /// GPT-2's byte-pair encoding (50257).
+    Gpt2,
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -451,7 +467,7 @@ pub struct SampleSpec {
 }
 
 /// The vocabulary a tokenizer produces; kept here so validation needs no tokenizer tables.
-pub(crate) fn tokenizer_vocab(kind: TokenizerKind) -> usize {
+pub fn tokenizer_vocab(kind: TokenizerKind) -> usize {
     match kind {
         TokenizerKind::Byte => 256,
         TokenizerKind::Gpt2 => 50257,
@@ -515,10 +531,10 @@ impl JobSpec {
                     format!(" (line {line_no}: `{line}`)")
                 })
                 .unwrap_or_default();
-            EngineError::Spec(format!("{origin}{at}: {}", e.message().trim()))
+            SpecError::Invalid(format!("{origin}{at}: {}", e.message().trim()))
         })?;
         spec.validate()
-            .map_err(|msg| EngineError::Spec(format!("{origin}: {msg}")))?;
+            .map_err(|msg| SpecError::Invalid(format!("{origin}: {msg}")))?;
         Ok(spec)
     }
 
@@ -526,13 +542,13 @@ impl JobSpec {
     /// absolute, relative to the file's directory, so the job does not depend on the caller's
     /// working directory.
     pub fn load(path: &Path) -> Result<JobSpec> {
-        let text = std::fs::read_to_string(path).map_err(|e| EngineError::io(path, e))?;
+        let text = std::fs::read_to_string(path).map_err(|e| SpecError::io(path, e))?;
         let mut spec = JobSpec::parse(&text, &path.display().to_string())?;
         let base = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        let base = std::fs::canonicalize(base).map_err(|e| EngineError::io(base, e))?;
+        let base = std::fs::canonicalize(base).map_err(|e| SpecError::io(base, e))?;
         spec.resolve_paths(&base);
         Ok(spec)
     }

@@ -1,7 +1,7 @@
 //! Job-spec parsing and validation: the examples load, and each kind of mistake gets a one-line
 //! error that names the field, the value and what is allowed.
 
-use convoy_engine::spec::{AttentionKernels, GemmKernels, JobSpec};
+use convoy_spec::{AttentionKernels, GemmKernels, JobSpec};
 
 const BASE: &str = convoy_testkit::specs::GPT_TEXT;
 
@@ -34,7 +34,7 @@ fn base_is_valid_and_paths_resolve_against_the_spec_file() {
     let path = dir.path().join("job.toml");
     std::fs::write(&path, BASE).expect("write");
     let spec = JobSpec::load(&path).expect("valid");
-    let convoy_engine::spec::DataSpec::Text(t) = &spec.data else {
+    let convoy_spec::DataSpec::Text(t) = &spec.data else {
         panic!("text data")
     };
     assert_eq!(

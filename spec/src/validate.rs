@@ -1,7 +1,11 @@
 //! Semantic checks of a parsed spec. Each message names the field, the value and what is
 //! allowed, so a user can fix the spec from the one line alone.
 
-use super::{AttentionKernels, Backend, DataSpec, JobSpec, ModelSpec, OptimizerKind, Precision};
+use crate::{AttentionKernels, Backend, DataSpec, JobSpec, ModelSpec, OptimizerKind, Precision};
+
+/// The head sizes convoy's flash attention kernels are instantiated for (`attention.cu`'s
+/// `_hs16`, `_hs32`, `_hs64`; the engine's tests check this list against the kernels').
+pub const FLASH_HEAD_SIZES: [usize; 3] = [16, 32, 64];
 
 fn check(ok: bool, msg: impl FnOnce() -> String) -> Result<(), String> {
     if ok { Ok(()) } else { Err(msg()) }
@@ -27,7 +31,7 @@ impl JobSpec {
         })?;
         check(self.steps >= 1, || "steps = 0: must be at least 1".into())?;
         check(
-            self.precision.is_fp32() || self.backend == super::Backend::Cuda,
+            self.precision.is_fp32() || self.backend == Backend::Cuda,
             || "precision = \"bf16\" needs backend = \"cuda\" (the CPU backend is fp32)".into(),
         )?;
         self.validate_kernels()?;
@@ -63,9 +67,9 @@ impl JobSpec {
             },
         )?;
         if let Some(init) = self.init_from.as_deref()
-            && let Some(job) = init.strip_prefix(super::JOB_PREFIX)
+            && let Some(job) = init.strip_prefix(crate::JOB_PREFIX)
         {
-            super::parse_job_ref(job).map_err(|e| format!("init_from = {init:?}: {e}"))?;
+            crate::parse_job_ref(job).map_err(|e| format!("init_from = {init:?}: {e}"))?;
         }
         self.validate_model()?;
         self.validate_data()?;
@@ -127,7 +131,7 @@ impl JobSpec {
             })?;
             if let Some(g) = gpt {
                 check(
-                    convoy_kernels::cuda::ops::flash_attention_supported(g.n_embd, g.n_head),
+                    g.n_head > 0 && FLASH_HEAD_SIZES.contains(&(g.n_embd / g.n_head)),
                     || {
                         format!(
                             "kernels.attention = \"flash\" needs heads of 16, 32 or 64 channels; \
@@ -169,7 +173,7 @@ impl JobSpec {
                     )
                 })?;
                 if let Some(tok) = self.tokenizer() {
-                    let need = super::tokenizer_vocab(tok);
+                    let need = crate::tokenizer_vocab(tok);
                     if let Some(v) = g.vocab_size {
                         check(v >= need, || {
                             format!(
@@ -297,7 +301,7 @@ impl JobSpec {
         match &self.model {
             ModelSpec::Gpt(g) => g
                 .vocab_size
-                .or_else(|| self.tokenizer().map(super::tokenizer_vocab)),
+                .or_else(|| self.tokenizer().map(crate::tokenizer_vocab)),
             ModelSpec::Mlp(_) => None,
         }
     }
