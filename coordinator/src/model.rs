@@ -274,7 +274,8 @@ impl Usage {
 
     pub fn add(&mut self, backend: Backend, ranks: u32) {
         let r = Usage::per_rank(backend);
-        self.slots += r.slots * ranks;
-        self.gpus += r.gpus * ranks;
+        // Saturating: a worker may register any u32 of slots, and sums must not wrap.
+        self.slots = self.slots.saturating_add(r.slots.saturating_mul(ranks));
+        self.gpus = self.gpus.saturating_add(r.gpus.saturating_mul(ranks));
     }
 }

@@ -286,7 +286,7 @@ fn free_places(backend: Backend, workers: &[&Worker], usage: &BTreeMap<WorkerId,
                 .unwrap_or_default()
                 .free_for(w, backend)
         })
-        .sum()
+        .fold(0, u32::saturating_add)
 }
 
 /// Places `n` ranks now (best fit on one worker, else pack by most free), or `None`.

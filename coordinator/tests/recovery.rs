@@ -88,3 +88,21 @@ fn a_corrupt_entry_is_an_error_naming_its_index() {
     bytes.push(0);
     assert!(codec::decode::<convoy_coordinator::Command>(&bytes).is_err());
 }
+
+/// A damaged entry decodes to an error (or to some other command), never to a panic or an
+/// abort: every byte of an encoded submission, where its length prefixes and strings are, is
+/// set to values that make huge or torn lengths.
+#[test]
+fn a_damaged_entry_is_an_error_never_a_panic() {
+    let cmd = common::submit_cmd("damaged", 2, 0, 7);
+    let bytes = codec::encode(&cmd, "test").expect("encode");
+    let mut errors = 0;
+    for pos in 0..bytes.len() {
+        for v in [0x00, 0x7f, 0xfb, 0xfc, 0xfd, 0xfe, 0xff] {
+            let mut b = bytes.clone();
+            b[pos] = v;
+            errors += usize::from(codec::decode_entry::<convoy_coordinator::Command>(&b).is_err());
+        }
+    }
+    assert!(errors > 0, "no damage was noticed at all");
+}

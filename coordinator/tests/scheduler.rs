@@ -341,3 +341,20 @@ fn a_restart_avoids_a_worker_that_is_silent_but_not_yet_lost() {
     assert_eq!(plan.starts[0].placement.len(), 2);
     assert!(!plan.starts[0].placement.contains(&dead), "{plan:?}");
 }
+
+/// Workers may register any number of slots: capacity sums saturate instead of wrapping (or
+/// panicking), and the scheduler still places gangs.
+#[test]
+fn workers_with_u32_max_slots_do_not_overflow_the_sums() {
+    let mut s = cluster();
+    let a = worker(&mut s, "a", u32::MAX);
+    let b = worker(&mut s, "b", u32::MAX);
+    let job = submit(&mut s, "big", 3, 0);
+    let plan = schedule_at(&s, 0);
+    assert_eq!(plan.starts.len(), 1, "{plan:?}");
+    assert_eq!(plan.starts[0].job, job);
+    assert!(plan.starts[0].placement.iter().all(|w| *w == a || *w == b));
+    run_scheduler(&mut s, 1);
+    let used: u32 = s.usage().values().map(|u| u.slots).sum();
+    assert_eq!(used, 3);
+}

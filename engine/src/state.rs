@@ -7,6 +7,10 @@ use crate::error::{EngineError, Result};
 use crate::train::TrainState;
 
 const MAGIC: &[u8; 8] = b"CONVOYTS";
+/// The most a decode may allocate for strings and byte buffers, whose length prefixes it
+/// would otherwise trust: a damaged prefix must be an error, not an allocation of exabytes.
+/// (The parameter and moment vectors are sequences, which serde grows as elements arrive.)
+const DECODE_LIMIT: usize = 64 << 20;
 /// 2 added the tensor table, the GPT config, the spec hash and the last step's metrics.
 const VERSION: u32 = 2;
 
@@ -38,9 +42,9 @@ pub fn decode(bytes: &[u8], origin: &Path) -> Result<TrainState> {
             "training state format version {version}; this convoy reads {VERSION}{hint}"
         )));
     }
-    let (state, used) =
-        bincode::serde::decode_from_slice(&bytes[12..], bincode::config::standard())
-            .map_err(|e| bad(format!("corrupt or truncated training state: {e}")))?;
+    let config = bincode::config::standard().with_limit::<DECODE_LIMIT>();
+    let (state, used) = bincode::serde::decode_from_slice(&bytes[12..], config)
+        .map_err(|e| bad(format!("corrupt or truncated training state: {e}")))?;
     if used != bytes.len() - 12 {
         return Err(bad(format!(
             "{} trailing bytes after the training state",

@@ -37,6 +37,28 @@ fn trained_state(dir: &Path) -> (JobSpec, TrainState) {
     (spec, state)
 }
 
+/// A damaged state file decodes to an error (or, where the damage is in the values, to a
+/// state), never to a panic or an abort: each of the first bytes, where the header, the length
+/// prefixes and the strings are, is set to values that make huge or torn lengths. A length
+/// prefix of exabytes used to abort the process allocating it.
+#[test]
+fn a_damaged_state_is_an_error_never_a_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, st) = trained_state(dir.path());
+    let bytes = state::encode(&st);
+    let origin = Path::new("damaged.state");
+    let mut errors = 0;
+    for pos in 0..bytes.len().min(512) {
+        for v in [0x00, 0x7f, 0xfb, 0xfc, 0xfd, 0xfe, 0xff] {
+            let mut b = bytes.clone();
+            b[pos] = v;
+            errors += usize::from(state::decode(&b, origin).is_err());
+        }
+    }
+    assert!(errors > 0, "no damage was noticed at all");
+    assert!(state::decode(&bytes[..bytes.len() / 2], origin).is_err());
+}
+
 #[test]
 fn state_describes_itself() {
     let dir = tempfile::tempdir().expect("tempdir");

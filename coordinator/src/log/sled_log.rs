@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::codec::{decode, encode};
+use super::codec::{decode, decode_entry, encode};
 use super::{CommandLog, Index};
 use crate::error::StoreError;
 use crate::state::{ClusterState, Command};
@@ -129,7 +129,8 @@ impl CommandLog for SledLog {
         for item in self.entries.range(start.to_be_bytes()..) {
             let (key, value) = item.map_err(StoreError::sled("read entries"))?;
             let i = key_index(&key)?;
-            let cmd = decode(&value).map_err(|msg| StoreError::CorruptEntry { index: i, msg })?;
+            let cmd =
+                decode_entry(&value).map_err(|msg| StoreError::CorruptEntry { index: i, msg })?;
             out.push((i, cmd));
         }
         Ok(out)

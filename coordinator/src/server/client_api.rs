@@ -315,9 +315,10 @@ impl pb::convoy_server::Convoy for ClientApi {
                         Liveness::Alive => {
                             out.workers_alive += 1;
                             if w.cordon.is_none() {
-                                out.slots_total += w.slots;
+                                out.slots_total = out.slots_total.saturating_add(w.slots);
                                 let used = usage.get(&w.id).map_or(0, |u| u.slots);
-                                out.slots_free += w.slots.saturating_sub(used);
+                                out.slots_free =
+                                    out.slots_free.saturating_add(w.slots.saturating_sub(used));
                             }
                         }
                         Liveness::Lost => out.workers_lost += 1,

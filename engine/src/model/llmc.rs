@@ -75,8 +75,16 @@ pub fn read(path: &Path) -> Result<(GptConfig, Vec<f32>)> {
     if cfg.padded_vocab_size < cfg.vocab_size || !cfg.channels.is_multiple_of(cfg.n_head) {
         return Err(bad(format!("inconsistent header: {cfg:?}")));
     }
-    let n = cfg.num_params();
-    let expected = (HEADER_INTS * 4 + n * 4) as u64;
+    // Checked: the header's dimensions are the file's word, and a damaged one must not wrap
+    // around into a size that happens to match.
+    let Some((n, expected)) = cfg.checked_num_params().and_then(|n| {
+        let bytes = n.checked_mul(4)?.checked_add(HEADER_INTS * 4)?;
+        Some((n, u64::try_from(bytes).ok()?))
+    }) else {
+        return Err(bad(format!(
+            "the header's dimensions overflow (a damaged header?): {cfg:?}"
+        )));
+    };
     if file_len != expected {
         return Err(bad(format!(
             "file is {file_len} bytes but its header describes {n} parameters ({expected} bytes): truncated or not fp32"
@@ -194,5 +202,23 @@ mod tests {
         let other = GptConfig { n_layer: 3, ..cfg };
         let err = check_matches(&path, &cfg, &other).unwrap_err().to_string();
         assert!(err.contains("n_layer = 2") && err.contains("3"), "{err}");
+    }
+
+    /// Dimensions whose product overflows (the sizes a damaged header holds) are an error, not
+    /// a panic or a wrapped size that might match the file.
+    #[test]
+    fn a_header_whose_dimensions_overflow_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.bin");
+        let cfg = tiny();
+        let params = vec![0.0f32; cfg.num_params()];
+        write(&path, &cfg, &params).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        for (i, v) in [(4, i32::MAX), (6, 1 << 30), (5, 1 << 30)] {
+            bytes[4 * i..4 * i + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let err = read(&path).unwrap_err().to_string();
+        assert!(err.contains("dimensions overflow"), "{err}");
     }
 }

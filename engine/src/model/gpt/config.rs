@@ -176,6 +176,18 @@ impl GptConfig {
         TENSORS.iter().map(|&t| self.tensor_len(t)).sum()
     }
 
+    /// [`Self::num_params`] for dimensions read from a file: `None` when they overflow, as a
+    /// damaged or foreign header's can.
+    pub fn checked_num_params(&self) -> Option<usize> {
+        TENSORS.iter().try_fold(0usize, |total, &t| {
+            let len = self
+                .shape(t)
+                .iter()
+                .try_fold(1usize, |n, &d| n.checked_mul(d))?;
+            total.checked_add(len)
+        })
+    }
+
     /// Where a tensor lives in the flat parameter buffer.
     pub fn range(&self, t: Tensor) -> Range<usize> {
         let start: usize = TENSORS
