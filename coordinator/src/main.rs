@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use clap::{CommandFactory, FromArgMatches, Parser};
+use clap::{CommandFactory, Parser};
 use convoy_coordinator::server::{ClusterSettings, ServerConfig, defaults, run};
 use convoy_service::Layers;
 
@@ -64,10 +64,9 @@ fn main() -> ExitCode {
 }
 
 fn configure() -> Result<(String, ServerConfig)> {
+    // `Args` is the flags' definition (clap checks each value's type as it parses); the
+    // values are read through the layers, which also know the environment's and the file's.
     let matches = Args::command().get_matches();
-    // `Args` is the flags' definition; the values are read through the layers below, which
-    // also know the environment's and the file's. Building it once checks the types.
-    Args::from_arg_matches(&matches)?;
     let layers = Layers::new(Args::command(), matches, "config")?;
     let listen = layers
         .get("listen", convoy_client::DEFAULT_LISTEN.to_string())?

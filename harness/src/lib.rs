@@ -82,10 +82,6 @@ impl Harness {
         })
     }
 
-    pub fn run_dir(&self) -> &Path {
-        &self.run_dir
-    }
-
     /// The log file of the daemon called `name`.
     pub fn log(&self, name: &str) -> PathBuf {
         self.run_dir.join(format!("{name}.log"))
@@ -200,11 +196,6 @@ impl Daemon {
         &self.log
     }
 
-    /// What the daemon said when it became ready.
-    pub fn ready(&self) -> Option<&ReadySignal> {
-        self.ready.as_ref()
-    }
-
     /// The coordinator's address (`http://host:port`), once it is ready.
     pub fn url(&self) -> Option<String> {
         self.ready
@@ -259,12 +250,11 @@ impl Daemon {
     }
 
     /// Whether the process has exited (and reaped).
-    pub fn exited(&mut self) -> Option<ExitStatus> {
+    fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()
     }
 
-    /// Sends `signal` (SIGSTOP and SIGCONT for a hung daemon, say).
-    pub fn signal(&self, signal: Signal) {
+    fn signal(&self, signal: Signal) {
         let _ = kill(Pid::from_raw(self.child.id() as i32), signal);
     }
 

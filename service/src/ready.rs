@@ -28,6 +28,26 @@ pub struct ReadySignal {
 }
 
 impl ReadySignal {
+    /// A coordinator of this process, serving at `listen`.
+    pub fn coordinator(listen: String) -> ReadySignal {
+        ReadySignal {
+            service: "coordinator".into(),
+            pid: std::process::id(),
+            listen,
+            worker_id: String::new(),
+        }
+    }
+
+    /// A worker of this process, registered as `worker_id`.
+    pub fn worker(worker_id: String) -> ReadySignal {
+        ReadySignal {
+            service: "worker".into(),
+            pid: std::process::id(),
+            listen: String::new(),
+            worker_id,
+        }
+    }
+
     /// Writes the signal to `path` atomically (a temporary file in the same directory, then a
     /// rename).
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
@@ -69,12 +89,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("ready.json");
         assert_eq!(ReadySignal::read(&path).expect("readable"), None);
-        let s = ReadySignal {
-            service: "coordinator".into(),
-            pid: 42,
-            listen: "127.0.0.1:40000".into(),
-            worker_id: String::new(),
-        };
+        let s = ReadySignal::coordinator("127.0.0.1:40000".into());
         s.write(&path).expect("written");
         assert_eq!(ReadySignal::read(&path).expect("readable"), Some(s));
         assert!(!dir.path().join("ready.json.tmp").exists());

@@ -48,13 +48,6 @@ pub struct Setting<T> {
     pub source: Source,
 }
 
-impl<T> Setting<T> {
-    /// True when the operator gave the value (flag, environment or file).
-    pub fn given(&self) -> bool {
-        self.source != Source::Default
-    }
-}
-
 /// A value a setting can hold: read from a flag (clap parses it), from the file (serde), and
 /// shown in the start-up report.
 pub trait Value: Clone + Send + Sync + DeserializeOwned + 'static {
@@ -319,8 +312,7 @@ mod tests {
 
         let l = layers(&[]).expect("layers");
         let t = l.get("timeout_ms", 5u64).expect("timeout");
-        assert_eq!((t.value, t.source.clone()), (5, Source::Default));
-        assert!(!t.given());
+        assert_eq!((t.value, t.source), (5, Source::Default));
     }
 
     #[test]

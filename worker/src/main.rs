@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::{CommandFactory, FromArgMatches, Parser};
+use clap::{CommandFactory, Parser};
 use convoy_service::Layers;
 use convoy_worker::{WorkerConfig, defaults, gpus, run};
 
@@ -65,10 +65,9 @@ fn main() -> ExitCode {
 }
 
 fn configure() -> Result<WorkerConfig> {
+    // `Args` is the flags' definition (clap checks each value's type as it parses); the
+    // values are read through the layers, which also know the environment's and the file's.
     let matches = Args::command().get_matches();
-    // `Args` is the flags' definition; the values are read through the layers below, which
-    // also know the environment's and the file's. Building it once checks the types.
-    Args::from_arg_matches(&matches)?;
     let layers = Layers::new(Args::command(), matches, "config")?;
     let exe = std::env::current_exe().context("locating convoy-worker")?;
     let sibling = exe.with_file_name(defaults::RANK_PROGRAM);

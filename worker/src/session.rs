@@ -141,13 +141,7 @@ fn announce(config: &WorkerConfig, worker_id: &str) {
     let Some(path) = &config.ready_file else {
         return;
     };
-    let signal = convoy_service::ReadySignal {
-        service: "worker".into(),
-        pid: std::process::id(),
-        listen: String::new(),
-        worker_id: worker_id.to_string(),
-    };
-    if let Err(e) = signal.write(path) {
+    if let Err(e) = convoy_service::ReadySignal::worker(worker_id.to_string()).write(path) {
         tracing::warn!("writing the ready file {}: {e}", path.display());
     }
 }

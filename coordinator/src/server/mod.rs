@@ -182,13 +182,7 @@ fn announce(listener: &TcpListener, config: &ServerConfig) -> Result<(), ServerE
     println!("listening on {addr}");
     convoy_service::ready::notify_systemd();
     if let Some(path) = &config.ready_file {
-        let signal = convoy_service::ReadySignal {
-            service: "coordinator".into(),
-            pid: std::process::id(),
-            listen: addr.to_string(),
-            worker_id: String::new(),
-        };
-        signal
+        convoy_service::ReadySignal::coordinator(addr.to_string())
             .write(path)
             .map_err(|source| ServerError::ReadyFile {
                 path: path.clone(),
