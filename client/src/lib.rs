@@ -7,6 +7,7 @@
 //! which outlive coordinator restarts and reconnect on their own.
 
 pub mod checkpoint;
+pub mod submit;
 
 use std::time::Duration;
 

@@ -11,11 +11,10 @@ pub enum ApplyError {
     UnknownJob(JobId),
     #[error("unknown worker {0}")]
     UnknownWorker(WorkerId),
-    /// The spec failed `JobSpec::parse`; the engine's message, unchanged.
-    #[error("{0}")]
-    InvalidSpec(String),
     #[error("invalid submission: {0}")]
     InvalidSubmit(String),
+    #[error("request id {request_id:?} already submitted {job} with a different spec")]
+    RequestReused { request_id: String, job: JobId },
     #[error("a worker named {name:?} is already registered and alive as {id}")]
     DuplicateWorker { name: String, id: WorkerId },
     #[error("invalid worker registration {name:?}: {msg}")]
@@ -75,6 +74,19 @@ pub enum StoreError {
     CorruptSnapshot(String),
     #[error("command log: {0}")]
     Invalid(String),
+    #[error("command log: cannot {what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The log holds less than was acknowledged: entries were lost (a damaged or replaced file).
+    #[error(
+        "command log {location}: {msg}; the log lost acknowledged entries, so the coordinator \
+         refuses to start rather than serve an older state (restore the data directory from a \
+         backup)"
+    )]
+    RolledBack { location: String, msg: String },
 }
 
 impl StoreError {

@@ -4,7 +4,7 @@
 //! becomes "propose and wait for commit"). It owns no sockets and reads no clock.
 
 use crate::error::{ApplyError, CoordinatorError, StoreError};
-use crate::log::{CommandLog, Index, recover};
+use crate::log::{CommandLog, Index, Mark, recover};
 use crate::state::{ClusterConfig, ClusterState, Command, Effect};
 
 pub struct LoggedState<L: CommandLog> {
@@ -49,6 +49,7 @@ impl<L: CommandLog> LoggedState<L> {
         let index = self.log.append(cmd)?;
         let result = self.state.apply(cmd);
         self.applied = index;
+        self.acknowledge()?;
         self.maybe_snapshot()?;
         Ok(result?)
     }
@@ -66,8 +67,17 @@ impl<L: CommandLog> LoggedState<L> {
         let last = self.log.append_all(cmds)?;
         let results = cmds.iter().map(|c| self.state.apply(c)).collect();
         self.applied = last;
+        self.acknowledge()?;
         self.maybe_snapshot()?;
         Ok(results)
+    }
+
+    /// Records what the caller is about to acknowledge (see [`Mark`]).
+    fn acknowledge(&mut self) -> Result<(), StoreError> {
+        self.log.save_mark(Mark {
+            index: self.applied,
+            jobs_issued: self.state.jobs_issued(),
+        })
     }
 
     fn maybe_snapshot(&mut self) -> Result<(), StoreError> {

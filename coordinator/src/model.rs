@@ -139,6 +139,19 @@ pub struct Progress {
     pub at: Millis,
 }
 
+/// Which checkpoints a job keeps: the newest few (resume needs the latest) and the best few by
+/// one metric (what a user exports). Taken from the spec once, at submit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retention {
+    /// The newest checkpoints kept; at least 1 is kept whatever this says.
+    pub keep_last: u32,
+    /// The best checkpoints by `best_metric` kept in addition (they may overlap the newest).
+    pub keep_best: u32,
+    pub best_metric: String,
+    /// Whether lower is better (a loss) or higher (an accuracy).
+    pub minimize: bool,
+}
+
 /// A submitted training job.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Job {
@@ -147,6 +160,12 @@ pub struct Job {
     pub name: String,
     /// The spec exactly as submitted (TOML); workers receive this text.
     pub spec_text: String,
+    /// The client's id for the submission (see [`crate::SubmitJob::request_id`]).
+    pub request_id: String,
+    /// Which of its checkpoints the job keeps (from the spec's `[checkpoint]`).
+    pub retention: Retention,
+    /// The spec's `init_from` (a file, or `job:ID[@STEP]`), if any.
+    pub init_from: Option<String>,
     /// Optimizer steps the spec asks for (for progress displays).
     pub steps: u64,
     /// Ranks in the gang (from the spec); every attempt places exactly this many.

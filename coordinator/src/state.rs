@@ -10,13 +10,13 @@
 
 use std::collections::BTreeMap;
 
-use convoy_spec::JobSpec;
+use convoy_spec::{Backend, JobSpec, SpecError};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApplyError;
 use crate::model::{
     Attempt, AttemptOutcome, Cordon, Job, JobId, JobState, Liveness, Millis, Progress, RankExit,
-    Usage, Worker, WorkerId,
+    Retention, Usage, Worker, WorkerId,
 };
 
 /// Settings of the state machine. They are part of the state (and its snapshots) because they
@@ -46,14 +46,26 @@ impl Default for ClusterConfig {
     }
 }
 
-/// A job submission. Priority, restarts and the progress timeout are submission options; the
-/// rest comes from the spec text.
+/// A job submission, validated. The API handler parses the spec once ([`SubmitJob::parse`]);
+/// the command carries what the cluster needs from it beside the text the ranks get, so that
+/// `apply` (and replaying the log, in any later release) never parses a spec.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubmitJob {
-    /// The spec (TOML), validated with `JobSpec::parse` before the job is accepted.
+    /// Chosen by the client once per submission and sent again by its retries: a submission
+    /// whose id the cluster already holds returns the job it created instead of a second one.
+    /// Empty: no deduplication.
+    #[serde(default)]
+    pub request_id: String,
+    /// The spec's `name`.
+    pub name: String,
+    pub steps: u64,
+    pub world_size: usize,
+    pub backend: Backend,
+    pub retention: Retention,
+    /// The spec's `init_from`, if any.
+    pub init_from: Option<String>,
+    /// The spec (TOML) as submitted.
     pub spec_text: String,
-    /// Names the spec's source in validation errors (e.g. the file name the client read).
-    pub origin: String,
     pub priority: i32,
     pub max_restarts: u32,
     pub progress_timeout: Option<Millis>,
@@ -70,17 +82,31 @@ impl SubmitJob {
     /// Ten minutes: long enough for data loading and a slow first step.
     pub const DEFAULT_PROGRESS_TIMEOUT: Millis = 10 * 60 * 1000;
 
-    /// A submission with the default options.
-    pub fn new(spec_text: impl Into<String>, origin: impl Into<String>, now: Millis) -> Self {
-        SubmitJob {
-            spec_text: spec_text.into(),
-            origin: origin.into(),
+    /// Validates `spec_text` (`origin` names it in errors) into a submission with the default
+    /// options.
+    pub fn parse(spec_text: &str, origin: &str, now: Millis) -> Result<Self, SpecError> {
+        let spec = JobSpec::parse(spec_text, origin)?;
+        let c = &spec.checkpoint;
+        Ok(SubmitJob {
+            request_id: String::new(),
+            name: spec.name.clone(),
+            steps: spec.steps,
+            world_size: spec.world_size,
+            backend: spec.backend,
+            retention: Retention {
+                keep_last: c.keep_last,
+                keep_best: c.keep_best,
+                best_metric: c.best_metric.clone(),
+                minimize: true,
+            },
+            init_from: spec.init_from.clone(),
+            spec_text: spec_text.to_string(),
             priority: 0,
             max_restarts: Self::DEFAULT_MAX_RESTARTS,
             progress_timeout: Some(Self::DEFAULT_PROGRESS_TIMEOUT),
             workdir: String::new(),
             now,
-        }
+        })
     }
 }
 
@@ -137,7 +163,6 @@ pub enum Command {
     Tick {
         now: Millis,
     },
-    // New variants go last: log entries are bincode, which numbers variants by position.
     /// Queues a failed or cancelled job again with a fresh restart budget; its ranks continue
     /// from the job's latest checkpoint.
     ResumeJob {
@@ -198,6 +223,9 @@ pub struct ClusterState {
     pub config: ClusterConfig,
     pub jobs: BTreeMap<JobId, Job>,
     pub workers: BTreeMap<WorkerId, Worker>,
+    /// The job each client request id created (see [`SubmitJob::request_id`]).
+    #[serde(default)]
+    pub requests: BTreeMap<String, JobId>,
     next_job: u64,
     next_worker: u64,
 }
@@ -208,6 +236,11 @@ impl ClusterState {
             config,
             ..ClusterState::default()
         }
+    }
+
+    /// Job ids issued so far: the highest id (ids are never reused, even for removed jobs).
+    pub fn jobs_issued(&self) -> u64 {
+        self.next_job
     }
 
     pub fn job(&self, id: JobId) -> Result<&Job, ApplyError> {
@@ -325,24 +358,42 @@ impl ClusterState {
     }
 
     fn submit(&mut self, s: &SubmitJob) -> Result<Vec<Effect>, ApplyError> {
-        let spec = JobSpec::parse(&s.spec_text, &s.origin)
-            .map_err(|e| ApplyError::InvalidSpec(e.to_string()))?;
+        if let Some(&id) = self.requests.get(&s.request_id) {
+            // A retry of a submission that was committed but whose answer was lost.
+            let job = self.job(id)?;
+            if job.spec_text != s.spec_text {
+                return Err(ApplyError::RequestReused {
+                    request_id: s.request_id.clone(),
+                    job: id,
+                });
+            }
+            return Ok(vec![Effect::JobSubmitted { job: id }]);
+        }
         if s.progress_timeout == Some(0) {
             return Err(ApplyError::InvalidSubmit(
                 "progress_timeout = 0 ms: must be positive (or none to disable)".into(),
             ));
         }
+        if s.world_size == 0 {
+            return Err(ApplyError::InvalidSubmit("world_size = 0".into()));
+        }
         self.next_job += 1;
         let id = JobId(self.next_job);
+        if !s.request_id.is_empty() {
+            self.requests.insert(s.request_id.clone(), id);
+        }
         self.jobs.insert(
             id,
             Job {
                 id,
-                name: spec.name.clone(),
+                name: s.name.clone(),
                 spec_text: s.spec_text.clone(),
-                steps: spec.steps,
-                world_size: spec.world_size,
-                backend: spec.backend,
+                request_id: s.request_id.clone(),
+                retention: s.retention.clone(),
+                init_from: s.init_from.clone(),
+                steps: s.steps,
+                world_size: s.world_size,
+                backend: s.backend,
                 priority: s.priority,
                 seq: self.next_job,
                 submitted_at: s.now,

@@ -1,12 +1,11 @@
-//! The checkpoint store on a real sled database: split uploads, commit, reading back,
+//! The checkpoint store on a real sled index and real chunk files: split uploads, commit, reading back,
 //! corruption, abort, crash (drop without commit) and reopen, retention, duplicate commits.
 
 use std::collections::BTreeMap;
 
 use convoy_coordinator::JobId;
 use convoy_coordinator::checkpoints::{
-    CHUNKS_TREE, CheckpointError, CheckpointStore, MANIFESTS_TREE, Manifest, PENDING_TREE, PartKey,
-    Retention,
+    CheckpointError, CheckpointStore, MANIFESTS_TREE, Manifest, PENDING_TREE, PartKey, Retention,
 };
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -131,15 +130,38 @@ fn reassemble(store: &CheckpointStore, m: &Manifest) -> Vec<u8> {
     out
 }
 
-/// The chunk key layout the module documents: (job, step, generation, part, index) big-endian.
-fn chunk_key(job: u64, step: u64, generation: u64, part: u32, index: u32) -> Vec<u8> {
-    let mut k = vec![];
-    k.extend_from_slice(&job.to_be_bytes());
-    k.extend_from_slice(&step.to_be_bytes());
-    k.extend_from_slice(&generation.to_be_bytes());
-    k.extend_from_slice(&part.to_be_bytes());
-    k.extend_from_slice(&index.to_be_bytes());
-    k
+/// The chunk file layout the store documents: `chunks/<job>/<step>-<generation>/<part>-<index>`.
+fn chunk_path(
+    dir: &std::path::Path,
+    job: u64,
+    step: u64,
+    generation: u64,
+    part: u32,
+    index: u32,
+) -> std::path::PathBuf {
+    dir.join(format!("chunks/{job}/{step}-{generation}/{part}-{index}"))
+}
+
+/// Chunk files whose path under `chunks/` starts with `prefix` ("" for all).
+fn chunk_files(dir: &std::path::Path, prefix: &str) -> usize {
+    fn walk(d: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    let root = dir.join("chunks");
+    let mut files = vec![];
+    walk(&root, &mut files);
+    files
+        .iter()
+        .filter_map(|f| f.strip_prefix(&root).ok())
+        .filter(|f| f.to_string_lossy().starts_with(prefix))
+        .count()
 }
 
 fn keys_with_prefix(db: &sled::Db, tree: &str, prefix: &[u8]) -> usize {
@@ -154,8 +176,8 @@ fn step_prefix(job: u64, step: u64) -> Vec<u8> {
 }
 
 fn open(dir: &std::path::Path) -> (sled::Db, CheckpointStore) {
-    let db = sled::open(dir).expect("open sled");
-    let store = CheckpointStore::open(&db).expect("open the store");
+    let db = sled::open(dir.join("index")).expect("open sled");
+    let store = CheckpointStore::open(&db, &dir.join("chunks")).expect("open the store");
     (db, store)
 }
 
@@ -194,7 +216,7 @@ fn a_split_upload_commits_after_its_last_part_and_reads_back_exactly() {
 #[test]
 fn a_chunk_with_a_wrong_checksum_is_rejected_and_not_stored() {
     let dir = tempfile::tempdir().unwrap();
-    let (db, store) = open(dir.path());
+    let (_db, store) = open(dir.path());
     let key = PartKey {
         job: JobId(7),
         step: 300,
@@ -223,7 +245,7 @@ fn a_chunk_with_a_wrong_checksum_is_rejected_and_not_stored() {
         msg.contains("job-7 step 300") && msg.contains("part 1 chunk 4"),
         "{msg}"
     );
-    assert_eq!(keys_with_prefix(&db, CHUNKS_TREE, &[]), 0);
+    assert_eq!(chunk_files(dir.path(), ""), 0);
 
     // A part whose chunks do not add up is refused.
     store.put_chunk(&key, 0, &data, xxh3_64(&data)).unwrap();
@@ -239,22 +261,17 @@ fn a_chunk_with_a_wrong_checksum_is_rejected_and_not_stored() {
 #[test]
 fn a_corrupt_chunk_is_detected_and_latest_valid_falls_back() {
     let dir = tempfile::tempdir().unwrap();
-    let (db, store) = open(dir.path());
+    let (_db, store) = open(dir.path());
     let s100 = random_bytes(3, 200_000);
     let s200 = random_bytes(4, 200_000);
     let m100 = small(3, 100, &s100).send_all(&store);
     let m200 = small(3, 200, &s200).send_all(&store);
 
     // Damage part 1 chunk 4 of step 200 behind the store's back.
-    let chunks = db.open_tree(CHUNKS_TREE).unwrap();
-    let key = chunk_key(3, 200, 1, 1, 4);
-    let mut bytes = chunks
-        .get(&key)
-        .unwrap()
-        .expect("the chunk exists")
-        .to_vec();
+    let path = chunk_path(dir.path(), 3, 200, 1, 1, 4);
+    let mut bytes = std::fs::read(&path).expect("the chunk exists");
     bytes[17] ^= 0x40;
-    chunks.insert(&key, bytes).unwrap();
+    std::fs::write(&path, bytes).unwrap();
 
     let err = store.verify(&m200).unwrap_err();
     assert!(
@@ -284,7 +301,7 @@ fn a_corrupt_chunk_is_detected_and_latest_valid_falls_back() {
     assert_eq!(store.latest(JobId(3)).unwrap(), Some(m200.clone()));
 
     // A missing chunk is reported as such.
-    chunks.remove(chunk_key(3, 200, 1, 0, 0)).unwrap();
+    std::fs::remove_file(chunk_path(dir.path(), 3, 200, 1, 0, 0)).unwrap();
     let first = store.read_chunks(&m200).next().unwrap().unwrap_err();
     assert!(
         matches!(
@@ -298,9 +315,9 @@ fn a_corrupt_chunk_is_detected_and_latest_valid_falls_back() {
         "{first:?}"
     );
     // A truncated chunk too.
-    let k = chunk_key(3, 100, 1, 2, 0);
-    let short = chunks.get(&k).unwrap().unwrap()[..10].to_vec();
-    chunks.insert(&k, short).unwrap();
+    let k = chunk_path(dir.path(), 3, 100, 1, 2, 0);
+    let short = std::fs::read(&k).unwrap()[..10].to_vec();
+    std::fs::write(&k, short).unwrap();
     let (valid, skipped) = store.latest_valid(JobId(3)).unwrap();
     assert_eq!(valid, None);
     assert_eq!(skipped.len(), 2);
@@ -319,11 +336,11 @@ fn abort_leaves_nothing_behind() {
     let up = small(4, 100, &state);
     assert!(up.send_part(&store, 0).is_none());
     up.send_chunks(&store, 1); // part 1 never finishes
-    assert!(keys_with_prefix(&db, CHUNKS_TREE, &[]) > 0);
+    assert!(chunk_files(dir.path(), "") > 0);
     assert_eq!(keys_with_prefix(&db, PENDING_TREE, &[]), 1);
 
     store.abort(up.job, 100, 1).unwrap();
-    assert_eq!(keys_with_prefix(&db, CHUNKS_TREE, &[]), 0);
+    assert_eq!(chunk_files(dir.path(), ""), 0);
     assert_eq!(keys_with_prefix(&db, PENDING_TREE, &[]), 0);
     assert!(up.commit(&store).unwrap().is_none());
     assert!(store.get(up.job, 100).unwrap().is_none());
@@ -343,18 +360,18 @@ fn reopening_after_a_crash_collects_dead_uploads_and_keeps_checkpoints() {
         up.send_chunks(&store, 2);
         // In this process the upload is in progress: collection leaves it alone.
         assert_eq!(store.clone().collect_garbage().unwrap(), 0);
-        assert!(keys_with_prefix(&db, CHUNKS_TREE, &step_prefix(5, 200)) > 0);
+        assert!(chunk_files(dir.path(), "5/200-") > 0);
         db.flush().unwrap(); // make sure the dead upload really is on disk
         m100
     }; // the "crash": everything dropped without a commit
 
-    let db = sled::open(dir.path()).unwrap();
-    assert!(keys_with_prefix(&db, CHUNKS_TREE, &step_prefix(5, 200)) > 0);
+    let db = sled::open(dir.path().join("index")).unwrap();
+    assert!(chunk_files(dir.path(), "5/200-") > 0);
     assert_eq!(keys_with_prefix(&db, PENDING_TREE, &[]), 2);
-    let store = CheckpointStore::open(&db).unwrap();
-    assert_eq!(keys_with_prefix(&db, CHUNKS_TREE, &step_prefix(5, 200)), 0);
+    let store = CheckpointStore::open(&db, &dir.path().join("chunks")).unwrap();
+    assert_eq!(chunk_files(dir.path(), "5/200-"), 0);
     assert_eq!(keys_with_prefix(&db, PENDING_TREE, &[]), 0);
-    assert_eq!(keys_with_prefix(&db, CHUNKS_TREE, &[]), m100.chunk_count());
+    assert_eq!(chunk_files(dir.path(), ""), m100.chunk_count());
     assert_eq!(store.collect_garbage().unwrap(), 0);
 
     assert_eq!(store.list(JobId(5)).unwrap(), vec![m100.clone()]);
@@ -403,7 +420,7 @@ fn retention_keeps_the_newest_and_the_best_and_removes_the_rest() {
         .collect();
     assert_eq!(kept, vec![200, 400, 500]);
     for step in [100, 300] {
-        assert_eq!(keys_with_prefix(&db, CHUNKS_TREE, &step_prefix(6, step)), 0);
+        assert_eq!(chunk_files(dir.path(), &format!("6/{step}-")), 0);
         assert_eq!(
             keys_with_prefix(&db, MANIFESTS_TREE, &step_prefix(6, step)),
             0
@@ -424,7 +441,7 @@ fn a_duplicate_commit_returns_the_first_and_stores_nothing_more() {
     let state = random_bytes(20, 120_000);
     let up = small(8, 100, &state);
     let m = up.send_all(&store);
-    let stored = keys_with_prefix(&db, CHUNKS_TREE, &[]);
+    let stored = chunk_files(dir.path(), "");
 
     // The same commit again (a retry after a lost reply).
     assert_eq!(up.commit(&store).unwrap(), Some(m.clone()));
@@ -441,7 +458,7 @@ fn a_duplicate_commit_returns_the_first_and_stores_nothing_more() {
     for part in 0..3 {
         assert_eq!(second.send_part(&store, part), Some(m.clone()));
     }
-    assert_eq!(keys_with_prefix(&db, CHUNKS_TREE, &[]), stored);
+    assert_eq!(chunk_files(dir.path(), ""), stored);
     assert_eq!(keys_with_prefix(&db, PENDING_TREE, &[]), 0);
     assert!(reassemble(&store, &m) == state);
 
@@ -456,8 +473,7 @@ fn a_duplicate_commit_returns_the_first_and_stores_nothing_more() {
     b.send_chunks(&store, 1);
     let ma = a.send_all(&store);
     assert_eq!(b.commit(&store).unwrap(), Some(ma.clone()));
-    let gen2 = [step_prefix(8, 200), 2u64.to_be_bytes().to_vec()].concat();
-    assert_eq!(keys_with_prefix(&db, CHUNKS_TREE, &gen2), 0);
+    assert_eq!(chunk_files(dir.path(), "8/200-2/"), 0);
     assert!(reassemble(&store, &ma) == state);
 }
 

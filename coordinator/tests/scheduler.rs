@@ -197,11 +197,9 @@ fn cuda_jobs_without_gpu_workers_get_a_clear_message() {
     let mut s = cluster();
     worker(&mut s, "a", 8);
     let effects = s
-        .apply(&Command::SubmitJob(SubmitJob::new(
-            spec("gpu", 2, "cuda"),
-            "gpu.toml",
-            0,
-        )))
+        .apply(&Command::SubmitJob(
+            SubmitJob::parse(&spec("gpu", 2, "cuda"), "gpu.toml", 0).expect("a valid spec"),
+        ))
         .unwrap();
     let [Effect::JobSubmitted { job }] = effects.as_slice() else {
         panic!("{effects:?}")

@@ -7,7 +7,6 @@ use convoy_coordinator::{
     ApplyError, AttemptOutcome, Command, Cordon, Effect, JobId, JobState, Liveness, RankExit,
     SubmitJob, WorkerId,
 };
-use convoy_spec::JobSpec;
 
 fn fail(status: i32, tail: &str) -> RankExit {
     RankExit::Failure {
@@ -40,16 +39,37 @@ fn submit_parses_the_spec_and_returns_its_error_unchanged() {
     assert_eq!(job.state, JobState::Queued);
     assert!(s.jobs[&b].seq > job.seq);
 
-    let bad = spec("bad", 0, "cpu");
-    let expected = JobSpec::parse(&bad, "bad.toml").unwrap_err().to_string();
+    // A spec is validated once, before it becomes a command.
+    let err = SubmitJob::parse(&spec("bad", 0, "cpu"), "bad.toml", 0)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("bad.toml") && err.contains("world_size"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_retried_submission_returns_the_job_the_first_try_created() {
+    let mut s = cluster();
+    let mut sub = SubmitJob::parse(&spec("j", 1, "cpu"), "j.toml", 0).unwrap();
+    sub.request_id = "req-1".into();
+    let first = s.apply(&Command::SubmitJob(sub.clone())).unwrap();
+    let again = s.apply(&Command::SubmitJob(sub.clone())).unwrap();
+    assert_eq!(first, again);
+    assert_eq!(s.jobs.len(), 1);
+    // The same id for another spec is a client bug, not a retry.
     let before = s.clone();
-    let err = s
-        .apply(&Command::SubmitJob(SubmitJob::new(bad, "bad.toml", 0)))
-        .unwrap_err();
-    assert_eq!(err, ApplyError::InvalidSpec(expected.clone()));
-    assert_eq!(err.to_string(), expected);
-    assert!(expected.contains("world_size"), "{expected}");
+    let mut other = SubmitJob::parse(&spec("k", 2, "cpu"), "k.toml", 0).unwrap();
+    other.request_id = "req-1".into();
+    let err = s.apply(&Command::SubmitJob(other)).unwrap_err();
+    assert!(matches!(err, ApplyError::RequestReused { .. }), "{err}");
     assert_eq!(s, before);
+    // Without an id, every request is a new job.
+    sub.request_id.clear();
+    s.apply(&Command::SubmitJob(sub.clone())).unwrap();
+    s.apply(&Command::SubmitJob(sub)).unwrap();
+    assert_eq!(s.jobs.len(), 3);
 }
 
 #[test]
@@ -189,7 +209,7 @@ fn a_failed_rank_stops_the_whole_gang_and_requeues_then_fails_after_max_restarts
     let ws: Vec<WorkerId> = (0..3)
         .map(|i| worker(&mut s, &format!("w{i}"), 1))
         .collect();
-    let mut sub = SubmitJob::new(spec("j", 3, "cpu"), "j.toml", 0);
+    let mut sub = SubmitJob::parse(&spec("j", 3, "cpu"), "j.toml", 0).expect("a valid spec");
     sub.max_restarts = 1;
     s.apply(&Command::SubmitJob(sub)).unwrap();
     let j = JobId(1);
@@ -446,7 +466,7 @@ fn a_lost_worker_stops_the_gang_elsewhere_and_requeues_its_jobs() {
 fn progress_timeout_requeues_a_stalled_job_and_progress_defers_it() {
     let mut s = cluster();
     let w = worker(&mut s, "a", 1);
-    let mut sub = SubmitJob::new(spec("j", 1, "cpu"), "j.toml", 0);
+    let mut sub = SubmitJob::parse(&spec("j", 1, "cpu"), "j.toml", 0).expect("a valid spec");
     sub.progress_timeout = Some(1_000);
     s.apply(&Command::SubmitJob(sub)).unwrap();
     let j = JobId(1);
@@ -491,7 +511,7 @@ fn progress_timeout_requeues_a_stalled_job_and_progress_defers_it() {
 fn repeated_failures_cordon_a_worker_until_an_operator_uncordons_it() {
     let mut s = cluster();
     let w = worker(&mut s, "flaky", 1);
-    let mut sub = SubmitJob::new(spec("j", 1, "cpu"), "j.toml", 0);
+    let mut sub = SubmitJob::parse(&spec("j", 1, "cpu"), "j.toml", 0).expect("a valid spec");
     sub.max_restarts = 10;
     s.apply(&Command::SubmitJob(sub)).unwrap();
     let j = JobId(1);

@@ -37,26 +37,43 @@ fn trained_state(dir: &Path) -> (JobSpec, TrainState) {
     (spec, state)
 }
 
-/// A damaged state file decodes to an error (or, where the damage is in the values, to a
-/// state), never to a panic or an abort: each of the first bytes, where the header, the length
-/// prefixes and the strings are, is set to values that make huge or torn lengths. A length
-/// prefix of exabytes used to abort the process allocating it.
+/// A damaged state file is an error, never a panic or an abort. In the current format the
+/// envelope's checksum catches every change; the older, unchecksummed format 2 (still read, so
+/// older checkpoints resume) reaches the payload decoder with the damage, so it is swept too:
+/// each of the first bytes, where the length prefixes and the strings are, is set to values
+/// that make huge or torn lengths. A length prefix of exabytes used to abort the process.
 #[test]
 fn a_damaged_state_is_an_error_never_a_panic() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_, st) = trained_state(dir.path());
     let bytes = state::encode(&st);
     let origin = Path::new("damaged.state");
-    let mut errors = 0;
+    let mut v2 = b"CONVOYTS".to_vec();
+    v2.extend_from_slice(&2u32.to_le_bytes());
+    v2.extend_from_slice(&bytes[convoy_envelope::HEADER_LEN..]);
+    assert_eq!(
+        state::decode(&v2, origin).expect("format 2 reads").params,
+        st.params
+    );
+    let mut v2_errors = 0;
     for pos in 0..bytes.len().min(512) {
         for v in [0x00, 0x7f, 0xfb, 0xfc, 0xfd, 0xfe, 0xff] {
             let mut b = bytes.clone();
+            if b[pos] != v {
+                b[pos] = v;
+                assert!(
+                    state::decode(&b, origin).is_err(),
+                    "byte {pos} = {v:#x} unnoticed"
+                );
+            }
+            let mut b = v2.clone();
             b[pos] = v;
-            errors += usize::from(state::decode(&b, origin).is_err());
+            v2_errors += usize::from(state::decode(&b, origin).is_err());
         }
     }
-    assert!(errors > 0, "no damage was noticed at all");
+    assert!(v2_errors > 0, "no damage was noticed at all");
     assert!(state::decode(&bytes[..bytes.len() / 2], origin).is_err());
+    assert!(state::decode(&v2[..v2.len() / 2], origin).is_err());
 }
 
 #[test]
@@ -142,22 +159,35 @@ fn llmc_export_reads_back_and_needs_a_gpt() {
 }
 
 #[test]
-fn state_round_trips_and_version_1_is_refused() {
+fn state_round_trips_and_other_versions_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_, st) = trained_state(dir.path());
     let origin = Path::new("state.bin");
     let bytes = state::encode(&st);
     assert_eq!(state::decode(&bytes, origin).expect("decode"), st);
 
-    let mut old = bytes.clone();
-    old[8..12].copy_from_slice(&1u32.to_le_bytes());
+    let mut old = b"CONVOYTS".to_vec();
+    old.extend_from_slice(&1u32.to_le_bytes());
+    old.extend_from_slice(&bytes[convoy_envelope::HEADER_LEN..]);
     let e = state::decode(&old, origin)
         .expect_err("version 1")
         .to_string();
     assert!(
-        e.contains("state.bin") && e.contains("version 1") && e.contains("reads 2"),
+        e.contains("state.bin") && e.contains("version 1") && e.contains("reads versions 2 and 3"),
         "{e}"
     );
+    let newer = convoy_envelope::seal(
+        convoy_envelope::Header {
+            kind: state::KIND,
+            version: 4,
+            tag: 0,
+        },
+        &bytes[convoy_envelope::HEADER_LEN..],
+    );
+    let e = state::decode(&newer, origin)
+        .expect_err("version 4")
+        .to_string();
+    assert!(e.contains("version 4") && e.contains("newer"), "{e}");
 }
 
 #[test]

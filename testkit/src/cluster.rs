@@ -107,6 +107,14 @@ impl Cluster {
         }
     }
 
+    /// SIGTERMs the coordinator and waits up to 30 s for it to exit (then SIGKILLs it); true
+    /// when it exited by itself.
+    pub fn stop_coordinator(&mut self) -> bool {
+        self.coordinator
+            .take()
+            .is_some_and(|mut c| c.stop(Duration::from_secs(30)))
+    }
+
     /// Starts the coordinator again on the same address and data directory.
     pub fn restart_coordinator(&mut self) {
         let listen = self.addr.trim_start_matches("http://").to_string();

@@ -214,19 +214,31 @@ fn a_cancelled_job_resumes_from_its_checkpoint_and_bad_references_get_one_line()
     );
 }
 
-/// Flips one byte of the last chunk in the coordinator's store (the newest checkpoint of the
-/// newest job: keys sort by job, then step). The coordinator must be stopped.
+/// Flips one byte of a chunk of the newest checkpoint of the newest job in the coordinator's
+/// store (files `chunks/<job>/<step>-<generation>/<part>-<index>`). The coordinator must be
+/// stopped.
 fn corrupt_newest_chunk(c: &Cluster) {
-    let db = sled::open(c.dir.path().join("coordinator/checkpoints")).expect("open the store");
-    let chunks = db
-        .open_tree(convoy_coordinator::checkpoints::CHUNKS_TREE)
-        .expect("chunks tree");
-    let (key, value) = chunks.last().expect("read").expect("a chunk");
-    let mut bytes = value.to_vec();
+    let newest = |dir: &std::path::Path| {
+        std::fs::read_dir(dir)
+            .expect("list the chunk files")
+            .map(|e| e.expect("an entry").path())
+            .max_by_key(|p| {
+                let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+                let lead = name
+                    .as_deref()
+                    .and_then(|n| n.split('-').next())
+                    .map(str::to_owned);
+                lead.and_then(|n| n.parse::<u64>().ok()).unwrap_or(0)
+            })
+            .expect("a chunk directory")
+    };
+    let root = c.dir.path().join("coordinator/checkpoints/chunks");
+    let upload = newest(&newest(&root));
+    let chunk = newest(&upload);
+    let mut bytes = std::fs::read(&chunk).expect("read the chunk");
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x40;
-    chunks.insert(key, bytes).expect("write");
-    db.flush().expect("flush");
+    std::fs::write(&chunk, bytes).expect("write the chunk");
 }
 
 #[test]
@@ -282,8 +294,8 @@ fn a_coordinator_killed_during_uploads_leaves_no_partial_checkpoint_and_the_job_
     c.kill_coordinator();
     // Open the store as the restarted coordinator will: every checkpoint it lists verifies.
     {
-        let db = sled::open(c.dir.path().join("coordinator/checkpoints")).expect("open");
-        let store = CheckpointStore::open(&db).expect("store");
+        let store = CheckpointStore::open_dir(&c.dir.path().join("coordinator/checkpoints"))
+            .expect("store");
         let job = JobId(id.trim_start_matches("job-").parse().expect("job number"));
         let list = store.list(job).expect("list");
         assert!(

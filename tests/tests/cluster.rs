@@ -77,6 +77,36 @@ fn a_job_survives_a_sigkilled_coordinator_and_its_ranks_are_not_restarted() {
     assert_eq!(c.status()["workers_alive"], 2);
 }
 
+/// A graceful stop (what `systemctl restart` sends) while a job trains: the coordinator stops
+/// judging liveness, ends the workers' streams and exits; after the restart the job's ranks are
+/// reattached, not restarted. The heartbeat timeout is short on purpose: a shutdown that kept
+/// ticking while workers could not reach it would declare them lost.
+#[test]
+fn a_sigtermed_coordinator_exits_cleanly_and_costs_no_attempt() {
+    let _g = serial();
+    let mut c = Cluster::start(2_000);
+    c.add_worker("alpha", 1);
+    c.add_worker("beta", 1);
+    c.wait_workers(2);
+    let spec = digits_spec(c.dir.path(), "long", 4_000, 2);
+    let id = c.submit(&spec, &[]);
+    c.wait_step(&id, 20, Duration::from_secs(60));
+    assert!(
+        c.stop_coordinator(),
+        "the coordinator did not exit within 30 s of SIGTERM"
+    );
+    c.restart_coordinator();
+    let job = c.wait_state(&id, "succeeded", Duration::from_secs(180));
+    assert_eq!(
+        attempts(&job),
+        1,
+        "a graceful restart cost an attempt: {job}"
+    );
+    assert_eq!(job["step"], 4_000);
+    let log = std::fs::read_to_string(c.dir.path().join("coordinator.log")).unwrap_or_default();
+    assert!(!log.contains("lost (no heartbeat)"), "{log}");
+}
+
 #[test]
 fn a_sigkilled_worker_is_lost_and_the_job_restarts_on_the_remaining_capacity() {
     let _g = serial();

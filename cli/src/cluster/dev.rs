@@ -168,6 +168,7 @@ async fn drive(
             world_size: args.world_size,
             follow: true,
             json: false,
+            retry_for: 60.0,
         },
     )
     .await

@@ -1,9 +1,11 @@
 //! `convoy submit SPEC`: validate locally, send the spec, optionally follow it.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use convoy_client::submit;
 use convoy_engine::spec::JobSpec;
 use convoy_proto::v1 as pb;
 use convoy_proto::v1::convoy_client::ConvoyClient;
@@ -35,6 +37,10 @@ pub struct SubmitArgs {
     /// Print the job id as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Keep retrying for this many seconds while the coordinator is unreachable or
+    /// restarting; retries carry the same request id, so they never create a second job.
+    #[arg(long, default_value_t = 60.0)]
+    pub retry_for: f64,
 }
 
 /// Reads the spec, applies `--world-size`, and checks it the way the coordinator will, so a
@@ -84,19 +90,30 @@ pub async fn run(coordinator: &str, args: SubmitArgs) -> Result<()> {
 pub async fn submit(client: &mut ConvoyClient<Channel>, args: &SubmitArgs) -> Result<String> {
     let (spec_toml, workdir) = prepare(&args.spec, args.world_size)?;
     let (timeout_ms, no_timeout) = progress_timeout(args.progress_timeout.as_deref())?;
-    let id = client
-        .submit_job(pb::SubmitJobRequest {
-            spec_toml,
-            priority: args.priority,
-            max_restarts: args.max_restarts,
-            progress_timeout_ms: timeout_ms,
-            workdir,
-            no_progress_timeout: no_timeout,
-        })
-        .await
-        .map_err(rpc)?
-        .into_inner()
-        .job_id;
+    let request = pb::SubmitJobRequest {
+        spec_toml,
+        priority: args.priority,
+        max_restarts: args.max_restarts,
+        progress_timeout_ms: timeout_ms,
+        workdir,
+        no_progress_timeout: no_timeout,
+        request_id: submit::new_request_id(),
+    };
+    anyhow::ensure!(
+        args.retry_for.is_finite() && args.retry_for >= 0.0,
+        "--retry-for {}: a number of seconds, 0 or more",
+        args.retry_for
+    );
+    let retry_for = Duration::from_secs_f64(args.retry_for);
+    let id = submit::submit_with_retry(client, request, retry_for, |status, delay| {
+        eprintln!(
+            "convoy: submit: {} (retrying in {:.1}s with the same request id)",
+            convoy_client::one_line(status),
+            delay.as_secs_f64()
+        );
+    })
+    .await
+    .map_err(rpc)?;
     if args.json {
         println!("{}", json!({ "job_id": id }));
     } else {

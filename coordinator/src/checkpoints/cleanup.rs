@@ -1,14 +1,10 @@
 //! Removing checkpoints and the remains of uploads. Manifests always go first (and are
-//! flushed) before their chunks, so a crash midway leaves unreferenced chunks, which the next
-//! open collects, never a manifest whose chunks are gone.
-
-use std::ops::Bound;
+//! flushed) before their chunk files, so a crash midway leaves unreferenced chunks, which the
+//! next open collects, never a manifest whose chunks are gone.
 
 use super::CheckpointStore;
 use super::error::CheckpointError;
-use super::keys::{
-    Upload, manifest_key, split_chunk, split_part, upload_last_chunk_key, upload_prefix,
-};
+use super::keys::{Upload, manifest_key, split_part};
 use super::retention::{Retention, select_removals};
 use crate::model::JobId;
 
@@ -19,40 +15,25 @@ impl CheckpointStore {
     /// upload a crash interrupted goes.
     pub fn collect_garbage(&self) -> Result<u64, CheckpointError> {
         let mut collected = 0u64;
-        // One seek per upload: the chunks of a kept upload are skipped, not read.
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let next = match &after {
-                None => self.chunks.iter().next(),
-                Some(k) => self
-                    .chunks
-                    .range::<&[u8], _>((Bound::Excluded(k.as_slice()), Bound::Unbounded))
-                    .next(),
-            };
-            let Some(item) = next else { break };
-            let (k, _) = item.map_err(CheckpointError::storage("scan the chunks"))?;
-            let Some((upload, _, _)) = split_chunk(&k) else {
-                // Not a key this store writes: nothing can reference it.
-                self.chunks
-                    .remove(&k)
-                    .map_err(CheckpointError::storage("remove a malformed chunk key"))?;
-                collected += 1;
-                after = Some(k.to_vec());
-                continue;
-            };
+        let (uploads, strangers) = self.chunks.uploads()?;
+        for path in strangers {
+            tracing::warn!(
+                "checkpoint store: {} is not something this store wrote; left alone",
+                path.display()
+            );
+        }
+        for upload in uploads {
             let in_progress = self.lock_in_progress();
-            if !in_progress.contains(&upload) && !self.referenced(upload)? {
-                let context = format!("collect the chunks of {upload}");
-                collected += remove_prefix(&self.chunks, &upload_prefix(upload), &context)?;
+            if !in_progress.contains_key(&upload) && !self.referenced(upload)? {
+                collected += self.chunks.remove_upload(upload)?;
             }
             drop(in_progress);
-            after = Some(upload_last_chunk_key(upload).to_vec());
         }
 
         for item in self.pending.iter() {
             let (k, _) = item.map_err(CheckpointError::storage("scan the pending parts"))?;
             let in_progress = self.lock_in_progress();
-            let live = split_part(&k).is_some_and(|(u, _)| in_progress.contains(&u));
+            let live = split_part(&k).is_some_and(|(u, _)| in_progress.contains_key(&u));
             if !live {
                 self.pending
                     .remove(&k)
@@ -107,8 +88,7 @@ impl CheckpointStore {
             .flush()
             .map_err(CheckpointError::storage("flush removed manifests"))?;
         for &u in uploads {
-            let context = format!("remove the chunks of {u}");
-            remove_prefix(&self.chunks, &upload_prefix(u), &context)?;
+            self.chunks.remove_upload(u)?;
         }
         Ok(())
     }

@@ -12,6 +12,19 @@ pub enum CheckpointError {
         #[source]
         source: sled::Error,
     },
+    /// The chunk files failed (a full disk lands here too).
+    #[error("checkpoint store: cannot {context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "checkpoint store {}: the layout of an earlier convoy (chunks inside sled), which this \
+         release does not read; move it aside to start with an empty store",
+        dir.display()
+    )]
+    Layout { dir: std::path::PathBuf },
     #[error("checkpoint store: cannot encode {what}: {msg}")]
     Encode { what: String, msg: String },
     /// A stored record that does not decode (a manifest or a pending-part record).

@@ -1,7 +1,6 @@
-//! The byte keys of the checkpoint trees. Every field is big-endian and fixed-width, so sled's
-//! byte order is the numeric order of (job, step, generation, part, chunk): a job's manifests
-//! come out by step, an upload's chunks in the order they reassemble, and one prefix covers a
-//! job, a checkpoint, an upload or a part.
+//! The byte keys of the checkpoint index's trees. Every field is big-endian and fixed-width, so
+//! sled's byte order is the numeric order of (job, step, generation, part): a job's manifests
+//! come out by step, and one prefix covers a job, a checkpoint, an upload or a part.
 
 use std::fmt;
 
@@ -51,7 +50,6 @@ pub(crate) const JOB_LEN: usize = U64;
 pub(crate) const MANIFEST_LEN: usize = 2 * U64;
 pub(crate) const UPLOAD_LEN: usize = 3 * U64;
 pub(crate) const PART_LEN: usize = UPLOAD_LEN + U32;
-pub(crate) const CHUNK_LEN: usize = PART_LEN + U32;
 
 pub(crate) fn job_prefix(job: JobId) -> [u8; JOB_LEN] {
     job.0.to_be_bytes()
@@ -81,21 +79,6 @@ pub(crate) fn part_key(p: &PartKey) -> [u8; PART_LEN] {
     k
 }
 
-/// `ckpt/chunks`: (job, step, generation, part, chunk index).
-pub(crate) fn chunk_key(p: &PartKey, index: u32) -> [u8; CHUNK_LEN] {
-    let mut k = [0u8; CHUNK_LEN];
-    k[..PART_LEN].copy_from_slice(&part_key(p));
-    k[PART_LEN..].copy_from_slice(&index.to_be_bytes());
-    k
-}
-
-/// The greatest chunk key of an upload: scanning past it skips the whole upload.
-pub(crate) fn upload_last_chunk_key(u: Upload) -> [u8; CHUNK_LEN] {
-    let mut k = [0xffu8; CHUNK_LEN];
-    k[..UPLOAD_LEN].copy_from_slice(&upload_prefix(u));
-    k
-}
-
 fn be_u64(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_be_bytes(b.get(at..at + U64)?.try_into().ok()?))
 }
@@ -121,12 +104,6 @@ pub(crate) fn split_part(k: &[u8]) -> Option<(Upload, u32)> {
     Some((split_upload(k, PART_LEN)?, be_u32(k, UPLOAD_LEN)?))
 }
 
-/// The chunk index of a chunk key.
-pub(crate) fn split_chunk(k: &[u8]) -> Option<(Upload, u32, u32)> {
-    let u = split_upload(k, CHUNK_LEN)?;
-    Some((u, be_u32(k, UPLOAD_LEN)?, be_u32(k, PART_LEN)?))
-}
-
 /// The step of a manifest key.
 pub(crate) fn split_manifest(k: &[u8]) -> Option<(JobId, u64)> {
     if k.len() != MANIFEST_LEN {
@@ -149,33 +126,26 @@ mod tests {
     }
 
     #[test]
-    fn chunk_keys_sort_numerically_field_by_field() {
+    fn part_keys_sort_numerically_field_by_field() {
         // Values that straddle byte boundaries: little-endian or text keys would misorder them.
         let tuples = [
-            (1, 1, 1, 0, 0),
-            (1, 1, 1, 0, 1),
-            (1, 1, 1, 0, 255),
-            (1, 1, 1, 0, 256),
-            (1, 1, 1, 1, 0),
-            (1, 1, 1, 256, 0),
-            (1, 1, 2, 0, 0),
-            (1, 255, 0, 0, 0),
-            (1, 256, 0, 0, 0),
-            (1, u64::MAX, u64::MAX, u32::MAX, u32::MAX),
-            (2, 0, 0, 0, 0),
-            (256, 0, 0, 0, 0),
+            (1, 1, 1, 0),
+            (1, 1, 1, 1),
+            (1, 1, 1, 256),
+            (1, 1, 2, 0),
+            (1, 255, 0, 0),
+            (1, 256, 0, 0),
+            (1, u64::MAX, u64::MAX, u32::MAX),
+            (2, 0, 0, 0),
+            (256, 0, 0, 0),
         ];
         let keys: Vec<_> = tuples
             .iter()
-            .map(|&(j, s, g, p, i)| chunk_key(&pk(j, s, g, p), i))
+            .map(|&(j, s, g, p)| part_key(&pk(j, s, g, p)))
             .collect();
         for w in keys.windows(2) {
             assert!(w[0] < w[1], "{:?} !< {:?}", w[0], w[1]);
         }
-        let mut shuffled = keys.clone();
-        shuffled.reverse();
-        shuffled.sort();
-        assert_eq!(shuffled, keys);
     }
 
     #[test]
@@ -190,30 +160,17 @@ mod tests {
     }
 
     #[test]
-    fn keys_split_back_into_their_fields() {
+    fn keys_split_back_into_their_fields_and_prefixes_nest() {
         let p = pk(3, 200, 7, 1);
-        let (u, part, index) = split_chunk(&chunk_key(&p, 4)).expect("a chunk key");
-        assert_eq!((u, part, index), (p.upload(), 1, 4));
         assert_eq!(split_part(&part_key(&p)), Some((p.upload(), 1)));
         assert_eq!(
             split_manifest(&manifest_key(JobId(3), 200)),
             Some((JobId(3), 200))
         );
-        assert_eq!(split_chunk(&part_key(&p)), None);
         assert_eq!(split_part(b"short"), None);
-    }
-
-    #[test]
-    fn prefixes_nest_and_the_last_key_bounds_an_upload() {
-        let p = pk(3, 200, 7, 1);
-        let chunk = chunk_key(&p, 4);
-        assert!(chunk.starts_with(&part_key(&p)));
-        assert!(chunk.starts_with(&upload_prefix(p.upload())));
-        assert!(chunk.starts_with(&manifest_key(p.job, p.step)));
-        assert!(chunk.starts_with(&job_prefix(p.job)));
-        let last = upload_last_chunk_key(p.upload());
-        assert!(chunk <= last);
-        assert!(chunk_key(&pk(3, 200, 7, u32::MAX), u32::MAX) <= last);
-        assert!(chunk_key(&pk(3, 200, 8, 0), 0) > last);
+        let part = part_key(&p);
+        assert!(part.starts_with(&upload_prefix(p.upload())));
+        assert!(part.starts_with(&manifest_key(p.job, p.step)));
+        assert!(part.starts_with(&job_prefix(p.job)));
     }
 }

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use convoy_envelope::{Header, Kind};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -81,32 +82,46 @@ pub(crate) fn check_layout(parts: &[PartInfo], total_len: u64) -> Result<(), Str
     Ok(())
 }
 
-fn config() -> bincode::config::Configuration {
-    bincode::config::standard()
+/// A record of the checkpoint trees, sealed in a [`convoy_envelope`] record of its own kind
+/// around a MessagePack payload (fields by name), like the command log's.
+pub(crate) trait Stored: Serialize + DeserializeOwned {
+    const KIND: Kind;
 }
 
-pub(crate) fn encode<T: Serialize>(value: &T, what: &str) -> Result<Vec<u8>, CheckpointError> {
-    bincode::serde::encode_to_vec(value, config()).map_err(|e| CheckpointError::Encode {
+impl Stored for Manifest {
+    const KIND: Kind = Kind(*b"MNFT");
+}
+
+/// A finished part, recorded until its upload commits.
+impl Stored for PartInfo {
+    const KIND: Kind = Kind(*b"PART");
+}
+
+const VERSION: u16 = 1;
+
+pub(crate) fn encode<T: Stored>(value: &T, what: &str) -> Result<Vec<u8>, CheckpointError> {
+    let payload = rmp_serde::to_vec_named(value).map_err(|e| CheckpointError::Encode {
         what: what.to_string(),
         msg: e.to_string(),
-    })
+    })?;
+    let header = Header {
+        kind: T::KIND,
+        version: VERSION,
+        tag: 0,
+    };
+    Ok(convoy_envelope::seal(header, &payload))
 }
 
-/// Decodes a whole value; trailing bytes are corruption too.
-pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, CheckpointError> {
+/// Opens and decodes a record; damage, another kind or version, and a payload that does not
+/// decode are all [`CheckpointError::Corrupt`] naming `what`.
+pub(crate) fn decode<T: Stored>(bytes: &[u8], what: &str) -> Result<T, CheckpointError> {
     let corrupt = |msg: String| CheckpointError::Corrupt {
         what: what.to_string(),
         msg,
     };
-    let (value, read) = bincode::serde::decode_from_slice::<T, _>(bytes, config())
+    let (_, payload) = convoy_envelope::open(bytes, T::KIND, VERSION..=VERSION)
         .map_err(|e| corrupt(e.to_string()))?;
-    if read != bytes.len() {
-        return Err(corrupt(format!(
-            "{} trailing bytes after a {read}-byte value",
-            bytes.len() - read
-        )));
-    }
-    Ok(value)
+    rmp_serde::from_slice(payload).map_err(|e| corrupt(format!("does not decode: {e}")))
 }
 
 #[cfg(test)]
@@ -138,7 +153,7 @@ mod tests {
     }
 
     #[test]
-    fn manifest_round_trips_and_trailing_bytes_are_corrupt() {
+    fn manifest_round_trips_and_damage_is_corrupt() {
         let m = Manifest {
             job: JobId(3),
             step: 200,
@@ -151,8 +166,15 @@ mod tests {
         };
         let mut bytes = encode(&m, "a manifest").expect("encodes");
         assert_eq!(decode::<Manifest>(&bytes, "m").expect("decodes"), m);
-        bytes.push(0);
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
         let err = decode::<Manifest>(&bytes, "the manifest of job-3 step 200").unwrap_err();
-        assert!(err.to_string().contains("trailing"), "{err}");
+        assert!(err.to_string().contains("checksum"), "{err}");
+        let part = encode(&part(0, &[8]), "a part").expect("encodes");
+        let err = decode::<Manifest>(&part, "the manifest of job-3 step 200").unwrap_err();
+        assert!(
+            err.to_string().contains("PART record where a MNFT"),
+            "{err}"
+        );
     }
 }

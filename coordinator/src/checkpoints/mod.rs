@@ -1,4 +1,5 @@
-//! Training checkpoints, kept by the coordinator in its sled database.
+//! Training checkpoints, kept by the coordinator: chunk bytes in files ([`chunk_files`]),
+//! everything else (manifests, finished parts) in a sled database, the index.
 //!
 //! A job's state is the same on every rank, so each of its W ranks uploads one byte range
 //! (a part) of the encoded state, as chunks of a few MiB, each with the sender's xxh3-64
@@ -8,11 +9,12 @@
 //! chunks are flushed before the manifest is written, and whatever has no manifest when the
 //! store opens (an upload a crash cut short) is collected.
 //!
-//! Trees (all keys big-endian, so sled's order is numeric order):
-//! - [`CHUNKS_TREE`]: (job, step, generation, part, chunk index) → chunk bytes;
+//! Trees of the index (all keys big-endian, so sled's order is numeric order), whose values are
+//! enveloped, checksummed records:
 //! - [`PENDING_TREE`]: (job, step, generation, part) → the finished part, until commit;
 //! - [`MANIFESTS_TREE`]: (job, step) → [`Manifest`].
 
+mod chunk_files;
 mod cleanup;
 mod error;
 mod keys;
@@ -27,6 +29,5 @@ pub use manifest::{ChunkInfo, Manifest, PartInfo};
 pub use retention::{Retention, select_removals};
 pub use store::CheckpointStore;
 
-pub const CHUNKS_TREE: &str = "ckpt/chunks";
 pub const PENDING_TREE: &str = "ckpt/pending";
 pub const MANIFESTS_TREE: &str = "ckpt/manifests";

@@ -4,20 +4,8 @@
 
 use std::collections::BTreeSet;
 
-use serde::{Deserialize, Serialize};
-
 use super::manifest::Manifest;
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Retention {
-    /// The newest checkpoints kept; at least 1 is kept whatever this says.
-    pub keep_last: u32,
-    /// The best checkpoints by `best_metric` kept in addition (they may overlap the newest).
-    pub keep_best: u32,
-    pub best_metric: String,
-    /// Whether lower is better (a loss) or higher (an accuracy).
-    pub minimize: bool,
-}
+pub use crate::model::Retention;
 
 /// The steps of `manifests` that `r` does not keep, ascending.
 ///

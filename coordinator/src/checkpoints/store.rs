@@ -1,24 +1,29 @@
 //! [`CheckpointStore`]: the trees, opening (which collects dead uploads), and reading
 //! checkpoints back. Uploading is in `upload.rs`, removal in `cleanup.rs`.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use xxhash_rust::xxh3::xxh3_64;
 
+use super::chunk_files::ChunkFiles;
 use super::error::CheckpointError;
-use super::keys::{PartKey, Upload, chunk_key, job_prefix, manifest_key, split_manifest};
+use super::keys::{PartKey, Upload, job_prefix, manifest_key, split_manifest};
 use super::manifest::{ChunkInfo, Manifest, decode};
-use super::{CHUNKS_TREE, MANIFESTS_TREE, PENDING_TREE};
+use super::{MANIFESTS_TREE, PENDING_TREE};
 use crate::model::JobId;
 
-/// Checkpoints of all jobs in the coordinator's sled database. Cloning is cheap and clones
-/// share the set of uploads in progress.
+/// Uploads in progress in this process, with the chunks each stored: (part, index) → chunk.
+pub(super) type InProgress = HashMap<Upload, BTreeMap<(u32, u32), ChunkInfo>>;
+
+/// Checkpoints of all jobs: the index in a sled database, the chunks in files. Cloning is cheap
+/// and clones share the set of uploads in progress.
 #[derive(Clone)]
 pub struct CheckpointStore {
     pub(super) db: sled::Db,
-    /// Chunk bytes, keyed (job, step, generation, part, index).
-    pub(super) chunks: sled::Tree,
+    /// Chunk bytes, by (job, step, generation, part, index).
+    pub(super) chunks: Arc<ChunkFiles>,
     /// Finished parts of uncommitted uploads, keyed (job, step, generation, part).
     pub(super) pending: sled::Tree,
     /// Committed checkpoints, keyed (job, step).
@@ -26,20 +31,40 @@ pub struct CheckpointStore {
     /// Uploads that have written chunks in this process and are neither committed nor
     /// aborted: garbage collection leaves them alone. Held while collection checks and removes
     /// an upload, so a chunk cannot land between the check and the removal.
-    pub(super) in_progress: Arc<Mutex<HashSet<Upload>>>,
+    /// With each, the length and checksum of every chunk it stored (the sender's checksum,
+    /// verified against the bytes before they were written), so finishing a part does not
+    /// read its chunks back.
+    pub(super) in_progress: Arc<Mutex<InProgress>>,
 }
 
 impl CheckpointStore {
-    /// Opens the `ckpt/` trees of `db`, then removes every chunk and pending part that no
-    /// manifest references: an upload a crash interrupted never becomes a checkpoint.
-    pub fn open(db: &sled::Db) -> Result<CheckpointStore, CheckpointError> {
+    /// The store in `dir`: the index in `dir/index`, the chunks under `dir/chunks`. A
+    /// directory in the layout of an earlier convoy (chunks inside sled) is refused by name.
+    pub fn open_dir(dir: &Path) -> Result<CheckpointStore, CheckpointError> {
+        if dir.join("conf").exists() || dir.join("db").exists() {
+            return Err(CheckpointError::Layout {
+                dir: dir.to_path_buf(),
+            });
+        }
+        let index = dir.join("index");
+        let db = sled::open(&index).map_err(CheckpointError::storage(format!(
+            "open {}",
+            index.display()
+        )))?;
+        CheckpointStore::open(&db, &dir.join("chunks"))
+    }
+
+    /// Opens the `ckpt/` trees of `db` with the chunk files under `chunks`, then removes every
+    /// chunk and pending part that no manifest references: an upload a crash interrupted never
+    /// becomes a checkpoint.
+    pub fn open(db: &sled::Db, chunks: &Path) -> Result<CheckpointStore, CheckpointError> {
         let tree = |name: &str| {
             db.open_tree(name)
                 .map_err(CheckpointError::storage(format!("open the {name} tree")))
         };
         let store = CheckpointStore {
             db: db.clone(),
-            chunks: tree(CHUNKS_TREE)?,
+            chunks: Arc::new(ChunkFiles::open(chunks)?),
             pending: tree(PENDING_TREE)?,
             manifests: tree(MANIFESTS_TREE)?,
             in_progress: Arc::default(),
@@ -54,7 +79,7 @@ impl CheckpointStore {
         Ok(store)
     }
 
-    pub(super) fn lock_in_progress(&self) -> MutexGuard<'_, HashSet<Upload>> {
+    pub(super) fn lock_in_progress(&self) -> MutexGuard<'_, InProgress> {
         self.in_progress.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -96,6 +121,17 @@ impl CheckpointStore {
         self.scan(job)?.into_iter().collect()
     }
 
+    /// The highest job id with a committed checkpoint, if any.
+    pub fn newest_job(&self) -> Result<Option<JobId>, CheckpointError> {
+        let last = self
+            .manifests
+            .last()
+            .map_err(CheckpointError::storage("read the last manifest"))?;
+        Ok(last
+            .and_then(|(k, _)| split_manifest(&k))
+            .map(|(job, _)| job))
+    }
+
     /// The newest checkpoint of `job`, without reading its chunks.
     pub fn latest(&self, job: JobId) -> Result<Option<Manifest>, CheckpointError> {
         let last = self.manifests.scan_prefix(job_prefix(job)).next_back();
@@ -113,8 +149,8 @@ impl CheckpointStore {
     pub fn read_chunks(
         &self,
         m: &Manifest,
-    ) -> impl Iterator<Item = Result<sled::IVec, CheckpointError>> + use<> {
-        let tree = self.chunks.clone();
+    ) -> impl Iterator<Item = Result<Vec<u8>, CheckpointError>> + use<> {
+        let files = self.chunks.clone();
         let (job, step, generation) = (m.job, m.step, m.generation);
         let wanted: Vec<(u32, u32, ChunkInfo)> = (0u32..)
             .zip(&m.parts)
@@ -127,7 +163,7 @@ impl CheckpointStore {
                 generation,
                 part,
             };
-            read_chunk(&tree, &key, index, info)
+            read_chunk(&files, &key, index, info)
         })
     }
 
@@ -160,19 +196,15 @@ impl CheckpointStore {
 }
 
 fn read_chunk(
-    tree: &sled::Tree,
+    files: &ChunkFiles,
     key: &PartKey,
     index: u32,
     info: ChunkInfo,
-) -> Result<sled::IVec, CheckpointError> {
+) -> Result<Vec<u8>, CheckpointError> {
     let PartKey {
         job, step, part, ..
     } = *key;
-    let bytes = tree
-        .get(chunk_key(key, index))
-        .map_err(CheckpointError::storage(format!(
-            "read {job} step {step} part {part} chunk {index}"
-        )))?;
+    let bytes = files.read(key, index)?;
     let corrupt = |why: String| CheckpointError::ChunkCorrupt {
         job,
         step,

@@ -1,7 +1,7 @@
 //! Receiving a checkpoint: chunks of each rank's part, a record per finished part, and the
 //! commit that makes the checkpoint exist by writing its manifest once every part is in.
 //!
-//! Durability rests on one order: chunks are flushed before the manifest is written, so a
+//! Durability rests on one order: chunk files are synced before the manifest is written, so a
 //! manifest on disk always has its chunks; anything without a manifest is collected at the
 //! next open. Pending-part records are therefore not flushed: after a crash they are dead.
 
@@ -12,9 +12,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use super::CheckpointStore;
 use super::cleanup::remove_prefix;
 use super::error::CheckpointError;
-use super::keys::{
-    PartKey, Upload, chunk_key, manifest_key, part_key, split_chunk, split_part, upload_prefix,
-};
+use super::keys::{PartKey, Upload, manifest_key, part_key, split_part, upload_prefix};
 use super::manifest::{ChunkInfo, Manifest, PartInfo, check_layout, decode, encode};
 use crate::model::JobId;
 
@@ -59,18 +57,23 @@ impl CheckpointStore {
             return Ok(());
         }
         // Marked before the write: collection holds the set while it checks and removes.
-        self.lock_in_progress().insert(key.upload());
-        self.chunks
-            .insert(chunk_key(key, index), data)
-            .map_err(CheckpointError::storage(format!(
-                "store {job} step {step} part {part} chunk {index}"
-            )))?;
+        self.lock_in_progress().entry(key.upload()).or_default();
+        self.chunks.write(key, index, data)?;
+        let info = ChunkInfo {
+            len: data.len() as u32, // checked above
+            checksum,
+        };
+        self.lock_in_progress()
+            .entry(key.upload())
+            .or_default()
+            .insert((part, index), info);
         Ok(())
     }
 
     /// Declares a part complete: chunks `0..chunks` must all be stored and hold `len` bytes
-    /// in all. Records the part (with each chunk's length and checksum, recomputed from the
-    /// stored bytes) for [`CheckpointStore::commit`]. Chunks numbered `chunks` or more (from an
+    /// in all. Records the part (with each chunk's length and checksum: as verified when it was
+    /// stored, or hashed from the stored bytes if an earlier process stored it) for
+    /// [`CheckpointStore::commit`]. Chunks numbered `chunks` or more (from an
     /// earlier try of this part cut differently) are removed. A no-op once (job, step) is
     /// committed, like [`CheckpointStore::put_chunk`].
     pub fn finish_part(
@@ -92,28 +95,35 @@ impl CheckpointStore {
             part,
             msg,
         };
-        self.lock_in_progress().insert(key.upload());
-        let context = format!("read the chunks of {job} step {step} part {part}");
+        let known = self
+            .lock_in_progress()
+            .entry(key.upload())
+            .or_default()
+            .clone();
         let mut infos: Vec<ChunkInfo> = vec![];
         let mut stray = vec![];
-        for item in self.chunks.scan_prefix(part_key(key)) {
-            let (k, v) = item.map_err(CheckpointError::storage(context.clone()))?;
-            let index = match split_chunk(&k) {
-                Some((_, _, index)) if index < chunks => index,
-                _ => {
-                    stray.push(k);
-                    continue;
-                }
-            };
+        for index in self.chunks.part_indices(key)? {
+            if index >= chunks {
+                stray.push(index);
+                continue;
+            }
             let have = u32::try_from(infos.len()).unwrap_or(u32::MAX);
             if index != have {
                 return Err(incomplete(format!("chunk {have} of {chunks} is missing")));
             }
-            let len = u32::try_from(v.len())
+            if let Some(info) = known.get(&(part, index)) {
+                infos.push(*info);
+                continue;
+            }
+            // Stored by an earlier process: hash the stored bytes.
+            let Some(bytes) = self.chunks.read(key, index)? else {
+                return Err(incomplete(format!("chunk {index} of {chunks} is missing")));
+            };
+            let len = u32::try_from(bytes.len())
                 .map_err(|_| incomplete(format!("chunk {index} is over 4 GiB")))?;
             infos.push(ChunkInfo {
                 len,
-                checksum: xxh3_64(&v),
+                checksum: xxh3_64(&bytes),
             });
         }
         if infos.len() < chunks as usize {
@@ -128,12 +138,8 @@ impl CheckpointStore {
                 "its {chunks} chunks hold {held} bytes, not {len}"
             )));
         }
-        for k in stray {
-            self.chunks
-                .remove(k)
-                .map_err(CheckpointError::storage(format!(
-                    "remove stray chunks of {job} step {step} part {part}"
-                )))?;
+        for index in stray {
+            self.chunks.remove(key, index)?;
         }
         let record = PartInfo {
             offset,
@@ -149,8 +155,8 @@ impl CheckpointStore {
         Ok(())
     }
 
-    /// Commits the checkpoint if all `parts` parts of the upload are finished: flushes the
-    /// chunks, writes the manifest, drops the pending records and flushes again. Returns
+    /// Commits the checkpoint if all `parts` parts of the upload are finished: syncs the
+    /// chunk files, writes the manifest, drops the pending records and flushes the index. Returns
     /// `Ok(None)` while parts are missing (call it after every finished part; the last one
     /// commits). If (job, step) is already committed, returns that manifest unchanged and
     /// removes what this upload stored (unless it is the same generation: those chunks are the
@@ -202,9 +208,7 @@ impl CheckpointStore {
         };
         let bytes = encode(&manifest, &format!("the manifest of {job} step {step}"))?;
         let context = format!("commit {job} step {step}");
-        self.db
-            .flush()
-            .map_err(CheckpointError::storage(context.clone()))?;
+        self.chunks.sync_upload(upload)?;
         let swapped = self
             .manifests
             .compare_and_swap(manifest_key(job, step), None::<&[u8]>, Some(bytes))
@@ -274,7 +278,7 @@ impl CheckpointStore {
         let context = format!("discard a duplicate upload of {upload}");
         remove_prefix(&self.pending, &upload_prefix(upload), &context)?;
         if existing.generation != upload.generation {
-            remove_prefix(&self.chunks, &upload_prefix(upload), &context)?;
+            self.chunks.remove_upload(upload)?;
         }
         self.lock_in_progress().remove(&upload);
         Ok(existing)
@@ -295,7 +299,7 @@ impl CheckpointStore {
             .get(job, step)?
             .is_some_and(|m| m.generation == generation);
         if !committed {
-            remove_prefix(&self.chunks, &upload_prefix(upload), &context)?;
+            self.chunks.remove_upload(upload)?;
         }
         self.lock_in_progress().remove(&upload);
         Ok(())

@@ -1,48 +1,123 @@
-//! bincode 2 (serde) encoding of log entries and snapshots, with errors that say which entry.
+//! How log entries and snapshots are stored: each is sealed in a [`convoy_envelope`] record
+//! (kind, format version, a type tag per command variant, and a checksum over it all) around a
+//! MessagePack payload that names every field and enum variant. Nothing stored depends on the
+//! order of a declaration, a flipped bit is caught by the checksum before anything is decoded,
+//! and a field added later (with a serde default) still reads older records.
 
-use serde::Serialize;
+use convoy_envelope::{EnvelopeError, Header, Kind};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
+use super::Index;
 use crate::error::StoreError;
+use crate::state::{ClusterState, Command};
 
-fn config() -> bincode::config::Configuration {
-    bincode::config::standard()
+pub const ENTRY: Kind = Kind(*b"LOGE");
+pub const SNAPSHOT: Kind = Kind(*b"SNAP");
+/// 1: the first enveloped format (MessagePack payloads).
+pub const ENTRY_VERSION: u16 = 1;
+pub const SNAPSHOT_VERSION: u16 = 1;
+
+/// Each command's type tag. Fixed forever: a new variant takes the next free number, and a
+/// removed one's number is never reused.
+pub fn tag(cmd: &Command) -> u16 {
+    match cmd {
+        Command::SubmitJob(_) => 1,
+        Command::CancelJob { .. } => 2,
+        Command::RegisterWorker { .. } => 3,
+        Command::Heartbeat { .. } => 4,
+        Command::Cordon { .. } => 5,
+        Command::Uncordon { .. } => 6,
+        Command::StartAttempt { .. } => 7,
+        Command::ReportProgress { .. } => 8,
+        Command::ReportRankExit { .. } => 9,
+        Command::Tick { .. } => 10,
+        Command::ResumeJob { .. } => 11,
+        Command::Configure(_) => 12,
+    }
 }
 
-pub fn encode<T: Serialize>(value: &T, what: &str) -> Result<Vec<u8>, StoreError> {
-    bincode::serde::encode_to_vec(value, config()).map_err(|e| StoreError::Encode {
+/// The highest tag this build knows; a greater one is from a newer convoy.
+const LAST_TAG: u16 = 12;
+
+pub fn encode_entry(cmd: &Command, index: Index) -> Result<Vec<u8>, StoreError> {
+    let payload = payload(cmd, &format!("entry {index}"))?;
+    Ok(convoy_envelope::seal(
+        Header {
+            kind: ENTRY,
+            version: ENTRY_VERSION,
+            tag: tag(cmd),
+        },
+        &payload,
+    ))
+}
+
+/// Opens and decodes one entry; every failure is a message to complete "entry N …".
+pub fn decode_entry(bytes: &[u8]) -> Result<Command, String> {
+    let (header, payload) = convoy_envelope::open(bytes, ENTRY, ENTRY_VERSION..=ENTRY_VERSION)
+        .map_err(|e| e.to_string())?;
+    if header.tag == 0 || header.tag > LAST_TAG {
+        return Err(EnvelopeError::UnknownTag {
+            kind: ENTRY,
+            tag: header.tag,
+        }
+        .to_string());
+    }
+    let cmd: Command = from_payload(payload)?;
+    if tag(&cmd) != header.tag {
+        return Err(format!(
+            "has type tag {} but holds a command of tag {}",
+            header.tag,
+            tag(&cmd)
+        ));
+    }
+    Ok(cmd)
+}
+
+#[derive(Serialize)]
+struct SnapshotRef<'a> {
+    index: Index,
+    state: &'a ClusterState,
+}
+
+#[derive(Deserialize)]
+struct Snapshot {
+    index: Index,
+    state: ClusterState,
+}
+
+pub fn encode_snapshot(index: Index, state: &ClusterState) -> Result<Vec<u8>, StoreError> {
+    let payload = payload(
+        &SnapshotRef { index, state },
+        &format!("the snapshot at {index}"),
+    )?;
+    Ok(convoy_envelope::seal(
+        Header {
+            kind: SNAPSHOT,
+            version: SNAPSHOT_VERSION,
+            tag: 0,
+        },
+        &payload,
+    ))
+}
+
+/// Opens and decodes a snapshot: the index it covers and the state.
+pub fn decode_snapshot(bytes: &[u8]) -> Result<(Index, ClusterState), String> {
+    let (_, payload) = convoy_envelope::open(bytes, SNAPSHOT, SNAPSHOT_VERSION..=SNAPSHOT_VERSION)
+        .map_err(|e| e.to_string())?;
+    let s: Snapshot = from_payload(payload)?;
+    Ok((s.index, s.state))
+}
+
+fn payload<T: Serialize + ?Sized>(value: &T, what: &str) -> Result<Vec<u8>, StoreError> {
+    rmp_serde::to_vec_named(value).map_err(|e| StoreError::Encode {
         what: what.to_string(),
         msg: e.to_string(),
     })
 }
 
-/// The most one log entry's strings may claim while it is decoded: far above any real entry
-/// (a spec is at most 1 MiB), far below what a damaged length prefix claims.
-const ENTRY_LIMIT: usize = 64 << 20;
-
-/// Decodes one log entry; a damaged length prefix is an error, not an attempt to allocate it.
-pub fn decode_entry<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    let (value, read) =
-        bincode::serde::decode_from_slice::<T, _>(bytes, config().with_limit::<ENTRY_LIMIT>())
-            .map_err(|e| e.to_string())?;
-    whole(bytes, read)?;
-    Ok(value)
-}
-
-/// Decodes a whole value; trailing bytes are an error too (a torn or mixed-up entry).
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    let (value, read) =
-        bincode::serde::decode_from_slice::<T, _>(bytes, config()).map_err(|e| e.to_string())?;
-    whole(bytes, read)?;
-    Ok(value)
-}
-
-fn whole(bytes: &[u8], read: usize) -> Result<(), String> {
-    if read != bytes.len() {
-        return Err(format!(
-            "{} trailing bytes after a {read}-byte value",
-            bytes.len() - read
-        ));
-    }
-    Ok(())
+/// Decodes a payload whose checksum held. Reading from a slice bounds every allocation by the
+/// bytes present: a length prefix that claims more is an error, not an allocation.
+fn from_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, String> {
+    rmp_serde::from_slice(payload).map_err(|e| format!("does not decode: {e}"))
 }

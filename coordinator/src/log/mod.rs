@@ -3,11 +3,13 @@
 //!
 //! [`CommandLog`] is the seam between storage and the state machine: [`SledLog`] implements it
 //! on one machine, and a Raft log can implement it without any change to
-//! [`crate::state`]. Encoding is bincode 2 (serde) in [`codec`].
+//! [`crate::state`]. Records are enveloped and checksummed in [`codec`].
 
 pub mod codec;
+mod mark;
 mod sled_log;
 
+pub use mark::{Mark, MarkFile};
 pub use sled_log::SledLog;
 
 use crate::error::StoreError;
@@ -38,6 +40,12 @@ pub trait CommandLog {
     fn save_snapshot(&mut self, index: Index, state: &ClusterState) -> Result<(), StoreError>;
     /// The latest snapshot and its index, if any.
     fn load_snapshot(&self) -> Result<Option<(Index, ClusterState)>, StoreError>;
+    /// Durably records what has been acknowledged, apart from the entries (see [`Mark`]).
+    fn save_mark(&mut self, mark: Mark) -> Result<(), StoreError>;
+    /// The newest mark saved, as read at open; `None` for a new log.
+    fn mark(&self) -> Option<Mark>;
+    /// Where the log is, for messages.
+    fn location(&self) -> String;
 }
 
 /// Rebuilds the state: the latest snapshot (or an empty state with `config`; a snapshot's own
@@ -64,5 +72,35 @@ pub fn recover<L: CommandLog + ?Sized>(
         let _ = state.apply(&cmd);
         index = i;
     }
+    check_mark(log, &state, index)?;
     Ok((state, index))
+}
+
+/// Refuses a recovered state that holds less than the log's mark says was acknowledged.
+fn check_mark<L: CommandLog + ?Sized>(
+    log: &L,
+    state: &ClusterState,
+    index: Index,
+) -> Result<(), StoreError> {
+    let Some(mark) = log.mark() else {
+        return Ok(());
+    };
+    let lost = |msg: String| StoreError::RolledBack {
+        location: log.location(),
+        msg,
+    };
+    if index < mark.index {
+        return Err(lost(format!(
+            "it ends at entry {index}, but entry {} was acknowledged",
+            mark.index
+        )));
+    }
+    if state.jobs_issued() < mark.jobs_issued {
+        return Err(lost(format!(
+            "its state has issued {} job ids, but {} were acknowledged",
+            state.jobs_issued(),
+            mark.jobs_issued
+        )));
+    }
+    Ok(())
 }

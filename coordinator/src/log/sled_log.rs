@@ -2,11 +2,10 @@
 //! log order) and one tree for the snapshot. Every append and snapshot is flushed before it
 //! returns, which is what "durable before applied" needs.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
-use super::codec::{decode, decode_entry, encode};
+use super::codec::{decode_entry, decode_snapshot, encode_entry, encode_snapshot};
+use super::mark::{Mark, MarkFile};
 use super::{CommandLog, Index};
 use crate::error::StoreError;
 use crate::state::{ClusterState, Command};
@@ -14,24 +13,19 @@ use crate::state::{ClusterState, Command};
 const ENTRIES: &str = "entries";
 const META: &str = "meta";
 const SNAPSHOT_KEY: &str = "snapshot";
-/// Bumped when the snapshot's layout changes, so an old file is refused, not misread.
-const SNAPSHOT_FORMAT: u32 = 1;
 
-#[derive(Serialize, Deserialize)]
-struct SnapshotFile {
-    format: u32,
-    index: Index,
-    state: ClusterState,
-}
-
-/// A command log in a sled database directory.
+/// A command log in a sled database directory, with its high-water mark in the file beside it
+/// (`<dir>.mark`).
 pub struct SledLog {
+    dir: PathBuf,
     db: sled::Db,
     entries: sled::Tree,
     meta: sled::Tree,
     /// The last index appended or covered by the snapshot, read once at open: decoding the
     /// snapshot on every append would make appends cost as much as the state is large.
     last: Index,
+    mark_file: MarkFile,
+    mark: Option<Mark>,
 }
 
 impl SledLog {
@@ -44,11 +38,15 @@ impl SledLog {
         let meta = db
             .open_tree(META)
             .map_err(StoreError::sled("open the meta tree"))?;
+        let (mark_file, mark) = MarkFile::open(&dir.with_extension("mark"))?;
         let mut log = SledLog {
+            dir: dir.to_path_buf(),
             db,
             entries,
             meta,
             last: 0,
+            mark_file,
+            mark,
         };
         let last_entry = match log
             .entries
@@ -65,7 +63,7 @@ impl SledLog {
     /// Writes `cmd` at the next index without flushing.
     fn insert(&mut self, cmd: &Command) -> Result<Index, StoreError> {
         let index = self.last + 1;
-        let bytes = encode(cmd, &format!("entry {index}"))?;
+        let bytes = encode_entry(cmd, index)?;
         self.entries
             .insert(index.to_be_bytes(), bytes)
             .map_err(StoreError::sled(format!("append entry {index}")))?;
@@ -74,25 +72,7 @@ impl SledLog {
     }
 
     fn snapshot_index(&self) -> Result<Index, StoreError> {
-        Ok(self.load_snapshot_file()?.map_or(0, |s| s.index))
-    }
-
-    fn load_snapshot_file(&self) -> Result<Option<SnapshotFile>, StoreError> {
-        let Some(bytes) = self
-            .meta
-            .get(SNAPSHOT_KEY)
-            .map_err(StoreError::sled("read the snapshot"))?
-        else {
-            return Ok(None);
-        };
-        let file: SnapshotFile = decode(&bytes).map_err(StoreError::CorruptSnapshot)?;
-        if file.format != SNAPSHOT_FORMAT {
-            return Err(StoreError::CorruptSnapshot(format!(
-                "format {} (this build reads format {SNAPSHOT_FORMAT})",
-                file.format
-            )));
-        }
-        Ok(Some(file))
+        Ok(self.load_snapshot()?.map_or(0, |(index, _)| index))
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -141,12 +121,7 @@ impl CommandLog for SledLog {
     }
 
     fn save_snapshot(&mut self, index: Index, state: &ClusterState) -> Result<(), StoreError> {
-        let file = SnapshotFile {
-            format: SNAPSHOT_FORMAT,
-            index,
-            state: state.clone(),
-        };
-        let bytes = encode(&file, &format!("the snapshot at {index}"))?;
+        let bytes = encode_snapshot(index, state)?;
         self.meta
             .insert(SNAPSHOT_KEY, bytes)
             .map_err(StoreError::sled("write the snapshot"))?;
@@ -161,7 +136,34 @@ impl CommandLog for SledLog {
         self.flush()
     }
 
+    fn save_mark(&mut self, mark: Mark) -> Result<(), StoreError> {
+        self.mark_file.save(mark)?;
+        self.mark = Some(mark);
+        Ok(())
+    }
+
+    fn mark(&self) -> Option<Mark> {
+        self.mark
+    }
+
+    fn location(&self) -> String {
+        format!(
+            "{} (high-water mark {})",
+            self.dir.display(),
+            self.mark_file.path().display()
+        )
+    }
+
     fn load_snapshot(&self) -> Result<Option<(Index, ClusterState)>, StoreError> {
-        Ok(self.load_snapshot_file()?.map(|f| (f.index, f.state)))
+        let Some(bytes) = self
+            .meta
+            .get(SNAPSHOT_KEY)
+            .map_err(StoreError::sled("read the snapshot"))?
+        else {
+            return Ok(None);
+        };
+        decode_snapshot(&bytes)
+            .map(Some)
+            .map_err(StoreError::CorruptSnapshot)
     }
 }

@@ -8,13 +8,12 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use convoy_proto::v1 as pb;
-use convoy_spec::JobSpec;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
-use crate::checkpoints::{CheckpointError, CheckpointStore, Manifest, PartKey, Retention};
+use crate::checkpoints::{CheckpointError, CheckpointStore, Manifest, PartKey};
 use crate::model::JobId;
 use crate::server::clock::now_ms;
 use crate::server::convert;
@@ -66,21 +65,6 @@ pub fn info(m: &Manifest) -> pb::CheckpointInfo {
     }
 }
 
-/// The spec's retention settings (`[checkpoint] keep_last`, `keep_best`, `best_metric`). The
-/// spec was validated at submit, so a parse failure here can only come from an older convoy's
-/// spec: keep the default number then.
-fn retention(spec_text: &str) -> Retention {
-    let c = JobSpec::parse(spec_text, "the job's spec")
-        .map(|s| s.checkpoint)
-        .unwrap_or_default();
-    Retention {
-        keep_last: c.keep_last,
-        keep_best: c.keep_best,
-        best_metric: c.best_metric,
-        minimize: true,
-    }
-}
-
 /// Fails with "unknown job …" unless the coordinator has `job`.
 async fn known_job(handle: &Handle, job: JobId) -> Result<(), Status> {
     handle
@@ -125,11 +109,11 @@ impl Checkpoints {
             )));
         }
         let generation = part.generation;
-        let spec_text = self
+        let retention = self
             .handle
             .read(move |v| {
                 v.state.check_live_generation(job, generation).map(|_| ())?;
-                v.state.job(job).map(|j| j.spec_text.clone())
+                v.state.job(job).map(|j| j.retention.clone())
             })
             .await?
             .map_err(convert::status)?;
@@ -163,10 +147,10 @@ impl Checkpoints {
         };
         if let Some(m) = &committed {
             let store = self.store.clone();
-            let r = retention(&spec_text);
-            let removed = tokio::task::spawn_blocking(move || store.apply_retention(job, &r))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?;
+            let removed =
+                tokio::task::spawn_blocking(move || store.apply_retention(job, &retention))
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?;
             let note = match removed {
                 Ok(steps) if steps.is_empty() => String::new(),
                 Ok(steps) => format!("; removed step(s) {steps:?} by retention"),

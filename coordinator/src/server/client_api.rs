@@ -21,6 +21,7 @@ use crate::state::SubmitJob;
 /// A submitted spec larger than this is refused before it reaches the state (a spec is a
 /// page of TOML; megabytes mean something else was sent).
 const MAX_SPEC_BYTES: usize = 1 << 20;
+const MAX_REQUEST_ID_BYTES: usize = 128;
 /// Records read from the store per round trip while streaming.
 const STREAM_CHUNK: usize = 512;
 
@@ -167,15 +168,30 @@ impl pb::convoy_server::Convoy for ClientApi {
         } else {
             Some(r.progress_timeout_ms)
         };
-        let submit = SubmitJob {
-            spec_text: r.spec_toml,
-            origin: "the submitted spec".into(),
-            priority: r.priority,
-            max_restarts: r.max_restarts,
-            progress_timeout,
-            workdir: r.workdir,
-            now: 0, // stamped by the loop
-        };
+        if r.request_id.len() > MAX_REQUEST_ID_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "the request id is {} bytes; the limit is {MAX_REQUEST_ID_BYTES}",
+                r.request_id.len()
+            )));
+        }
+        // The one place a spec is parsed: the command carries what the cluster needs from it.
+        let mut submit = SubmitJob::parse(&r.spec_toml, "the submitted spec", 0)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        submit.request_id = r.request_id;
+        submit.priority = r.priority;
+        submit.max_restarts = r.max_restarts;
+        submit.progress_timeout = progress_timeout;
+        submit.workdir = r.workdir;
+        tracing::debug!(
+            name = submit.name,
+            steps = submit.steps,
+            world_size = submit.world_size,
+            backend = ?submit.backend,
+            keep_last = submit.retention.keep_last,
+            init_from = submit.init_from,
+            request_id = submit.request_id,
+            "submit"
+        );
         let id = self
             .handle
             .call(|reply| LoopRequest::Submit { submit, reply })

@@ -69,12 +69,13 @@ pub fn status(e: ApplyError) -> Status {
     let msg = e.to_string();
     match e {
         ApplyError::UnknownJob(_) | ApplyError::UnknownWorker(_) => Status::not_found(msg),
-        ApplyError::InvalidSpec(_)
-        | ApplyError::InvalidSubmit(_)
+        ApplyError::InvalidSubmit(_)
         | ApplyError::InvalidWorker { .. }
         | ApplyError::InvalidConfig(_)
         | ApplyError::RankOutOfRange { .. } => Status::invalid_argument(msg),
-        ApplyError::DuplicateWorker { .. } => Status::already_exists(msg),
+        ApplyError::DuplicateWorker { .. } | ApplyError::RequestReused { .. } => {
+            Status::already_exists(msg)
+        }
         ApplyError::WorkerLost { .. }
         | ApplyError::StaleGeneration { .. }
         | ApplyError::AttemptEnded { .. }

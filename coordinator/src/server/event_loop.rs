@@ -62,6 +62,8 @@ pub struct EventLoop {
     waiting: HashMap<JobId, WaitReason>,
     /// Something changed that the scheduler may act on.
     dirty: bool,
+    /// Stopping (see [`Request::Drain`]).
+    draining: bool,
 }
 
 impl EventLoop {
@@ -76,6 +78,7 @@ impl EventLoop {
             progress_logged: HashMap::new(),
             waiting: HashMap::new(),
             dirty: true,
+            draining: false,
         }
     }
 
@@ -98,6 +101,12 @@ impl EventLoop {
                 }
             }
             let stop = self.handle(batch)?;
+            if self.draining {
+                if stop {
+                    break;
+                }
+                continue;
+            }
             if last_tick.elapsed() >= self.config.tick {
                 last_tick = Instant::now();
                 self.tick()?;
@@ -230,6 +239,12 @@ impl EventLoop {
                         }
                     }
                 }
+                Request::Drain => {
+                    self.draining = true;
+                    // Dropping the senders ends the assignment streams, which would otherwise
+                    // hold the server's graceful shutdown open.
+                    self.streams.clear();
+                }
                 Request::Shutdown => stop = true,
                 other => later.push(other),
             }
@@ -242,7 +257,12 @@ impl EventLoop {
                     assignments,
                     reply,
                 } => {
-                    let r = self.watch(worker, assignments);
+                    // While draining the stream ends at once (its sender is dropped here).
+                    let r = if self.draining {
+                        Ok(())
+                    } else {
+                        self.watch(worker, assignments)
+                    };
                     let _ = reply.send(r);
                 }
                 Request::Rendezvous {

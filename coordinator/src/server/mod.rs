@@ -33,6 +33,7 @@ use crate::checkpoints::{CheckpointError, CheckpointStore};
 use crate::error::{CoordinatorError, StoreError};
 use crate::log::SledLog;
 use crate::logged_state::LoggedState;
+use crate::model::JobId;
 use crate::server::checkpoints::Checkpoints;
 use crate::server::event_loop::{EventLoop, LoopConfig};
 use crate::server::handle::Handle;
@@ -40,6 +41,9 @@ use crate::server::records::Records;
 use crate::server::request::Request;
 use crate::state::ClusterConfig;
 pub use settings::{ClusterSettings, ServerConfig, defaults};
+
+/// How long in-flight requests may run on after a shutdown began.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(1000);
 
 /// Errors that stop the coordinator daemon.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +72,17 @@ pub enum ServerError {
     },
     #[error("starting the event loop thread: {0}")]
     Thread(#[source] std::io::Error),
+    #[error(
+        "{} holds {job}, but the command log has issued only {issued} job ids: the command log \
+         was lost or replaced; refusing to start so that no job id is reused (restore the data \
+         directory from a backup, or move {} aside to start an empty cluster)",
+        store.display(), store.parent().unwrap_or(store).display()
+    )]
+    UnknownJobs {
+        store: PathBuf,
+        job: JobId,
+        issued: u64,
+    },
     #[error("the event loop stopped unexpectedly")]
     LoopPanicked,
 }
@@ -93,13 +108,8 @@ pub async fn run(
         config.log_lines_per_job,
         config.metrics_per_job,
     )?);
-    let ckpt_dir = config.data_dir.join("checkpoints");
-    let store = sled::open(&ckpt_dir)
-        .map_err(|e| CheckpointError::Storage {
-            context: format!("open {}", ckpt_dir.display()),
-            source: e,
-        })
-        .and_then(|db| CheckpointStore::open(&db))?;
+    let store = CheckpointStore::open_dir(&config.data_dir.join("checkpoints"))?;
+    no_unknown_jobs(&core, &records, &store, &config.data_dir)?;
     tracing::info!(
         "recovered {} jobs and {} workers from {}",
         core.state().jobs.len(),
@@ -134,11 +144,16 @@ pub async fn run(
         stopping,
     };
     let checkpoints = Checkpoints::new(store, handle.clone());
+    let drain = tx.clone();
+    let mut began = stopping_tx.subscribe();
     let shutdown = async move {
         tokio::select! {
             _ = shutdown => {}
             _ = loop_ended => {}
         }
+        // Judge no one while stopping: workers cannot reach a stopping coordinator, and the
+        // next start gives them a fresh timeout (a restart must not cost an attempt).
+        let _ = drain.send(Request::Drain);
         // Followed streams end now rather than hold the graceful shutdown open.
         let _ = stopping_tx.send(true);
     };
@@ -152,7 +167,7 @@ pub async fn run(
         .await;
     let max = config.max_message_bytes;
     announce(&listener, &config)?;
-    let served = tonic::transport::Server::builder()
+    let serve = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(
             ConvoyServer::new(client_api::ClientApi::new(
@@ -165,12 +180,52 @@ pub async fn run(
             WorkerApiServer::new(worker_api::WorkerService::new(handle, checkpoints))
                 .max_decoding_message_size(max),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await;
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
+    // In-flight requests get a moment to finish once stopping began; a long upload is cut
+    // (its rank sends it again to the next coordinator).
+    let served = tokio::select! {
+        r = serve => r,
+        _ = async {
+            let _ = began.wait_for(|stopping| *stopping).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!(
+                "requests still in flight {} ms after the shutdown began are cut",
+                SHUTDOWN_GRACE.as_millis()
+            );
+            Ok(())
+        }
+    };
     let _ = tx.send(Request::Shutdown);
     let looped = loop_thread.join().map_err(|_| ServerError::LoopPanicked)?;
     served?;
     looped?;
+    Ok(())
+}
+
+/// Refuses to start when a store holds a job the command log never issued: the log (with its
+/// high-water mark) was lost or replaced, and serving would hand that job's id out again and
+/// mix a new job with the old one's checkpoints and logs.
+fn no_unknown_jobs(
+    core: &LoggedState<SledLog>,
+    records: &Records,
+    store: &CheckpointStore,
+    data_dir: &std::path::Path,
+) -> Result<(), ServerError> {
+    let issued = core.state().jobs_issued();
+    let found = [
+        ("records", records.newest_job()),
+        ("checkpoints", store.newest_job()?),
+    ];
+    for (name, newest) in found {
+        if let Some(job) = newest.filter(|j| j.0 > issued) {
+            return Err(ServerError::UnknownJobs {
+                store: data_dir.join(name),
+                job,
+                issued,
+            });
+        }
+    }
     Ok(())
 }
 

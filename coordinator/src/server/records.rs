@@ -176,6 +176,15 @@ impl Records {
         self.metrics.read(job, from, max)
     }
 
+    /// The highest job id with records, if any.
+    pub fn newest_job(&self) -> Option<JobId> {
+        let newest = |s: &Series| {
+            let held = s.held.lock().unwrap_or_else(|e| e.into_inner());
+            held.keys().max().copied()
+        };
+        newest(&self.logs).max(newest(&self.metrics))
+    }
+
     /// Wakes followers without a new record (a job reached a final state).
     pub fn touch(&self) {
         self.changed.send_modify(|v| *v += 1);

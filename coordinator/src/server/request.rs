@@ -92,5 +92,10 @@ pub enum Request {
         reply: Reply<Result<Published, ApplyError>>,
     },
     Read(Box<dyn FnOnce(&View<'_>) + Send>),
+    /// The coordinator is stopping: judge no liveness or progress any more, start nothing, and
+    /// end the workers' assignment streams. Workers and jobs keep running meanwhile, and the
+    /// next start gives them a fresh timeout, so a restart costs no attempt.
+    Drain,
+    /// Finish the batch, write a snapshot and end the loop.
     Shutdown,
 }

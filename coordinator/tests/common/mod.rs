@@ -19,7 +19,8 @@ pub fn cluster() -> ClusterState {
 }
 
 pub fn submit_cmd(name: &str, n: usize, priority: i32, now: Millis) -> Command {
-    let mut s = SubmitJob::new(spec(name, n, "cpu"), format!("{name}.toml"), now);
+    let mut s = SubmitJob::parse(&spec(name, n, "cpu"), &format!("{name}.toml"), now)
+        .expect("a valid spec");
     s.priority = priority;
     Command::SubmitJob(s)
 }

@@ -38,7 +38,10 @@ impl Gen {
                 } else {
                     "cpu"
                 };
-                let mut sub = SubmitJob::new(spec("j", n, backend), "j.toml", now);
+                let mut sub = SubmitJob::parse(&spec("j", n.max(1), backend), "j.toml", now)
+                    .expect("a valid spec");
+                // An inconsistent summary: the state machine must reject it unchanged.
+                sub.world_size = n;
                 sub.priority = self.rng.random_range(-1..=1);
                 sub.max_restarts = self.rng.random_range(0..3);
                 sub.progress_timeout = Some(self.rng.random_range(2_000..20_000));

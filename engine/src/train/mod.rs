@@ -73,7 +73,8 @@ pub struct TrainState {
     /// [`JobSpec::resume_hash`] of the spec that wrote the state: a resume under a spec
     /// that trains differently is refused.
     pub spec_hash: u64,
-    /// The metrics of the last step before the state was taken, if any step ran.
+    /// The metrics of the last step before the state was taken, if any step ran, without its
+    /// timings (which differ between ranks, while a state is the same on every rank).
     pub metrics: Option<StepMetrics>,
 }
 
@@ -402,7 +403,13 @@ impl Trainer {
             tensors: model.tensors(),
             gpt: self.task.gpt_config(),
             spec_hash: self.spec_hash,
-            metrics: self.last_metrics.clone(),
+            // Every rank's state must encode to the same bytes (each uploads one byte range of
+            // it): the step's timings are this rank's own, so they stay out.
+            metrics: self.last_metrics.clone().map(|m| StepMetrics {
+                step_time_s: 0.0,
+                throughput: 0.0,
+                ..m
+            }),
         })
     }
 
