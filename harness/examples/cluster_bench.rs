@@ -6,12 +6,16 @@
 //! - `failover`: a 2-rank job on 3 one-slot workers; one of its workers is SIGKILLed and the
 //!   time until the job's next attempt is placed (and until that attempt reports a step) is
 //!   measured, against the heartbeat timeout.
+//! - `restart`: N queued jobs, then the coordinator is stopped with SIGTERM and started again,
+//!   `--rounds` times: the time from SIGTERM to exit, and from start to serving with every job
+//!   recovered, for each N of `--jobs` (default 1,000, 10,000 and 100,000).
 //! - `dp SPEC`: data-parallel efficiency, the spec's per-rank throughput on 2 ranks against
 //!   1 rank, one thread per rank, same per-rank batch.
 //!
 //! `cargo build --release --bins && cargo build --release -p convoy-harness --examples` then
 //! `target/release/examples/cluster_bench submit --jobs 10000` or
 //! `target/release/examples/cluster_bench failover --rounds 5` or
+//! `target/release/examples/cluster_bench restart --rounds 3` or
 //! `target/release/examples/cluster_bench dp bench/gpt-cpu.toml`.
 
 use std::path::{Path, PathBuf};
@@ -55,6 +59,13 @@ enum Cmd {
         spec: Option<PathBuf>,
         #[arg(long, default_value_t = 1_000_000)]
         steps: u64,
+    },
+    /// SIGTERM-to-exit and start-to-serving times of a coordinator holding N jobs.
+    Restart {
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
+        jobs: Vec<usize>,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// Data-parallel efficiency: the spec on 1 rank and on 2 ranks (one thread each, same
     /// per-rank batch), alternating, on two one-slot workers.
@@ -206,33 +217,8 @@ async fn submit(jobs: usize, concurrency: usize, connections: usize) -> Result<(
         clients.push(client(&addr).await?);
     }
     let (_, idle_hwm) = memory_mib(coordinator.pid())?;
-    let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for t in 0..concurrency.max(1) {
-        let mut c = clients[t % clients.len()].clone();
-        let (next, spec, workdir) = (next.clone(), spec.clone(), workdir.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            while next.fetch_add(1, Ordering::Relaxed) < jobs {
-                let t0 = Instant::now();
-                c.submit_job(SubmitJobRequest {
-                    spec_toml: spec.to_string(),
-                    workdir: workdir.to_string(),
-                    priority: 0,
-                    max_restarts: 3,
-                    ..Default::default()
-                })
-                .await?;
-                lat.push(t0.elapsed());
-            }
-            Ok::<_, tonic::Status>(lat)
-        }));
-    }
-    let mut lat = Vec::with_capacity(jobs);
-    for t in tasks {
-        lat.extend(t.await??);
-    }
+    let mut lat = submit_many(&clients, jobs, concurrency, &spec, &workdir).await?;
     let elapsed = started.elapsed();
     lat.sort();
     let (rss, hwm) = memory_mib(coordinator.pid())?;
@@ -261,6 +247,89 @@ async fn submit(jobs: usize, concurrency: usize, connections: usize) -> Result<(
         dir_size(&dir.path().join("coordinator")) as f64 / (1 << 20) as f64,
         status.jobs_queued
     );
+    Ok(())
+}
+
+/// Submits `jobs` copies of `spec` with `concurrency` requests in flight over `clients`;
+/// returns each request's latency.
+async fn submit_many(
+    clients: &[ConvoyClient<Channel>],
+    jobs: usize,
+    concurrency: usize,
+    spec: &Arc<String>,
+    workdir: &Arc<String>,
+) -> Result<Vec<Duration>> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for t in 0..concurrency.max(1) {
+        let mut c = clients[t % clients.len()].clone();
+        let (next, spec, workdir) = (next.clone(), spec.clone(), workdir.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < jobs {
+                let t0 = Instant::now();
+                c.submit_job(SubmitJobRequest {
+                    spec_toml: spec.to_string(),
+                    workdir: workdir.to_string(),
+                    priority: 0,
+                    max_restarts: 3,
+                    ..Default::default()
+                })
+                .await?;
+                lat.push(t0.elapsed());
+            }
+            Ok::<_, tonic::Status>(lat)
+        }));
+    }
+    let mut lat = Vec::with_capacity(jobs);
+    for t in tasks {
+        lat.extend(t.await??);
+    }
+    Ok(lat)
+}
+
+async fn restart(job_counts: &[usize], rounds: usize) -> Result<()> {
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    for &jobs in job_counts {
+        let dir = tempfile::tempdir()?;
+        let h = harness(dir.path())?;
+        let (mut coordinator, addr) = start_coordinator(&h, dir.path(), 5000)?;
+        let (spec, workdir) = digits_spec(100, 1)?;
+        let clients = vec![client(&addr).await?; 4];
+        submit_many(&clients, jobs, 64, &Arc::new(spec), &Arc::new(workdir)).await?;
+        drop(clients);
+        let (mut stops, mut starts) = (vec![], vec![]);
+        for _ in 0..rounds {
+            let t = Instant::now();
+            if !coordinator.stop(Duration::from_secs(120)) {
+                bail!("the coordinator did not exit within 120 s of SIGTERM");
+            }
+            stops.push(t.elapsed());
+            let t = Instant::now();
+            let (d, addr) = start_coordinator(&h, dir.path(), 5000)?;
+            starts.push(t.elapsed());
+            coordinator = d;
+            let status = client(&addr)
+                .await?
+                .cluster_status(ClusterStatusRequest {})
+                .await?
+                .into_inner();
+            if status.jobs_queued as usize != jobs {
+                bail!("{} jobs recovered of {jobs}", status.jobs_queued);
+            }
+        }
+        println!(
+            "{jobs} jobs: SIGTERM to exit median {:.0} ms {:?}; start to serving median {:.0} ms {:?}; data dir {:.1} MiB",
+            ms(median(stops.clone())),
+            stops.iter().map(|d| ms(*d).round()).collect::<Vec<_>>(),
+            ms(median(starts.clone())),
+            starts.iter().map(|d| ms(*d).round()).collect::<Vec<_>>(),
+            dir_size(&dir.path().join("coordinator")) as f64 / (1 << 20) as f64,
+        );
+    }
     Ok(())
 }
 
@@ -527,6 +596,7 @@ async fn main() -> Result<()> {
             concurrency,
             connections,
         } => submit(jobs, concurrency, connections).await,
+        Cmd::Restart { jobs, rounds } => restart(&jobs, rounds).await,
         Cmd::Failover {
             rounds,
             heartbeat_timeout_ms,
