@@ -65,6 +65,13 @@ pub enum StoreError {
         #[source]
         source: sled::Error,
     },
+    /// sled failed under the records store (logs and metrics).
+    #[error("records store: {context}: {source}")]
+    RecordsSled {
+        context: String,
+        #[source]
+        source: sled::Error,
+    },
     #[error("command log: cannot encode {what}: {msg}")]
     Encode { what: String, msg: String },
     /// An entry that does not decode: the log is damaged at this index.
@@ -93,6 +100,11 @@ impl StoreError {
     pub(crate) fn sled(context: impl Into<String>) -> impl FnOnce(sled::Error) -> StoreError {
         let context = context.into();
         move |source| StoreError::Sled { context, source }
+    }
+
+    pub(crate) fn records(context: impl Into<String>) -> impl FnOnce(sled::Error) -> StoreError {
+        let context = context.into();
+        move |source| StoreError::RecordsSled { context, source }
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use clap::{CommandFactory, Parser};
-use convoy_coordinator::server::{ClusterSettings, ServerConfig, defaults, run};
+use convoy_coordinator::server::{ClusterSettings, FailStop, ServerConfig, defaults, run};
 use convoy_service::Layers;
 
 /// The flags. Every one is optional here: the defaults live in
@@ -76,6 +76,8 @@ fn configure() -> Result<(String, ServerConfig)> {
             .get("data_dir", PathBuf::from(defaults::DATA_DIR))?
             .value,
     );
+    // A storage failure ends the process at once, with one line (see FailStop).
+    config.fail_stop = FailStop::exiting();
     // The cluster settings are reported once the stored ones are known (server::run).
     config.cluster = ClusterSettings {
         heartbeat_timeout: layers

@@ -682,6 +682,13 @@ impl ClusterState {
                 {
                     attempt.ended_at = Some(now);
                     attempt.outcome = Some(AttemptOutcome::Succeeded);
+                    // Every rank ran every step; progress is logged only now and then, so the
+                    // last one logged may be older.
+                    job.last_progress = Some(Progress {
+                        generation,
+                        step: job.steps,
+                        at: now,
+                    });
                     job.state = JobState::Succeeded;
                     effects.push(Effect::JobFinished {
                         job: id,

@@ -250,7 +250,8 @@ impl Daemon {
     }
 
     /// Whether the process has exited (and reaped).
-    fn exited(&mut self) -> Option<ExitStatus> {
+    /// The exit status, once the process has ended (without waiting).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()
     }
 

@@ -7,6 +7,7 @@
 //! last part arrives.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -32,10 +33,16 @@ pub struct Outgoing {
     pub metrics: HashMap<String, f64>,
 }
 
-/// The background uploader: at most one upload at a time, never a torn one.
+/// The background uploader: at most one upload at a time, never a torn one. An upload that
+/// fails for a reason that may pass (the coordinator restarting, away, or out of disk) is
+/// retried with backoff for the launch's `upload_retry`.
 pub struct Uploader {
-    tx: Option<mpsc::SyncSender<Outgoing>>,
-    thread: Option<JoinHandle<()>>,
+    tx: Option<mpsc::SyncSender<(Outgoing, bool)>>,
+    /// Set when the final checkpoint is handed over: an older one still being retried gives
+    /// way to it.
+    finishing: Arc<AtomicBool>,
+    /// Returns what became of the final checkpoint (`None` if none was handed over).
+    thread: Option<JoinHandle<Option<Result<u64, String>>>>,
 }
 
 impl Uploader {
@@ -47,32 +54,47 @@ impl Uploader {
         stop: StopToken,
     ) -> Result<Uploader, RankError> {
         // A rendezvous channel: `try_send` succeeds only while the thread waits for work.
-        let (tx, rx) = mpsc::sync_channel::<Outgoing>(0);
+        let (tx, rx) = mpsc::sync_channel::<(Outgoing, bool)>(0);
+        let finishing = Arc::new(AtomicBool::new(false));
+        let superseded_by_final = finishing.clone();
         let thread = std::thread::Builder::new()
             .name("checkpoint-upload".into())
             .spawn(move || {
-                for p in rx {
+                let mut last = None;
+                for (p, is_final) in rx {
                     let step = p.state.step;
                     let started = Instant::now();
-                    match upload(&client, &launch, &p) {
-                        Ok(bytes) => println!(
-                            "checkpoint step {step}: uploaded {:.1} MiB (part {} of {}) in {:.2} s",
-                            bytes as f64 / (1 << 20) as f64,
-                            launch.rank,
-                            launch.world_size,
-                            started.elapsed().as_secs_f64()
-                        ),
+                    let give_up = || !is_final && superseded_by_final.load(Ordering::Relaxed);
+                    let result = match upload_with_retry(&client, &launch, &p, &stop, &give_up) {
+                        Ok(bytes) => {
+                            println!(
+                                "checkpoint step {step}: uploaded {:.1} MiB (part {} of {}) in {:.2} s",
+                                bytes as f64 / (1 << 20) as f64,
+                                launch.rank,
+                                launch.world_size,
+                                started.elapsed().as_secs_f64()
+                            );
+                            Ok(bytes)
+                        }
                         Err(UploadError::Superseded(msg)) => {
                             eprintln!("checkpoint step {step} not saved: {msg}");
                             stop.stop(format!(
                                 "the coordinator no longer runs this attempt ({msg})"
                             ));
+                            Err(msg)
                         }
                         Err(UploadError::Failed(msg)) => {
-                            eprintln!("checkpoint step {step} not saved: {msg}; training goes on")
+                            if !is_final {
+                                eprintln!("checkpoint step {step} not saved: {msg}; training goes on");
+                            }
+                            Err(msg)
                         }
+                    };
+                    if is_final {
+                        last = Some(result);
                     }
                 }
+                last
             })
             .map_err(|e| RankError::Io {
                 what: "starting the checkpoint upload thread".into(),
@@ -80,6 +102,7 @@ impl Uploader {
             })?;
         Ok(Uploader {
             tx: Some(tx),
+            finishing,
             thread: Some(thread),
         })
     }
@@ -89,19 +112,70 @@ impl Uploader {
     pub fn offer(&self, p: Outgoing) {
         let Some(tx) = &self.tx else { return };
         let step = p.state.step;
-        if let Err(mpsc::TrySendError::Full(_)) = tx.try_send(p) {
+        if let Err(mpsc::TrySendError::Full(_)) = tx.try_send((p, false)) {
             println!("checkpoint step {step} skipped: the previous upload is still running");
         }
     }
 
-    /// The job's last checkpoint is not optional: waits for a running upload, uploads `p`, and
-    /// waits for that too.
-    pub fn finish(mut self, p: Option<Outgoing>) {
+    /// The job's last checkpoint is not optional: waits for a running upload, uploads `p`
+    /// (retrying as long as the launch allows), and fails if it could not be stored, so that
+    /// the job does not succeed without it.
+    pub fn finish(mut self, p: Option<Outgoing>) -> Result<(), RankError> {
+        let step = p.as_ref().map(|p| p.state.step);
+        self.finishing.store(true, Ordering::Relaxed);
         if let (Some(tx), Some(p)) = (self.tx.take(), p) {
-            let _ = tx.send(p);
+            let _ = tx.send((p, true));
         }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        let outcome = match self.thread.take() {
+            Some(t) => t.join().map_err(|_| RankError::FinalCheckpoint {
+                step: step.unwrap_or(0),
+                msg: "the upload thread panicked".into(),
+            })?,
+            None => None,
+        };
+        match (step, outcome) {
+            (Some(step), Some(Err(msg))) => Err(RankError::FinalCheckpoint { step, msg }),
+            (Some(step), None) => Err(RankError::FinalCheckpoint {
+                step,
+                msg: "it was never uploaded".into(),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Uploads `p`, retrying failures that may pass with exponential backoff (0.5 s doubling to
+/// 15 s) until the launch's `upload_retry` has passed, the attempt is stopped, or `give_up`
+/// says a newer checkpoint needs the uploader.
+fn upload_with_retry(
+    client: &RankClient,
+    launch: &RankLaunch,
+    p: &Outgoing,
+    stop: &StopToken,
+    give_up: &dyn Fn() -> bool,
+) -> Result<u64, UploadError> {
+    let deadline = Instant::now() + launch.upload_retry();
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match upload(client, launch, p) {
+            Err(UploadError::Failed(msg))
+                if retryable(&msg)
+                    && stop.reason().is_none()
+                    && !give_up()
+                    && Instant::now() + delay < deadline =>
+            {
+                eprintln!(
+                    "checkpoint step {}: {msg}; retrying in {:.1} s",
+                    p.state.step,
+                    delay.as_secs_f64()
+                );
+                let wake = Instant::now() + delay;
+                while Instant::now() < wake && stop.reason().is_none() && !give_up() {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                delay = (delay * 2).min(Duration::from_secs(15));
+            }
+            other => return other,
         }
     }
 }
@@ -109,8 +183,18 @@ impl Uploader {
 enum UploadError {
     /// The coordinator refused the part: this rank's attempt is no longer the live one.
     Superseded(String),
+    /// Any other failure; [`retryable`] says whether it may pass.
     Failed(String),
 }
+
+/// A rejected request (a malformed part) fails the same way again; anything else (the
+/// coordinator unreachable, restarting, failing a store, or the bytes damaged in transit)
+/// may pass.
+fn retryable(msg: &str) -> bool {
+    !msg.starts_with(INVALID)
+}
+
+const INVALID: &str = "checkpoint upload rejected: ";
 
 fn upload(client: &RankClient, launch: &RankLaunch, p: &Outgoing) -> Result<u64, UploadError> {
     let bytes = state::encode(&p.state);
@@ -144,9 +228,14 @@ fn upload(client: &RankClient, launch: &RankLaunch, p: &Outgoing) -> Result<u64,
     messages[0].part = Some(part);
     client
         .call(|mut api| async move { api.upload_checkpoint(tokio_stream::iter(messages)).await })
-        .map_err(|s| match superseded(&s) {
-            true => UploadError::Superseded(s.message().to_string()),
-            false => UploadError::Failed(format!("checkpoint upload: {}", s.message())),
+        .map_err(|s| {
+            if superseded(&s) {
+                UploadError::Superseded(s.message().to_string())
+            } else if s.code() == Code::InvalidArgument {
+                UploadError::Failed(format!("{INVALID}{}", s.message()))
+            } else {
+                UploadError::Failed(format!("checkpoint upload: {}", s.message()))
+            }
         })?;
     Ok((end - start) as u64)
 }

@@ -23,6 +23,9 @@ pub enum RankError {
     },
     #[error("{what}: {status}")]
     Rpc { what: String, status: String },
+    /// The job's last checkpoint could not be stored: the job must not succeed without it.
+    #[error("the final checkpoint (step {step}) could not be stored: {msg}")]
+    FinalCheckpoint { step: u64, msg: String },
     /// The coordinator no longer runs this rank's attempt.
     #[error("this attempt was superseded: {0}")]
     Superseded(String),

@@ -282,7 +282,11 @@ pub fn run(launch: RankLaunch) -> Result<(), RankError> {
         (Err(e), None) => return Err(e.into()),
     };
     if let Some(u) = uploader {
-        u.finish(final_checkpoint);
+        u.finish(final_checkpoint)
+            .map_err(|e| match stop.reason() {
+                Some(reason) => RankError::Superseded(reason),
+                None => e,
+            })?;
     }
     println!(
         "done: {} steps in {:.1} s, median {:.0} {unit}/s, final loss {}",

@@ -41,6 +41,7 @@ fn a_spec_that_disagrees_with_the_placement_fails_before_any_network_call() {
         advertise_host: "127.0.0.1".into(),
         threads: Some(1),
         collective_timeout_ms: 60_000,
+        upload_retry_ms: 1_000,
     };
     let path = dir.path().join("launch.toml");
     launch.write(&path).expect("write");

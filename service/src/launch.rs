@@ -32,6 +32,16 @@ pub struct RankLaunch {
     /// How long the rank waits for its peers, and the longest a peer may be silent in a
     /// collective.
     pub collective_timeout_ms: u64,
+    /// How long a checkpoint upload is retried while the coordinator is away or failing.
+    #[serde(default = "default_upload_retry_ms")]
+    pub upload_retry_ms: u64,
+}
+
+/// One hour: a coordinator restart, a full disk being cleared, a network partition healing.
+pub const DEFAULT_UPLOAD_RETRY_MS: u64 = 60 * 60 * 1000;
+
+fn default_upload_retry_ms() -> u64 {
+    DEFAULT_UPLOAD_RETRY_MS
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +59,10 @@ pub enum LaunchError {
 impl RankLaunch {
     pub fn collective_timeout(&self) -> Duration {
         Duration::from_millis(self.collective_timeout_ms.max(1))
+    }
+
+    pub fn upload_retry(&self) -> Duration {
+        Duration::from_millis(self.upload_retry_ms)
     }
 
     pub fn write(&self, path: &Path) -> Result<(), LaunchError> {
@@ -93,6 +107,7 @@ mod tests {
             advertise_host: "10.0.0.2".into(),
             threads: None,
             collective_timeout_ms: 60_000,
+            upload_retry_ms: 5_000,
         };
         launch.write(&path).expect("written");
         assert_eq!(RankLaunch::read(&path).expect("read"), launch);

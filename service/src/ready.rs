@@ -75,6 +75,37 @@ pub fn notify_systemd() {
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 }
 
+/// systemd's watchdog for a loop that must keep turning: [`Watchdog::pet`] from the loop sends
+/// `WATCHDOG=1` at half the unit's `WatchdogSec=`, so a wedged loop stops the pings and
+/// systemd restarts the service. Outside a unit with a watchdog it does nothing.
+pub struct Watchdog {
+    every: Option<std::time::Duration>,
+    last: std::time::Instant,
+}
+
+impl Watchdog {
+    /// Reads `WATCHDOG_USEC` (and `WATCHDOG_PID`) as systemd set them for this process.
+    pub fn from_env() -> Watchdog {
+        let mut usec = 0u64;
+        let every = sd_notify::watchdog_enabled(false, &mut usec)
+            .then(|| std::time::Duration::from_micros(usec / 2));
+        Watchdog {
+            every,
+            last: std::time::Instant::now(),
+        }
+    }
+
+    /// Pings systemd if half the watchdog interval has passed since the last ping.
+    pub fn pet(&mut self) {
+        if let Some(every) = self.every
+            && self.last.elapsed() >= every
+        {
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+            self.last = std::time::Instant::now();
+        }
+    }
+}
+
 /// `STATUS=…`, the line `systemctl status` shows (a no-op outside systemd).
 pub fn status_systemd(status: &str) {
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Status(status)]);

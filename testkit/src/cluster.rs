@@ -24,7 +24,12 @@ pub struct Cluster {
 impl Cluster {
     /// A coordinator with a short heartbeat timeout (so loss is detected quickly in tests).
     pub fn start(heartbeat_timeout_ms: u64) -> Cluster {
-        let dir = tempfile::tempdir().expect("temp dir");
+        Cluster::start_in(tempfile::tempdir().expect("temp dir"), heartbeat_timeout_ms)
+    }
+
+    /// [`Cluster::start`] in `dir`, which may be prepared (the coordinator's data directory is
+    /// `dir/coordinator`, e.g. a small filesystem mounted there).
+    pub fn start_in(dir: tempfile::TempDir, heartbeat_timeout_ms: u64) -> Cluster {
         let harness = Harness::new(&bin_dir(), dir.path()).expect("a harness");
         harness.check_binaries().expect("the built binaries");
         let mut c = Cluster {
@@ -63,7 +68,12 @@ impl Cluster {
     /// Starts a worker daemon named `name` with `slots` slots and waits until the coordinator
     /// has accepted it.
     pub fn add_worker(&mut self, name: &str, slots: u32) {
-        let args: Vec<String> = [
+        self.add_worker_with(name, slots, &[]);
+    }
+
+    /// [`Cluster::add_worker`] with more flags for the daemon.
+    pub fn add_worker_with(&mut self, name: &str, slots: u32, extra: &[String]) {
+        let mut args: Vec<String> = [
             "--coordinator",
             &self.addr,
             "--name",
@@ -81,6 +91,7 @@ impl Cluster {
         ]
         .map(String::from)
         .to_vec();
+        args.extend_from_slice(extra);
         let mut w = self
             .harness
             .spawn_worker(name, &args)
@@ -113,6 +124,20 @@ impl Cluster {
         self.coordinator
             .take()
             .is_some_and(|mut c| c.stop(Duration::from_secs(30)))
+    }
+
+    /// Waits up to `timeout` for the coordinator to exit by itself; its exit status.
+    pub fn wait_coordinator_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let c = self.coordinator.as_mut()?;
+        while Instant::now() < deadline {
+            if let Some(status) = c.exited() {
+                self.coordinator = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
     }
 
     /// Starts the coordinator again on the same address and data directory.

@@ -155,6 +155,19 @@ fn a_cancelled_job_resumes_from_its_checkpoint_and_bad_references_get_one_line()
     assert!(out.status.success());
     c.wait_state(&id, "cancelled", Duration::from_secs(30));
     let saved = steps(&c, &id);
+    // A cancelled job has no final state: exporting "the job" is refused, naming what there is.
+    let newest = saved.last().expect("a checkpoint");
+    let o = c.convoy(&["checkpoint", "export", &id, "-o", "/dev/null"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success(),
+        "exported a cancelled job as if finished"
+    );
+    assert!(
+        err.contains("ended without its final checkpoint (step 3000)")
+            && err.contains(&format!("{id}@{newest}")),
+        "{err}"
+    );
 
     let resumed: Value = c.json(&["resume", &id]);
     assert!(
@@ -276,6 +289,78 @@ fn a_corrupted_checkpoint_is_reported_and_the_previous_one_is_used() {
     assert!(
         text.contains(&format!("resuming from checkpoint step {previous} ")),
         "{text}"
+    );
+}
+
+/// A rank program that runs `convoy-rank` with its stderr also appended to `log`, so the test
+/// can see what ranks say while the coordinator (which normally receives their output) is
+/// down.
+fn teeing_rank_program(dir: &Path, log: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("rank-tee.sh");
+    let rank = convoy_testkit::bin_dir().join("convoy-rank");
+    let script = format!(
+        "#!/bin/bash\nexec {} \"$@\" 2> >(tee -a {} >&2)\n",
+        rank.display(),
+        log.display()
+    );
+    std::fs::write(&path, script).expect("write the wrapper");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path
+}
+
+/// The coordinator is away when a job ends: its ranks keep retrying the final checkpoint's
+/// upload instead of exiting without it; once the coordinator is back the checkpoint lands,
+/// the job succeeds on its first attempt, and its export is byte for byte that of an
+/// uninterrupted run of the same spec.
+#[test]
+fn a_job_ending_while_the_coordinator_is_away_waits_and_stores_its_final_checkpoint() {
+    let _g = serial();
+    let mut c = Cluster::start(5_000);
+    let dir = c.dir.path().to_path_buf();
+    let tee = dir.join("ranks-stderr.log");
+    let program = teeing_rank_program(&dir, &tee);
+    c.add_worker_with(
+        "alpha",
+        2,
+        &[
+            "--rank-program".into(),
+            program.display().to_string(),
+            "--upload-retry-ms".into(),
+            "600000".into(),
+        ],
+    );
+    c.wait_workers(1);
+    // Long enough that the job is still training when the coordinator is killed right after
+    // its first reported step (thousands of steps, not a poll's margin).
+    let spec = spec(&dir, "final", 5_000, 1_000, "");
+    let reference = c.submit(&spec, &[]);
+    c.wait_state(&reference, "succeeded", Duration::from_secs(240));
+    let expected = export(&c, &reference, &dir.join("reference.safetensors"));
+
+    let id = c.submit(&spec, &[]);
+    c.wait_step(&id, 1, Duration::from_secs(120));
+    c.kill_coordinator();
+    // Both ranks finish training and retry the final upload (step 5000) meanwhile.
+    c.wait_for(
+        "both ranks to retry the final checkpoint",
+        Duration::from_secs(240),
+        || {
+            let text = std::fs::read_to_string(&tee).unwrap_or_default();
+            text.lines()
+                .filter(|l| l.starts_with("checkpoint step 5000: ") && l.contains("retrying"))
+                .count()
+                >= 2
+        },
+    );
+    c.restart_coordinator();
+    let job = c.wait_state(&id, "succeeded", Duration::from_secs(240));
+    assert_eq!(job["attempts"].as_array().map(Vec::len), Some(1), "{job}");
+    assert_eq!(steps(&c, &id).last(), Some(&5_000));
+    let got = export(&c, &id, &dir.join("resumed.safetensors"));
+    assert!(
+        got == expected,
+        "the export differs from the uninterrupted run's"
     );
 }
 

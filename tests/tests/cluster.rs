@@ -105,6 +105,17 @@ fn a_sigtermed_coordinator_exits_cleanly_and_costs_no_attempt() {
     assert_eq!(job["step"], 4_000);
     let log = std::fs::read_to_string(c.dir.path().join("coordinator.log")).unwrap_or_default();
     assert!(!log.contains("lost (no heartbeat)"), "{log}");
+    // A finished job shows its final step and loss after another restart.
+    let loss = job["loss"].as_f64().expect("a loss");
+    assert!(c.stop_coordinator());
+    c.restart_coordinator();
+    let again = c.job(&id);
+    assert_eq!(
+        (again["state"].as_str(), again["step"].as_u64()),
+        (Some("succeeded"), Some(4_000)),
+        "{again}"
+    );
+    assert_eq!(again["loss"].as_f64(), Some(loss), "{again}");
 }
 
 #[test]

@@ -14,6 +14,8 @@ pub mod defaults {
     pub const STOP_GRACE_MS: u64 = 10_000;
     /// How long ranks wait for peers, and the longest a peer may be silent in a collective.
     pub const COLLECTIVE_TIMEOUT_MS: u64 = 60_000;
+    /// How long ranks retry a checkpoint upload while the coordinator is away or failing.
+    pub const UPLOAD_RETRY_MS: u64 = convoy_service::launch::DEFAULT_UPLOAD_RETRY_MS;
     /// The rank program, looked for next to the daemon's own binary.
     pub const RANK_PROGRAM: &str = "convoy-rank";
 }
@@ -40,6 +42,8 @@ pub struct WorkerConfig {
     pub threads_per_rank: Option<usize>,
     /// How long ranks wait for peers, and the longest a peer may be silent in a collective.
     pub collective_timeout: Duration,
+    /// How long ranks retry a checkpoint upload while the coordinator is away or failing.
+    pub upload_retry: Duration,
     /// Where to write the ready signal once the coordinator has accepted the registration.
     pub ready_file: Option<PathBuf>,
 }

@@ -17,7 +17,7 @@ mod session;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, watch};
 
@@ -87,6 +87,14 @@ pub async fn run(
     let ranks = Supervisor::new(config.clone(), log_tx, cuda_library_path);
     let (stop_tx, stopping) = watch::channel(false);
     let shipper = tokio::spawn(logship::run(log_rx, api.clone()));
+    // systemd's watchdog (WatchdogSec= in the unit): pings as long as the runtime turns.
+    let watchdog = tokio::spawn(async {
+        let mut w = convoy_service::ready::Watchdog::from_env();
+        loop {
+            w.pet();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
     let reporter = tokio::spawn(session::report_exits(
         api.clone(),
         ranks.clone(),
@@ -109,5 +117,6 @@ pub async fn run(
     ranks.stop_all().await;
     let _ = reporter.await;
     shipper.abort();
+    watchdog.abort();
     Ok(())
 }

@@ -44,6 +44,11 @@ struct Args {
     /// in milliseconds [default: 60000].
     #[arg(long, env = "CONVOY_COLLECTIVE_TIMEOUT_MS")]
     collective_timeout_ms: Option<u64>,
+    /// How long ranks retry a checkpoint upload while the coordinator is away or failing, in
+    /// milliseconds; a job succeeds only once its final checkpoint is stored [default:
+    /// 3600000].
+    #[arg(long, env = "CONVOY_UPLOAD_RETRY_MS")]
+    upload_retry_ms: Option<u64>,
     /// The program that runs one rank [default: convoy-rank next to this binary].
     #[arg(long, env = "CONVOY_RANK_PROGRAM")]
     rank_program: Option<PathBuf>,
@@ -102,6 +107,11 @@ fn configure() -> Result<WorkerConfig> {
         collective_timeout: Duration::from_millis(
             layers
                 .get("collective_timeout_ms", defaults::COLLECTIVE_TIMEOUT_MS)?
+                .value,
+        ),
+        upload_retry: Duration::from_millis(
+            layers
+                .get("upload_retry_ms", defaults::UPLOAD_RETRY_MS)?
                 .value,
         ),
         rank_program: layers.get("rank_program", sibling)?.value,

@@ -23,6 +23,9 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use crate::config::WorkerConfig;
 use crate::logship::LogMsg;
 
+/// How long a rank's exit report waits for its last log lines to be shipped.
+const FLUSH_WAIT: Duration = Duration::from_secs(30);
+
 /// Lines of a rank's output kept for its exit report.
 const TAIL_LINES: usize = 20;
 
@@ -189,6 +192,7 @@ impl Supervisor {
             advertise_host: self.config.advertise_host.clone(),
             threads: self.config.threads_per_rank,
             collective_timeout_ms: self.config.collective_timeout.as_millis() as u64,
+            upload_retry_ms: self.config.upload_retry.as_millis() as u64,
         };
         let launch_file = dir.join("launch.toml");
         launch.write(&launch_file).map_err(|e| e.to_string())?;
@@ -262,10 +266,18 @@ impl Supervisor {
         for r in readers {
             let _ = r.await;
         }
-        // Everything the rank printed is shipped before its exit is reported.
+        // Everything the rank printed is shipped before its exit is reported, if the
+        // coordinator takes it in time; a coordinator that refuses lines (its records store
+        // failed) must not keep the job "running" forever. Unshipped lines stay queued.
         let (done, shipped) = oneshot::channel();
-        if self.logs.send(LogMsg::Flush(done)).await.is_ok() {
-            let _ = shipped.await;
+        if self.logs.send(LogMsg::Flush(done)).await.is_ok()
+            && tokio::time::timeout(FLUSH_WAIT, shipped).await.is_err()
+        {
+            tracing::warn!(
+                "{key}: its last log lines were not accepted within {} s; reporting its exit \
+                 anyway",
+                FLUSH_WAIT.as_secs()
+            );
         }
         let tail: Vec<String> = tail
             .lock()

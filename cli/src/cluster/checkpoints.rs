@@ -2,12 +2,14 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use convoy_engine::export::{ExportFormat, export};
 use convoy_engine::spec::parse_job_ref;
 use convoy_engine::state;
 use convoy_proto::v1 as pb;
+use convoy_proto::v1::convoy_client::ConvoyClient;
 use serde_json::{Value, json};
+use tonic::transport::Channel;
 
 use super::jobs::{job_json, state as job_state};
 use super::{ago, connect, rpc};
@@ -101,6 +103,9 @@ pub async fn export_to(
     let format: ExportFormat = format.parse().map_err(|e| anyhow!("{e}"))?;
     let (job, step) = parse_ref(reference)?;
     let mut c = connect(coordinator).await?;
+    if step.is_none() {
+        final_checkpoint_kept(&mut c, &job).await?;
+    }
     let stream = c
         .download_checkpoint(pb::DownloadCheckpointRequest {
             job_id: job.clone(),
@@ -126,6 +131,41 @@ pub async fn export_to(
         output.display()
     );
     Ok(())
+}
+
+/// "Export the job" means its final state: a job that ended without its final checkpoint (it
+/// could not be stored, or the job failed or was cancelled first) is refused, naming the
+/// newest step there is, rather than exported as if that were the end.
+async fn final_checkpoint_kept(c: &mut ConvoyClient<Channel>, job: &str) -> Result<()> {
+    let j = c
+        .get_job(pb::GetJobRequest { job_id: job.into() })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    let finished = [
+        pb::JobState::Succeeded,
+        pb::JobState::Failed,
+        pb::JobState::Cancelled,
+    ]
+    .map(|s| s as i32)
+    .contains(&j.state);
+    if !finished {
+        return Ok(());
+    }
+    let list = c
+        .list_checkpoints(pb::ListCheckpointsRequest { job_id: job.into() })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    match list.checkpoints.iter().map(|m| m.step).max() {
+        Some(newest) if newest >= j.steps => Ok(()),
+        Some(newest) => bail!(
+            "{job} ended without its final checkpoint (step {}); the newest it has is step \
+             {newest}: export {job}@{newest} to use that one",
+            j.steps
+        ),
+        None => bail!("{job} has no checkpoints"),
+    }
 }
 
 pub async fn resume(coordinator: &str, job: &str, json_out: bool) -> Result<()> {

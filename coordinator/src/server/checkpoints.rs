@@ -17,6 +17,7 @@ use crate::checkpoints::{CheckpointError, CheckpointStore, Manifest, PartKey};
 use crate::model::JobId;
 use crate::server::clock::now_ms;
 use crate::server::convert;
+use crate::server::fail_stop::FailStop;
 use crate::server::handle::Handle;
 
 pub type DownloadStream =
@@ -33,23 +34,32 @@ pub(crate) struct Checkpoints {
     handle: Handle,
 }
 
-/// Damaged bytes (stored or received) are data loss; anything else is the store failing.
-fn storage(e: CheckpointError) -> Status {
+/// Damaged bytes (stored or received) are data loss; anything else is the store failing. A
+/// failure of the sled index is fatal (see [`FailStop`]); one of a chunk file (a full disk
+/// during an upload) fails that upload only.
+fn storage(fail: &FailStop, e: CheckpointError) -> Status {
     if e.is_damage() || matches!(e, CheckpointError::ChecksumMismatch { .. }) {
-        Status::data_loss(e.to_string())
-    } else {
-        Status::internal(e.to_string())
+        return Status::data_loss(e.to_string());
     }
+    if matches!(e, CheckpointError::Storage { .. }) {
+        fail.fail("the checkpoint index", &e);
+    }
+    Status::internal(e.to_string())
 }
 
 /// A read that failed because retention removed the checkpoint meanwhile is not damage: say so.
-fn read_failure(store: &CheckpointStore, m: &Manifest, e: CheckpointError) -> Status {
+fn read_failure(
+    store: &CheckpointStore,
+    fail: &FailStop,
+    m: &Manifest,
+    e: CheckpointError,
+) -> Status {
     match store.get(m.job, m.step) {
         Ok(None) => Status::not_found(format!(
             "{} step {} was removed by retention while it was being read",
             m.job, m.step
         )),
-        _ => storage(e),
+        _ => storage(fail, e),
     }
 }
 
@@ -193,7 +203,7 @@ impl Checkpoints {
                 }
                 self.store
                     .put_chunk(key, index, &msg.data, msg.checksum)
-                    .map_err(storage)?;
+                    .map_err(|e| storage(&self.handle.fail_stop, e))?;
                 index += 1;
             }
             next = stream.message().await?;
@@ -211,7 +221,7 @@ impl Checkpoints {
         }
         self.store
             .finish_part(key, part.offset, part.len, index)
-            .map_err(storage)?;
+            .map_err(|e| storage(&self.handle.fail_stop, e))?;
         let id = (key.job, key.step, key.generation);
         let meta = {
             // A panic elsewhere cannot leave this map half-updated: inserts and removes only.
@@ -238,7 +248,7 @@ impl Checkpoints {
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(storage)?;
+        .map_err(|e| storage(&self.handle.fail_stop, e))?;
         if committed.is_some() {
             self.forget(id.0, id.1, id.2);
         }
@@ -267,7 +277,7 @@ impl Checkpoints {
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(storage)?;
+        .map_err(|e| storage(&self.handle.fail_stop, e))?;
         let (manifest, skipped) = found;
         let skipped: Vec<String> = skipped.iter().map(ToString::to_string).collect();
         for s in &skipped {
@@ -290,6 +300,7 @@ impl Checkpoints {
         let (manifest, skipped) = self.resolve(job, r.step).await?;
         let (tx, rx) = mpsc::channel(4);
         let store = self.store.clone();
+        let fail = self.handle.fail_stop.clone();
         tokio::task::spawn_blocking(move || {
             let mut first = Some(pb::CheckpointDownload {
                 info: Some(info(&manifest)),
@@ -304,7 +315,7 @@ impl Checkpoints {
                         m.data = data.to_vec();
                         Ok(m)
                     }
-                    Err(e) => Err(read_failure(&store, &manifest, e)),
+                    Err(e) => Err(read_failure(&store, &fail, &manifest, e)),
                 };
                 let failed = msg.is_err();
                 if tx.blocking_send(msg).is_err() || failed {
@@ -321,7 +332,10 @@ impl Checkpoints {
     pub async fn list(&self, job_id: &str) -> Result<pb::ListCheckpointsResponse, Status> {
         let job = convert::job_id(job_id)?;
         known_job(&self.handle, job).await?;
-        let list = self.store.list(job).map_err(storage)?;
+        let list = self
+            .store
+            .list(job)
+            .map_err(|e| storage(&self.handle.fail_stop, e))?;
         Ok(pb::ListCheckpointsResponse {
             checkpoints: list.iter().map(info).collect(),
         })
@@ -334,18 +348,21 @@ impl Checkpoints {
         let job = convert::job_id(&r.job_id)?;
         known_job(&self.handle, job).await?;
         let store = self.store.clone();
+        let fail = self.handle.fail_stop.clone();
         let manifest = match r.step {
             Some(s) => store.get(job, s),
             None => store.latest(job),
         }
-        .map_err(storage)?
+        .map_err(|e| storage(&self.handle.fail_stop, e))?
         .ok_or_else(|| match r.step {
             Some(s) => Status::not_found(format!("{job} has no checkpoint at step {s}")),
             None => Status::not_found(format!("{job} has no checkpoints")),
         })?;
         let m = manifest.clone();
         tokio::task::spawn_blocking(move || {
-            store.verify(&m).map_err(|e| read_failure(&store, &m, e))
+            store
+                .verify(&m)
+                .map_err(|e| read_failure(&store, &fail, &m, e))
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))??;

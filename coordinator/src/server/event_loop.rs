@@ -87,7 +87,10 @@ impl EventLoop {
     pub fn run(mut self, rx: std_mpsc::Receiver<Request>) -> Result<(), StoreError> {
         self.recovered()?;
         let mut last_tick = Instant::now();
+        // The loop turns at least every tick; systemd restarts a coordinator whose loop stops.
+        let mut watchdog = convoy_service::ready::Watchdog::from_env();
         loop {
+            watchdog.pet();
             let mut batch = vec![];
             match rx.recv_timeout(self.config.tick) {
                 Ok(r) => batch.push(r),
@@ -123,8 +126,17 @@ impl EventLoop {
 
     /// After a restart every alive worker gets a fresh heartbeat timeout to reconnect in, and
     /// every running job a fresh progress timeout: the time the coordinator was down is not
-    /// the workers' or the jobs' fault.
+    /// the workers' or the jobs' fault. Each job's latest step metrics come back from the
+    /// records store, so listings show the same step and loss as before.
     fn recovered(&mut self) -> Result<(), StoreError> {
+        // What each job last showed (step, loss), from its stored metrics.
+        for job in self.core.state().jobs.values() {
+            if !job.attempts.is_empty()
+                && let Some(m) = self.records.last_step_metrics(job.id)?
+            {
+                self.latest.insert(job.id, m);
+            }
+        }
         let now = now_ms();
         let state = self.core.state();
         let mut cmds: Vec<Command> = state

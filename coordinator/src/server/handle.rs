@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use tonic::Status;
 
+use crate::server::fail_stop::FailStop;
 use crate::server::records::Records;
 use crate::server::request::{Request, View};
 
@@ -20,6 +21,7 @@ pub(crate) struct Handle {
     pub heartbeat_interval: Duration,
     /// Becomes true when the server is shutting down; long streams end then.
     pub stopping: watch::Receiver<bool>,
+    pub fail_stop: FailStop,
 }
 
 impl Handle {

@@ -10,6 +10,7 @@ mod client_api;
 mod clock;
 pub mod convert;
 pub mod event_loop;
+mod fail_stop;
 mod handle;
 pub mod records;
 pub mod rendezvous;
@@ -40,6 +41,7 @@ use crate::server::handle::Handle;
 use crate::server::records::Records;
 use crate::server::request::Request;
 use crate::state::ClusterConfig;
+pub use fail_stop::FailStop;
 pub use settings::{ClusterSettings, ServerConfig, defaults};
 
 /// How long in-flight requests may run on after a shutdown began.
@@ -83,6 +85,9 @@ pub enum ServerError {
         job: JobId,
         issued: u64,
     },
+    /// A store failed while serving (see [`FailStop`]).
+    #[error("{0}")]
+    Failed(String),
     #[error("the event loop stopped unexpectedly")]
     LoopPanicked,
 }
@@ -103,10 +108,12 @@ pub async fn run(
     let log = SledLog::open(&config.data_dir.join("log"))?;
     let mut core = LoggedState::open(log, ClusterConfig::default(), config.snapshot_every)?;
     settings::apply_cluster_settings(&mut core, &config.cluster)?;
+    let fail_stop = config.fail_stop.clone();
     let records = Arc::new(Records::open(
         &config.data_dir.join("records"),
         config.log_lines_per_job,
         config.metrics_per_job,
+        fail_stop.clone(),
     )?);
     let store = CheckpointStore::open_dir(&config.data_dir.join("checkpoints"))?;
     no_unknown_jobs(&core, &records, &store, &config.data_dir)?;
@@ -129,10 +136,14 @@ pub async fn run(
     // coordinator that cannot log must not keep accepting work.
     let (loop_done, loop_ended) = oneshot::channel::<()>();
     let (stopping_tx, stopping) = watch::channel(false);
+    let loop_fail = fail_stop.clone();
     let loop_thread = std::thread::Builder::new()
         .name("convoy-event-loop".into())
         .spawn(move || {
             let r = event_loop.run(rx);
+            if let Err(e) = &r {
+                loop_fail.fail("the command log", e);
+            }
             let _ = loop_done.send(());
             r
         })
@@ -142,14 +153,17 @@ pub async fn run(
         records,
         heartbeat_interval: config.heartbeat_interval,
         stopping,
+        fail_stop: fail_stop.clone(),
     };
     let checkpoints = Checkpoints::new(store, handle.clone());
     let drain = tx.clone();
     let mut began = stopping_tx.subscribe();
+    let failed = fail_stop.clone();
     let shutdown = async move {
         tokio::select! {
             _ = shutdown => {}
             _ = loop_ended => {}
+            _ = failed.tripped() => {}
         }
         // Judge no one while stopping: workers cannot reach a stopping coordinator, and the
         // next start gives them a fresh timeout (a restart must not cost an attempt).
@@ -198,6 +212,9 @@ pub async fn run(
     };
     let _ = tx.send(Request::Shutdown);
     let looped = loop_thread.join().map_err(|_| ServerError::LoopPanicked)?;
+    if let Some(failure) = fail_stop.failure() {
+        return Err(ServerError::Failed(failure));
+    }
     served?;
     looped?;
     Ok(())

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::error::StoreError;
 use crate::model::JobId;
+use crate::server::fail_stop::FailStop;
 
 /// Log lines or metrics: one sled tree keyed by (job, sequence number), both big-endian so
 /// sled's order is a job's record order.
@@ -43,13 +44,13 @@ impl Series {
     fn open(db: &sled::Db, name: &str, bound: u64) -> Result<Series, StoreError> {
         let tree = db
             .open_tree(name)
-            .map_err(StoreError::sled(format!("open the {name} tree")))?;
+            .map_err(StoreError::records(format!("open the {name} tree")))?;
         let mut held: HashMap<JobId, Range<u64>> = HashMap::new();
         for item in tree.iter() {
-            let (k, _) = item.map_err(StoreError::sled(format!("scan {name}")))?;
+            let (k, _) = item.map_err(StoreError::records(format!("scan {name}")))?;
             let Some((job, seq)) = split_key(&k) else {
                 return Err(StoreError::Invalid(format!(
-                    "{name}: a key of {} bytes (expected 16)",
+                    "records store {name}: a key of {} bytes (expected 16)",
                     k.len()
                 )));
             };
@@ -69,12 +70,12 @@ impl Series {
         let r = held.entry(job).or_insert(0..0);
         self.tree
             .insert(key(job, r.end), value)
-            .map_err(StoreError::sled(format!("append a record of {job}")))?;
+            .map_err(StoreError::records(format!("append a record of {job}")))?;
         r.end += 1;
         while r.end - r.start > self.bound {
             self.tree
                 .remove(key(job, r.start))
-                .map_err(StoreError::sled(format!("trim the records of {job}")))?;
+                .map_err(StoreError::records(format!("trim the records of {job}")))?;
             r.start += 1;
         }
         Ok(())
@@ -102,7 +103,7 @@ impl Series {
             .range(key(job, start)..key(job, u64::MAX))
             .take(max)
         {
-            let (k, v) = item.map_err(StoreError::sled(format!("read the records of {job}")))?;
+            let (k, v) = item.map_err(StoreError::records(format!("read the records of {job}")))?;
             if let Some((_, seq)) = split_key(&k) {
                 next = seq + 1;
             }
@@ -117,24 +118,38 @@ pub struct Records {
     logs: Series,
     metrics: Series,
     changed: watch::Sender<u64>,
+    fail_stop: FailStop,
 }
 
 impl Records {
     /// Opens (or creates) the store in `dir`, keeping at most `log_bound` lines and
     /// `metrics_bound` metric records per job.
-    pub fn open(dir: &Path, log_bound: u64, metrics_bound: u64) -> Result<Records, StoreError> {
-        let db = sled::open(dir).map_err(StoreError::sled(format!("open {}", dir.display())))?;
+    /// A failure to write is fatal (see [`FailStop`]): sled refuses all work after one.
+    pub fn open(
+        dir: &Path,
+        log_bound: u64,
+        metrics_bound: u64,
+        fail_stop: FailStop,
+    ) -> Result<Records, StoreError> {
+        let db = sled::open(dir).map_err(StoreError::records(format!("open {}", dir.display())))?;
         Ok(Records {
             logs: Series::open(&db, "logs", log_bound)?,
             metrics: Series::open(&db, "metrics", metrics_bound)?,
             changed: watch::channel(0).0,
+            fail_stop,
         })
     }
 
     pub fn append_log(&self, job: JobId, encoded: &[u8]) -> Result<(), StoreError> {
-        self.logs.append(job, encoded)?;
-        self.changed.send_modify(|v| *v += 1);
-        Ok(())
+        self.checked(self.logs.append(job, encoded))
+    }
+
+    fn checked(&self, r: Result<(), StoreError>) -> Result<(), StoreError> {
+        match &r {
+            Ok(()) => self.changed.send_modify(|v| *v += 1),
+            Err(e) => self.fail_stop.fail("the records store", e),
+        }
+        r
     }
 
     /// A line from convoy itself in the job's log (stream "convoy"), so `convoy logs` tells
@@ -153,9 +168,7 @@ impl Records {
     }
 
     pub fn append_metrics(&self, job: JobId, encoded: &[u8]) -> Result<(), StoreError> {
-        self.metrics.append(job, encoded)?;
-        self.changed.send_modify(|v| *v += 1);
-        Ok(())
+        self.checked(self.metrics.append(job, encoded))
     }
 
     pub fn read_logs(
@@ -174,6 +187,24 @@ impl Records {
         max: usize,
     ) -> Result<(Vec<sled::IVec>, u64), StoreError> {
         self.metrics.read(job, from, max)
+    }
+
+    /// The newest step record of `job` (not an evaluation), looking back over a few records:
+    /// what a job showed as its latest step and loss before a restart.
+    pub fn last_step_metrics(
+        &self,
+        job: JobId,
+    ) -> Result<Option<convoy_proto::v1::StepMetrics>, StoreError> {
+        let range = key(job, 0)..key(job, u64::MAX);
+        for item in self.metrics.tree.range(range).rev().take(16) {
+            let (_, v) = item.map_err(StoreError::records(format!("read the metrics of {job}")))?;
+            if let Ok(m) = convoy_proto::v1::StepMetrics::decode(v.as_ref())
+                && m.val_loss.is_none()
+            {
+                return Ok(Some(m));
+            }
+        }
+        Ok(None)
     }
 
     /// The highest job id with records, if any.

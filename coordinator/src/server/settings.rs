@@ -16,6 +16,7 @@ use crate::error::CoordinatorError;
 use crate::log::CommandLog;
 use crate::logged_state::LoggedState;
 use crate::model::Millis;
+use crate::server::fail_stop::FailStop;
 use crate::state::{ClusterConfig, Command};
 
 /// Settings the coordinator has unless told otherwise.
@@ -48,6 +49,8 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// Where to write the ready signal once the coordinator serves.
     pub ready_file: Option<PathBuf>,
+    /// What a storage failure does: exit the process (the daemon) or return from `run`.
+    pub fail_stop: FailStop,
 }
 
 impl ServerConfig {
@@ -63,6 +66,7 @@ impl ServerConfig {
             snapshot_every: defaults::SNAPSHOT_EVERY,
             max_message_bytes: defaults::MAX_MESSAGE_BYTES,
             ready_file: None,
+            fail_stop: FailStop::returning(),
         }
     }
 }
