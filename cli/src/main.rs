@@ -133,6 +133,16 @@ enum JobCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Remove a finished job: its entry, logs, metrics and checkpoints. Its id is never
+    /// reused.
+    Delete {
+        job: String,
+        /// Keep its checkpoints (for export and `init_from = "job:ID"`).
+        #[arg(long)]
+        keep_checkpoints: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -165,6 +175,14 @@ fn main() -> ExitCode {
         Command::Job {
             command: JobCommand::Show { job, json },
         } => block_on(cluster::jobs::show(addr, &job, json)),
+        Command::Job {
+            command:
+                JobCommand::Delete {
+                    job,
+                    keep_checkpoints,
+                    json,
+                },
+        } => block_on(cluster::jobs::delete(addr, &job, keep_checkpoints, json)),
         Command::Logs {
             job,
             follow,

@@ -78,6 +78,18 @@ fn dd_write(dir: &Path, mb: usize) -> Result<f64, Box<dyn std::error::Error>> {
     Ok(secs)
 }
 
+/// `len` incompressible bytes, like trained weights (xorshift from `x`).
+fn incompressible(len: usize, x: &mut u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            *x ^= *x << 13;
+            *x ^= *x >> 7;
+            *x ^= *x << 17;
+            *x as u8
+        })
+        .collect()
+}
+
 /// Bytes the files under `path` occupy on disk (allocated blocks, as `du` counts).
 fn disk_use(path: &Path) -> std::io::Result<u64> {
     use std::os::unix::fs::MetadataExt;
@@ -122,14 +134,7 @@ fn retention(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
         let store = CheckpointStore::open_dir(&dir.join("store"))?;
         for step in 1..=120u64 {
             for job in 1..=3 {
-                let data: Vec<u8> = (0..len)
-                    .map(|_| {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
-                        x as u8
-                    })
-                    .collect();
+                let data = incompressible(len, &mut x);
                 let key = PartKey {
                     job: JobId(job),
                     step,
@@ -192,14 +197,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&dir)?;
     // Incompressible bytes, like trained weights.
     let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    let data: Vec<u8> = (0..mb << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let data = incompressible(mb << 20, &mut x);
     let (mut store_s, mut dd_s) = (vec![], vec![]);
     for round in 0..rounds {
         let s = store_write(&dir, round, &data)?;

@@ -35,6 +35,8 @@ pub enum ApplyError {
     JobNotRunning { job: JobId, state: JobState },
     #[error("{job} has already finished ({state}); there is nothing to cancel")]
     JobAlreadyFinished { job: JobId, state: JobState },
+    #[error("{job} is {state}; only a finished job can be deleted (cancel it first)")]
+    NotFinished { job: JobId, state: JobState },
     #[error("{job} is {state}; only a failed or cancelled job can be resumed")]
     NotResumable { job: JobId, state: JobState },
     #[error("{job}: invalid placement: {msg}")]

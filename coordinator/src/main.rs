@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use clap::{CommandFactory, Parser};
-use convoy_coordinator::server::{ClusterSettings, FailStop, ServerConfig, defaults, run};
+use convoy_coordinator::server::{
+    ClusterSettings, FailStop, ServerConfig, defaults, retention_days, run,
+};
 use convoy_service::Layers;
 
 /// The flags. Every one is optional here: the defaults live in
@@ -46,6 +48,9 @@ struct Args {
     /// Log lines kept per job (the oldest go first) [default: 10000].
     #[arg(long, env = "CONVOY_LOG_LINES_PER_JOB")]
     log_lines_per_job: Option<u64>,
+    /// Days a finished job's logs and metrics are kept, 0 for ever [default: 30].
+    #[arg(long, env = "CONVOY_RECORDS_RETENTION_DAYS")]
+    records_retention_days: Option<u64>,
     /// Write a JSON ready signal (pid, bound address) here once the coordinator serves (for
     /// process harnesses such as `convoy dev`).
     #[arg(long)]
@@ -93,6 +98,11 @@ fn configure() -> Result<(String, ServerConfig)> {
     config.log_lines_per_job = layers
         .get("log_lines_per_job", defaults::LOG_LINES_PER_JOB)?
         .value;
+    config.records_retention = retention_days(
+        layers
+            .get("records_retention_days", defaults::RECORDS_RETENTION_DAYS)?
+            .value,
+    );
     config.ready_file = layers
         .optional("ready_file", Some("no ready file"))?
         .map(|s| s.value);

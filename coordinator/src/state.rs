@@ -171,6 +171,10 @@ pub enum Command {
     /// Replaces the cluster's settings (the coordinator was started with other values than
     /// those stored).
     Configure(ClusterConfig),
+    /// Forgets a finished job (its id is never reused).
+    DeleteJob {
+        job: JobId,
+    },
 }
 
 /// What the I/O loop must do after a command was applied.
@@ -214,6 +218,10 @@ pub enum Effect {
     WorkerCordoned {
         worker: WorkerId,
         reason: Cordon,
+    },
+    /// The job is gone from the state; its records and checkpoints may be removed.
+    JobDeleted {
+        job: JobId,
     },
 }
 
@@ -281,6 +289,7 @@ impl ClusterState {
             Command::SubmitJob(s) => self.submit(s),
             Command::CancelJob { job, now } => self.cancel(*job, *now),
             Command::ResumeJob { job } => self.resume(*job),
+            Command::DeleteJob { job } => self.delete(*job),
             Command::RegisterWorker {
                 name,
                 slots,
@@ -426,6 +435,20 @@ impl ClusterState {
             generation: job.attempts.last().map_or(0, |a| a.generation),
             reason: "resumed".into(),
         }])
+    }
+
+    fn delete(&mut self, id: JobId) -> Result<Vec<Effect>, ApplyError> {
+        let job = self.job(id)?;
+        if !job.state.is_final() {
+            return Err(ApplyError::NotFinished {
+                job: id,
+                state: job.state.clone(),
+            });
+        }
+        let request_id = job.request_id.clone();
+        self.jobs.remove(&id);
+        self.requests.remove(&request_id);
+        Ok(vec![Effect::JobDeleted { job: id }])
     }
 
     fn cancel(&mut self, id: JobId, now: Millis) -> Result<Vec<Effect>, ApplyError> {

@@ -435,6 +435,21 @@ fn retention_keeps_the_newest_and_the_best_and_removes_the_rest() {
 }
 
 #[test]
+fn an_older_upload_that_never_completes_is_collected_when_a_newer_step_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, store) = open(dir.path());
+    let state = random_bytes(40, 60_000);
+    // One rank sent its part of step 100; the others skipped that checkpoint.
+    let stale = small(7, 100, &state);
+    assert!(stale.send_part(&store, 0).is_none());
+    assert!(chunk_files(dir.path(), "7/100-") > 0);
+    let m = small(7, 200, &state).send_all(&store);
+    assert!(store.collect_older_uploads(JobId(7), 200).unwrap() > 0);
+    assert_eq!(chunk_files(dir.path(), "7/100-"), 0);
+    assert!(reassemble(&store, &m) == state);
+}
+
+#[test]
 fn a_duplicate_commit_returns_the_first_and_stores_nothing_more() {
     let dir = tempfile::tempdir().unwrap();
     let (db, store) = open(dir.path());

@@ -123,6 +123,7 @@ fn every_command() -> Vec<(&'static str, Command)> {
         ),
         ("tick", Command::Tick { now: 8_000 }),
         ("resume-job", Command::ResumeJob { job: JobId(3) }),
+        ("delete-job", Command::DeleteJob { job: JobId(3) }),
         (
             "configure",
             Command::Configure(ClusterConfig {

@@ -50,6 +50,32 @@ fn submit_parses_the_spec_and_returns_its_error_unchanged() {
 }
 
 #[test]
+fn only_a_finished_job_is_deleted_and_its_id_is_never_reused() {
+    let mut s = cluster();
+    let mut sub = SubmitJob::parse(&spec("j", 1, "cpu"), "j.toml", 0).unwrap();
+    sub.request_id = "req-1".into();
+    s.apply(&Command::SubmitJob(sub.clone())).unwrap();
+    let job = JobId(1);
+    let before = s.clone();
+    let err = s.apply(&Command::DeleteJob { job }).unwrap_err();
+    assert!(matches!(err, ApplyError::NotFinished { .. }), "{err}");
+    assert_eq!(s, before);
+    s.apply(&Command::CancelJob { job, now: 1 }).unwrap();
+    assert_eq!(
+        s.apply(&Command::DeleteJob { job }).unwrap(),
+        vec![Effect::JobDeleted { job }]
+    );
+    assert!(s.jobs.is_empty() && s.requests.is_empty());
+    // The request id is free again, and the next job gets a new id.
+    let fx = s.apply(&Command::SubmitJob(sub)).unwrap();
+    assert_eq!(fx, vec![Effect::JobSubmitted { job: JobId(2) }]);
+    assert_eq!(
+        s.apply(&Command::DeleteJob { job }).unwrap_err(),
+        ApplyError::UnknownJob(job)
+    );
+}
+
+#[test]
 fn a_retried_submission_returns_the_job_the_first_try_created() {
     let mut s = cluster();
     let mut sub = SubmitJob::parse(&spec("j", 1, "cpu"), "j.toml", 0).unwrap();

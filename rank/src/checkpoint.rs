@@ -311,6 +311,12 @@ fn try_download(
     let origin = std::path::PathBuf::from(format!("{job}@{}", received.info.step));
     let state =
         state::decode(&received.bytes, &origin).map_err(|e| DownloadError::Bad(e.to_string()))?;
+    if state.step != received.info.step {
+        return Err(DownloadError::Bad(format!(
+            "{job}@{} holds the state of step {}",
+            received.info.step, state.step
+        )));
+    }
     Ok(Downloaded {
         state,
         step: received.info.step,

@@ -279,6 +279,14 @@ fn a_corrupted_checkpoint_is_reported_and_the_previous_one_is_used() {
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(!o.status.success(), "verify must fail on a damaged chunk");
     assert!(err.contains("checksum") || err.contains("corrupt"), "{err}");
+    // The listing says so from now on; the others are listed as they were.
+    let listed = c.json(&["checkpoints", &id]);
+    let listed = listed.as_array().expect("a list");
+    assert_eq!(listed.len(), saved.len(), "a damaged checkpoint hid others");
+    for m in listed {
+        let damaged = m["damage"].as_str().is_some_and(|d| d.contains("checksum"));
+        assert_eq!(damaged, m["step"].as_u64() == Some(newest), "{m}");
+    }
     let o = c.convoy(&["checkpoint", "verify", &format!("{id}@{previous}")]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
@@ -362,6 +370,79 @@ fn a_job_ending_while_the_coordinator_is_away_waits_and_stores_its_final_checkpo
         got == expected,
         "the export differs from the uninterrupted run's"
     );
+}
+
+/// Bytes the files under `dir` occupy on disk.
+fn disk_use(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => disk_use(&e.path()),
+            Ok(m) => m.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Retention over a long run keeps the chunk files within 1.3× the live checkpoints, before
+/// and after a restart; `convoy job delete` frees the rest (or keeps the checkpoints when
+/// asked), and the deleted job's id is not given to the next job.
+#[test]
+fn retention_bounds_the_disk_and_a_deleted_job_frees_it() {
+    let _g = serial();
+    let mut c = Cluster::start(5_000);
+    c.add_worker("alpha", 2);
+    c.wait_workers(1);
+    let dir = c.dir.path().to_path_buf();
+    let chunks = dir.join("coordinator/checkpoints/chunks");
+    let live = |c: &Cluster, id: &str| -> u64 {
+        c.json(&["checkpoints", id])
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|m| m["size_bytes"].as_u64().expect("size"))
+            .sum()
+    };
+    let id = c.submit(&spec(&dir, "long", 3_000, 20, ""), &[]);
+    c.wait_state(&id, "succeeded", Duration::from_secs(240));
+    assert_eq!(steps(&c, &id).len(), 3, "keep_last = 3 by default");
+    let (kept, disk) = (live(&c, &id), disk_use(&chunks));
+    assert!(
+        disk as f64 <= 1.3 * kept as f64,
+        "{disk} bytes on disk for {kept} live"
+    );
+    assert!(c.stop_coordinator());
+    c.restart_coordinator();
+    let disk = disk_use(&chunks);
+    assert!(
+        disk as f64 <= 1.3 * kept as f64,
+        "after a restart: {disk} bytes on disk for {kept} live"
+    );
+
+    let kept_job = c.submit(&spec(&dir, "kept", 40, 20, ""), &[]);
+    c.wait_state(&kept_job, "succeeded", Duration::from_secs(120));
+    let o = c.convoy(&["job", "delete", &kept_job, "--keep-checkpoints"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    export(&c, &kept_job, &dir.join("kept.safetensors"));
+
+    let o = c.convoy(&["job", "delete", &id]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let jobs = c.json(&["jobs"]);
+    assert!(
+        jobs.as_array()
+            .expect("a list")
+            .iter()
+            .all(|j| j["id"] != id.as_str() && j["id"] != kept_job.as_str()),
+        "{jobs}"
+    );
+    assert!(!chunks.join(id.trim_start_matches("job-")).exists());
+    let o = c.convoy(&["logs", &id]);
+    assert!(!o.status.success(), "the deleted job's logs are gone");
+    let next = c.submit(&spec(&dir, "next", 40, 0, ""), &[]);
+    assert_eq!(next, "job-3", "ids are never reused");
 }
 
 #[test]

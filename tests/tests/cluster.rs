@@ -54,16 +54,22 @@ fn a_two_worker_job_runs_to_completion_with_logs_from_both_ranks() {
     assert!(jobs[0]["loss"].as_f64().is_some());
 }
 
-#[test]
-fn a_job_survives_a_sigkilled_coordinator_and_its_ranks_are_not_restarted() {
-    let _g = serial();
-    let mut c = Cluster::start(5_000);
+/// Two one-slot workers and a 2-rank job of 4,000 steps that has stepped past step 20.
+fn training_on_two_workers(heartbeat_timeout_ms: u64) -> (Cluster, String) {
+    let mut c = Cluster::start(heartbeat_timeout_ms);
     c.add_worker("alpha", 1);
     c.add_worker("beta", 1);
     c.wait_workers(2);
     let spec = digits_spec(c.dir.path(), "long", 4_000, 2);
     let id = c.submit(&spec, &[]);
     c.wait_step(&id, 20, Duration::from_secs(60));
+    (c, id)
+}
+
+#[test]
+fn a_job_survives_a_sigkilled_coordinator_and_its_ranks_are_not_restarted() {
+    let _g = serial();
+    let (mut c, id) = training_on_two_workers(5_000);
     c.kill_coordinator();
     std::thread::sleep(Duration::from_millis(1500));
     c.restart_coordinator();
@@ -84,13 +90,7 @@ fn a_job_survives_a_sigkilled_coordinator_and_its_ranks_are_not_restarted() {
 #[test]
 fn a_sigtermed_coordinator_exits_cleanly_and_costs_no_attempt() {
     let _g = serial();
-    let mut c = Cluster::start(2_000);
-    c.add_worker("alpha", 1);
-    c.add_worker("beta", 1);
-    c.wait_workers(2);
-    let spec = digits_spec(c.dir.path(), "long", 4_000, 2);
-    let id = c.submit(&spec, &[]);
-    c.wait_step(&id, 20, Duration::from_secs(60));
+    let (mut c, id) = training_on_two_workers(2_000);
     assert!(
         c.stop_coordinator(),
         "the coordinator did not exit within 30 s of SIGTERM"

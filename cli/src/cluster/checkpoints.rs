@@ -28,6 +28,7 @@ fn info_json(c: &pb::CheckpointInfo) -> Value {
         "generation": c.generation,
         "model": c.model,
         "metrics": c.metrics,
+        "damage": (!c.damage.is_empty()).then_some(&c.damage),
     })
 }
 
@@ -55,6 +56,9 @@ pub async fn list(coordinator: &str, job: &str, json_out: bool) -> Result<()> {
             .map(|(k, v)| format!("{k}={v:.4}"))
             .collect();
         metrics.sort();
+        if !ck.damage.is_empty() {
+            metrics = vec![format!("DAMAGED: {}", ck.damage)];
+        }
         println!(
             "{:>8}  {:>10}  {:>8.1}MB  {}",
             ck.step,
@@ -137,11 +141,12 @@ pub async fn export_to(
 /// could not be stored, or the job failed or was cancelled first) is refused, naming the
 /// newest step there is, rather than exported as if that were the end.
 async fn final_checkpoint_kept(c: &mut ConvoyClient<Channel>, job: &str) -> Result<()> {
-    let j = c
-        .get_job(pb::GetJobRequest { job_id: job.into() })
-        .await
-        .map_err(rpc)?
-        .into_inner();
+    let j = match c.get_job(pb::GetJobRequest { job_id: job.into() }).await {
+        Ok(j) => j.into_inner(),
+        // Deleted with its checkpoints kept: there is no job left to compare with.
+        Err(s) if s.code() == tonic::Code::NotFound => return Ok(()),
+        Err(s) => return Err(rpc(s)),
+    };
     let finished = [
         pb::JobState::Succeeded,
         pb::JobState::Failed,
@@ -157,7 +162,8 @@ async fn final_checkpoint_kept(c: &mut ConvoyClient<Channel>, job: &str) -> Resu
         .await
         .map_err(rpc)?
         .into_inner();
-    match list.checkpoints.iter().map(|m| m.step).max() {
+    let intact = list.checkpoints.iter().filter(|m| m.damage.is_empty());
+    match intact.map(|m| m.step).max() {
         Some(newest) if newest >= j.steps => Ok(()),
         Some(newest) => bail!(
             "{job} ended without its final checkpoint (step {}); the newest it has is step \

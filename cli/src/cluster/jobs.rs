@@ -72,6 +72,45 @@ pub async fn list(coordinator: &str, json_out: bool) -> Result<()> {
     Ok(())
 }
 
+/// `convoy job delete JOB`: the job, its logs and metrics, and its checkpoints unless kept.
+pub async fn delete(
+    coordinator: &str,
+    id: &str,
+    keep_checkpoints: bool,
+    json_out: bool,
+) -> Result<()> {
+    let mut c = connect(coordinator).await?;
+    let r = c
+        .delete_job(pb::DeleteJobRequest {
+            job_id: id.into(),
+            keep_checkpoints,
+        })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    if json_out {
+        println!(
+            "{}",
+            serde_json::json!({
+                "job_id": id,
+                "checkpoints_removed": r.checkpoints_removed,
+                "records_removed": r.records_removed,
+            })
+        );
+    } else {
+        let kept = if keep_checkpoints {
+            " (its checkpoints are kept)"
+        } else {
+            ""
+        };
+        println!(
+            "deleted {id}: {} checkpoints and {} log and metric records removed{kept}",
+            r.checkpoints_removed, r.records_removed
+        );
+    }
+    Ok(())
+}
+
 pub async fn show(coordinator: &str, id: &str, json_out: bool) -> Result<()> {
     let mut c = connect(coordinator).await?;
     let j = c

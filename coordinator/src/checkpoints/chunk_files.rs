@@ -171,6 +171,15 @@ impl ChunkFiles {
         Ok((uploads, strangers))
     }
 
+    /// Bytes available to unprivileged writers on the chunks' filesystem.
+    pub(super) fn free_bytes(&self) -> Result<u64, CheckpointError> {
+        let st = nix::sys::statvfs::statvfs(&self.root).map_err(|e| CheckpointError::Io {
+            context: format!("read the free space of {}", self.root.display()),
+            source: std::io::Error::from(e),
+        })?;
+        Ok(st.blocks_available().saturating_mul(st.fragment_size()))
+    }
+
     /// The names and paths in `dir` (none if it does not exist).
     fn entries(&self, dir: &Path) -> Result<Vec<(String, PathBuf)>, CheckpointError> {
         let context = || format!("list {}", dir.display());

@@ -4,7 +4,8 @@
 
 use super::CheckpointStore;
 use super::error::CheckpointError;
-use super::keys::{Upload, manifest_key, split_part};
+use super::keys::{Upload, job_prefix, manifest_key, split_part, upload_prefix};
+use super::manifest::Manifest;
 use super::retention::{Retention, select_removals};
 use crate::model::JobId;
 
@@ -44,6 +45,29 @@ impl CheckpointStore {
         Ok(collected)
     }
 
+    /// Removes the uploads of `job` older than `step` that never committed (a rank skipped
+    /// its part of a checkpoint while its previous upload ran, so the others' parts wait for
+    /// a part that never comes). Run once `step` has committed, so that disk use stays bounded
+    /// during a run, not only after the next start. Returns how many files went.
+    pub fn collect_older_uploads(&self, job: JobId, step: u64) -> Result<u64, CheckpointError> {
+        let (uploads, _) = self.chunks.uploads()?;
+        let mut collected = 0;
+        for u in uploads {
+            if u.job != job || u.step >= step {
+                continue;
+            }
+            let in_progress = self.lock_in_progress();
+            if !self.referenced(u)? {
+                let context = format!("collect the upload of {u}");
+                remove_prefix(&self.pending, &upload_prefix(u), &context)?;
+                collected += self.chunks.remove_upload(u)?;
+                drop(in_progress);
+                self.lock_in_progress().remove(&u);
+            }
+        }
+        Ok(collected)
+    }
+
     /// Whether a manifest refers to `upload`'s chunks. A manifest that does not decode counts
     /// as referring: its chunks are kept rather than guessed about.
     fn referenced(&self, upload: Upload) -> Result<bool, CheckpointError> {
@@ -57,19 +81,48 @@ impl CheckpointStore {
     /// Applies `r` to `job`'s checkpoints and returns the steps removed, ascending. Manifests
     /// that do not decode are neither counted nor removed.
     pub fn apply_retention(&self, job: JobId, r: &Retention) -> Result<Vec<u64>, CheckpointError> {
-        let manifests: Vec<_> = self.scan(job)?.into_iter().filter_map(Result::ok).collect();
+        let manifests: Vec<_> = self
+            .scan(job)?
+            .into_iter()
+            .filter_map(|(_, m)| m.ok())
+            .collect();
         let removals = select_removals(&manifests, r);
         let uploads: Vec<Upload> = manifests
             .iter()
             .filter(|m| removals.contains(&m.step))
-            .map(|m| Upload {
-                job,
-                step: m.step,
-                generation: m.generation,
-            })
+            .map(Upload::of)
             .collect();
         self.remove_checkpoints(&uploads)?;
         Ok(removals)
+    }
+
+    /// Removes every checkpoint of `job`, and whatever its uploads left; returns how many
+    /// checkpoints went.
+    pub fn remove_job(&self, job: JobId) -> Result<u64, CheckpointError> {
+        let manifests: Vec<Manifest> = self
+            .scan(job)?
+            .into_iter()
+            .filter_map(|(_, m)| m.ok())
+            .collect();
+        let uploads: Vec<Upload> = manifests.iter().map(Upload::of).collect();
+        self.remove_checkpoints(&uploads)?;
+        // Manifests that do not decode, and uploads that never committed.
+        for item in self.manifests.scan_prefix(job_prefix(job)) {
+            let (k, _) = item.map_err(CheckpointError::storage("list removed manifests"))?;
+            self.manifests
+                .remove(k)
+                .map_err(CheckpointError::storage(format!(
+                    "remove a manifest of {job}"
+                )))?;
+        }
+        self.db
+            .flush()
+            .map_err(CheckpointError::storage("flush removed manifests"))?;
+        let (all, _) = self.chunks.uploads()?;
+        for u in all.into_iter().filter(|u| u.job == job) {
+            self.chunks.remove_upload(u)?;
+        }
+        Ok(uploads.len() as u64)
     }
 
     fn remove_checkpoints(&self, uploads: &[Upload]) -> Result<(), CheckpointError> {
@@ -77,6 +130,11 @@ impl CheckpointStore {
             return Ok(());
         }
         for u in uploads {
+            self.damaged
+                .remove(manifest_key(u.job, u.step))
+                .map_err(CheckpointError::storage(
+                    "forget the damage of a removed checkpoint",
+                ))?;
             self.manifests.remove(manifest_key(u.job, u.step)).map_err(
                 CheckpointError::storage(format!(
                     "remove the manifest of {} step {}",

@@ -34,6 +34,17 @@ pub(crate) struct Upload {
     pub generation: u64,
 }
 
+impl Upload {
+    /// The upload a committed checkpoint's chunks were stored under.
+    pub(crate) fn of(m: &super::manifest::Manifest) -> Upload {
+        Upload {
+            job: m.job,
+            step: m.step,
+            generation: m.generation,
+        }
+    }
+}
+
 impl fmt::Display for Upload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

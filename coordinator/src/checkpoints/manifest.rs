@@ -97,7 +97,7 @@ impl Stored for PartInfo {
     const KIND: Kind = Kind(*b"PART");
 }
 
-const VERSION: u16 = 1;
+pub(crate) const VERSION: u16 = 1;
 
 pub(crate) fn encode<T: Stored>(value: &T, what: &str) -> Result<Vec<u8>, CheckpointError> {
     let payload = rmp_serde::to_vec_named(value).map_err(|e| CheckpointError::Encode {

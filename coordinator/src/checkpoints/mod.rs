@@ -12,7 +12,8 @@
 //! Trees of the index (all keys big-endian, so sled's order is numeric order), whose values are
 //! enveloped, checksummed records:
 //! - [`PENDING_TREE`]: (job, step, generation, part) → the finished part, until commit;
-//! - [`MANIFESTS_TREE`]: (job, step) → [`Manifest`].
+//! - [`MANIFESTS_TREE`]: (job, step) → [`Manifest`];
+//! - [`DAMAGED_TREE`]: (job, step) → what a verification found wrong with it (text).
 
 mod chunk_files;
 mod cleanup;
@@ -26,8 +27,18 @@ mod upload;
 pub use error::CheckpointError;
 pub use keys::PartKey;
 pub use manifest::{ChunkInfo, Manifest, PartInfo};
+
+/// The record kind and format version of a stored manifest.
+pub const MANIFEST_KIND: convoy_envelope::Kind = <Manifest as manifest::Stored>::KIND;
+pub const MANIFEST_VERSION: u16 = manifest::VERSION;
+
+/// Opens and decodes a stored manifest (for tools and fuzzing; the store uses it inside).
+pub fn decode_manifest(bytes: &[u8]) -> Result<Manifest, CheckpointError> {
+    manifest::decode(bytes, "a manifest")
+}
 pub use retention::{Retention, select_removals};
-pub use store::CheckpointStore;
+pub use store::{CheckpointStore, Listed};
 
 pub const PENDING_TREE: &str = "ckpt/pending";
 pub const MANIFESTS_TREE: &str = "ckpt/manifests";
+pub const DAMAGED_TREE: &str = "ckpt/damaged";

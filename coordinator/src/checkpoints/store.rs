@@ -11,8 +11,19 @@ use super::chunk_files::ChunkFiles;
 use super::error::CheckpointError;
 use super::keys::{PartKey, Upload, job_prefix, manifest_key, split_manifest};
 use super::manifest::{ChunkInfo, Manifest, decode};
-use super::{MANIFESTS_TREE, PENDING_TREE};
+use super::{DAMAGED_TREE, MANIFESTS_TREE, PENDING_TREE};
 use crate::model::JobId;
+
+/// A stored manifest, or why it does not decode.
+pub(super) type Decoded = Result<Manifest, CheckpointError>;
+
+/// One checkpoint in a listing: its manifest if it decodes, and the damage known of it.
+#[derive(Clone, Debug)]
+pub struct Listed {
+    pub step: u64,
+    pub manifest: Option<Manifest>,
+    pub damage: Option<String>,
+}
 
 /// Uploads in progress in this process, with the chunks each stored: (part, index) → chunk.
 pub(super) type InProgress = HashMap<Upload, BTreeMap<(u32, u32), ChunkInfo>>;
@@ -28,6 +39,8 @@ pub struct CheckpointStore {
     pub(super) pending: sled::Tree,
     /// Committed checkpoints, keyed (job, step).
     pub(super) manifests: sled::Tree,
+    /// What verification found wrong with a checkpoint, keyed (job, step), as text.
+    pub(super) damaged: sled::Tree,
     /// Uploads that have written chunks in this process and are neither committed nor
     /// aborted: garbage collection leaves them alone. Held while collection checks and removes
     /// an upload, so a chunk cannot land between the check and the removal.
@@ -67,6 +80,7 @@ impl CheckpointStore {
             chunks: Arc::new(ChunkFiles::open(chunks)?),
             pending: tree(PENDING_TREE)?,
             manifests: tree(MANIFESTS_TREE)?,
+            damaged: tree(DAMAGED_TREE)?,
             in_progress: Arc::default(),
         };
         let collected = store.collect_garbage()?;
@@ -96,29 +110,65 @@ impl CheckpointStore {
             .transpose()
     }
 
-    /// Every manifest of `job` in step order, each decoded separately so one damaged manifest
-    /// does not hide the others. Only a failure of sled itself is an `Err` here.
-    pub(super) fn scan(
-        &self,
-        job: JobId,
-    ) -> Result<Vec<Result<Manifest, CheckpointError>>, CheckpointError> {
+    /// Every manifest of `job` in step order with its step, each decoded separately so one
+    /// damaged manifest does not hide the others. Only a failure of sled itself is an `Err`.
+    pub(super) fn scan(&self, job: JobId) -> Result<Vec<(u64, Decoded)>, CheckpointError> {
         let mut out = vec![];
         for item in self.manifests.scan_prefix(job_prefix(job)) {
             let (k, v) = item.map_err(CheckpointError::storage(format!(
                 "list the checkpoints of {job}"
             )))?;
-            let what = match split_manifest(&k) {
-                Some((_, step)) => format!("the manifest of {job} step {step}"),
-                None => format!("a manifest key of {job} ({} bytes)", k.len()),
+            let Some((_, step)) = split_manifest(&k) else {
+                continue; // not a key this store writes
             };
-            out.push(decode(&v, &what));
+            out.push((
+                step,
+                decode(&v, &format!("the manifest of {job} step {step}")),
+            ));
         }
         Ok(out)
     }
 
     /// The checkpoints of `job`, oldest step first.
     pub fn list(&self, job: JobId) -> Result<Vec<Manifest>, CheckpointError> {
-        self.scan(job)?.into_iter().collect()
+        self.scan(job)?.into_iter().map(|(_, m)| m).collect()
+    }
+
+    /// Every checkpoint of `job`, oldest first, with the damage known of it: a manifest that
+    /// does not decode, or chunks that failed a verification or a resume (recorded then).
+    pub fn listing(&self, job: JobId) -> Result<Vec<Listed>, CheckpointError> {
+        let mut out = vec![];
+        for (step, m) in self.scan(job)? {
+            let listed = match m {
+                Ok(m) => {
+                    let damage = self
+                        .damaged
+                        .get(manifest_key(job, step))
+                        .map_err(CheckpointError::storage(format!(
+                            "read the damage of {job} step {step}"
+                        )))?
+                        .map(|v| String::from_utf8_lossy(&v).into_owned());
+                    Listed {
+                        step,
+                        manifest: Some(m),
+                        damage,
+                    }
+                }
+                Err(e) if e.is_damage() => Listed {
+                    step,
+                    manifest: None,
+                    damage: Some(e.to_string()),
+                },
+                Err(e) => return Err(e),
+            };
+            out.push(listed);
+        }
+        Ok(out)
+    }
+
+    /// Bytes free to this process on the chunk files' filesystem.
+    pub fn free_bytes(&self) -> Result<u64, CheckpointError> {
+        self.chunks.free_bytes()
     }
 
     /// The highest job id with a committed checkpoint, if any.
@@ -130,6 +180,16 @@ impl CheckpointStore {
         Ok(last
             .and_then(|(k, _)| split_manifest(&k))
             .map(|(job, _)| job))
+    }
+
+    /// Records that `job`'s checkpoint at `step` failed verification, for listings.
+    fn mark_damaged(&self, job: JobId, step: u64, e: &CheckpointError) {
+        if let Err(err) = self
+            .damaged
+            .insert(manifest_key(job, step), e.to_string().as_bytes())
+        {
+            tracing::warn!("recording the damage of {job} step {step}: {err}");
+        }
     }
 
     /// The newest checkpoint of `job`, without reading its chunks.
@@ -168,9 +228,15 @@ impl CheckpointStore {
     }
 
     /// Reads and checks every chunk of `m`; the first damage found is the error.
+    /// A damaged chunk is recorded for [`CheckpointStore::listing`].
     pub fn verify(&self, m: &Manifest) -> Result<(), CheckpointError> {
         for chunk in self.read_chunks(m) {
-            chunk?;
+            if let Err(e) = chunk {
+                if e.is_damage() {
+                    self.mark_damaged(m.job, m.step, &e);
+                }
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -183,7 +249,7 @@ impl CheckpointStore {
         job: JobId,
     ) -> Result<(Option<Manifest>, Vec<CheckpointError>), CheckpointError> {
         let mut skipped = vec![];
-        for entry in self.scan(job)?.into_iter().rev() {
+        for (_, entry) in self.scan(job)?.into_iter().rev() {
             let checked = entry.and_then(|m| self.verify(&m).map(|()| m));
             match checked {
                 Ok(m) => return Ok((Some(m), skipped)),

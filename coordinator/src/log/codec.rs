@@ -34,11 +34,12 @@ pub fn tag(cmd: &Command) -> u16 {
         Command::Tick { .. } => 10,
         Command::ResumeJob { .. } => 11,
         Command::Configure(_) => 12,
+        Command::DeleteJob { .. } => 13,
     }
 }
 
 /// The highest tag this build knows; a greater one is from a newer convoy.
-const LAST_TAG: u16 = 12;
+const LAST_TAG: u16 = 13;
 
 pub fn encode_entry(cmd: &Command, index: Index) -> Result<Vec<u8>, StoreError> {
     let payload = payload(cmd, &format!("entry {index}"))?;

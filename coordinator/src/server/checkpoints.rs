@@ -27,6 +27,11 @@ pub type DownloadStream =
 /// commits it.
 type PendingMeta = Arc<Mutex<BTreeMap<(JobId, u64, u64), (BTreeMap<String, f64>, String)>>>;
 
+/// The largest checkpoint accepted (a GPT-2 XL with AdamW moments is about 19 GB).
+const MAX_CHECKPOINT_BYTES: u64 = 256 << 30;
+/// Disk space an upload must leave free: the command log, the index and the records need it.
+const DISK_MARGIN: u64 = 64 << 20;
+
 #[derive(Clone)]
 pub(crate) struct Checkpoints {
     store: CheckpointStore,
@@ -72,24 +77,62 @@ pub fn info(m: &Manifest) -> pb::CheckpointInfo {
         metrics: m.metrics.clone().into_iter().collect(),
         generation: m.generation,
         model: m.model.clone(),
+        damage: String::new(),
     }
 }
 
-/// Fails with "unknown job …" unless the coordinator has `job`.
-async fn known_job(handle: &Handle, job: JobId) -> Result<(), Status> {
-    handle
-        .read(move |v| v.state.job(job).map(|_| ()))
-        .await?
-        .map_err(convert::status)
-}
-
 impl Checkpoints {
+    /// Fails with "unknown job …" unless the coordinator has `job`, or kept its checkpoints
+    /// when it was deleted.
+    async fn known_job(&self, job: JobId) -> Result<(), Status> {
+        let known = self
+            .handle
+            .read(move |v| v.state.job(job).map(|_| ()))
+            .await?;
+        match known {
+            Ok(()) => Ok(()),
+            Err(e) => match self.store.latest(job) {
+                Ok(Some(_)) => Ok(()),
+                _ => Err(convert::status(e)),
+            },
+        }
+    }
+
+    /// Removes every checkpoint of `job` (a deleted job); returns how many.
+    pub async fn remove_job(&self, job: JobId) -> Result<u64, Status> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.remove_job(job))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| storage(&self.handle.fail_stop, e))
+    }
+
     pub fn new(store: CheckpointStore, handle: Handle) -> Self {
         Checkpoints {
             store,
             pending: Arc::default(),
             handle,
         }
+    }
+
+    /// Refuses a part the disk cannot hold (with a margin for the index and the command log)
+    /// before a byte of it is written: a full disk would stop the coordinator. The rank retries
+    /// later, when retention or an operator has freed space.
+    fn room_for(&self, len: u64) -> Result<(), Status> {
+        let free = match self.store.free_bytes() {
+            Ok(free) => free,
+            Err(e) => return Err(storage(&self.handle.fail_stop, e)),
+        };
+        if free < len.saturating_add(DISK_MARGIN) {
+            return Err(Status::resource_exhausted(format!(
+                "the coordinator's checkpoint disk has {} MiB free; this part needs {} MiB \
+                 and {} MiB stay free for the coordinator's own state",
+                free >> 20,
+                len >> 20,
+                DISK_MARGIN >> 20
+            )));
+        }
+        Ok(())
     }
 
     /// One rank's part: checked against the live attempt, stored chunk by chunk, and committed
@@ -118,15 +161,38 @@ impl Checkpoints {
                 part.part, part.parts, part.offset, part.len, part.total_len
             )));
         }
+        if part.total_len > MAX_CHECKPOINT_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "a checkpoint of {} bytes; the limit is {MAX_CHECKPOINT_BYTES}",
+                part.total_len
+            )));
+        }
         let generation = part.generation;
-        let retention = self
+        let (retention, world_size, steps) = self
             .handle
             .read(move |v| {
-                v.state.check_live_generation(job, generation).map(|_| ())?;
-                v.state.job(job).map(|j| j.retention.clone())
+                let attempt = v.state.check_live_generation(job, generation)?;
+                let world_size = attempt.placement.len();
+                v.state
+                    .job(job)
+                    .map(|j| (j.retention.clone(), world_size, j.steps))
             })
             .await?
             .map_err(convert::status)?;
+        // Each rank sends one part: a different count is a rank of another shape.
+        if part.parts as usize != world_size {
+            return Err(Status::invalid_argument(format!(
+                "a checkpoint in {} parts from an attempt of {world_size} ranks",
+                part.parts
+            )));
+        }
+        if part.step == 0 || part.step > steps {
+            return Err(Status::invalid_argument(format!(
+                "a checkpoint at step {} of a job of {steps} steps",
+                part.step
+            )));
+        }
+        self.room_for(part.len)?;
         let key = PartKey {
             job,
             step: part.step,
@@ -157,10 +223,13 @@ impl Checkpoints {
         };
         if let Some(m) = &committed {
             let store = self.store.clone();
-            let removed =
-                tokio::task::spawn_blocking(move || store.apply_retention(job, &retention))
-                    .await
-                    .map_err(|e| Status::internal(e.to_string()))?;
+            let step = m.step;
+            let removed = tokio::task::spawn_blocking(move || {
+                store.collect_older_uploads(job, step)?;
+                store.apply_retention(job, &retention)
+            })
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
             let note = match removed {
                 Ok(steps) if steps.is_empty() => String::new(),
                 Ok(steps) => format!("; removed step(s) {steps:?} by retention"),
@@ -269,7 +338,7 @@ impl Checkpoints {
         job: JobId,
         step: Option<u64>,
     ) -> Result<(Manifest, Vec<String>), Status> {
-        known_job(&self.handle, job).await?;
+        self.known_job(job).await?;
         let store = self.store.clone();
         let found = tokio::task::spawn_blocking(move || match step {
             Some(s) => store.get(job, s).map(|m| (m, vec![])),
@@ -331,14 +400,27 @@ impl Checkpoints {
 
     pub async fn list(&self, job_id: &str) -> Result<pb::ListCheckpointsResponse, Status> {
         let job = convert::job_id(job_id)?;
-        known_job(&self.handle, job).await?;
+        self.known_job(job).await?;
         let list = self
             .store
-            .list(job)
+            .listing(job)
             .map_err(|e| storage(&self.handle.fail_stop, e))?;
-        Ok(pb::ListCheckpointsResponse {
-            checkpoints: list.iter().map(info).collect(),
-        })
+        let checkpoints = list
+            .into_iter()
+            .map(|l| {
+                let mut i = match &l.manifest {
+                    Some(m) => info(m),
+                    None => pb::CheckpointInfo {
+                        job_id: job.to_string(),
+                        step: l.step,
+                        ..Default::default()
+                    },
+                };
+                i.damage = l.damage.unwrap_or_default();
+                i
+            })
+            .collect();
+        Ok(pb::ListCheckpointsResponse { checkpoints })
     }
 
     pub async fn verify(
@@ -346,7 +428,7 @@ impl Checkpoints {
         r: pb::VerifyCheckpointRequest,
     ) -> Result<pb::VerifyCheckpointResponse, Status> {
         let job = convert::job_id(&r.job_id)?;
-        known_job(&self.handle, job).await?;
+        self.known_job(job).await?;
         let store = self.store.clone();
         let fail = self.handle.fail_stop.clone();
         let manifest = match r.step {

@@ -10,6 +10,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::error::ApplyError;
 use crate::model::{JobId, Liveness, Millis, WorkerId};
 use crate::server::checkpoints::Checkpoints;
 use crate::server::checkpoints::DownloadStream;
@@ -231,6 +232,42 @@ impl pb::convoy_server::Convoy for ClientApi {
             .await?
             .map_err(convert::status)?;
         Ok(Response::new(self.job(job).await?))
+    }
+
+    async fn delete_job(
+        &self,
+        request: Request<pb::DeleteJobRequest>,
+    ) -> Result<Response<pb::DeleteJobResponse>, Status> {
+        let r = request.into_inner();
+        let job = convert::job_id(&r.job_id)?;
+        // The state first: once it returns, the job is gone from every listing and a crash
+        // before the data is removed leaves only unreferenced data, which deleting the id
+        // again removes.
+        let gone = self
+            .handle
+            .call(|reply| LoopRequest::Delete { job, reply })
+            .await?;
+        let unknown = matches!(gone, Err(ApplyError::UnknownJob(_)));
+        if !unknown {
+            gone.map_err(convert::status)?;
+        }
+        let records_removed = self
+            .handle
+            .records
+            .remove_job(job)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let checkpoints_removed = if r.keep_checkpoints {
+            0
+        } else {
+            self.checkpoints.remove_job(job).await?
+        };
+        if unknown && records_removed == 0 && checkpoints_removed == 0 {
+            return Err(convert::status(ApplyError::UnknownJob(job)));
+        }
+        Ok(Response::new(pb::DeleteJobResponse {
+            checkpoints_removed,
+            records_removed,
+        }))
     }
 
     type StreamLogsStream = BoxStream<pb::LogLine>;

@@ -85,6 +85,7 @@ pub fn status(e: ApplyError) -> Status {
         | ApplyError::JobNotRunning { .. }
         | ApplyError::JobAlreadyFinished { .. }
         | ApplyError::NotResumable { .. }
+        | ApplyError::NotFinished { .. }
         | ApplyError::BadPlacement { .. }
         | ApplyError::DuplicateExit { .. } => Status::failed_precondition(msg),
     }

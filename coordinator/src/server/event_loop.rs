@@ -35,7 +35,12 @@ pub struct LoopConfig {
     pub tick: Duration,
     /// A job's step progress is logged at most this often (metrics are kept for every step).
     pub progress_log_interval: Duration,
+    /// How long a finished job's logs and metrics are kept (`None`: for ever).
+    pub records_retention: Option<Duration>,
 }
+
+/// How often finished jobs' records are checked against the retention.
+const RECORDS_SWEEP: Duration = Duration::from_secs(3600);
 
 /// Who waits for a command's result, and what they expect back.
 enum ReplyTo {
@@ -87,6 +92,8 @@ impl EventLoop {
     pub fn run(mut self, rx: std_mpsc::Receiver<Request>) -> Result<(), StoreError> {
         self.recovered()?;
         let mut last_tick = Instant::now();
+        self.sweep_records();
+        let mut last_sweep = Instant::now();
         // The loop turns at least every tick; systemd restarts a coordinator whose loop stops.
         let mut watchdog = convoy_service::ready::Watchdog::from_env();
         loop {
@@ -113,6 +120,10 @@ impl EventLoop {
             if last_tick.elapsed() >= self.config.tick {
                 last_tick = Instant::now();
                 self.tick()?;
+            }
+            if last_sweep.elapsed() >= RECORDS_SWEEP {
+                last_sweep = Instant::now();
+                self.sweep_records();
             }
             if self.dirty {
                 self.schedule()?;
@@ -176,6 +187,10 @@ impl EventLoop {
                 }
                 Request::Cancel { job, reply } => {
                     cmds.push(Command::CancelJob { job, now });
+                    reply_to.push(ReplyTo::Unit(reply));
+                }
+                Request::Delete { job, reply } => {
+                    cmds.push(Command::DeleteJob { job });
                     reply_to.push(ReplyTo::Unit(reply));
                 }
                 Request::Resume { job, reply } => {
@@ -474,6 +489,12 @@ impl EventLoop {
             Effect::WorkerCordoned { worker, reason } => {
                 tracing::warn!("{} cordoned: {reason:?}", self.worker_label(worker));
             }
+            Effect::JobDeleted { job } => {
+                tracing::info!("{job} deleted");
+                self.latest.remove(&job);
+                self.waiting.remove(&job);
+                self.progress_logged.remove(&job);
+            }
         }
     }
 
@@ -597,6 +618,39 @@ impl EventLoop {
             return;
         }
         self.rendezvous.publish(key, world, address, nccl_id, reply);
+    }
+
+    /// Removes the logs and metrics of jobs that ended longer ago than the retention. A
+    /// failure here is the records store's, which stops the coordinator (see `FailStop`).
+    fn sweep_records(&mut self) {
+        let Some(keep) = self.config.records_retention else {
+            return;
+        };
+        let cutoff = now_ms().saturating_sub(keep.as_millis() as u64);
+        let expired: Vec<JobId> = self
+            .core
+            .state()
+            .jobs
+            .values()
+            .filter(|j| j.state.is_final())
+            .filter(|j| {
+                let ended = j
+                    .attempts
+                    .last()
+                    .and_then(|a| a.ended_at)
+                    .unwrap_or(j.submitted_at);
+                ended < cutoff
+            })
+            .map(|j| j.id)
+            .collect();
+        let mut removed = 0;
+        for job in expired {
+            removed += self.records.remove_job(job).unwrap_or(0);
+            self.latest.remove(&job);
+        }
+        if removed > 0 {
+            tracing::info!("removed {removed} log and metric records of jobs past their retention");
+        }
     }
 
     fn tick(&mut self) -> Result<(), StoreError> {

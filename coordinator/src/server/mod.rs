@@ -42,7 +42,7 @@ use crate::server::records::Records;
 use crate::server::request::Request;
 use crate::state::ClusterConfig;
 pub use fail_stop::FailStop;
-pub use settings::{ClusterSettings, ServerConfig, defaults};
+pub use settings::{ClusterSettings, ServerConfig, defaults, retention_days};
 
 /// How long in-flight requests may run on after a shutdown began.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1000);
@@ -130,6 +130,7 @@ pub async fn run(
         LoopConfig {
             tick: config.tick,
             progress_log_interval: Duration::from_secs(1),
+            records_retention: config.records_retention,
         },
     );
     // The server stops when asked, or when the loop ends on its own (a storage failure): a

@@ -81,6 +81,19 @@ impl Series {
         Ok(())
     }
 
+    fn remove_job(&self, job: JobId) -> Result<u64, StoreError> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(range) = held.remove(&job) else {
+            return Ok(0);
+        };
+        for seq in range.clone() {
+            self.tree
+                .remove(key(job, seq))
+                .map_err(StoreError::records(format!("remove the records of {job}")))?;
+        }
+        Ok(range.end - range.start)
+    }
+
     /// Up to `max` records of `job` from sequence number `from` (or the oldest held, if that
     /// was trimmed), with the sequence number to continue from.
     fn read(
@@ -187,6 +200,18 @@ impl Records {
         max: usize,
     ) -> Result<(Vec<sled::IVec>, u64), StoreError> {
         self.metrics.read(job, from, max)
+    }
+
+    /// Removes every log line and metric record of `job`; returns how many went.
+    pub fn remove_job(&self, job: JobId) -> Result<u64, StoreError> {
+        let r = self
+            .logs
+            .remove_job(job)
+            .and_then(|a| Ok(a + self.metrics.remove_job(job)?));
+        if let Err(e) = &r {
+            self.fail_stop.fail("the records store", e);
+        }
+        r
     }
 
     /// The newest step record of `job` (not an evaluation), looking back over a few records:

@@ -49,6 +49,10 @@ pub enum Request {
         job: JobId,
         reply: Reply<Result<(), ApplyError>>,
     },
+    Delete {
+        job: JobId,
+        reply: Reply<Result<(), ApplyError>>,
+    },
     Resume {
         job: JobId,
         reply: Reply<Result<(), ApplyError>>,

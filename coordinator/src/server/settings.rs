@@ -25,6 +25,8 @@ pub mod defaults {
     pub const HEARTBEAT_INTERVAL_MS: u64 = 1_000;
     pub const LOG_LINES_PER_JOB: u64 = 10_000;
     pub const METRICS_PER_JOB: u64 = 100_000;
+    /// Days a finished job's logs and metrics are kept (0: for ever).
+    pub const RECORDS_RETENTION_DAYS: u64 = 30;
     pub const TICK_MS: u64 = 100;
     pub const SNAPSHOT_EVERY: u64 = 4096;
     /// The largest request accepted (a spec, a batch of log lines, a checkpoint chunk).
@@ -44,6 +46,9 @@ pub struct ServerConfig {
     pub tick: Duration,
     pub log_lines_per_job: u64,
     pub metrics_per_job: u64,
+    /// A finished job's logs and metrics are removed this long after it ended (`None`: never);
+    /// the job itself stays listed until `convoy job delete`.
+    pub records_retention: Option<Duration>,
     /// A snapshot is written every this many commands.
     pub snapshot_every: u64,
     pub max_message_bytes: usize,
@@ -63,12 +68,18 @@ impl ServerConfig {
             tick: Duration::from_millis(defaults::TICK_MS),
             log_lines_per_job: defaults::LOG_LINES_PER_JOB,
             metrics_per_job: defaults::METRICS_PER_JOB,
+            records_retention: retention_days(defaults::RECORDS_RETENTION_DAYS),
             snapshot_every: defaults::SNAPSHOT_EVERY,
             max_message_bytes: defaults::MAX_MESSAGE_BYTES,
             ready_file: None,
             fail_stop: FailStop::returning(),
         }
     }
+}
+
+/// `days` as a retention period; 0 keeps records for ever.
+pub fn retention_days(days: u64) -> Option<Duration> {
+    (days > 0).then(|| Duration::from_secs(days.saturating_mul(24 * 60 * 60)))
 }
 
 /// Replicated settings given for this start; `None`: keep what the cluster has stored (the
