@@ -96,3 +96,33 @@ async fn a_worker_of_another_release_is_refused_and_one_of_this_release_register
     })
     .await;
 }
+
+/// A records store that holds a job the command log never issued means the log was lost or
+/// replaced: the coordinator refuses to start rather than hand that job's id out again.
+#[tokio::test]
+async fn a_store_holding_a_job_the_log_never_issued_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        let records = convoy_coordinator::server::records::Records::open(
+            &dir.path().join("records"),
+            10,
+            10,
+            convoy_coordinator::server::FailStop::returning(),
+        )
+        .expect("records");
+        records
+            .append_log(convoy_coordinator::JobId(7), b"a line")
+            .expect("append");
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let err = run(listener, ServerConfig::new(dir.path()), async {})
+        .await
+        .expect_err("refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("records") && msg.contains("job-7") && msg.contains("issued only 0"),
+        "{msg}"
+    );
+}
