@@ -15,6 +15,7 @@ pub mod error;
 pub mod log;
 pub mod logged_state;
 pub mod model;
+pub mod replication;
 pub mod scheduler;
 pub mod server;
 pub mod state;
