@@ -147,6 +147,16 @@ impl RaftStorage {
         self.flush()
     }
 
+    /// Records the commit index raft-rs reports after a `Ready` was advanced.
+    pub fn set_commit(&self, commit: u64) -> Result<()> {
+        let mut hs = self.hard_state()?;
+        if hs.commit >= commit {
+            return Ok(());
+        }
+        hs.commit = commit;
+        self.set_hard_state(&hs)
+    }
+
     /// Appends `ents` durably, replacing any stored entries from `ents[0].index` on (a new
     /// leader's entries overwrite an old one's uncommitted tail). The entries must continue
     /// the log and may not reach back into the snapshot.

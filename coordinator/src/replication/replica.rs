@@ -1,0 +1,127 @@
+//! [`Replica`]: one member of the Raft group, driven the way raft-rs's `five_mem_node` example
+//! drives a `RawNode`: tick, step peers' messages, propose, then handle each `Ready` in the
+//! order raft-rs requires (send messages, install a snapshot, apply committed entries, persist
+//! entries and hard state, send the messages that had to wait for persistence, advance).
+//!
+//! It does no I/O of its own besides its storage: messages to peers and committed entries come
+//! back in an [`Output`] for the caller (the coordinator's loop, or a simulation) to carry out.
+
+use raft::eraftpb::{ConfState, Entry, EntryType, Message};
+use raft::{Config, RawNode, Result, StateRole, Storage};
+
+use super::RaftStorage;
+
+/// Ticks and elections, as measured for a 20 ms tick: a heartbeat every 100 ms, an election
+/// after 0.5–1 s of silence (raft-rs randomises it in [election, 2 × election)).
+pub const HEARTBEAT_TICKS: usize = 5;
+pub const ELECTION_TICKS: usize = 25;
+
+/// What a [`Replica::ready`] produced.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// To be delivered to the peers named in each message's `to`.
+    pub messages: Vec<Message>,
+    /// Committed entries with data, in log order: (index, data).
+    pub committed: Vec<(u64, Vec<u8>)>,
+}
+
+pub struct Replica {
+    node: RawNode<RaftStorage>,
+}
+
+impl Replica {
+    /// Member `id` of the group of `voters`, on `storage`. A storage that holds no membership
+    /// yet (a new cluster) starts with `voters`; every member of a new cluster must be started
+    /// with the same list.
+    pub fn new(id: u64, voters: &[u64], storage: RaftStorage) -> Result<Replica> {
+        let state = storage.initial_state()?;
+        if state.conf_state.voters.is_empty() {
+            storage.set_conf_state(&ConfState {
+                voters: voters.to_vec(),
+                ..Default::default()
+            })?;
+        }
+        let config = Config {
+            id,
+            heartbeat_tick: HEARTBEAT_TICKS,
+            election_tick: ELECTION_TICKS,
+            pre_vote: true,
+            check_quorum: true,
+            // Entries already applied are in the state the caller rebuilt from its snapshot;
+            // everything after the snapshot is handed out again.
+            applied: storage.first_index()?.saturating_sub(1),
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            ..Default::default()
+        };
+        config.validate()?;
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        Ok(Replica {
+            node: RawNode::new(&config, storage, &logger)?,
+        })
+    }
+
+    pub fn tick(&mut self) {
+        self.node.tick();
+    }
+
+    /// Proposes `data` (only a leader accepts; `ProposalDropped` otherwise).
+    pub fn propose(&mut self, data: Vec<u8>) -> Result<()> {
+        self.node.propose(vec![], data)
+    }
+
+    /// A message from a peer.
+    pub fn step(&mut self, msg: Message) -> Result<()> {
+        self.node.step(msg)
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.node.raft.state == StateRole::Leader
+    }
+
+    /// The leader this replica knows of (0: none).
+    pub fn leader(&self) -> u64 {
+        self.node.raft.leader_id
+    }
+
+    pub fn term(&self) -> u64 {
+        self.node.raft.term
+    }
+
+    /// Handles whatever raft-rs has ready; what the caller must send and apply.
+    pub fn ready(&mut self) -> Result<Output> {
+        let mut out = Output::default();
+        if !self.node.has_ready() {
+            return Ok(out);
+        }
+        let mut ready = self.node.ready();
+        out.messages.extend(ready.take_messages());
+        if !ready.snapshot().is_empty() {
+            self.node.mut_store().apply_snapshot(ready.snapshot())?;
+        }
+        take_committed(&mut out, ready.take_committed_entries());
+        self.node.mut_store().append(ready.entries())?;
+        if let Some(hs) = ready.hs() {
+            self.node.mut_store().set_hard_state(hs)?;
+        }
+        out.messages.extend(ready.take_persisted_messages());
+        let mut light = self.node.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.node.mut_store().set_commit(commit)?;
+        }
+        out.messages.extend(light.take_messages());
+        take_committed(&mut out, light.take_committed_entries());
+        self.node.advance_apply();
+        Ok(out)
+    }
+}
+
+/// Normal entries with data; an empty entry is a new leader's no-op, and membership changes
+/// are not proposed yet.
+fn take_committed(out: &mut Output, entries: Vec<Entry>) {
+    for e in entries {
+        if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
+            out.committed.push((e.index, e.data.to_vec()));
+        }
+    }
+}
