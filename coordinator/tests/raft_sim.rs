@@ -1,12 +1,19 @@
 //! A deterministic simulation of three replicas (seeded; in one process; real sled storage):
 //! messages are dropped, duplicated and reordered, replicas crash and restart from their
-//! storage, and leaders come and go. Invariants checked after every round: applied logs are
-//! prefixes of one another, at most one leader per term, and every proposal a leader
-//! acknowledged (applied on it) is applied exactly once everywhere once the network heals.
+//! storage, and leaders come and go. The proposals are real commands (encoded log entries) that
+//! each replica applies to its own `ClusterState`. Invariants checked after every round:
+//! applied logs are prefixes of one another, at most one leader per term; once the network
+//! heals, every replica holds the same log and the same state, every proposal a leader
+//! acknowledged is applied exactly once.
+
+mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use common::random::Gen;
+use convoy_coordinator::log::codec;
 use convoy_coordinator::replication::{RaftStorage, Replica};
+use convoy_coordinator::{ClusterConfig, ClusterState};
 use raft::eraftpb::Message;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -18,6 +25,8 @@ struct Node {
     replica: Replica,
     /// What this replica applied, by index: rebuilt from its storage after a crash.
     applied: BTreeMap<u64, Vec<u8>>,
+    /// The cluster state those entries built.
+    state: ClusterState,
 }
 
 impl Node {
@@ -27,6 +36,7 @@ impl Node {
             replica: Replica::new(id, &NODES, storage).expect("replica"),
             db,
             applied: BTreeMap::new(),
+            state: ClusterState::new(ClusterConfig::default()),
         }
     }
 }
@@ -37,6 +47,7 @@ struct Sim {
     in_flight: Vec<Message>,
     leaders: BTreeMap<u64, u64>,
     next_value: u64,
+    commands: Gen,
     acknowledged: BTreeSet<Vec<u8>>,
     /// Proposals made on a leader, by value, to recognise their acknowledgement.
     proposed_on: BTreeMap<Vec<u8>, u64>,
@@ -60,6 +71,7 @@ impl Sim {
             in_flight: vec![],
             leaders: BTreeMap::new(),
             next_value: 0,
+            commands: Gen::new(seed),
             acknowledged: BTreeSet::new(),
             proposed_on: BTreeMap::new(),
         }
@@ -101,7 +113,10 @@ impl Sim {
                 .map(|(id, _)| *id);
             if let Some(id) = leader {
                 self.next_value += 1;
-                let value = format!("v{}", self.next_value).into_bytes();
+                // A nonce first, so that equal commands are distinct proposals.
+                let cmd = self.commands.next(&self.nodes[&id].state);
+                let mut value = self.next_value.to_le_bytes().to_vec();
+                value.extend(codec::encode_entry(&cmd, 0).expect("encode"));
                 if let Some(n) = self.nodes.get_mut(&id)
                     && n.replica.propose(value.clone()).is_ok()
                 {
@@ -119,7 +134,10 @@ impl Sim {
                         old, data,
                         "node {id} applied index {index} twice, differently"
                     );
+                    continue;
                 }
+                let cmd = codec::decode_entry(&data[8..]).expect("a command");
+                let _ = n.state.apply(&cmd); // rejections are part of the history too
                 if n.replica.is_leader() && self.proposed_on.get(&data) == Some(&id) {
                     self.acknowledged.insert(data);
                 }
@@ -193,6 +211,9 @@ fn run(seed: u64) {
         logs.windows(2).all(|w| w[0] == w[1]),
         "the logs did not converge"
     );
+    let states: Vec<&ClusterState> = sim.nodes.values().map(|n| &n.state).collect();
+    assert!(states.windows(2).all(|w| w[0] == w[1]), "the states differ");
+    assert!(!states[0].jobs.is_empty(), "no job was ever submitted");
     let applied: Vec<&Vec<u8>> = logs[0].values().collect();
     let distinct: BTreeSet<&Vec<u8>> = applied.iter().copied().collect();
     assert_eq!(
