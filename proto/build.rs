@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/convoy/v1/client.proto",
         "proto/convoy/v1/worker.proto",
+        "proto/convoy/v1/peer.proto",
     ];
     tonic_prost_build::configure().compile_protos(&protos, &["proto"])?;
     for p in protos.iter().chain(&[

@@ -6,9 +6,13 @@
 //!   snapshot), durable before it returns, every record enveloped and checked.
 //! - [`Replica`]: a `RawNode` on that storage and its `Ready` handling, with no I/O of its own:
 //!   what to send and what was committed come back to the caller.
+//! - [`PeerService`] and [`Outbox`]: Raft messages between replicas over gRPC, heard only from
+//!   configured members presenting the cluster's id and secret.
 
 mod replica;
 mod storage;
+mod transport;
 
 pub use replica::{ELECTION_TICKS, HEARTBEAT_TICKS, Output, Replica};
 pub use storage::RaftStorage;
+pub use transport::{Membership, Outbox, PeerService};
