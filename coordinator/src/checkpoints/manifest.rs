@@ -92,6 +92,14 @@ impl Stored for Manifest {
     const KIND: Kind = Kind(*b"MNFT");
 }
 
+/// Commits the index has made, checked against its mark at open.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct CommitCount(pub u64);
+
+impl Stored for CommitCount {
+    const KIND: Kind = Kind(*b"CSEQ");
+}
+
 /// A finished part, recorded until its upload commits.
 impl Stored for PartInfo {
     const KIND: Kind = Kind(*b"PART");

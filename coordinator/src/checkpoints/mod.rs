@@ -42,3 +42,5 @@ pub use store::{CheckpointStore, Listed};
 pub const PENDING_TREE: &str = "ckpt/pending";
 pub const MANIFESTS_TREE: &str = "ckpt/manifests";
 pub const DAMAGED_TREE: &str = "ckpt/damaged";
+/// The index's own records (the commit count).
+pub const META_TREE: &str = "ckpt/meta";

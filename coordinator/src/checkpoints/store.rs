@@ -5,13 +5,17 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::log::{Mark, MarkFile};
+
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::chunk_files::ChunkFiles;
 use super::error::CheckpointError;
 use super::keys::{PartKey, Upload, job_prefix, manifest_key, split_manifest};
-use super::manifest::{ChunkInfo, Manifest, decode};
-use super::{DAMAGED_TREE, MANIFESTS_TREE, PENDING_TREE};
+use super::manifest::{ChunkInfo, CommitCount, Manifest, decode, encode};
+use super::{DAMAGED_TREE, MANIFESTS_TREE, META_TREE, PENDING_TREE};
+
+const COMMITS_KEY: &str = "commits";
 use crate::model::JobId;
 
 /// A stored manifest, or why it does not decode.
@@ -48,6 +52,10 @@ pub struct CheckpointStore {
     /// verified against the bytes before they were written), so finishing a part does not
     /// read its chunks back.
     pub(super) in_progress: Arc<Mutex<InProgress>>,
+    /// Commits so far (also in the index) and the file beside the index that records the
+    /// count outside sled: see [`CheckpointStore::open`].
+    pub(super) commits: Arc<Mutex<(u64, MarkFile)>>,
+    pub(super) meta: sled::Tree,
 }
 
 impl CheckpointStore {
@@ -70,6 +78,11 @@ impl CheckpointStore {
     /// Opens the `ckpt/` trees of `db` with the chunk files under `chunks`, then removes every
     /// chunk and pending part that no manifest references: an upload a crash interrupted never
     /// becomes a checkpoint.
+    ///
+    /// The index counts its commits, and `commits.mark` beside the chunks records the count
+    /// outside sled after every commit. sled recovers a damaged file by dropping what follows
+    /// the damage, silently, which would make committed checkpoints vanish; an index that
+    /// counts fewer commits than its mark is refused instead.
     pub fn open(db: &sled::Db, chunks: &Path) -> Result<CheckpointStore, CheckpointError> {
         let tree = |name: &str| {
             db.open_tree(name)
@@ -82,6 +95,8 @@ impl CheckpointStore {
             manifests: tree(MANIFESTS_TREE)?,
             damaged: tree(DAMAGED_TREE)?,
             in_progress: Arc::default(),
+            commits: Arc::new(Mutex::new(Self::check_commits(db, chunks)?)),
+            meta: tree(META_TREE)?,
         };
         let collected = store.collect_garbage()?;
         if collected > 0 {
@@ -91,6 +106,64 @@ impl CheckpointStore {
             );
         }
         Ok(store)
+    }
+
+    /// The index's commit count, checked against its mark.
+    fn check_commits(db: &sled::Db, chunks: &Path) -> Result<(u64, MarkFile), CheckpointError> {
+        let meta = db
+            .open_tree(META_TREE)
+            .map_err(CheckpointError::storage("open the meta tree"))?;
+        let counted = match meta
+            .get(COMMITS_KEY)
+            .map_err(CheckpointError::storage("read the commit count"))?
+        {
+            Some(v) => decode::<CommitCount>(&v, "the commit count")?.0,
+            None => 0,
+        };
+        let path = chunks.with_file_name("commits.mark");
+        let (file, mark) = MarkFile::open(&path).map_err(|e| CheckpointError::Corrupt {
+            what: path.display().to_string(),
+            msg: e.to_string(),
+        })?;
+        if let Some(mark) = mark
+            && mark.index > counted
+        {
+            return Err(CheckpointError::Corrupt {
+                what: "the checkpoint index".to_string(),
+                msg: format!(
+                    "it holds {counted} commits but {} were made ({}); the index lost \
+                     committed checkpoints, so the coordinator refuses to start rather than \
+                     serve fewer (restore the data directory from a backup)",
+                    mark.index,
+                    path.display()
+                ),
+            });
+        }
+        Ok((counted, file))
+    }
+
+    /// Counts one more commit, in the index and in its mark (after the manifest is durable).
+    pub(super) fn count_commit(&self) -> Result<(), CheckpointError> {
+        let mut guard = self.commits.lock().unwrap_or_else(|e| e.into_inner());
+        let (count, file) = &mut *guard;
+        let next = *count + 1;
+        let bytes = encode(&CommitCount(next), "the commit count")?;
+        self.meta
+            .insert(COMMITS_KEY, bytes)
+            .map_err(CheckpointError::storage("write the commit count"))?;
+        self.db
+            .flush()
+            .map_err(CheckpointError::storage("flush the commit count"))?;
+        file.save(Mark {
+            index: next,
+            jobs_issued: 0,
+        })
+        .map_err(|e| CheckpointError::Io {
+            context: format!("record commit {next}"),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        *count = next;
+        Ok(())
     }
 
     pub(super) fn lock_in_progress(&self) -> MutexGuard<'_, InProgress> {

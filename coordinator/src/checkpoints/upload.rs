@@ -228,6 +228,7 @@ impl CheckpointStore {
         }
         remove_prefix(&self.pending, &upload_prefix(upload), &context)?;
         self.db.flush().map_err(CheckpointError::storage(context))?;
+        self.count_commit()?;
         self.lock_in_progress().remove(&upload);
         Ok(Some(manifest))
     }
