@@ -83,7 +83,7 @@ impl Uploader {
                             ));
                             Err(msg)
                         }
-                        Err(UploadError::Failed(msg)) => {
+                        Err(UploadError::Rejected(msg) | UploadError::Unavailable(msg)) => {
                             if !is_final {
                                 eprintln!("checkpoint step {step} not saved: {msg}; training goes on");
                             }
@@ -156,13 +156,12 @@ fn upload_with_retry(
 ) -> Result<u64, UploadError> {
     let deadline = Instant::now() + launch.upload_retry();
     let mut delay = Duration::from_millis(500);
+    // Encoded once: every retry sends the same bytes.
+    let bytes = state::encode(&p.state);
     loop {
-        match upload(client, launch, p) {
-            Err(UploadError::Failed(msg))
-                if retryable(&msg)
-                    && stop.reason().is_none()
-                    && !give_up()
-                    && Instant::now() + delay < deadline =>
+        match upload(client, launch, p, &bytes) {
+            Err(UploadError::Unavailable(msg))
+                if stop.reason().is_none() && !give_up() && Instant::now() + delay < deadline =>
             {
                 eprintln!(
                     "checkpoint step {}: {msg}; retrying in {:.1} s",
@@ -183,21 +182,20 @@ fn upload_with_retry(
 enum UploadError {
     /// The coordinator refused the part: this rank's attempt is no longer the live one.
     Superseded(String),
-    /// Any other failure; [`retryable`] says whether it may pass.
-    Failed(String),
+    /// The part itself was refused (malformed): sending it again fails the same way.
+    Rejected(String),
+    /// Anything that may pass: the coordinator unreachable, restarting, failing a store or
+    /// short of disk, or the bytes damaged in transit.
+    Unavailable(String),
 }
 
-/// A rejected request (a malformed part) fails the same way again; anything else (the
-/// coordinator unreachable, restarting, failing a store, or the bytes damaged in transit)
-/// may pass.
-fn retryable(msg: &str) -> bool {
-    !msg.starts_with(INVALID)
-}
-
-const INVALID: &str = "checkpoint upload rejected: ";
-
-fn upload(client: &RankClient, launch: &RankLaunch, p: &Outgoing) -> Result<u64, UploadError> {
-    let bytes = state::encode(&p.state);
+/// Uploads this rank's part of `bytes`, the encoding of `p.state`.
+fn upload(
+    client: &RankClient,
+    launch: &RankLaunch,
+    p: &Outgoing,
+    bytes: &[u8],
+) -> Result<u64, UploadError> {
     let total = bytes.len() as u64;
     let (w, r) = (launch.world_size as u64, launch.rank as u64);
     let start = (total * r / w) as usize;
@@ -229,12 +227,13 @@ fn upload(client: &RankClient, launch: &RankLaunch, p: &Outgoing) -> Result<u64,
     client
         .call(|mut api| async move { api.upload_checkpoint(tokio_stream::iter(messages)).await })
         .map_err(|s| {
+            let msg = format!("checkpoint upload: {}", s.message());
             if superseded(&s) {
                 UploadError::Superseded(s.message().to_string())
             } else if s.code() == Code::InvalidArgument {
-                UploadError::Failed(format!("{INVALID}{}", s.message()))
+                UploadError::Rejected(msg)
             } else {
-                UploadError::Failed(format!("checkpoint upload: {}", s.message()))
+                UploadError::Unavailable(msg)
             }
         })?;
     Ok((end - start) as u64)
