@@ -1,8 +1,12 @@
-//! The checkpoint store on a real sled index and real chunk files: split uploads, commit, reading back,
-//! corruption, abort, crash (drop without commit) and reopen, retention, duplicate commits.
+//! The checkpoint store on a real sled index and real chunk files: split uploads, commit,
+//! reading back, corruption, abort, crash (drop without commit) and reopen, retention,
+//! duplicate commits.
+
+mod common;
 
 use std::collections::BTreeMap;
 
+use common::files::{copy_dir, files_under, reopen};
 use convoy_coordinator::JobId;
 use convoy_coordinator::checkpoints::{
     CheckpointError, CheckpointStore, MANIFESTS_TREE, Manifest, PENDING_TREE, PartKey, Retention,
@@ -144,20 +148,8 @@ fn chunk_path(
 
 /// Chunk files whose path under `chunks/` starts with `prefix` ("" for all).
 fn chunk_files(dir: &std::path::Path, prefix: &str) -> usize {
-    fn walk(d: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
-        for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk(&p, out);
-            } else {
-                out.push(p);
-            }
-        }
-    }
     let root = dir.join("chunks");
-    let mut files = vec![];
-    walk(&root, &mut files);
-    files
+    files_under(&root)
         .iter()
         .filter_map(|f| f.strip_prefix(&root).ok())
         .filter(|f| f.to_string_lossy().starts_with(prefix))
@@ -524,21 +516,6 @@ fn commit_refuses_parts_that_leave_a_gap() {
     store.abort(up.job, 100, 1).unwrap();
 }
 
-/// Every file under `dir`, sorted.
-fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = vec![];
-    for e in std::fs::read_dir(dir).expect("a directory") {
-        let p = e.expect("an entry").path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out.sort();
-    out
-}
-
 /// One flipped byte anywhere in the store (the index's sled files, its commit mark, the chunk
 /// files), at seeded places: the store refuses to open, or it opens with every committed
 /// checkpoint there, each either reading back exactly or failing its checksum. Never fewer
@@ -560,23 +537,14 @@ fn a_flipped_byte_in_the_store_is_refused_or_named_never_lost() {
         }
         db.flush().unwrap();
     }
-    // sled lets go of its lock from a background thread.
-    for _ in 0..200 {
-        match sled::open(pristine.join("index")) {
-            Ok(_) => break,
-            Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
-        }
-    }
+    // Copied only once sled has let go of the index.
+    drop(reopen(|| sled::open(pristine.join("index"))));
     let files = files_under(&pristine);
     let mut rng = ChaCha8Rng::seed_from_u64(14);
     let (mut refused, mut opened) = (0, 0);
     for trial in 0..60 {
         let copy = tmp.path().join(format!("trial-{trial}"));
-        for f in &files {
-            let dest = copy.join(f.strip_prefix(&pristine).unwrap());
-            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-            std::fs::copy(f, &dest).unwrap();
-        }
+        copy_dir(&pristine, &copy);
         let target = copy.join(files[trial % files.len()].strip_prefix(&pristine).unwrap());
         let mut bytes = std::fs::read(&target).unwrap();
         if bytes.is_empty() {

@@ -2,6 +2,9 @@
 //! entries under a size limit, bounds, append and truncation, compaction, snapshots), plus
 //! what a disk adds: durability across a reopen, and damage named rather than decoded.
 
+mod common;
+
+use common::files::reopen;
 use convoy_coordinator::replication::RaftStorage;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
@@ -175,7 +178,7 @@ fn everything_survives_a_reopen_and_damage_is_named() {
         };
         s.set_hard_state(&hs).unwrap();
     }
-    let db = reopen(dir.path());
+    let db = reopen(|| sled::open(dir.path()));
     let s = RaftStorage::open(&db).unwrap();
     let state = s.initial_state().unwrap();
     assert_eq!(
@@ -197,18 +200,4 @@ fn everything_survives_a_reopen_and_damage_is_named() {
     tree.insert(4u64.to_be_bytes(), v).unwrap();
     let err = s.term(4).unwrap_err().to_string();
     assert!(err.contains("entry 4") && err.contains("checksum"), "{err}");
-}
-
-/// sled releases a dropped database's lock from a background thread.
-fn reopen(dir: &std::path::Path) -> sled::Db {
-    for _ in 0..200 {
-        match sled::open(dir) {
-            Ok(db) => return db,
-            Err(e) if e.to_string().contains("could not acquire lock") => {
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            Err(e) => panic!("open: {e}"),
-        }
-    }
-    panic!("sled's lock was never released")
 }

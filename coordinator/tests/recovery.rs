@@ -3,26 +3,12 @@
 mod common;
 
 use common::cluster;
+use common::files::{copy_dir, files_under, reopen};
 use common::random::Gen;
 use convoy_coordinator::log::codec;
 use convoy_coordinator::{
     ClusterConfig, ClusterState, CommandLog, LoggedState, SledLog, StoreError, recover,
 };
-
-/// Opens what `open` opens, waiting while a just-dropped handle still holds sled's lock (sled
-/// releases it from a background thread shortly after the drop).
-fn reopen<T, E: std::fmt::Display>(mut open: impl FnMut() -> Result<T, E>) -> T {
-    for _ in 0..200 {
-        match open() {
-            Ok(t) => return t,
-            Err(e) if e.to_string().contains("could not acquire lock") => {
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            Err(e) => panic!("open: {e}"),
-        }
-    }
-    panic!("sled's lock was never released")
-}
 
 /// Runs `n` generated commands through a coordinator on a sled log in `dir`; returns the
 /// state it ended with, after dropping everything (as a crash would).
@@ -198,7 +184,7 @@ fn a_flipped_byte_in_the_log_recovers_everything_or_is_refused() {
     let pristine = dir.path().join("pristine");
     let before = run(&pristine.join("log"), 9, 120, 50);
     let mut files = vec![];
-    for entry in walk(&pristine) {
+    for entry in files_under(&pristine) {
         files.push(entry);
     }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(14);
@@ -242,26 +228,4 @@ fn a_flipped_byte_in_the_log_recovers_everything_or_is_refused() {
     }
     assert!(recovered + refused > 0);
     eprintln!("{recovered} recovered, {refused} refused");
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = vec![];
-    for e in std::fs::read_dir(dir).expect("test files") {
-        let p = e.expect("test files").path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out.sort();
-    out
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    for f in walk(from) {
-        let dest = to.join(f.strip_prefix(from).expect("test files"));
-        std::fs::create_dir_all(dest.parent().expect("test files")).expect("test files");
-        std::fs::copy(&f, &dest).expect("test files");
-    }
 }

@@ -1,6 +1,7 @@
 //! Helpers shared by the coordinator's integration tests.
 #![allow(dead_code)]
 
+pub mod files;
 pub mod random;
 
 use convoy_coordinator::{
