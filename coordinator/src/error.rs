@@ -74,6 +74,9 @@ pub enum StoreError {
         #[source]
         source: sled::Error,
     },
+    /// A records-store key this store never writes (a damaged or foreign database).
+    #[error("records store: {0}")]
+    RecordsInvalid(String),
     #[error("command log: cannot encode {what}: {msg}")]
     Encode { what: String, msg: String },
     /// An entry that does not decode: the log is damaged at this index.

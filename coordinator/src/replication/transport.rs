@@ -18,7 +18,7 @@ use protobuf::Message as _;
 use raft::eraftpb::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::metadata::MetadataMap;
+use tonic::metadata::{Ascii, MetadataMap, MetadataValue};
 use tonic::{Request, Response, Status, Streaming};
 
 /// The metadata key a member's secret travels in.
@@ -138,6 +138,14 @@ impl Outbox {
 
 /// Keeps a stream to one peer open and feeds it, reconnecting after a failure.
 async fn deliver(members: Arc<Membership>, url: String, mut rx: mpsc::Receiver<Message>) {
+    let Ok(secret) = members.secret.parse::<MetadataValue<Ascii>>() else {
+        // Sending without it would only be refused by every peer, under a vaguer message.
+        tracing::error!(
+            "the cluster secret is not valid in a gRPC header (printable ASCII only); nothing \
+             is sent to the peer at {url}"
+        );
+        return;
+    };
     let mut backoff = Duration::from_millis(50);
     loop {
         let Ok(channel) = convoy_client::connect_lazy(&url) else {
@@ -146,9 +154,7 @@ async fn deliver(members: Arc<Membership>, url: String, mut rx: mpsc::Receiver<M
         };
         let (tx, stream_rx) = mpsc::channel::<PeerMessage>(QUEUE);
         let mut request = Request::new(ReceiverStream::new(stream_rx));
-        if let Ok(v) = members.secret.parse() {
-            request.metadata_mut().insert(SECRET_HEADER, v);
-        }
+        request.metadata_mut().insert(SECRET_HEADER, secret.clone());
         let mut client = RaftPeerClient::new(channel);
         let call = tokio::spawn(async move { client.send(request).await });
         loop {

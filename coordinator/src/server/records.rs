@@ -49,8 +49,8 @@ impl Series {
         for item in tree.iter() {
             let (k, _) = item.map_err(StoreError::records(format!("scan {name}")))?;
             let Some((job, seq)) = split_key(&k) else {
-                return Err(StoreError::Invalid(format!(
-                    "records store {name}: a key of {} bytes (expected 16)",
+                return Err(StoreError::RecordsInvalid(format!(
+                    "{name}: a key of {} bytes (expected 16)",
                     k.len()
                 )));
             };
