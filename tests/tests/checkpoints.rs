@@ -300,15 +300,16 @@ fn a_corrupted_checkpoint_is_reported_and_the_previous_one_is_used() {
     );
 }
 
-/// A rank program that runs `convoy-rank` with its stderr also appended to `log`, so the test
-/// can see what ranks say while the coordinator (which normally receives their output) is
-/// down.
-fn teeing_rank_program(dir: &Path, log: &Path) -> PathBuf {
+/// A rank program that runs `convoy-rank` with its stderr also appended to `log` (the test
+/// sees what ranks say while the coordinator, which normally receives their output, is down)
+/// and its pid appended to `pids` (the test can freeze it).
+fn teeing_rank_program(dir: &Path, log: &Path, pids: &Path) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let path = dir.join("rank-tee.sh");
     let rank = convoy_testkit::bin_dir().join("convoy-rank");
     let script = format!(
-        "#!/bin/bash\nexec {} \"$@\" 2> >(tee -a {} >&2)\n",
+        "#!/bin/bash\necho $$ >> {}\nexec {} \"$@\" 2> >(tee -a {} >&2)\n",
+        pids.display(),
         rank.display(),
         log.display()
     );
@@ -317,17 +318,31 @@ fn teeing_rank_program(dir: &Path, log: &Path) -> PathBuf {
     path
 }
 
+/// Sends `signal` (STOP, CONT) to every pid; true if each was still there to receive it.
+fn signal_all(pids: &[String], signal: &str) -> bool {
+    pids.iter().all(|pid| {
+        std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid)
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
 /// The coordinator is away when a job ends: its ranks keep retrying the final checkpoint's
 /// upload instead of exiting without it; once the coordinator is back the checkpoint lands,
 /// the job succeeds on its first attempt, and its export is byte for byte that of an
-/// uninterrupted run of the same spec.
+/// uninterrupted run of the same spec. The ranks are frozen (SIGSTOP) while the coordinator
+/// is killed, once the job is known to be unfinished, so the outage spans the job's end
+/// whatever the machine's speed.
 #[test]
 fn a_job_ending_while_the_coordinator_is_away_waits_and_stores_its_final_checkpoint() {
     let _g = serial();
     let mut c = Cluster::start(5_000);
     let dir = c.dir.path().to_path_buf();
     let tee = dir.join("ranks-stderr.log");
-    let program = teeing_rank_program(&dir, &tee);
+    let pids_file = dir.join("rank-pids");
+    let program = teeing_rank_program(&dir, &tee, &pids_file);
     c.add_worker_with(
         "alpha",
         2,
@@ -339,24 +354,42 @@ fn a_job_ending_while_the_coordinator_is_away_waits_and_stores_its_final_checkpo
         ],
     );
     c.wait_workers(1);
-    // Long enough that the job is still training when the coordinator is killed right after
-    // its first reported step (thousands of steps, not a poll's margin).
-    let spec = spec(&dir, "final", 5_000, 1_000, "");
-    let reference = c.submit(&spec, &[]);
-    c.wait_state(&reference, "succeeded", Duration::from_secs(240));
-    let expected = export(&c, &reference, &dir.join("reference.safetensors"));
-
-    let id = c.submit(&spec, &[]);
-    c.wait_step(&id, 1, Duration::from_secs(120));
-    c.kill_coordinator();
-    // Both ranks finish training and retry the final upload (step 5000) meanwhile.
+    // A job that finished before its ranks could be frozen proves nothing: try a longer one.
+    let mut outage = None;
+    for total in [5_000u64, 50_000, 500_000] {
+        std::fs::write(&pids_file, "").expect("clear the pids");
+        let spec = spec(&dir, &format!("final-{total}"), total, total / 5, "");
+        let id = c.submit(&spec, &[]);
+        c.wait_step(&id, 1, Duration::from_secs(120));
+        let mut pids = vec![];
+        c.wait_for("both ranks' pids", Duration::from_secs(60), || {
+            pids = std::fs::read_to_string(&pids_file)
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
+            pids.len() >= 2
+        });
+        let frozen = signal_all(&pids, "STOP");
+        if frozen && !steps(&c, &id).contains(&total) {
+            c.kill_coordinator();
+            assert!(signal_all(&pids, "CONT"), "the frozen ranks are gone");
+            outage = Some((id, spec, total));
+            break;
+        }
+        signal_all(&pids, "CONT");
+        c.wait_state(&id, "succeeded", Duration::from_secs(600));
+    }
+    let (id, spec, total) = outage.expect("a job outlasted the check that it was unfinished");
+    // Both ranks finish training and retry the final upload meanwhile.
+    let prefix = format!("checkpoint step {total}: ");
     c.wait_for(
         "both ranks to retry the final checkpoint",
-        Duration::from_secs(240),
+        Duration::from_secs(600),
         || {
             let text = std::fs::read_to_string(&tee).unwrap_or_default();
             text.lines()
-                .filter(|l| l.starts_with("checkpoint step 5000: ") && l.contains("retrying"))
+                .filter(|l| l.starts_with(&prefix) && l.contains("retrying"))
                 .count()
                 >= 2
         },
@@ -364,8 +397,11 @@ fn a_job_ending_while_the_coordinator_is_away_waits_and_stores_its_final_checkpo
     c.restart_coordinator();
     let job = c.wait_state(&id, "succeeded", Duration::from_secs(240));
     assert_eq!(job["attempts"].as_array().map(Vec::len), Some(1), "{job}");
-    assert_eq!(steps(&c, &id).last(), Some(&5_000));
+    assert_eq!(steps(&c, &id).last(), Some(&total));
     let got = export(&c, &id, &dir.join("resumed.safetensors"));
+    let reference = c.submit(&spec, &[]);
+    c.wait_state(&reference, "succeeded", Duration::from_secs(600));
+    let expected = export(&c, &reference, &dir.join("reference.safetensors"));
     assert!(
         got == expected,
         "the export differs from the uninterrupted run's"
