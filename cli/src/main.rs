@@ -18,7 +18,8 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// The coordinator's address (cluster commands).
+    /// The coordinator's address, or the replicas' separated by commas (cluster commands
+    /// follow the leader among them).
     #[arg(long, global = true, env = "CONVOY_COORDINATOR", default_value = convoy_client::DEFAULT_ADDRESS)]
     coordinator: String,
 }
@@ -59,6 +60,12 @@ enum Command {
     /// Cancel a job (its ranks get SIGTERM, then SIGKILL after the grace period).
     Cancel {
         job: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the coordinator replicas (every address in --coordinator): role, term, commit
+    /// and applied index, and how far each lags behind the leader.
+    Coordinators {
         #[arg(long)]
         json: bool,
     },
@@ -191,6 +198,7 @@ fn main() -> ExitCode {
         } => block_on(cluster::jobs::logs(addr, &job, follow, rank, json)),
         Command::Cancel { job, json } => block_on(cluster::jobs::cancel(addr, &job, json)),
         Command::Workers { json } => block_on(cluster::workers::list(addr, json)),
+        Command::Coordinators { json } => block_on(cluster::coordinators::list(addr, json)),
         Command::Cordon { worker, json } => {
             block_on(cluster::workers::cordon(addr, &worker, true, json))
         }

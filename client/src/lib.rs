@@ -7,13 +7,15 @@
 //! which outlive coordinator restarts and reconnect on their own.
 
 pub mod checkpoint;
+mod leader;
 pub mod submit;
 
 use std::time::Duration;
 
 use convoy_proto::v1::convoy_client::ConvoyClient;
 use convoy_proto::v1::worker_api_client::WorkerApiClient;
-use tonic::transport::{Channel, Endpoint};
+pub use leader::{Channel, LEADER_HEADER};
+use tonic::transport::Endpoint;
 
 /// `host:port` of a coordinator with its default settings on this machine (a macro so that
 /// both constants below are built from the one literal).
@@ -76,27 +78,82 @@ pub fn endpoint(addr: &str) -> Result<Endpoint, ClientError> {
         .keep_alive_while_idle(true))
 }
 
-/// Connects now, or says in one line why not (the deepest cause: "Connection refused").
-pub async fn connect(addr: &str) -> Result<Channel, ClientError> {
-    let endpoint = endpoint(addr)?;
-    endpoint.connect().await.map_err(|e| {
-        let mut cause = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            cause = s.to_string();
-            source = s.source();
+/// The URLs of `addrs`: one coordinator's address, or the replicas' separated by commas.
+pub fn urls(addrs: &str) -> Result<Vec<String>, ClientError> {
+    let urls: Vec<String> = addrs
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(url)
+        .collect();
+    if urls.is_empty() {
+        return Err(ClientError::InvalidAddress {
+            addr: addrs.to_string(),
+            msg: "no address".into(),
+        });
+    }
+    Ok(urls)
+}
+
+/// Connects now to the member of `addrs` that serves (the leader, as `grpc.health.v1` says),
+/// else to the first that answers, or says in one line why none does (the deepest cause:
+/// "Connection refused"). Calls then follow the leader (see [`Channel`]).
+pub async fn connect(addrs: &str) -> Result<Channel, ClientError> {
+    let urls = urls(addrs)?;
+    let channel = Channel::lazy(&urls)?;
+    let mut cause = String::new();
+    let mut reachable = None;
+    for (i, u) in urls.iter().enumerate() {
+        match endpoint(u)?.connect().await {
+            Ok(c) => {
+                if urls.len() == 1 || serves(c).await {
+                    channel.prefer(i);
+                    return Ok(channel);
+                }
+                reachable.get_or_insert(i);
+            }
+            Err(e) => {
+                cause = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    cause = s.to_string();
+                    source = s.source();
+                }
+            }
         }
-        ClientError::Unreachable {
-            url: url(addr),
-            cause,
-        }
+    }
+    if let Some(i) = reachable {
+        // No member says it serves (an election is under way): calls will say so, or find
+        // the leader once there is one.
+        channel.prefer(i);
+        return Ok(channel);
+    }
+    Err(ClientError::Unreachable {
+        url: urls.join(","),
+        cause,
     })
 }
 
-/// A channel that connects on first use and again after every failure. Must be called
-/// inside a tokio runtime: the channel's background task runs there.
-pub fn connect_lazy(addr: &str) -> Result<Channel, ClientError> {
-    Ok(endpoint(addr)?.connect_lazy())
+/// Whether the coordinator on `channel` serves the client API (a replica that is not the
+/// leader reports `NOT_SERVING`).
+async fn serves(channel: tonic::transport::Channel) -> bool {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let check = health.check(HealthCheckRequest {
+        service: "convoy.v1.Convoy".into(),
+    });
+    matches!(
+        tokio::time::timeout(CONNECT_TIMEOUT, check).await,
+        Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32
+    )
+}
+
+/// A channel that connects on first use and again after every failure, following the
+/// leader among `addrs`. Must be called inside a tokio runtime: the channels' background
+/// tasks run there.
+pub fn connect_lazy(addrs: &str) -> Result<Channel, ClientError> {
+    Channel::lazy(&urls(addrs)?)
 }
 
 /// The client API (`convoy.v1.Convoy`) over `channel`.

@@ -5,9 +5,9 @@
 
 use std::time::{Duration, Instant};
 
+use crate::Channel;
 use convoy_proto::v1::SubmitJobRequest;
 use convoy_proto::v1::convoy_client::ConvoyClient;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 /// A fresh request id: 128 random bits in hex.

@@ -92,6 +92,9 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// The replicated log's storage or Raft itself failed (see `replication`).
+    #[error("replicated log: {0}")]
+    Raft(String),
     /// The log holds less than was acknowledged: entries were lost (a damaged or replaced file).
     #[error(
         "command log {location}: {msg}; the log lost acknowledged entries, so the coordinator \

@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use clap::{CommandFactory, Parser};
 use convoy_coordinator::server::{
-    ClusterSettings, FailStop, ServerConfig, defaults, retention_days, run,
+    ClusterSettings, FailStop, ReplicationConfig, ServerConfig, defaults, parse_peers,
+    retention_days, run,
 };
 use convoy_service::Layers;
 
@@ -51,6 +52,22 @@ struct Args {
     /// Days a finished job's logs and metrics are kept, 0 for ever [default: 30].
     #[arg(long, env = "CONVOY_RECORDS_RETENTION_DAYS")]
     records_retention_days: Option<u64>,
+    /// This coordinator's id among its replicas (replicated clusters only; with --peers).
+    #[arg(long, env = "CONVOY_NODE_ID")]
+    node_id: Option<u64>,
+    /// Every replica of a replicated coordinator, this one included, as
+    /// `1=host:port,2=host:port,3=host:port` (the same list on every replica; each address is
+    /// the one its --listen serves). Without it the coordinator runs alone.
+    #[arg(long, env = "CONVOY_PEERS")]
+    peers: Option<String>,
+    /// Names the replicated cluster; replicas of another cluster are refused.
+    #[arg(long, env = "CONVOY_CLUSTER_ID")]
+    cluster_id: Option<String>,
+    /// A file holding the secret every replica presents to the others (at least 16
+    /// printable characters; e.g. `openssl rand -hex 32`). Kept in a file, not a flag, so it
+    /// never shows in a process listing.
+    #[arg(long, env = "CONVOY_CLUSTER_SECRET_FILE")]
+    cluster_secret_file: Option<PathBuf>,
     /// Write a JSON ready signal (pid, bound address) here once the coordinator serves (for
     /// process harnesses such as `convoy dev`).
     #[arg(long)]
@@ -106,6 +123,14 @@ fn configure() -> Result<(String, ServerConfig)> {
     config.ready_file = layers
         .optional("ready_file", Some("no ready file"))?
         .map(|s| s.value);
+    let peers: Option<String> = layers
+        .optional("peers", Some("a single coordinator"))?
+        .map(|s| s.value);
+    let node_id: Option<u64> = layers.optional("node_id", None)?.map(|s| s.value);
+    let cluster_id: Option<String> = layers.optional("cluster_id", None)?.map(|s| s.value);
+    let secret_file: Option<PathBuf> = layers
+        .optional("cluster_secret_file", None)?
+        .map(|s| s.value);
     for line in layers.finish()? {
         tracing::info!("setting {line}");
     }
@@ -118,7 +143,34 @@ fn configure() -> Result<(String, ServerConfig)> {
         "heartbeat_interval_ms = {}: at least 10",
         config.heartbeat_interval.as_millis()
     );
+    config.replication = replication(peers, node_id, cluster_id, secret_file)?;
     Ok((listen, config))
+}
+
+/// The replication settings: all of them with --peers, none without.
+fn replication(
+    peers: Option<String>,
+    node_id: Option<u64>,
+    cluster_id: Option<String>,
+    secret_file: Option<PathBuf>,
+) -> Result<Option<ReplicationConfig>> {
+    let Some(peers) = peers else {
+        ensure!(
+            node_id.is_none() && cluster_id.is_none() && secret_file.is_none(),
+            "--node-id, --cluster-id and --cluster-secret-file need --peers (the replicas)"
+        );
+        return Ok(None);
+    };
+    let members = parse_peers(&peers).map_err(anyhow::Error::msg)?;
+    let node_id = node_id.context("--peers needs --node-id (this replica's id in the list)")?;
+    let cluster_id = cluster_id.context("--peers needs --cluster-id")?;
+    let secret_file =
+        secret_file.context("--peers needs --cluster-secret-file (the replicas' shared secret)")?;
+    let secret = std::fs::read_to_string(&secret_file)
+        .with_context(|| format!("cannot read the cluster secret {}", secret_file.display()))?;
+    let r = ReplicationConfig::new(node_id, members, cluster_id, secret.trim().to_string())
+        .map_err(anyhow::Error::msg)?;
+    Ok(Some(r))
 }
 
 #[tokio::main]

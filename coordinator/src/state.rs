@@ -177,6 +177,28 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The time the command was stamped with, if it carries one. A replicated log's leader
+    /// keeps these from going backwards across leaders (see the event loop's clock).
+    pub fn now(&self) -> Option<Millis> {
+        match self {
+            Command::SubmitJob(s) => Some(s.now),
+            Command::CancelJob { now, .. }
+            | Command::RegisterWorker { now, .. }
+            | Command::Heartbeat { now, .. }
+            | Command::StartAttempt { now, .. }
+            | Command::ReportProgress { now, .. }
+            | Command::ReportRankExit { now, .. }
+            | Command::Tick { now } => Some(*now),
+            Command::Cordon { .. }
+            | Command::Uncordon { .. }
+            | Command::ResumeJob { .. }
+            | Command::Configure(_)
+            | Command::DeleteJob { .. } => None,
+        }
+    }
+}
+
 /// What the I/O loop must do after a command was applied.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Effect {

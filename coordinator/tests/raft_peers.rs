@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use convoy_coordinator::replication::{Membership, Outbox, PeerService, RaftStorage, Replica};
+use convoy_coordinator::replication::{
+    Membership, Outbox, PeerService, RaftStorage, Replica, canonical,
+};
 use convoy_proto::v1::PeerMessage;
 use convoy_proto::v1::raft_peer_client::RaftPeerClient;
 use convoy_proto::v1::raft_peer_server::RaftPeerServer;
@@ -80,16 +82,7 @@ async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 fn membership(node_id: u64, addrs: &BTreeMap<u64, String>) -> Membership {
-    Membership {
-        cluster_id: "test-cluster".into(),
-        secret: "s3cret".into(),
-        node_id,
-        peers: addrs
-            .iter()
-            .filter(|(id, _)| **id != node_id)
-            .map(|(id, a)| (*id, format!("http://{a}")))
-            .collect(),
-    }
+    Membership::new("test-cluster".into(), "s3cret".into(), node_id, addrs)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,14 +125,11 @@ async fn three_replicas_elect_a_leader_and_replicate_over_grpc() {
 async fn a_stranger_is_refused_before_its_raft_bytes_are_decoded() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = format!("http://{}", listener.local_addr().expect("addr"));
-    let members = Arc::new(Membership {
-        cluster_id: "test-cluster".into(),
-        secret: "s3cret".into(),
-        node_id: 1,
-        peers: [(2, "http://127.0.0.1:1".to_string())]
-            .into_iter()
-            .collect(),
-    });
+    let list: BTreeMap<u64, String> = [(1, addr.clone()), (2, "127.0.0.1:1".to_string())]
+        .into_iter()
+        .collect();
+    let members = Arc::new(membership(1, &list));
+    let agreed = canonical(&list);
     let (inbox, _rx) = mpsc::channel(16);
     tokio::spawn(
         tonic::transport::Server::builder()
@@ -160,6 +150,7 @@ async fn a_stranger_is_refused_before_its_raft_bytes_are_decoded() {
         from,
         cluster_id: cluster.into(),
         raft,
+        members: agreed.clone(),
     };
     // Deeply nested protobuf, as the advisory's crash input is: never reaches the decoder.
     let bomb = vec![0x0a; 1 << 16];
@@ -171,10 +162,21 @@ async fn a_stranger_is_refused_before_its_raft_bytes_are_decoded() {
         .await
         .expect_err("another cluster");
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
-    let e = send("s3cret", msg(9, "test-cluster", bomb))
+    let e = send("s3cret", msg(9, "test-cluster", bomb.clone()))
         .await
         .expect_err("not a member");
     assert!(e.message().contains("node 9 is not a member"), "{e}");
+    let mut other_list = msg(2, "test-cluster", bomb);
+    other_list.members = "1=http://127.0.0.1:5,2=http://127.0.0.1:1".into();
+    let e = send("s3cret", other_list)
+        .await
+        .expect_err("another member list");
+    assert!(
+        e.message().starts_with(
+            "conflicting member lists: node 2 was started with --peers 1=http://127.0.0.1:5,"
+        ),
+        "{e}"
+    );
     let e = send("s3cret", msg(2, "test-cluster", vec![0xff, 0xff]))
         .await
         .expect_err("garbage from a member");

@@ -25,10 +25,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
+use convoy_client::Channel;
 use convoy_harness::{Daemon, Harness, READY_TIMEOUT};
 use convoy_proto::v1::convoy_client::ConvoyClient;
 use convoy_proto::v1::{ClusterStatusRequest, GetJobRequest, JobState, SubmitJobRequest};
-use tonic::transport::Channel;
 
 #[derive(Parser)]
 struct Args {

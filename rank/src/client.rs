@@ -10,11 +10,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use convoy_client::Channel;
 use convoy_proto::v1 as pb;
 use convoy_proto::v1::worker_api_client::WorkerApiClient;
 use convoy_service::RankLaunch;
 use tonic::Code;
-use tonic::transport::Channel;
 
 use crate::error::RankError;
 

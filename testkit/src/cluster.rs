@@ -14,11 +14,30 @@ use crate::{bin_dir, repo_root};
 
 pub struct Cluster {
     pub dir: tempfile::TempDir,
+    /// What clients are given: the coordinator's URL, or the replicas' joined by commas.
     pub addr: String,
     harness: Harness,
     heartbeat_timeout_ms: u64,
-    coordinator: Option<Daemon>,
+    /// One coordinator, or the replicas in node-id order (node `i + 1` at index `i`).
+    coordinators: Vec<Member>,
+    /// `--peers` of a replicated cluster.
+    peers: Option<String>,
     pub workers: Vec<Daemon>,
+}
+
+struct Member {
+    /// `host:port` it listens on (decided before it starts: the others must know it).
+    listen: String,
+    daemon: Option<Daemon>,
+}
+
+/// A port free now, for a replica whose address its peers must know before it starts (the
+/// same way a restarted coordinator binds its old port again).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 impl Cluster {
@@ -37,19 +56,75 @@ impl Cluster {
             addr: String::new(),
             harness,
             heartbeat_timeout_ms,
-            coordinator: None,
+            coordinators: vec![Member {
+                listen: "127.0.0.1:0".into(),
+                daemon: None,
+            }],
+            peers: None,
             workers: vec![],
         };
-        c.start_coordinator("127.0.0.1:0");
+        c.start_member(0);
         c
     }
 
-    fn start_coordinator(&mut self, listen: &str) {
-        let args: Vec<String> = [
+    /// `n` coordinator replicas (`--peers`, a shared secret), each waited for until it serves
+    /// its port; [`Cluster::wait_leader`] waits for an election.
+    pub fn start_replicated(n: usize, heartbeat_timeout_ms: u64) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let harness = Harness::new(&bin_dir(), dir.path()).expect("a harness");
+        harness.check_binaries().expect("the built binaries");
+        std::fs::write(
+            dir.path().join("cluster-secret"),
+            "test-secret-0123456789\n",
+        )
+        .expect("write the secret");
+        let coordinators: Vec<Member> = (0..n)
+            .map(|_| Member {
+                listen: format!("127.0.0.1:{}", free_port()),
+                daemon: None,
+            })
+            .collect();
+        let peers = coordinators
+            .iter()
+            .enumerate()
+            .map(|(i, m)| format!("{}={}", i + 1, m.listen))
+            .collect::<Vec<_>>()
+            .join(",");
+        let addr = coordinators
+            .iter()
+            .map(|m| format!("http://{}", m.listen))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = Cluster {
+            dir,
+            addr,
+            harness,
+            heartbeat_timeout_ms,
+            coordinators,
+            peers: Some(peers),
+            workers: vec![],
+        };
+        for i in 0..n {
+            c.start_member(i);
+        }
+        c
+    }
+
+    fn member_name(&self, i: usize) -> String {
+        if self.peers.is_some() {
+            format!("coordinator-{}", i + 1)
+        } else {
+            "coordinator".into()
+        }
+    }
+
+    fn start_member(&mut self, i: usize) {
+        let name = self.member_name(i);
+        let mut args: Vec<String> = [
             "--listen",
-            listen,
+            &self.coordinators[i].listen,
             "--data-dir",
-            &self.dir.path().join("coordinator").display().to_string(),
+            &self.dir.path().join(&name).display().to_string(),
             "--heartbeat-timeout-ms",
             &self.heartbeat_timeout_ms.to_string(),
             "--heartbeat-interval-ms",
@@ -57,12 +132,64 @@ impl Cluster {
         ]
         .map(String::from)
         .to_vec();
+        if let Some(peers) = &self.peers {
+            let secret = self.dir.path().join("cluster-secret");
+            args.extend(
+                [
+                    "--node-id",
+                    &(i + 1).to_string(),
+                    "--peers",
+                    peers,
+                    "--cluster-id",
+                    "test-cluster",
+                    "--cluster-secret-file",
+                    &secret.display().to_string(),
+                ]
+                .map(String::from),
+            );
+        }
         let d = self
             .harness
-            .coordinator("coordinator", &args)
+            .coordinator(&name, &args)
             .unwrap_or_else(|e| panic!("{e}\n{}", self.log_tails()));
-        self.addr = d.url().expect("the coordinator's address");
-        self.coordinator = Some(d);
+        if self.peers.is_none() {
+            self.addr = d.url().expect("the coordinator's address");
+            self.coordinators[i].listen = self.addr.trim_start_matches("http://").to_string();
+        }
+        self.coordinators[i].daemon = Some(d);
+    }
+
+    /// The node id of the replica that serves as leader, by each replica's own account
+    /// (`convoy coordinators`); `None` while there is none.
+    pub fn leader(&self) -> Option<u64> {
+        let out = self.convoy(&["coordinators", "--json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        v.as_array()?
+            .iter()
+            .find(|m| m["role"] == "leader" && m["serving"] == true)
+            .and_then(|m| m["node_id"].as_u64())
+    }
+
+    /// Waits for a serving leader; its node id.
+    pub fn wait_leader(&self, timeout: Duration) -> u64 {
+        let mut leader = None;
+        self.wait_for("a leader", timeout, || {
+            leader = self.leader();
+            leader.is_some()
+        });
+        leader.expect("a leader")
+    }
+
+    /// SIGKILLs replica `node` (no shutdown, no snapshot).
+    pub fn kill_member(&mut self, node: u64) {
+        if let Some(mut d) = self.coordinators[node as usize - 1].daemon.take() {
+            d.kill();
+        }
+    }
+
+    /// Starts replica `node` again on its address and data directory.
+    pub fn restart_member(&mut self, node: u64) {
+        self.start_member(node as usize - 1);
     }
 
     /// Starts a worker daemon named `name` with `slots` slots and waits until the coordinator
@@ -113,15 +240,14 @@ impl Cluster {
 
     /// SIGKILLs the coordinator (no shutdown, no snapshot).
     pub fn kill_coordinator(&mut self) {
-        if let Some(mut c) = self.coordinator.take() {
-            c.kill();
-        }
+        self.kill_member(1);
     }
 
     /// SIGTERMs the coordinator and waits up to 30 s for it to exit (then SIGKILLs it); true
     /// when it exited by itself.
     pub fn stop_coordinator(&mut self) -> bool {
-        self.coordinator
+        self.coordinators[0]
+            .daemon
             .take()
             .is_some_and(|mut c| c.stop(Duration::from_secs(30)))
     }
@@ -129,10 +255,11 @@ impl Cluster {
     /// Waits up to `timeout` for the coordinator to exit by itself; its exit status.
     pub fn wait_coordinator_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
-        let c = self.coordinator.as_mut()?;
+        let member = &mut self.coordinators[0];
+        let c = member.daemon.as_mut()?;
         while Instant::now() < deadline {
             if let Some(status) = c.exited() {
-                self.coordinator = None;
+                member.daemon = None;
                 return Some(status);
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -142,8 +269,7 @@ impl Cluster {
 
     /// Starts the coordinator again on the same address and data directory.
     pub fn restart_coordinator(&mut self) {
-        let listen = self.addr.trim_start_matches("http://").to_string();
-        self.start_coordinator(&listen);
+        self.start_member(0);
     }
 
     /// SIGKILLs the worker named `name`.

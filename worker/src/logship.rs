@@ -7,10 +7,10 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use convoy_client::Channel;
 use convoy_proto::v1 as pb;
 use convoy_proto::v1::worker_api_client::WorkerApiClient;
 use tokio::sync::{mpsc, oneshot};
-use tonic::transport::Channel;
 
 /// Lines kept while the coordinator cannot be reached.
 const MAX_QUEUED: usize = 50_000;

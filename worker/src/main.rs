@@ -19,7 +19,8 @@ struct Args {
     /// A TOML file of settings (keys are the flags' names with `_`, e.g. `stop_grace_ms`).
     #[arg(long, env = "CONVOY_CONFIG")]
     config: Option<PathBuf>,
-    /// The coordinator's address [default: http://127.0.0.1:7070].
+    /// The coordinator's address, or the replicas' separated by commas (the daemon and its
+    /// ranks follow the leader among them) [default: http://127.0.0.1:7070].
     #[arg(long, env = "CONVOY_COORDINATOR")]
     coordinator: Option<String>,
     /// This worker's name, unique in the cluster [default: the host name].
@@ -81,11 +82,12 @@ fn configure() -> Result<WorkerConfig> {
         .unwrap_or_default();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     let config = WorkerConfig {
-        coordinator: convoy_client::url(
+        coordinator: convoy_client::urls(
             &layers
                 .get("coordinator", convoy_client::DEFAULT_ADDRESS.to_string())?
                 .value,
-        ),
+        )?
+        .join(","),
         name: layers.get("name", host)?.value,
         slots: layers.get("slots", cpus)?.value,
         gpus: gpus::visible(),

@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use convoy_client::Channel;
 use convoy_proto::v1 as pb;
 use convoy_proto::v1::worker_api_client::WorkerApiClient;
 use tokio::sync::watch;
 use tonic::Code;
-use tonic::transport::Channel;
 
 use crate::config::WorkerConfig;
 use crate::ranks::Supervisor;

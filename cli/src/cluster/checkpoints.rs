@@ -3,13 +3,13 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
+use convoy_client::Channel;
 use convoy_engine::export::{ExportFormat, export};
 use convoy_engine::spec::parse_job_ref;
 use convoy_engine::state;
 use convoy_proto::v1 as pb;
 use convoy_proto::v1::convoy_client::ConvoyClient;
 use serde_json::{Value, json};
-use tonic::transport::Channel;
 
 use super::jobs::{job_json, state as job_state};
 use super::{ago, connect, rpc};

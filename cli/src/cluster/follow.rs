@@ -5,11 +5,11 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};
+use convoy_client::Channel;
 use convoy_proto::v1 as pb;
 use convoy_proto::v1::convoy_client::ConvoyClient;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
-use tonic::transport::Channel;
 
 use crate::cluster::rpc;
 

@@ -2,6 +2,7 @@
 //! start a local one (`dev`).
 
 pub mod checkpoints;
+pub mod coordinators;
 pub mod dev;
 pub mod follow;
 pub mod jobs;
@@ -9,8 +10,8 @@ pub mod submit;
 pub mod workers;
 
 use anyhow::Result;
+use convoy_client::Channel;
 use convoy_proto::v1::convoy_client::ConvoyClient;
-use tonic::transport::Channel;
 
 /// Connects to the coordinator, or says in one line why not.
 pub async fn connect(addr: &str) -> Result<ConvoyClient<Channel>> {

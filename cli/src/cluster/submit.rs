@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use convoy_client::Channel;
 use convoy_client::submit;
 use convoy_engine::spec::JobSpec;
 use convoy_proto::v1 as pb;
 use convoy_proto::v1::convoy_client::ConvoyClient;
 use serde_json::json;
-use tonic::transport::Channel;
 
 use crate::cluster::{connect, follow, rpc};
 

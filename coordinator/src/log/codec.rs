@@ -14,6 +14,8 @@ use crate::state::{ClusterState, Command};
 
 pub const ENTRY: Kind = Kind(*b"LOGE");
 pub const SNAPSHOT: Kind = Kind(*b"SNAP");
+pub const PROPOSAL: Kind = Kind(*b"PROP");
+pub const PROPOSAL_VERSION: u16 = 1;
 /// 1: the first enveloped format (MessagePack payloads).
 pub const ENTRY_VERSION: u16 = 1;
 pub const SNAPSHOT_VERSION: u16 = 1;
@@ -73,6 +75,36 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Command, String> {
         ));
     }
     Ok(cmd)
+}
+
+/// A batch of commands proposed to the replicated log as one Raft entry (one group commit),
+/// with who proposed it so that the proposer can answer its callers once it is applied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// The proposing replica's node id.
+    pub origin: u64,
+    /// Unique per origin and process start (see `ReplicatedState`).
+    pub seq: u64,
+    pub commands: Vec<Command>,
+}
+
+pub fn encode_proposal(p: &Proposal) -> Result<Vec<u8>, StoreError> {
+    let payload = payload(p, &format!("proposal {} of node {}", p.seq, p.origin))?;
+    Ok(convoy_envelope::seal(
+        Header {
+            kind: PROPOSAL,
+            version: PROPOSAL_VERSION,
+            tag: 0,
+        },
+        &payload,
+    ))
+}
+
+/// Opens and decodes a replicated entry; every failure is a message to complete "entry N …".
+pub fn decode_proposal(bytes: &[u8]) -> Result<Proposal, String> {
+    let (_, payload) = convoy_envelope::open(bytes, PROPOSAL, PROPOSAL_VERSION..=PROPOSAL_VERSION)
+        .map_err(|e| e.to_string())?;
+    from_payload(payload)
 }
 
 #[derive(Serialize)]

@@ -10,9 +10,11 @@
 //!   configured members presenting the cluster's id and secret.
 
 mod replica;
+mod replicated_state;
 mod storage;
 mod transport;
 
 pub use replica::{ELECTION_TICKS, HEARTBEAT_TICKS, Output, Replica};
+pub use replicated_state::{Advance, Applied, ReplicatedState};
 pub use storage::RaftStorage;
-pub use transport::{Membership, Outbox, PeerService};
+pub use transport::{Membership, Outbox, PeerService, canonical};

@@ -23,6 +23,12 @@ pub struct Output {
     pub messages: Vec<Message>,
     /// Committed entries with data, in log order: (index, data).
     pub committed: Vec<(u64, Vec<u8>)>,
+    /// The index of the last committed entry handed out, data or not (a new leader's empty
+    /// entry counts: it is how a leader learns it has applied everything before its term).
+    pub applied_to: Option<u64>,
+    /// A snapshot received from the leader and installed: (its index, its data). The caller
+    /// replaces its state with it before applying `committed`.
+    pub snapshot: Option<(u64, Vec<u8>)>,
 }
 
 pub struct Replica {
@@ -79,6 +85,15 @@ impl Replica {
         self.node.raft.state == StateRole::Leader
     }
 
+    /// "leader", "follower" or "candidate" (a pre-candidate counts as a candidate).
+    pub fn role(&self) -> &'static str {
+        match self.node.raft.state {
+            StateRole::Leader => "leader",
+            StateRole::Follower => "follower",
+            StateRole::Candidate | StateRole::PreCandidate => "candidate",
+        }
+    }
+
     /// The leader this replica knows of (0: none).
     pub fn leader(&self) -> u64 {
         self.node.raft.leader_id
@@ -86,6 +101,23 @@ impl Replica {
 
     pub fn term(&self) -> u64 {
         self.node.raft.term
+    }
+
+    /// The index of the last entry in this replica's log.
+    pub fn last_index(&self) -> u64 {
+        self.node.raft.raft_log.last_index()
+    }
+
+    /// The commit index this replica knows.
+    pub fn commit_index(&self) -> u64 {
+        self.node.raft.raft_log.committed
+    }
+
+    /// Stores `data` (the caller's state, applied up to `index`) as the snapshot and drops
+    /// the entries it covers; a peer too far behind is sent it instead of the entries.
+    pub fn snapshot(&mut self, index: u64, data: Vec<u8>) -> Result<()> {
+        let conf = self.node.raft.prs().conf().to_conf_state();
+        self.node.mut_store().create_snapshot(index, &conf, data)
     }
 
     /// Handles whatever raft-rs has ready; what the caller must send and apply.
@@ -97,7 +129,11 @@ impl Replica {
         let mut ready = self.node.ready();
         out.messages.extend(ready.take_messages());
         if !ready.snapshot().is_empty() {
-            self.node.mut_store().apply_snapshot(ready.snapshot())?;
+            let snapshot = ready.snapshot();
+            self.node.mut_store().apply_snapshot(snapshot)?;
+            let index = snapshot.get_metadata().index;
+            out.snapshot = Some((index, snapshot.data.to_vec()));
+            out.applied_to = Some(index);
         }
         take_committed(&mut out, ready.take_committed_entries());
         self.node.mut_store().append(ready.entries())?;
@@ -120,6 +156,7 @@ impl Replica {
 /// are not proposed yet.
 fn take_committed(out: &mut Output, entries: Vec<Entry>) {
     for e in entries {
+        out.applied_to = Some(e.index);
         if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
             out.committed.push((e.index, e.data.to_vec()));
         }

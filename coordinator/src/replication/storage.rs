@@ -131,6 +131,14 @@ impl RaftStorage {
             .unwrap_or_default())
     }
 
+    /// The stored snapshot's index and data (what a restarting replica rebuilds its state
+    /// from), if there is one.
+    pub fn stored_snapshot(&self) -> Result<Option<(u64, Vec<u8>)>> {
+        Ok(self
+            .get_meta::<Snapshot>(SNAPSHOT, SNAP)?
+            .map(|s| (s.get_metadata().index, s.data.to_vec())))
+    }
+
     /// Stores `hs` durably.
     pub fn set_hard_state(&self, hs: &HardState) -> Result<()> {
         self.meta

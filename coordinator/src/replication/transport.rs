@@ -34,6 +34,39 @@ pub struct Membership {
     pub node_id: u64,
     /// Every member but this one: node id → `http://host:port`.
     pub peers: BTreeMap<u64, String>,
+    /// The whole member list as given at start, in its canonical form (see `PeerMessage`).
+    pub canonical: String,
+}
+
+impl Membership {
+    /// Member `node_id` of `members` (node id → `host:port` or URL, this member included).
+    pub fn new(
+        cluster_id: String,
+        secret: String,
+        node_id: u64,
+        members: &BTreeMap<u64, String>,
+    ) -> Membership {
+        Membership {
+            cluster_id,
+            secret,
+            node_id,
+            peers: members
+                .iter()
+                .filter(|(id, _)| **id != node_id)
+                .map(|(id, a)| (*id, convoy_client::url(a)))
+                .collect(),
+            canonical: canonical(members),
+        }
+    }
+}
+
+/// `members` as `id=host:port` joined by commas, in id order.
+pub fn canonical(members: &BTreeMap<u64, String>) -> String {
+    members
+        .iter()
+        .map(|(id, a)| format!("{id}={}", convoy_client::url(a)))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Compares without an early exit, so the time taken says nothing about the secret.
@@ -78,6 +111,13 @@ impl PeerService {
             return Err(Status::permission_denied(format!(
                 "node {} is not a member of cluster {:?}",
                 m.from, me.cluster_id
+            )));
+        }
+        if m.members != me.canonical {
+            return Err(Status::failed_precondition(format!(
+                "conflicting member lists: node {} was started with --peers {}, node {} with \
+                 --peers {}",
+                m.from, m.members, me.node_id, me.canonical
             )));
         }
         let msg = Message::parse_from_bytes(&m.raft).map_err(|e| {
@@ -147,6 +187,7 @@ async fn deliver(members: Arc<Membership>, url: String, mut rx: mpsc::Receiver<M
         return;
     };
     let mut backoff = Duration::from_millis(50);
+    let mut warned: Option<String> = None;
     loop {
         let Ok(channel) = convoy_client::connect_lazy(&url) else {
             tracing::error!("peer address {url} is not valid");
@@ -169,6 +210,7 @@ async fn deliver(members: Arc<Membership>, url: String, mut rx: mpsc::Receiver<M
                 from: members.node_id,
                 cluster_id: members.cluster_id.clone(),
                 raft,
+                members: members.canonical.clone(),
             };
             if tx.send(m).await.is_err() {
                 break; // the stream ended: reconnect
@@ -176,7 +218,20 @@ async fn deliver(members: Arc<Membership>, url: String, mut rx: mpsc::Receiver<M
             backoff = Duration::from_millis(50);
         }
         if let Ok(Ok(Err(status))) = tokio::time::timeout(Duration::from_millis(100), call).await {
-            tracing::debug!("stream to peer at {url} ended: {}", status.message());
+            // A refusal is a configuration mistake an operator must see (once, not each retry).
+            let refused = !matches!(
+                status.code(),
+                tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown
+            );
+            if refused && warned.as_deref() != Some(status.message()) {
+                tracing::error!(
+                    "the peer at {url} refuses this member: {}",
+                    status.message()
+                );
+                warned = Some(status.message().to_string());
+            } else {
+                tracing::debug!("stream to peer at {url} ended: {}", status.message());
+            }
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(1));

@@ -14,19 +14,22 @@ use std::time::{Duration, Instant};
 
 use convoy_proto::v1 as pb;
 use prost::Message;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::error::{ApplyError, StoreError};
 use crate::log::SledLog;
 use crate::logged_state::LoggedState;
 use crate::model::{JobId, Liveness, Millis, WorkerId};
+use crate::replication::{Outbox, RaftStorage, ReplicatedState, canonical};
 use crate::scheduler::{WaitReason, schedule_at};
 use crate::server::clock::now_ms;
 use crate::server::convert;
+use crate::server::leadership::Leadership;
 use crate::server::records::Records;
 use crate::server::rendezvous::RendezvousTable;
 use crate::server::request::{Published, RankKey, Reply, Request, View};
-use crate::state::{Command, Effect};
+use crate::server::settings::ClusterSettings;
+use crate::state::{ClusterConfig, ClusterState, Command, Effect};
 
 /// Settings of the loop that are not replicated state.
 #[derive(Clone, Debug)]
@@ -41,6 +44,79 @@ pub struct LoopConfig {
 
 /// How often finished jobs' records are checked against the retention.
 const RECORDS_SWEEP: Duration = Duration::from_secs(3600);
+
+/// Raft's clock: heartbeats and election timeouts are counted in these (see
+/// `replication::HEARTBEAT_TICKS`).
+pub const RAFT_TICK: Duration = Duration::from_millis(20);
+
+/// A replicated coordinator: who it is among whom, and how to reach them.
+pub struct ReplicaSetup {
+    pub node_id: u64,
+    /// Every member's client address (the same port serves peers), by node id.
+    pub members: BTreeMap<u64, String>,
+    pub storage: RaftStorage,
+    pub outbox: Outbox,
+    pub snapshot_every: u64,
+    /// The cluster settings this member was started with: a leader applies them.
+    pub settings: ClusterSettings,
+}
+
+/// The state and its log: on one machine, or replicated through Raft.
+enum Core {
+    Single(Box<LoggedState<SledLog>>),
+    Replicated(Box<Replicated>),
+}
+
+struct Replicated {
+    state: ReplicatedState<Vec<ReplyTo>>,
+    outbox: Outbox,
+    members: BTreeMap<u64, String>,
+    settings: ClusterSettings,
+}
+
+impl Core {
+    fn state(&self) -> &ClusterState {
+        match self {
+            Core::Single(c) => c.state(),
+            Core::Replicated(r) => r.state.state(),
+        }
+    }
+
+    /// Whether this coordinator decides: always when single, as the serving leader when
+    /// replicated. Only the one that decides ticks, schedules and carries out effects.
+    fn leads(&self) -> bool {
+        match self {
+            Core::Single(_) => true,
+            Core::Replicated(r) => r.state.serving(),
+        }
+    }
+
+    fn leadership(&self) -> Leadership {
+        match self {
+            Core::Single(c) => Leadership {
+                applied: c.applied(),
+                commit: c.applied(),
+                ..Leadership::single()
+            },
+            Core::Replicated(r) => {
+                let replica = r.state.replica();
+                let leader = replica.leader();
+                Leadership {
+                    serving: r.state.serving(),
+                    node_id: r.state.node_id(),
+                    leader,
+                    leader_url: r.members.get(&leader).cloned(),
+                    members: r.members.len(),
+                    term: replica.term(),
+                    role: replica.role(),
+                    commit: replica.commit_index(),
+                    applied: r.state.applied(),
+                    member_list: canonical(&r.members),
+                }
+            }
+        }
+    }
+}
 
 /// Who waits for a command's result, and what they expect back.
 enum ReplyTo {
@@ -57,7 +133,11 @@ enum ReplyTo {
 }
 
 pub struct EventLoop {
-    core: LoggedState<SledLog>,
+    core: Core,
+    leadership: watch::Sender<Leadership>,
+    /// The latest time stamped into a command: time never goes backwards in the log, even
+    /// when a new leader's clock is behind its predecessor's.
+    clock: Millis,
     records: Arc<Records>,
     config: LoopConfig,
     streams: HashMap<WorkerId, mpsc::UnboundedSender<pb::Assignment>>,
@@ -73,8 +153,39 @@ pub struct EventLoop {
 
 impl EventLoop {
     pub fn new(core: LoggedState<SledLog>, records: Arc<Records>, config: LoopConfig) -> Self {
+        Self::with_core(Core::Single(Box::new(core)), records, config)
+    }
+
+    /// A member of a replicated coordinator; `config` is what a new cluster starts from.
+    pub fn replicated(
+        setup: ReplicaSetup,
+        config: ClusterConfig,
+        records: Arc<Records>,
+        loop_config: LoopConfig,
+    ) -> Result<Self, StoreError> {
+        let voters: Vec<u64> = setup.members.keys().copied().collect();
+        let state = ReplicatedState::open(
+            setup.node_id,
+            &voters,
+            setup.storage,
+            config,
+            setup.snapshot_every,
+        )?;
+        let core = Core::Replicated(Box::new(Replicated {
+            state,
+            outbox: setup.outbox,
+            members: setup.members,
+            settings: setup.settings,
+        }));
+        Ok(Self::with_core(core, records, loop_config))
+    }
+
+    fn with_core(core: Core, records: Arc<Records>, config: LoopConfig) -> Self {
+        let (leadership, _) = watch::channel(core.leadership());
         EventLoop {
             core,
+            leadership,
+            clock: 0,
             records,
             config,
             streams: HashMap::new(),
@@ -90,16 +201,25 @@ impl EventLoop {
     /// Runs until a [`Request::Shutdown`] (or every sender is gone). A storage failure ends
     /// the loop with the error: the coordinator cannot promise durability without its log.
     pub fn run(mut self, rx: std_mpsc::Receiver<Request>) -> Result<(), StoreError> {
-        self.recovered()?;
+        let replicated = matches!(self.core, Core::Replicated(_));
+        if !replicated {
+            self.recovered()?;
+            self.sweep_records();
+        }
         let mut last_tick = Instant::now();
-        self.sweep_records();
         let mut last_sweep = Instant::now();
+        let mut last_raft_tick = Instant::now();
+        let wait = if replicated {
+            RAFT_TICK.min(self.config.tick)
+        } else {
+            self.config.tick
+        };
         // The loop turns at least every tick; systemd restarts a coordinator whose loop stops.
         let mut watchdog = convoy_service::ready::Watchdog::from_env();
         loop {
             watchdog.pet();
             let mut batch = vec![];
-            match rx.recv_timeout(self.config.tick) {
+            match rx.recv_timeout(wait) {
                 Ok(r) => batch.push(r),
                 Err(std_mpsc::RecvTimeoutError::Timeout) => {}
                 Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
@@ -111,28 +231,133 @@ impl EventLoop {
                 }
             }
             let stop = self.handle(batch)?;
+            if replicated && last_raft_tick.elapsed() >= RAFT_TICK {
+                last_raft_tick = Instant::now();
+                if let Core::Replicated(r) = &mut self.core {
+                    r.state.tick();
+                }
+            }
+            self.drive()?;
             if self.draining {
                 if stop {
                     break;
                 }
                 continue;
             }
-            if last_tick.elapsed() >= self.config.tick {
-                last_tick = Instant::now();
-                self.tick()?;
-            }
-            if last_sweep.elapsed() >= RECORDS_SWEEP {
-                last_sweep = Instant::now();
-                self.sweep_records();
-            }
-            if self.dirty {
-                self.schedule()?;
+            if self.core.leads() {
+                if last_tick.elapsed() >= self.config.tick {
+                    last_tick = Instant::now();
+                    self.tick()?;
+                }
+                if last_sweep.elapsed() >= RECORDS_SWEEP {
+                    last_sweep = Instant::now();
+                    self.sweep_records();
+                }
+                // A replicated plan waits for the previous one to be applied: planning on a
+                // state that lacks it would only propose starts the state machine rejects.
+                if self.dirty && !self.proposing() {
+                    self.schedule()?;
+                }
             }
             if stop {
                 break;
             }
         }
-        self.core.snapshot()
+        match &mut self.core {
+            Core::Single(c) => c.snapshot(),
+            Core::Replicated(r) => r.state.snapshot(),
+        }
+    }
+
+    /// Whether the members' view of who serves changes what the services answer.
+    pub fn leadership(&self) -> watch::Receiver<Leadership> {
+        self.leadership.subscribe()
+    }
+
+    /// The time to stamp into a command: the clock, but never before a command already
+    /// applied.
+    fn now(&mut self) -> Millis {
+        self.clock = self.clock.max(now_ms());
+        self.clock
+    }
+
+    fn proposing(&self) -> bool {
+        matches!(&self.core, Core::Replicated(r) if r.state.proposals_in_flight() > 0)
+    }
+
+    /// Replicated: persists and sends what Raft has ready, applies what committed, answers
+    /// the requests this member proposed, and takes up or lays down leadership.
+    fn drive(&mut self) -> Result<(), StoreError> {
+        let Core::Replicated(r) = &mut self.core else {
+            return Ok(());
+        };
+        let mut adv = r.state.advance()?;
+        for m in adv.messages.drain(..) {
+            r.outbox.send(m);
+        }
+        let leads = r.state.serving();
+        if adv.restored {
+            self.latest.clear();
+            self.dirty = true;
+        }
+        for a in adv.applied {
+            for t in a.commands.iter().filter_map(Command::now) {
+                self.clock = self.clock.max(t);
+            }
+            match a.token {
+                Some(reply_to) => self.finish(&a.commands, a.results, reply_to),
+                // What the previous leader proposed still has effects to carry out.
+                None if leads => {
+                    let reply_to = a.commands.iter().map(|_| ReplyTo::Internal).collect();
+                    self.finish(&a.commands, a.results, reply_to);
+                }
+                None => {}
+            }
+        }
+        // Their handlers answer with the leader's address; clients retry there.
+        drop(adv.abandoned);
+        if !leads && !self.streams.is_empty() {
+            // Workers' streams end, and they look for the new leader.
+            self.streams.clear();
+            self.rendezvous = RendezvousTable::default();
+            self.waiting.clear();
+        }
+        let now = self.core.leadership();
+        self.leadership.send_if_modified(|l| {
+            let changed = *l != now;
+            *l = now;
+            changed
+        });
+        if adv.began_serving {
+            tracing::info!("leading the cluster from index {}", self.core_applied());
+            self.recovered()?;
+            self.apply_given_settings()?;
+            self.dirty = true;
+        }
+        Ok(())
+    }
+
+    fn core_applied(&self) -> u64 {
+        match &self.core {
+            Core::Single(c) => c.applied(),
+            Core::Replicated(r) => r.state.applied(),
+        }
+    }
+
+    /// A new leader brings the cluster's settings in line with those it was started with.
+    fn apply_given_settings(&mut self) -> Result<(), StoreError> {
+        let Core::Replicated(r) = &self.core else {
+            return Ok(());
+        };
+        let stored = &r.state.state().config;
+        let wanted = r.settings.applied_to(stored);
+        if wanted != *stored {
+            tracing::info!(
+                "the cluster settings this coordinator was given replace the stored ones"
+            );
+            self.execute(vec![Command::Configure(wanted)], vec![ReplyTo::Internal])?;
+        }
+        Ok(())
     }
 
     /// After a restart every alive worker gets a fresh heartbeat timeout to reconnect in, and
@@ -148,7 +373,7 @@ impl EventLoop {
                 self.latest.insert(job.id, m);
             }
         }
-        let now = now_ms();
+        let now = self.now();
         let state = self.core.state();
         let mut cmds: Vec<Command> = state
             .workers
@@ -173,12 +398,25 @@ impl EventLoop {
 
     /// Handles one batch; true when asked to shut down.
     fn handle(&mut self, batch: Vec<Request>) -> Result<bool, StoreError> {
-        let now = now_ms();
+        let now = self.now();
+        let leads = self.core.leads();
         let mut cmds = vec![];
         let mut reply_to = vec![];
         let mut later = vec![];
         let mut stop = false;
         for req in batch {
+            let req = match req {
+                Request::Peer(m) => {
+                    if let Core::Replicated(r) = &mut self.core {
+                        r.state.step(m);
+                    }
+                    continue;
+                }
+                r @ (Request::Drain | Request::Shutdown) => r,
+                // Dropped: its handler answers with the leader's address.
+                _ if !leads => continue,
+                r => r,
+            };
             match req {
                 Request::Submit { mut submit, reply } => {
                     submit.now = now;
@@ -348,12 +586,32 @@ impl EventLoop {
         }))
     }
 
-    /// Logs and applies `cmds`, answers their requests, and carries out their effects.
+    /// Logs and applies `cmds`, answers their requests, and carries out their effects; when
+    /// replicated, proposes them, and that happens once they are committed (see `drive`).
     fn execute(&mut self, cmds: Vec<Command>, reply_to: Vec<ReplyTo>) -> Result<(), StoreError> {
         if cmds.is_empty() {
             return Ok(());
         }
-        let results = self.core.execute_all(&cmds)?;
+        match &mut self.core {
+            Core::Single(core) => {
+                let results = core.execute_all(&cmds)?;
+                self.finish(&cmds, results, reply_to);
+                Ok(())
+            }
+            Core::Replicated(r) => {
+                r.state.propose(cmds, reply_to)?;
+                self.drive()
+            }
+        }
+    }
+
+    /// Answers the requests of applied commands and carries out their effects.
+    fn finish(
+        &mut self,
+        cmds: &[Command],
+        results: Vec<Result<Vec<Effect>, ApplyError>>,
+        reply_to: Vec<ReplyTo>,
+    ) {
         let mut effects = vec![];
         for ((cmd, result), p) in cmds.iter().zip(results).zip(reply_to) {
             if result.is_ok()
@@ -419,7 +677,6 @@ impl EventLoop {
         for e in effects {
             self.carry_out(e);
         }
-        Ok(())
     }
 
     fn carry_out(&mut self, effect: Effect) {
@@ -626,7 +883,7 @@ impl EventLoop {
         let Some(keep) = self.config.records_retention else {
             return;
         };
-        let cutoff = now_ms().saturating_sub(keep.as_millis() as u64);
+        let cutoff = self.now().saturating_sub(keep.as_millis() as u64);
         let expired: Vec<JobId> = self
             .core
             .state()
@@ -654,7 +911,7 @@ impl EventLoop {
     }
 
     fn tick(&mut self) -> Result<(), StoreError> {
-        let now = now_ms();
+        let now = self.now();
         if self.core.state().tick_due(now) {
             self.execute(vec![Command::Tick { now }], vec![ReplyTo::Internal])?;
         }
@@ -663,7 +920,7 @@ impl EventLoop {
 
     fn schedule(&mut self) -> Result<(), StoreError> {
         self.dirty = false;
-        let now = now_ms();
+        let now = self.now();
         let plan = schedule_at(self.core.state(), now);
         // A held job becomes startable with time alone: look again at the next tick.
         let held = plan

@@ -8,6 +8,7 @@ use tokio::sync::{oneshot, watch};
 use tonic::Status;
 
 use crate::server::fail_stop::FailStop;
+use crate::server::leadership::Leadership;
 use crate::server::records::Records;
 use crate::server::request::{Request, View};
 
@@ -22,6 +23,7 @@ pub(crate) struct Handle {
     /// Becomes true when the server is shutting down; long streams end then.
     pub stopping: watch::Receiver<bool>,
     pub fail_stop: FailStop,
+    pub leadership: watch::Receiver<Leadership>,
 }
 
 impl Handle {
@@ -30,12 +32,23 @@ impl Handle {
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Request,
     ) -> Result<T, Status> {
+        self.serving()?;
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(make(reply))
             .map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
-        rx.await
-            .map_err(|_| Status::unavailable("the coordinator is shutting down"))
+        // The loop drops a request it will not answer: it is stopping, or it no longer leads
+        // (a proposal's outcome is then unknown here; submissions carry request ids for that).
+        rx.await.map_err(|_| match self.serving() {
+            Ok(()) => Status::unavailable("the coordinator is shutting down"),
+            Err(refusal) => refusal,
+        })
+    }
+
+    /// Refuses, naming the leader, unless this coordinator serves.
+    pub fn serving(&self) -> Result<(), Status> {
+        let l = self.leadership.borrow();
+        if l.serving { Ok(()) } else { Err(l.refusal()) }
     }
 
     /// Runs `f` on the loop's current state.

@@ -12,8 +12,10 @@ pub mod convert;
 pub mod event_loop;
 mod fail_stop;
 mod handle;
+pub mod leadership;
 pub mod records;
 pub mod rendezvous;
+mod replicas;
 pub mod request;
 mod settings;
 mod worker_api;
@@ -25,24 +27,31 @@ use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
 use convoy_proto::v1::convoy_server::ConvoyServer;
+use convoy_proto::v1::raft_peer_server::RaftPeerServer;
+use convoy_proto::v1::replicas_server::ReplicasServer;
 use convoy_proto::v1::worker_api_server::WorkerApiServer;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::checkpoints::{CheckpointError, CheckpointStore};
 use crate::error::{CoordinatorError, StoreError};
 use crate::log::SledLog;
 use crate::logged_state::LoggedState;
 use crate::model::JobId;
+use crate::replication::{Membership, Outbox, PeerService, RaftStorage};
 use crate::server::checkpoints::Checkpoints;
-use crate::server::event_loop::{EventLoop, LoopConfig};
+use crate::server::event_loop::{EventLoop, LoopConfig, ReplicaSetup};
 use crate::server::handle::Handle;
+use crate::server::leadership::Leadership;
 use crate::server::records::Records;
 use crate::server::request::Request;
 use crate::state::ClusterConfig;
 pub use fail_stop::FailStop;
-pub use settings::{ClusterSettings, ServerConfig, defaults, retention_days};
+pub use settings::{
+    ClusterSettings, ReplicationConfig, ServerConfig, defaults, parse_peers, retention_days,
+};
 
 /// How long in-flight requests may run on after a shutdown began.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1000);
@@ -90,6 +99,16 @@ pub enum ServerError {
     Failed(String),
     #[error("the event loop stopped unexpectedly")]
     LoopPanicked,
+    #[error(
+        "{} holds {what}, and this coordinator was started {how}: a data directory serves one \
+         kind of coordinator (start it as it was, or give this one an empty data directory)",
+        dir.display()
+    )]
+    WrongKind {
+        dir: PathBuf,
+        what: &'static str,
+        how: &'static str,
+    },
 }
 
 /// Recovers the state from `config.data_dir`, applies the replicated settings this start was
@@ -105,9 +124,6 @@ pub async fn run(
         path: config.data_dir.clone(),
         source,
     })?;
-    let log = SledLog::open(&config.data_dir.join("log"))?;
-    let mut core = LoggedState::open(log, ClusterConfig::default(), config.snapshot_every)?;
-    settings::apply_cluster_settings(&mut core, &config.cluster)?;
     let fail_stop = config.fail_stop.clone();
     let records = Arc::new(Records::open(
         &config.data_dir.join("records"),
@@ -116,23 +132,42 @@ pub async fn run(
         fail_stop.clone(),
     )?);
     let store = CheckpointStore::open_dir(&config.data_dir.join("checkpoints"))?;
-    no_unknown_jobs(&core, &records, &store, &config.data_dir)?;
-    tracing::info!(
-        "recovered {} jobs and {} workers from {}",
-        core.state().jobs.len(),
-        core.state().workers.len(),
-        config.data_dir.display()
-    );
+    let loop_config = LoopConfig {
+        tick: config.tick,
+        progress_log_interval: Duration::from_secs(1),
+        records_retention: config.records_retention,
+    };
     let (tx, rx) = std_mpsc::channel();
-    let event_loop = EventLoop::new(
-        core,
-        records.clone(),
-        LoopConfig {
-            tick: config.tick,
-            progress_log_interval: Duration::from_secs(1),
-            records_retention: config.records_retention,
-        },
-    );
+    let mut peers = None;
+    let event_loop = match &config.replication {
+        None => {
+            let raft_dir = config.data_dir.join("raft");
+            if raft_dir.exists() {
+                return Err(ServerError::WrongKind {
+                    dir: raft_dir,
+                    what: "a replicated coordinator's log",
+                    how: "without --peers",
+                });
+            }
+            let log = SledLog::open(&config.data_dir.join("log"))?;
+            let mut core = LoggedState::open(log, ClusterConfig::default(), config.snapshot_every)?;
+            settings::apply_cluster_settings(&mut core, &config.cluster)?;
+            no_unknown_jobs(&core, &records, &store, &config.data_dir)?;
+            tracing::info!(
+                "recovered {} jobs and {} workers from {}",
+                core.state().jobs.len(),
+                core.state().workers.len(),
+                config.data_dir.display()
+            );
+            EventLoop::new(core, records.clone(), loop_config)
+        }
+        Some(r) => {
+            let (event_loop, service) = replicated(r, &config, &records, loop_config, &tx)?;
+            peers = Some(service);
+            event_loop
+        }
+    };
+    let leadership = event_loop.leadership();
     // The server stops when asked, or when the loop ends on its own (a storage failure): a
     // coordinator that cannot log must not keep accepting work.
     let (loop_done, loop_ended) = oneshot::channel::<()>();
@@ -155,6 +190,7 @@ pub async fn run(
         heartbeat_interval: config.heartbeat_interval,
         stopping,
         fail_stop: fail_stop.clone(),
+        leadership: leadership.clone(),
     };
     let checkpoints = Checkpoints::new(store, handle.clone());
     let drain = tx.clone();
@@ -174,27 +210,35 @@ pub async fn run(
     };
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<ConvoyServer<client_api::ClientApi>>()
-        .await;
-    health_reporter
-        .set_serving::<WorkerApiServer<worker_api::WorkerService>>()
-        .await;
+    tokio::spawn(report_health(health_reporter, leadership.clone()));
     let max = config.max_message_bytes;
     announce(&listener, &config)?;
+    // Only the serving member answers the client and worker APIs; the others refuse at the
+    // door, naming the leader.
+    let view = leadership.clone();
+    let gate = move |req: tonic::Request<()>| {
+        let l = view.borrow();
+        if l.serving { Ok(req) } else { Err(l.refusal()) }
+    };
     let serve = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(
+        .add_optional_service(peers)
+        .add_service(ReplicasServer::new(replicas::ReplicasService {
+            leadership: leadership.clone(),
+        }))
+        .add_service(InterceptedService::new(
             ConvoyServer::new(client_api::ClientApi::new(
                 handle.clone(),
                 checkpoints.clone(),
             ))
             .max_decoding_message_size(max),
-        )
-        .add_service(
+            gate.clone(),
+        ))
+        .add_service(InterceptedService::new(
             WorkerApiServer::new(worker_api::WorkerService::new(handle, checkpoints))
                 .max_decoding_message_size(max),
-        )
+            gate,
+        ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
     // In-flight requests get a moment to finish once stopping began; a long upload is cut
     // (its rank sends it again to the next coordinator).
@@ -219,6 +263,108 @@ pub async fn run(
     served?;
     looped?;
     Ok(())
+}
+
+/// Sets up a member of a replicated coordinator: its Raft storage in `data_dir/raft`, the
+/// peer transport, and the peer service that feeds peers' messages to the loop.
+fn replicated(
+    r: &ReplicationConfig,
+    config: &ServerConfig,
+    records: &Arc<Records>,
+    loop_config: LoopConfig,
+    tx: &std_mpsc::Sender<Request>,
+) -> Result<(EventLoop, RaftPeerServer<PeerService>), ServerError> {
+    let single_log = config.data_dir.join("log");
+    if single_log.exists() {
+        return Err(ServerError::WrongKind {
+            dir: single_log,
+            what: "a single coordinator's command log",
+            how: "with --peers",
+        });
+    }
+    let raft_dir = config.data_dir.join("raft");
+    let db = sled::Config::new()
+        .path(&raft_dir)
+        .open()
+        .map_err(StoreError::sled(format!("open {}", raft_dir.display())))?;
+    let storage = RaftStorage::open(&db).map_err(|e| StoreError::Raft(e.to_string()))?;
+    let members = Arc::new(Membership::new(
+        r.cluster_id.clone(),
+        r.secret.clone(),
+        r.node_id,
+        &r.members,
+    ));
+    let outbox = Outbox::start(members.clone());
+    let (inbox, mut from_peers) = tokio::sync::mpsc::channel(1024);
+    let to_loop = tx.clone();
+    tokio::spawn(async move {
+        while let Some(m) = from_peers.recv().await {
+            if to_loop.send(Request::Peer(m)).is_err() {
+                break;
+            }
+        }
+    });
+    tracing::info!(
+        "member {} of cluster {:?}: {}",
+        r.node_id,
+        r.cluster_id,
+        members.canonical
+    );
+    let event_loop = EventLoop::replicated(
+        ReplicaSetup {
+            node_id: r.node_id,
+            members: r
+                .members
+                .iter()
+                .map(|(id, a)| (*id, convoy_client::url(a)))
+                .collect(),
+            storage,
+            outbox,
+            snapshot_every: config.snapshot_every,
+            settings: config.cluster.clone(),
+        },
+        ClusterConfig::default(),
+        records.clone(),
+        loop_config,
+    )?;
+    Ok((
+        event_loop,
+        RaftPeerServer::new(PeerService::new(members, inbox))
+            .max_decoding_message_size(config.max_message_bytes.max(2 << 20)),
+    ))
+}
+
+/// `grpc.health.v1` says which member serves, so a load balancer can route to the leader.
+async fn report_health(
+    reporter: tonic_health::server::HealthReporter,
+    mut leadership: watch::Receiver<Leadership>,
+) {
+    let mut reported = None;
+    loop {
+        let serving = leadership.borrow_and_update().serving;
+        if reported == Some(serving) {
+            if leadership.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        reported = Some(serving);
+        let status = if serving {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
+        for name in [
+            <ConvoyServer<client_api::ClientApi> as tonic::server::NamedService>::NAME,
+            <WorkerApiServer<worker_api::WorkerService> as tonic::server::NamedService>::NAME,
+            "",
+        ] {
+            reporter.set_service_status(name, status).await;
+        }
+        if leadership.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Refuses to start when a store holds a job the command log never issued: the log (with its

@@ -9,6 +9,7 @@
 //! restarts and is never silently ignored; one not given keeps the stored value. A new
 //! cluster stores its settings at its first start.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -56,6 +57,100 @@ pub struct ServerConfig {
     pub ready_file: Option<PathBuf>,
     /// What a storage failure does: exit the process (the daemon) or return from `run`.
     pub fail_stop: FailStop,
+    /// Set: this coordinator is one member of a replicated cluster.
+    pub replication: Option<ReplicationConfig>,
+}
+
+/// A member of a replicated coordinator (`--node-id`, `--peers`, `--cluster-id`,
+/// `--cluster-secret-file`).
+#[derive(Clone)]
+pub struct ReplicationConfig {
+    pub node_id: u64,
+    /// Every member's address, this one's included: the one port serves clients, workers
+    /// and peers.
+    pub members: BTreeMap<u64, String>,
+    /// Names the cluster: members of another cluster are refused.
+    pub cluster_id: String,
+    /// Presented to peers and required of them.
+    pub secret: String,
+}
+
+impl std::fmt::Debug for ReplicationConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicationConfig")
+            .field("node_id", &self.node_id)
+            .field("members", &self.members)
+            .field("cluster_id", &self.cluster_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReplicationConfig {
+    /// Checks that the settings make a cluster this member belongs to.
+    pub fn new(
+        node_id: u64,
+        members: BTreeMap<u64, String>,
+        cluster_id: String,
+        secret: String,
+    ) -> Result<ReplicationConfig, String> {
+        if !members.contains_key(&node_id) {
+            return Err(format!(
+                "--node-id {node_id} is not in --peers (members {})",
+                members
+                    .keys()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if cluster_id.trim().is_empty() {
+            return Err("--cluster-id is empty".into());
+        }
+        if secret.len() < 16 || !secret.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(
+                "the cluster secret must be at least 16 printable ASCII characters without \
+                 spaces (e.g. `openssl rand -hex 32`)"
+                    .into(),
+            );
+        }
+        Ok(ReplicationConfig {
+            node_id,
+            members,
+            cluster_id,
+            secret,
+        })
+    }
+}
+
+/// Parses `--peers`: `1=host:port,2=host:port,3=host:port`.
+pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut members = BTreeMap::new();
+    let mut addresses = BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (id, addr) = item
+            .split_once('=')
+            .ok_or_else(|| format!("--peers item {item:?} is not id=host:port"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("--peers item {item:?}: the id must be a number above 0"))?;
+        let addr = addr.trim().to_string();
+        if addr.is_empty() {
+            return Err(format!("--peers item {item:?} has no address"));
+        }
+        if let Some(other) = addresses.insert(addr.clone(), id) {
+            return Err(format!("--peers gives {addr} to both {other} and {id}"));
+        }
+        if members.insert(id, addr).is_some() {
+            return Err(format!("--peers names member {id} twice"));
+        }
+    }
+    if members.is_empty() {
+        return Err("--peers is empty".into());
+    }
+    Ok(members)
 }
 
 impl ServerConfig {
@@ -73,6 +168,7 @@ impl ServerConfig {
             max_message_bytes: defaults::MAX_MESSAGE_BYTES,
             ready_file: None,
             fail_stop: FailStop::returning(),
+            replication: None,
         }
     }
 }

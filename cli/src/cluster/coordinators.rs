@@ -1,0 +1,74 @@
+//! `convoy coordinators`: each coordinator replica's own account of itself (role, term,
+//! commit and applied index, lag behind the leader), asked of every address given.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use convoy_proto::v1 as pb;
+use convoy_proto::v1::replicas_client::ReplicasClient;
+use serde_json::{Value, json};
+
+/// How long one replica may take to answer before it is listed as unreachable.
+const ASK_TIMEOUT: Duration = Duration::from_secs(3);
+
+async fn ask(url: &str) -> Result<pb::ReplicaStatus, String> {
+    let channel = convoy_client::connect(url)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut c = ReplicasClient::new(channel);
+    match tokio::time::timeout(ASK_TIMEOUT, c.status(pb::ReplicaStatusRequest {})).await {
+        Ok(Ok(r)) => Ok(r.into_inner()),
+        Ok(Err(s)) => Err(convoy_client::one_line(&s)),
+        Err(_) => Err(format!("no answer within {} s", ASK_TIMEOUT.as_secs())),
+    }
+}
+
+pub async fn list(coordinators: &str, json_out: bool) -> Result<()> {
+    let urls = convoy_client::urls(coordinators)?;
+    let mut answers = vec![];
+    for u in &urls {
+        answers.push((u.clone(), ask(u).await));
+    }
+    let leader_commit = answers
+        .iter()
+        .filter_map(|(_, a)| a.as_ref().ok())
+        .filter(|s| s.role == "leader" || s.role == "single")
+        .map(|s| s.commit)
+        .max();
+    let lag = |s: &pb::ReplicaStatus| leader_commit.map(|c| c.saturating_sub(s.applied));
+    if json_out {
+        let rows: Vec<Value> = answers
+            .iter()
+            .map(|(url, a)| match a {
+                Ok(s) => json!({
+                    "address": url, "node_id": s.node_id, "role": s.role, "leader": s.leader,
+                    "term": s.term, "commit": s.commit, "applied": s.applied, "lag": lag(s),
+                    "serving": s.serving, "members": s.members,
+                }),
+                Err(e) => json!({"address": url, "error": e}),
+            })
+            .collect();
+        println!("{}", Value::Array(rows));
+        return Ok(());
+    }
+    println!(
+        "{:<4} {:<28} {:<10} {:>6} {:>10} {:>10} {:>6}",
+        "ID", "ADDRESS", "ROLE", "TERM", "COMMIT", "APPLIED", "LAG"
+    );
+    for (url, a) in &answers {
+        match a {
+            Ok(s) => println!(
+                "{:<4} {:<28} {:<10} {:>6} {:>10} {:>10} {:>6}",
+                s.node_id,
+                url,
+                s.role,
+                s.term,
+                s.commit,
+                s.applied,
+                lag(s).map_or("-".into(), |l| l.to_string())
+            ),
+            Err(e) => println!("{:<4} {:<28} unreachable: {e}", "-", url),
+        }
+    }
+    Ok(())
+}

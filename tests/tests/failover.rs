@@ -1,0 +1,106 @@
+//! A replicated coordinator on real processes: three `convoy-coordinator` replicas, worker
+//! daemons and the CLI given all three addresses. The leader is SIGKILLed while a job trains;
+//! a new leader takes over, the workers reattach without restarting a rank, a submission made
+//! during the election is acknowledged once, and the job ends bit-identical to one that ran
+//! entirely under the new leader.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use convoy_testkit::cluster::Cluster;
+use convoy_testkit::serial;
+use convoy_testkit::specs::digits;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The digits job over two ranks, with checkpoints (the final one is what is compared).
+fn spec(dir: &Path, name: &str, steps: u64) -> PathBuf {
+    let path = digits(dir, name, steps, 2);
+    let text = std::fs::read_to_string(&path).expect("spec");
+    std::fs::write(&path, format!("{text}\n[checkpoint]\ninterval = 1000\n")).expect("spec");
+    path
+}
+
+fn export(c: &Cluster, job: &str, out: &Path) -> Vec<u8> {
+    let o = c.convoy(&[
+        "checkpoint",
+        "export",
+        job,
+        "--format",
+        "safetensors",
+        "-o",
+        out.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        o.status.success(),
+        "export {job}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    std::fs::read(out).expect("exported file")
+}
+
+#[test]
+fn a_leader_killed_during_training_costs_no_rank_restart_and_no_acknowledged_submit() {
+    let _g = serial();
+    let mut c = Cluster::start_replicated(3, 5_000);
+    for name in ["alpha", "beta"] {
+        c.add_worker(name, 2);
+    }
+    c.wait_workers(2);
+    let dir = c.dir.path().to_path_buf();
+    // Whether the kill lands during training depends on how fast this machine trains: a job
+    // that ended before its leader was killed proves nothing, so the next try is longer.
+    for (round, steps) in [3_000u64, 12_000, 48_000].into_iter().enumerate() {
+        let leader = c.wait_leader(Duration::from_secs(30));
+        let during = c.submit(&spec(&dir, &format!("during-{round}"), steps), &[]);
+        c.wait_step(&during, 0, Duration::from_secs(120));
+        let killed_at = now_ms();
+        c.kill_member(leader);
+        // Submitted while there is no leader: the CLI retries with one request id.
+        let after = c.submit(
+            &spec(&dir, &format!("after-{round}"), steps),
+            &["--retry-for", "60"],
+        );
+        let new_leader = c.wait_leader(Duration::from_secs(30));
+        assert_ne!(new_leader, leader, "the killed replica cannot lead");
+        let job = c.wait_state(&during, "succeeded", Duration::from_secs(600));
+        let ended = job["attempts"][0]["ended_at_ms"].as_u64().unwrap_or(0);
+        c.wait_state(&after, "succeeded", Duration::from_secs(600));
+        c.restart_member(leader);
+        if ended < killed_at {
+            continue;
+        }
+        assert_eq!(
+            job["attempts"].as_array().map(Vec::len),
+            Some(1),
+            "no rank was restarted across the failover: {job}"
+        );
+        let jobs = c.json(&["jobs"]);
+        let names: Vec<&str> = jobs
+            .as_array()
+            .expect("a list")
+            .iter()
+            .filter_map(|j| j["name"].as_str())
+            .collect();
+        for name in [format!("during-{round}"), format!("after-{round}")] {
+            assert_eq!(
+                names.iter().filter(|n| **n == name).count(),
+                1,
+                "{name} is listed once: {names:?}"
+            );
+        }
+        let a = export(&c, &during, &dir.join("during.safetensors"));
+        let b = export(&c, &after, &dir.join("after.safetensors"));
+        assert!(
+            a == b,
+            "the job that lived through the failover ends with other parameters than one that \
+             did not"
+        );
+        return;
+    }
+    panic!("every job finished before its leader was killed");
+}
