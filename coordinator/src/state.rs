@@ -197,6 +197,25 @@ impl Command {
             | Command::DeleteJob { .. } => None,
         }
     }
+
+    /// Sets the time the command carries (a command without one is left alone).
+    pub fn stamp(&mut self, t: Millis) {
+        match self {
+            Command::SubmitJob(s) => s.now = t,
+            Command::CancelJob { now, .. }
+            | Command::RegisterWorker { now, .. }
+            | Command::Heartbeat { now, .. }
+            | Command::StartAttempt { now, .. }
+            | Command::ReportProgress { now, .. }
+            | Command::ReportRankExit { now, .. }
+            | Command::Tick { now } => *now = t,
+            Command::Cordon { .. }
+            | Command::Uncordon { .. }
+            | Command::ResumeJob { .. }
+            | Command::Configure(_)
+            | Command::DeleteJob { .. } => {}
+        }
+    }
 }
 
 /// What the I/O loop must do after a command was applied.
@@ -258,6 +277,11 @@ pub struct ClusterState {
     pub requests: BTreeMap<String, JobId>,
     next_job: u64,
     next_worker: u64,
+    /// The latest time an accepted command carried. A replicated log's new leader stamps
+    /// nothing earlier, so time never goes backwards in the state, whatever the clocks of
+    /// the machines that led.
+    #[serde(default)]
+    pub clock: Millis,
 }
 
 impl ClusterState {
@@ -307,6 +331,14 @@ impl ClusterState {
 
     /// Applies one command. Deterministic, no I/O; on `Err` the state is unchanged.
     pub fn apply(&mut self, cmd: &Command) -> Result<Vec<Effect>, ApplyError> {
+        let effects = self.apply_inner(cmd)?;
+        if let Some(t) = cmd.now() {
+            self.clock = self.clock.max(t);
+        }
+        Ok(effects)
+    }
+
+    fn apply_inner(&mut self, cmd: &Command) -> Result<Vec<Effect>, ApplyError> {
         match cmd {
             Command::SubmitJob(s) => self.submit(s),
             Command::CancelJob { job, now } => self.cancel(*job, *now),

@@ -1,42 +1,59 @@
-//! A deterministic simulation of three replicas (seeded; in one process; real sled storage):
+//! A deterministic simulation of three replicas (seeded; in one process; real sled storage)
+//! driving the coordinator's own `ReplicatedState`, the path a replicated coordinator runs:
 //! messages are dropped, duplicated and reordered, replicas crash and restart from their
-//! storage, and leaders come and go. The proposals are real commands (encoded log entries) that
-//! each replica applies to its own `ClusterState`. Invariants checked after every round:
-//! applied logs are prefixes of one another, at most one leader per term; once the network
-//! heals, every replica holds the same log and the same state, every proposal a leader
-//! acknowledged is applied exactly once.
+//! storage, snapshots are taken every few entries (so lagging replicas are sent one), each
+//! replica's clock is skewed, and leaders come and go. The proposals are real commands.
+//!
+//! Checked after every round: applied logs are prefixes of one another; replicas that applied
+//! the same index hold equal states; at most one leader per term; time never goes backwards
+//! in the commands a replica accepted, whichever skewed clock stamped them. Once the network heals: every replica holds the same
+//! log and the same state, and every proposal whose proposer answered it is in that log, at
+//! the index it was answered for, exactly once.
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use common::random::Gen;
-use convoy_coordinator::log::codec;
-use convoy_coordinator::replication::{RaftStorage, Replica};
-use convoy_coordinator::{ClusterConfig, ClusterState};
+use convoy_coordinator::replication::{RaftStorage, ReplicatedState};
+use convoy_coordinator::{ClusterConfig, ClusterState, Command};
 use raft::eraftpb::Message;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 const NODES: [u64; 3] = [1, 2, 3];
+/// Small, so that snapshots, compaction and snapshot transfers happen many times a run.
+const SNAPSHOT_EVERY: u64 = 40;
 
 struct Node {
     db: sled::Db,
-    replica: Replica,
-    /// What this replica applied, by index: rebuilt from its storage after a crash.
-    applied: BTreeMap<u64, Vec<u8>>,
-    /// The cluster state those entries built.
-    state: ClusterState,
+    core: ReplicatedState<u64>,
+    /// What this replica applied, by index (rebuilt from what it applies after a crash; a
+    /// snapshot covers the indexes before it).
+    applied: BTreeMap<u64, Vec<Command>>,
+    /// This replica's clock runs this far ahead of (or behind) the simulation's.
+    skew: i64,
+    /// The latest time among the commands it applied and accepted.
+    latest: u64,
 }
 
 impl Node {
-    fn start(id: u64, db: sled::Db) -> Node {
+    fn start(id: u64, db: sled::Db, skew: i64) -> Node {
         let storage = RaftStorage::open(&db).expect("storage");
+        let core = ReplicatedState::open(
+            id,
+            &NODES,
+            storage,
+            ClusterConfig::default(),
+            SNAPSHOT_EVERY,
+        )
+        .expect("replica");
         Node {
-            replica: Replica::new(id, &NODES, storage).expect("replica"),
             db,
+            core,
             applied: BTreeMap::new(),
-            state: ClusterState::new(ClusterConfig::default()),
+            skew,
+            latest: 0,
         }
     }
 }
@@ -46,15 +63,24 @@ struct Sim {
     nodes: BTreeMap<u64, Node>,
     in_flight: Vec<Message>,
     leaders: BTreeMap<u64, u64>,
-    next_value: u64,
+    /// The simulation's clock, in ms: each round is a 20 ms tick.
+    time: u64,
+    next_token: u64,
     commands: Gen,
-    acknowledged: BTreeSet<Vec<u8>>,
-    /// Proposals made on a leader, by value, to recognise their acknowledgement.
-    proposed_on: BTreeMap<Vec<u8>, u64>,
+    /// Answered proposals: token → (index, commands).
+    acknowledged: BTreeMap<u64, (u64, Vec<Command>)>,
+    /// Proposals made: token → commands.
+    proposed: BTreeMap<u64, Vec<Command>>,
+    /// Every entry any replica ever applied, by index: an index applied twice, anywhere,
+    /// must hold the same commands (so nothing applied is ever overwritten).
+    history: BTreeMap<u64, Vec<Command>>,
+    /// Times a replica's state was replaced by a snapshot from the leader.
+    restores: u64,
 }
 
 impl Sim {
     fn new(seed: u64, dir: &std::path::Path) -> Sim {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let nodes = NODES
             .iter()
             .map(|&id| {
@@ -62,26 +88,31 @@ impl Sim {
                     .path(dir.join(format!("node-{id}")))
                     .open()
                     .expect("sled");
-                (id, Node::start(id, db))
+                let skew = rng.random_range(-5_000..5_000);
+                (id, Node::start(id, db, skew))
             })
             .collect();
         Sim {
-            rng: ChaCha8Rng::seed_from_u64(seed),
+            rng,
             nodes,
             in_flight: vec![],
             leaders: BTreeMap::new(),
-            next_value: 0,
+            time: 1_000_000,
+            next_token: 0,
             commands: Gen::new(seed),
-            acknowledged: BTreeSet::new(),
-            proposed_on: BTreeMap::new(),
+            acknowledged: BTreeMap::new(),
+            proposed: BTreeMap::new(),
+            history: BTreeMap::new(),
+            restores: 0,
         }
     }
 
     /// One round: every node ticks, some messages are delivered (with `loss` dropped and a few
     /// duplicated), maybe a proposal on a leader, then every node's ready.
     fn round(&mut self, loss: f64, propose: bool) {
+        self.time += 20;
         for n in self.nodes.values_mut() {
-            n.replica.tick();
+            n.core.tick();
         }
         let mut msgs = std::mem::take(&mut self.in_flight);
         // Reordered: deliver a random permutation, keep some for later rounds.
@@ -102,66 +133,109 @@ impl Sim {
                 self.in_flight.push(m.clone());
             }
             if let Some(n) = self.nodes.get_mut(&m.to) {
-                let _ = n.replica.step(m);
+                n.core.step(m);
             }
         }
         if propose {
-            let leader = self
-                .nodes
-                .iter()
-                .find(|(_, n)| n.replica.is_leader())
-                .map(|(id, _)| *id);
-            if let Some(id) = leader {
-                self.next_value += 1;
-                // A nonce first, so that equal commands are distinct proposals.
-                let cmd = self.commands.next(&self.nodes[&id].state);
-                let mut value = self.next_value.to_le_bytes().to_vec();
-                value.extend(codec::encode_entry(&cmd, 0).expect("encode"));
-                if let Some(n) = self.nodes.get_mut(&id)
-                    && n.replica.propose(value.clone()).is_ok()
-                {
-                    self.proposed_on.insert(value, id);
-                }
-            }
+            self.propose();
         }
         let ids: Vec<u64> = self.nodes.keys().copied().collect();
         for id in ids {
-            let n = self.nodes.get_mut(&id).expect("a node");
-            let out = n.replica.ready().expect("ready");
-            for (index, data) in out.committed {
-                if let Some(old) = n.applied.insert(index, data.clone()) {
-                    assert_eq!(
-                        old, data,
-                        "node {id} applied index {index} twice, differently"
-                    );
-                    continue;
-                }
-                let cmd = codec::decode_entry(&data[8..]).expect("a command");
-                let _ = n.state.apply(&cmd); // rejections are part of the history too
-                if n.replica.is_leader() && self.proposed_on.get(&data) == Some(&id) {
-                    self.acknowledged.insert(data);
-                }
-            }
-            self.in_flight.extend(out.messages);
+            self.advance(id);
         }
         self.check();
     }
 
-    fn check(&mut self) {
-        for (id, n) in &self.nodes {
-            if n.replica.is_leader() {
-                let term = n.replica.term();
-                let other = *self.leaders.entry(term).or_insert(*id);
-                assert_eq!(other, *id, "two leaders in term {term}");
+    /// A batch of one to three commands on the serving leader, stamped by its skewed clock.
+    fn propose(&mut self) {
+        let Some(id) = self
+            .nodes
+            .iter()
+            .find(|(_, n)| n.core.serving())
+            .map(|(id, _)| *id)
+        else {
+            return;
+        };
+        let n = &self.nodes[&id];
+        let wall = self.time.saturating_add_signed(n.skew);
+        let now = n.core.clock(wall);
+        let count = self.rng.random_range(1..=3);
+        let mut batch = vec![];
+        for _ in 0..count {
+            let mut cmd = self.commands.next(n.core.state());
+            cmd.stamp(now);
+            batch.push(cmd);
+        }
+        self.next_token += 1;
+        self.proposed.insert(self.next_token, batch.clone());
+        let n = self.nodes.get_mut(&id).expect("a node");
+        n.core.propose(batch, self.next_token).expect("propose");
+    }
+
+    fn advance(&mut self, id: u64) {
+        let n = self.nodes.get_mut(&id).expect("a node");
+        let adv = n.core.advance().expect("advance");
+        self.in_flight.extend(adv.messages);
+        if adv.restored {
+            self.restores += 1;
+        }
+        for a in adv.applied {
+            let seen = self
+                .history
+                .entry(a.index)
+                .or_insert_with(|| a.commands.clone());
+            assert_eq!(
+                *seen, a.commands,
+                "node {id} applied other commands at {} than were applied there before",
+                a.index
+            );
+            let accepted = a.commands.iter().zip(&a.results).filter(|(_, r)| r.is_ok());
+            for t in accepted.filter_map(|(c, _)| c.now()) {
+                assert!(
+                    t >= n.latest,
+                    "node {id} applied time {t} after {} at index {}",
+                    n.latest,
+                    a.index
+                );
+                n.latest = t;
+            }
+            if let Some(old) = n.applied.insert(a.index, a.commands.clone()) {
+                assert_eq!(old, a.commands, "node {id} applied {} twice", a.index);
+            }
+            if let Some(token) = a.token {
+                assert_eq!(
+                    self.proposed.get(&token),
+                    Some(&a.commands),
+                    "node {id} answered proposal {token} with other commands"
+                );
+                let first = self.acknowledged.insert(token, (a.index, a.commands));
+                assert!(first.is_none(), "proposal {token} answered twice");
             }
         }
-        let logs: Vec<&BTreeMap<u64, Vec<u8>>> = self.nodes.values().map(|n| &n.applied).collect();
-        for a in &logs {
-            for b in &logs {
-                for (index, data) in a.iter() {
-                    if let Some(other) = b.get(index) {
-                        assert_eq!(data, other, "logs differ at index {index}");
+    }
+
+    fn check(&mut self) {
+        for (id, n) in &self.nodes {
+            let r = n.core.replica();
+            if r.is_leader() {
+                let other = *self.leaders.entry(r.term()).or_insert(*id);
+                assert_eq!(other, *id, "two leaders in term {}", r.term());
+            }
+        }
+        let nodes: Vec<&Node> = self.nodes.values().collect();
+        for a in &nodes {
+            for b in &nodes {
+                for (index, cmds) in &a.applied {
+                    if let Some(other) = b.applied.get(index) {
+                        assert_eq!(cmds, other, "logs differ at index {index}");
                     }
+                }
+                if a.core.applied() == b.core.applied() {
+                    assert!(
+                        a.core.state() == b.core.state(),
+                        "replicas at index {} hold different states",
+                        a.core.applied()
+                    );
                 }
             }
         }
@@ -169,20 +243,20 @@ impl Sim {
 
     /// Drops a replica's memory and starts it again from its storage.
     fn crash(&mut self, id: u64) {
-        let db = self.nodes.remove(&id).expect("a node").db;
-        self.nodes.insert(id, Node::start(id, db));
+        let old = self.nodes.remove(&id).expect("a node");
+        self.nodes.insert(id, Node::start(id, old.db, old.skew));
         self.in_flight.retain(|m| m.to != id);
     }
 }
 
 #[test]
-fn three_replicas_agree_through_loss_reordering_and_crashes() {
-    for seed in 1..=6 {
-        run(seed);
-    }
+fn three_replicas_agree_through_loss_reordering_crashes_and_snapshots() {
+    let restores: u64 = (1..=6).map(run).sum();
+    assert!(restores > 0, "no replica ever caught up from a snapshot");
 }
 
-fn run(seed: u64) {
+/// One seeded run; how many times a replica caught up from a snapshot.
+fn run(seed: u64) -> u64 {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut sim = Sim::new(seed, dir.path());
     for round in 0..1_500 {
@@ -197,7 +271,7 @@ fn run(seed: u64) {
             let victim = sim
                 .nodes
                 .iter()
-                .find(|(_, n)| n.replica.is_leader())
+                .find(|(_, n)| n.core.replica().is_leader())
                 .map_or(1, |(id, _)| *id);
             sim.crash(victim);
         }
@@ -206,26 +280,31 @@ fn run(seed: u64) {
     for _ in 0..400 {
         sim.round(0.0, false);
     }
-    let logs: Vec<&BTreeMap<u64, Vec<u8>>> = sim.nodes.values().map(|n| &n.applied).collect();
-    assert!(
-        logs.windows(2).all(|w| w[0] == w[1]),
-        "the logs did not converge"
-    );
-    let states: Vec<&ClusterState> = sim.nodes.values().map(|n| &n.state).collect();
-    assert!(states.windows(2).all(|w| w[0] == w[1]), "the states differ");
-    assert!(!states[0].jobs.is_empty(), "no job was ever submitted");
-    let applied: Vec<&Vec<u8>> = logs[0].values().collect();
-    let distinct: BTreeSet<&Vec<u8>> = applied.iter().copied().collect();
+    let nodes: Vec<&Node> = sim.nodes.values().collect();
+    let applied: BTreeSet<u64> = nodes.iter().map(|n| n.core.applied()).collect();
     assert_eq!(
-        distinct.len(),
         applied.len(),
-        "a proposal was applied twice"
+        1,
+        "the replicas did not converge: {applied:?}"
     );
-    for value in &sim.acknowledged {
-        assert!(
-            distinct.contains(value),
-            "acknowledged {value:?} is missing"
-        );
+    assert!(
+        nodes
+            .windows(2)
+            .all(|w| w[0].core.state() == w[1].core.state()),
+        "the states differ"
+    );
+    assert!(
+        !nodes[0].core.state().jobs.is_empty(),
+        "no job was ever submitted"
+    );
+    // Every answered proposal stays where it was answered (the history never changed an
+    // applied index), within what every replica now holds, and no two share an index.
+    let mut indexes = BTreeSet::new();
+    let applied_to = nodes[0].core.applied();
+    for (token, (index, cmds)) in &sim.acknowledged {
+        assert!(indexes.insert(*index), "two proposals answered at {index}");
+        assert_eq!(sim.history.get(index), Some(cmds), "proposal {token} moved");
+        assert!(*index <= applied_to, "proposal {token} at {index} was lost");
     }
     assert!(
         sim.acknowledged.len() > 100,
@@ -233,4 +312,5 @@ fn run(seed: u64) {
         sim.acknowledged.len()
     );
     assert!(sim.leaders.len() > 2, "the leadership never changed");
+    sim.restores
 }

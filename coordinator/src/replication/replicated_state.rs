@@ -19,10 +19,13 @@ use raft::eraftpb::Message;
 use super::{RaftStorage, Replica};
 use crate::error::{ApplyError, StoreError};
 use crate::log::codec::{self, Proposal};
+use crate::model::Millis;
 use crate::state::{ClusterConfig, ClusterState, Command, Effect};
 
 /// One applied batch.
 pub struct Applied<T> {
+    /// The Raft entry it was.
+    pub index: u64,
     pub commands: Vec<Command>,
     pub results: Vec<Result<Vec<Effect>, ApplyError>>,
     /// The proposer's token, on the replica that proposed the batch (if it still waits).
@@ -59,6 +62,8 @@ pub struct ReplicatedState<T> {
     /// As leader: the term, and the index of its first entry (serving once applied).
     leading: Option<(u64, u64)>,
     serving: bool,
+    /// The latest time stamped into an applied command.
+    latest_time: Millis,
 }
 
 fn raft_error(what: &str) -> impl FnOnce(raft::Error) -> StoreError + '_ {
@@ -101,6 +106,7 @@ impl<T> ReplicatedState<T> {
             pending: HashMap::new(),
             leading: None,
             serving: false,
+            latest_time: 0,
         })
     }
 
@@ -119,6 +125,13 @@ impl<T> ReplicatedState<T> {
     /// The index of the last entry applied.
     pub fn applied(&self) -> u64 {
         self.applied
+    }
+
+    /// The time to stamp into a command proposed now, given the wall clock: never before a
+    /// command already applied, so time does not go backwards in the log when a new leader's
+    /// clock is behind its predecessor's.
+    pub fn clock(&self, wall: Millis) -> Millis {
+        wall.max(self.latest_time).max(self.state.clock)
     }
 
     /// Whether this replica is the leader and has applied everything before its term.
@@ -194,12 +207,16 @@ impl<T> ReplicatedState<T> {
             let p = codec::decode_proposal(&data)
                 .map_err(|msg| StoreError::CorruptEntry { index, msg })?;
             let results = p.commands.iter().map(|c| self.state.apply(c)).collect();
+            if let Some(t) = p.commands.iter().filter_map(Command::now).max() {
+                self.latest_time = self.latest_time.max(t);
+            }
             let token = if p.origin == self.node_id {
                 self.pending.remove(&p.seq)
             } else {
                 None
             };
             adv.applied.push(Applied {
+                index,
                 commands: p.commands,
                 results,
                 token,

@@ -135,8 +135,8 @@ enum ReplyTo {
 pub struct EventLoop {
     core: Core,
     leadership: watch::Sender<Leadership>,
-    /// The latest time stamped into a command: time never goes backwards in the log, even
-    /// when a new leader's clock is behind its predecessor's.
+    /// The latest time stamped into a command here (see `ReplicatedState::clock` for the
+    /// replicated log's).
     clock: Millis,
     records: Arc<Records>,
     config: LoopConfig,
@@ -277,7 +277,11 @@ impl EventLoop {
     /// The time to stamp into a command: the clock, but never before a command already
     /// applied.
     fn now(&mut self) -> Millis {
-        self.clock = self.clock.max(now_ms());
+        let wall = match &self.core {
+            Core::Single(_) => now_ms(),
+            Core::Replicated(r) => r.state.clock(now_ms()),
+        };
+        self.clock = self.clock.max(wall);
         self.clock
     }
 
@@ -301,9 +305,6 @@ impl EventLoop {
             self.dirty = true;
         }
         for a in adv.applied {
-            for t in a.commands.iter().filter_map(Command::now) {
-                self.clock = self.clock.max(t);
-            }
             match a.token {
                 Some(reply_to) => self.finish(&a.commands, a.results, reply_to),
                 // What the previous leader proposed still has effects to carry out.
