@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use common::random::Gen;
 use convoy_coordinator::replication::{RaftStorage, ReplicatedState};
-use convoy_coordinator::{ClusterConfig, ClusterState, Command};
+use convoy_coordinator::{ClusterConfig, Command};
 use raft::eraftpb::Message;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

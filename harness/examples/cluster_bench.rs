@@ -18,12 +18,17 @@
 //! `target/release/examples/cluster_bench restart --rounds 3` or
 //! `target/release/examples/cluster_bench dp bench/gpt-cpu.toml`.
 
+mod bench_common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+use bench_common::{
+    client, digits_spec, dir_size, harness, load_spec, memory_mib, ms, percentile, submit_many,
+    wait,
+};
 use clap::{Parser, Subcommand};
 use convoy_client::Channel;
 use convoy_harness::{Daemon, Harness, READY_TIMEOUT};
@@ -78,18 +83,6 @@ enum Cmd {
     },
 }
 
-/// The release binaries beside this example (`target/release/examples/..`).
-fn harness(dir: &Path) -> Result<Harness> {
-    let exe = std::env::current_exe()?;
-    let bins = exe
-        .parent()
-        .and_then(Path::parent)
-        .ok_or_else(|| anyhow!("cannot locate the target directory from {}", exe.display()))?;
-    let h = Harness::new(bins, dir)?;
-    h.check_binaries()?;
-    Ok(h)
-}
-
 fn start_coordinator(
     h: &Harness,
     dir: &Path,
@@ -138,74 +131,6 @@ fn start_workers(h: &Harness, dir: &Path, addr: &str, names: &[&str]) -> Result<
     Ok(workers)
 }
 
-async fn client(addr: &str) -> Result<ConvoyClient<Channel>> {
-    Ok(convoy_client::client_api(
-        convoy_client::connect(addr).await?,
-    ))
-}
-
-/// A spec file with `steps` and `world_size` replaced, and the directory its relative paths
-/// are resolved against.
-fn load_spec(path: &Path, steps: Option<u64>, world: usize) -> Result<(String, String)> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut spec: toml::Table = toml::from_str(&text)?;
-    if let Some(steps) = steps {
-        spec.insert("steps".into(), toml::Value::Integer(steps as i64));
-    }
-    spec.insert("world_size".into(), toml::Value::Integer(world as i64));
-    let dir = path
-        .canonicalize()?
-        .parent()
-        .map(|d| d.display().to_string())
-        .unwrap_or_default();
-    Ok((toml::to_string(&spec)?, dir))
-}
-
-fn digits_spec(steps: u64, world: usize) -> Result<(String, String)> {
-    load_spec(
-        &convoy_testkit::examples("digits-mlp.toml"),
-        Some(steps),
-        world,
-    )
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-/// `VmRSS` and `VmHWM` (peak) of a process, in MiB.
-fn memory_mib(pid: u32) -> Result<(f64, f64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| -> Result<f64> {
-        let line = status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .ok_or_else(|| anyhow!("{name} missing from /proc/{pid}/status"))?;
-        let kb: f64 = line
-            .split_whitespace()
-            .nth(1)
-            .ok_or_else(|| anyhow!("malformed {name} line"))?
-            .parse()?;
-        Ok(kb / 1024.0)
-    };
-    Ok((field("VmRSS:")?, field("VmHWM:")?))
-}
-
-fn dir_size(p: &Path) -> u64 {
-    let Ok(rd) = std::fs::read_dir(p) else {
-        return 0;
-    };
-    rd.flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_size(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
-}
-
 async fn submit(jobs: usize, concurrency: usize, connections: usize) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let h = harness(dir.path())?;
@@ -248,44 +173,6 @@ async fn submit(jobs: usize, concurrency: usize, connections: usize) -> Result<(
         status.jobs_queued
     );
     Ok(())
-}
-
-/// Submits `jobs` copies of `spec` with `concurrency` requests in flight over `clients`;
-/// returns each request's latency.
-async fn submit_many(
-    clients: &[ConvoyClient<Channel>],
-    jobs: usize,
-    concurrency: usize,
-    spec: &Arc<String>,
-    workdir: &Arc<String>,
-) -> Result<Vec<Duration>> {
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for t in 0..concurrency.max(1) {
-        let mut c = clients[t % clients.len()].clone();
-        let (next, spec, workdir) = (next.clone(), spec.clone(), workdir.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            while next.fetch_add(1, Ordering::Relaxed) < jobs {
-                let t0 = Instant::now();
-                c.submit_job(SubmitJobRequest {
-                    spec_toml: spec.to_string(),
-                    workdir: workdir.to_string(),
-                    priority: 0,
-                    max_restarts: 3,
-                    ..Default::default()
-                })
-                .await?;
-                lat.push(t0.elapsed());
-            }
-            Ok::<_, tonic::Status>(lat)
-        }));
-    }
-    let mut lat = Vec::with_capacity(jobs);
-    for t in tasks {
-        lat.extend(t.await??);
-    }
-    Ok(lat)
 }
 
 async fn restart(job_counts: &[usize], rounds: usize) -> Result<()> {
@@ -331,10 +218,6 @@ async fn restart(job_counts: &[usize], rounds: usize) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 async fn failover(
@@ -570,22 +453,6 @@ async fn resume_line(c: &mut ConvoyClient<Channel>, id: &str) -> Result<Option<S
         }
     }
     Ok(found)
-}
-
-/// Polls `cond` every 50 ms until it holds.
-async fn wait<F, Fut>(timeout: Duration, what: &str, mut cond: F) -> Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<bool>>,
-{
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if cond().await? {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("timed out after {timeout:?} waiting for {what}")
 }
 
 #[tokio::main]

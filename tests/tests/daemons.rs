@@ -91,3 +91,83 @@ fn a_coordinator_given_an_unknown_setting_refuses_to_start_naming_it() {
         "{text}"
     );
 }
+
+#[test]
+fn replica_settings_that_cannot_make_a_cluster_are_refused_with_one_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let h = Harness::new(&bin_dir(), dir.path()).expect("harness");
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "0123456789abcdef0123\n").expect("write");
+    let short = dir.path().join("short");
+    std::fs::write(&short, "s3cret\n").expect("write");
+    let data = dir.path().join("data");
+    let peers = "1=127.0.0.1:7601,2=127.0.0.1:7602,3=127.0.0.1:7603";
+    let refused = |args: &[&str]| -> String {
+        let mut all: Vec<String> = ["--listen", "127.0.0.1:0", "--data-dir"]
+            .map(String::from)
+            .to_vec();
+        all.push(data.display().to_string());
+        all.extend(args.iter().map(|s| s.to_string()));
+        let e = h.coordinator("coordinator", &all).err().expect("refused");
+        assert!(matches!(e, HarnessError::Exited { .. }), "{e}");
+        let text = log(&h);
+        text.trim().lines().last().unwrap_or("").to_string()
+    };
+    let secret = secret.to_str().expect("utf-8");
+    let with = |node: &str, peers: &str, secret: &str| {
+        refused(&[
+            "--node-id",
+            node,
+            "--peers",
+            peers,
+            "--cluster-id",
+            "c",
+            "--cluster-secret-file",
+            secret,
+        ])
+    };
+    let line = refused(&["--node-id", "1"]);
+    assert!(
+        line.contains("--node-id, --cluster-id and --cluster-secret-file need --peers"),
+        "{line}"
+    );
+    let line = with("4", peers, secret);
+    assert!(
+        line.contains("--node-id 4 is not in --peers (members 1, 2, 3)"),
+        "{line}"
+    );
+    let line = with("1", "1=127.0.0.1:7601,2=127.0.0.1:7601", secret);
+    assert!(
+        line.contains("--peers gives 127.0.0.1:7601 to both 1 and 2"),
+        "{line}"
+    );
+    let line = with("1", "1=127.0.0.1:7601,1=127.0.0.1:7602", secret);
+    assert!(line.contains("--peers names member 1 twice"), "{line}");
+    let line = with("1", "one=127.0.0.1:7601", secret);
+    assert!(line.contains("the id must be a number above 0"), "{line}");
+    let line = with("1", peers, short.to_str().expect("utf-8"));
+    assert!(
+        line.contains("at least 16 printable ASCII characters"),
+        "{line}"
+    );
+
+    // A data directory of a coordinator that ran alone is not silently turned into a replica.
+    let mut c = h
+        .coordinator(
+            "coordinator",
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                data.to_str().expect("utf-8"),
+            ]
+            .map(String::from),
+        )
+        .expect("starts alone");
+    assert!(c.stop(Duration::from_secs(30)), "stops on SIGTERM");
+    let line = with("1", peers, secret);
+    assert!(
+        line.contains("holds a single coordinator's command log, and this coordinator was started with --peers"),
+        "{line}"
+    );
+}

@@ -104,3 +104,61 @@ fn a_leader_killed_during_training_costs_no_rank_restart_and_no_acknowledged_sub
     }
     panic!("every job finished before its leader was killed");
 }
+
+#[test]
+fn without_a_majority_writes_fail_with_one_line_and_nothing_acknowledged_is_lost() {
+    let _g = serial();
+    let mut c = Cluster::start_replicated(3, 5_000);
+    let dir = c.dir.path().to_path_buf();
+    let before = c.submit(&spec(&dir, "before", 50), &[]);
+    let leader = c.wait_leader(Duration::from_secs(30));
+    let others: Vec<u64> = (1..=3).filter(|n| *n != leader).collect();
+    for n in &others {
+        c.kill_member(*n);
+    }
+    // The leader steps down once it cannot hear a majority; the write is refused, not lost
+    // in a hang.
+    let spec_path = spec(&dir, "during", 50);
+    let out = c.convoy(&[
+        "submit",
+        spec_path.to_str().expect("utf-8"),
+        "--retry-for",
+        "0",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a write without a majority: {stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("no leader"), "{stderr}");
+    for n in others {
+        c.restart_member(n);
+    }
+    c.wait_leader(Duration::from_secs(30));
+    let job = c.job(&before);
+    assert_eq!(job["name"], "before", "{job}");
+}
+
+#[test]
+fn convoy_dev_runs_a_job_on_three_replicated_coordinators() {
+    let _g = serial();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spec_path = spec(dir.path(), "dev", 50);
+    let out = std::process::Command::new(convoy_testkit::bin_dir().join("convoy"))
+        .args([
+            "dev",
+            spec_path.to_str().expect("utf-8"),
+            "--coordinators",
+            "3",
+            "--workers",
+            "2",
+            "--world-size",
+            "2",
+        ])
+        .output()
+        .expect("run convoy dev");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("job-1 succeeded (1 attempt)"), "{stderr}");
+}

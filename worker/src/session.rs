@@ -14,6 +14,11 @@ use tonic::Code;
 use crate::config::WorkerConfig;
 use crate::ranks::Supervisor;
 
+/// After losing the coordinator the daemon asks again this often, this many times, before
+/// backing off: about the time a replicated coordinator takes to elect a new leader.
+const QUICK_RETRY: Duration = Duration::from_millis(100);
+const QUICK_TRIES: u32 = 20;
+
 /// How long one unary call may take before the coordinator counts as unreachable.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -34,6 +39,7 @@ pub async fn run(
     mut stopping: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(200);
+    let mut failures = 0u32;
     let mut last_error = String::new();
     let mut announced = false;
     while !*stopping.borrow() {
@@ -65,15 +71,26 @@ pub async fn run(
                     tracing::warn!("{msg}");
                     last_error = msg;
                 }
+                // Quick tries first: a new leader is usually elected within a second, and the
+                // sooner the daemon asks, the sooner its ranks are heard again. Then back off.
+                failures += 1;
+                let delay = if failures <= QUICK_TRIES {
+                    QUICK_RETRY
+                } else {
+                    backoff
+                };
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(delay) => {}
                     _ = stopping.changed() => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                if failures > QUICK_TRIES {
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
                 continue;
             }
         };
         backoff = Duration::from_millis(200);
+        failures = 0;
         last_error.clear();
         tracing::info!(
             "registered with {} as {} ({} slots, {} GPUs)",

@@ -32,9 +32,13 @@ pub struct DevArgs {
     /// CPU threads per rank (default: the cores divided among the slots of all workers).
     #[arg(long)]
     pub threads_per_rank: Option<usize>,
-    /// The coordinator's port (0: any free port).
+    /// The coordinator's port (0: any free port); replicas take this one and the next ones.
     #[arg(long, default_value_t = 0)]
     pub port: u16,
+    /// Coordinator replicas: 1, or an odd number (3 survives the loss of any one; try
+    /// SIGKILLing the leader that `convoy coordinators` names).
+    #[arg(long, default_value_t = 1)]
+    pub coordinators: u16,
 }
 
 /// How long each daemon gets to stop on SIGTERM before it is killed.
@@ -50,6 +54,12 @@ fn stop(d: &mut Daemon) {
 pub async fn run(args: DevArgs) -> Result<()> {
     if args.workers == 0 || args.slots == 0 {
         bail!("--workers and --slots must be at least 1");
+    }
+    if args.coordinators.is_multiple_of(2) {
+        bail!(
+            "--coordinators {}: 1, or an odd number (a majority of them must be up)",
+            args.coordinators
+        );
     }
     // Check the spec before starting anything.
     if let Some(spec) = &args.spec {
@@ -73,18 +83,23 @@ async fn cluster(args: &DevArgs, dir: &Path) -> Result<()> {
     let harness = Harness::new(&bin_dir_of_current_exe()?, dir)?;
     harness.check_binaries()?;
     let path = |p: PathBuf| p.display().to_string();
-    let mut coordinator = harness.coordinator(
-        "coordinator",
-        &[
-            "--listen".into(),
-            format!("127.0.0.1:{}", args.port),
-            "--data-dir".into(),
-            path(dir.join("coordinator")),
-        ],
-    )?;
-    let url = coordinator
-        .url()
-        .context("the coordinator's ready signal has no address")?;
+    let (mut coordinators, url) = if args.coordinators == 1 {
+        let c = harness.coordinator(
+            "coordinator",
+            &[
+                "--listen".into(),
+                format!("127.0.0.1:{}", args.port),
+                "--data-dir".into(),
+                path(dir.join("coordinator")),
+            ],
+        )?;
+        let url = c
+            .url()
+            .context("the coordinator's ready signal has no address")?;
+        (vec![c], url)
+    } else {
+        replicas(&harness, args, dir)?
+    };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = args
         .threads_per_rank
@@ -121,8 +136,67 @@ async fn cluster(args: &DevArgs, dir: &Path) -> Result<()> {
     for w in &mut workers {
         stop(w);
     }
-    stop(&mut coordinator);
+    for c in &mut coordinators {
+        stop(c);
+    }
     result
+}
+
+/// `args.coordinators` replicas on consecutive ports from `args.port` (or free ones), with a
+/// fresh secret; the address list clients are given.
+fn replicas(harness: &Harness, args: &DevArgs, dir: &Path) -> Result<(Vec<Daemon>, String)> {
+    let n = usize::from(args.coordinators);
+    let ports: Vec<u16> = if args.port == 0 {
+        // Ports free now: the replicas must know each other's before they start.
+        (0..n)
+            .map(|_| {
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .map(|a| a.port())
+                    .context("finding a free port")
+            })
+            .collect::<Result<_>>()?
+    } else {
+        (0..n)
+            .map(|i| args.port.checked_add(i as u16))
+            .collect::<Option<_>>()
+            .context("--port: the replicas' ports run past 65535")?
+    };
+    let secret = dir.join("cluster-secret");
+    std::fs::write(&secret, format!("{:032x}", rand::random::<u128>()))
+        .context("writing the cluster secret")?;
+    let peers: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
+        .collect();
+    let mut daemons = vec![];
+    for (i, port) in ports.iter().enumerate() {
+        let name = format!("coordinator-{}", i + 1);
+        daemons.push(harness.coordinator(
+            &name,
+            &[
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+                "--data-dir".into(),
+                dir.join(&name).display().to_string(),
+                "--node-id".into(),
+                (i + 1).to_string(),
+                "--peers".into(),
+                peers.join(","),
+                "--cluster-id".into(),
+                "convoy-dev".into(),
+                "--cluster-secret-file".into(),
+                secret.display().to_string(),
+            ],
+        )?);
+    }
+    let url = ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    Ok((daemons, url))
 }
 
 async fn drive(
@@ -147,7 +221,7 @@ async fn drive(
         }
     }
     eprintln!(
-        "convoy dev: coordinator at {url}, {} workers × {} slots ({threads} threads per rank); logs in {}",
+        "convoy dev: coordinator(s) at {url}, {} workers × {} slots ({threads} threads per rank); logs in {}",
         args.workers,
         args.slots,
         dir.display()

@@ -10,7 +10,8 @@ fn worker_json(w: &pb::Worker) -> Value {
     json!({
         "id": w.id, "name": w.name, "slots": w.cpu_slots, "gpus": w.gpus,
         "liveness": w.liveness, "cordoned": w.cordoned,
-        "last_heartbeat_ms": w.last_heartbeat_ms, "ranks": w.ranks,
+        "last_heartbeat_ms": w.last_heartbeat_ms, "registered_at_ms": w.registered_at_ms,
+        "ranks": w.ranks,
     })
 }
 

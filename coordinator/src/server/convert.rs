@@ -185,6 +185,7 @@ pub fn worker(w: &Worker, view: &View<'_>) -> pb::Worker {
         },
         cordoned: w.cordon.is_some(),
         last_heartbeat_ms: w.last_heartbeat,
+        registered_at_ms: w.registered_at,
         ranks,
     }
 }

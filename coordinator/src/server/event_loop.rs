@@ -315,8 +315,6 @@ impl EventLoop {
                 None => {}
             }
         }
-        // Their handlers answer with the leader's address; clients retry there.
-        drop(adv.abandoned);
         if !leads && !self.streams.is_empty() {
             // Workers' streams end, and they look for the new leader.
             self.streams.clear();
@@ -329,6 +327,9 @@ impl EventLoop {
             *l = now;
             changed
         });
+        // Their handlers, woken by this, answer with the leadership just published: the
+        // leader's address, or that there is none. Clients retry accordingly.
+        drop(adv.abandoned);
         if adv.began_serving {
             tracing::info!("leading the cluster from index {}", self.core_applied());
             self.recovered()?;

@@ -1,0 +1,379 @@
+//! Benchmarks of the replicated coordinator on real processes (release build, 127.0.0.1):
+//!
+//! - `failover`: three replicas, two one-slot workers and a 2-rank job that runs throughout.
+//!   `--kills` times: the leader is SIGKILLed; measured are the time from the kill to the
+//!   first acknowledged submission (a client given all three addresses, retrying every 10 ms
+//!   with one request id) and to every worker being heard by the new leader again; the job's
+//!   attempt must stay the same (no rank restarted). The killed replica is started again and
+//!   caught up before the next kill.
+//! - `submit`: submissions per second and latency with 1 replica and with 3, in one run.
+//!
+//! `cargo build --release --bins && cargo build --release -p convoy-harness --examples` then
+//! `target/release/examples/ha_bench failover --kills 30` or
+//! `target/release/examples/ha_bench submit --jobs 10000`.
+
+mod bench_common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow, bail};
+use bench_common::{client, digits_spec, harness, ms, percentile, submit_many, wait};
+use clap::{Parser, Subcommand};
+use convoy_harness::{Daemon, Harness, READY_TIMEOUT};
+use convoy_proto::v1::replicas_client::ReplicasClient;
+use convoy_proto::v1::{
+    GetJobRequest, JobState, ListWorkersRequest, ReplicaStatus, ReplicaStatusRequest,
+    SubmitJobRequest,
+};
+
+#[derive(Parser)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    Failover {
+        #[arg(long, default_value_t = 30)]
+        kills: usize,
+        #[arg(long, default_value_t = 5000)]
+        heartbeat_timeout_ms: u64,
+    },
+    Submit {
+        #[arg(long, default_value_t = 10_000)]
+        jobs: usize,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+}
+
+/// `n` replicas (one, without `--peers`, when `n` is 1) on ports chosen now.
+struct Replicas {
+    harness: Harness,
+    dir: std::path::PathBuf,
+    listens: Vec<String>,
+    daemons: Vec<Option<Daemon>>,
+    heartbeat_timeout_ms: u64,
+}
+
+impl Replicas {
+    fn start(h: Harness, dir: &Path, n: usize, heartbeat_timeout_ms: u64) -> Result<Replicas> {
+        std::fs::write(dir.join("secret"), "bench-secret-0123456789")?;
+        let listens = (0..n)
+            .map(|_| {
+                let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+                Ok(format!("127.0.0.1:{}", l.local_addr()?.port()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut r = Replicas {
+            harness: h,
+            dir: dir.to_path_buf(),
+            daemons: (0..n).map(|_| None).collect(),
+            listens,
+            heartbeat_timeout_ms,
+        };
+        for i in 0..n {
+            r.start_member(i)?;
+        }
+        Ok(r)
+    }
+
+    fn start_member(&mut self, i: usize) -> Result<()> {
+        let name = format!("coordinator-{}", i + 1);
+        let mut args = vec![
+            "--listen".into(),
+            self.listens[i].clone(),
+            "--data-dir".into(),
+            self.dir.join(&name).display().to_string(),
+            "--heartbeat-timeout-ms".into(),
+            self.heartbeat_timeout_ms.to_string(),
+        ];
+        if self.listens.len() > 1 {
+            let peers: Vec<String> = self
+                .listens
+                .iter()
+                .enumerate()
+                .map(|(j, l)| format!("{}={l}", j + 1))
+                .collect();
+            args.extend([
+                "--node-id".into(),
+                (i + 1).to_string(),
+                "--peers".into(),
+                peers.join(","),
+                "--cluster-id".into(),
+                "bench".into(),
+                "--cluster-secret-file".into(),
+                self.dir.join("secret").display().to_string(),
+            ]);
+        }
+        self.daemons[i] = Some(self.harness.coordinator(&name, &args)?);
+        Ok(())
+    }
+
+    fn addresses(&self) -> String {
+        self.listens.join(",")
+    }
+
+    async fn status(&self, i: usize) -> Option<ReplicaStatus> {
+        let channel = convoy_client::connect(&self.listens[i]).await.ok()?;
+        let mut replicas = ReplicasClient::new(channel);
+        let ask = replicas.status(ReplicaStatusRequest {});
+        match tokio::time::timeout(Duration::from_secs(2), ask).await {
+            Ok(Ok(r)) => Some(r.into_inner()),
+            _ => None,
+        }
+    }
+
+    /// The index of the serving leader, waiting for one.
+    async fn leader(&self) -> Result<usize> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            for i in 0..self.listens.len() {
+                if self.status(i).await.is_some_and(|s| s.serving) {
+                    return Ok(i);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        bail!("no leader within 60 s")
+    }
+
+    /// Waits until every replica has applied what the leader has committed.
+    async fn caught_up(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let mut all = vec![];
+            for i in 0..self.listens.len() {
+                all.push(self.status(i).await);
+            }
+            let commit = all
+                .iter()
+                .flatten()
+                .filter(|s| s.serving)
+                .map(|s| s.commit)
+                .next();
+            if let Some(c) = commit
+                && all
+                    .iter()
+                    .all(|s| s.as_ref().is_some_and(|s| s.applied >= c))
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        bail!("the replicas did not catch up within 60 s")
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+async fn failover(kills: usize, heartbeat_timeout_ms: u64) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let h = harness(dir.path())?;
+    let mut replicas = Replicas::start(h.clone(), dir.path(), 3, heartbeat_timeout_ms)?;
+    let addrs = replicas.addresses();
+    let mut workers = vec![];
+    for name in ["w1", "w2"] {
+        let mut w = h.spawn_worker(
+            name,
+            &[
+                "--coordinator".into(),
+                addrs.clone(),
+                "--name".into(),
+                name.into(),
+                "--slots".into(),
+                "1".into(),
+                "--data-dir".into(),
+                dir.path().join(name).display().to_string(),
+                "--threads-per-rank".into(),
+                "1".into(),
+            ],
+        )?;
+        w.wait_ready(READY_TIMEOUT)?;
+        workers.push(w);
+    }
+    let mut c = client(&addrs).await?;
+    let (spec_toml, workdir) = digits_spec(100_000_000, 2)?;
+    let job = c
+        .submit_job(SubmitJobRequest {
+            spec_toml: spec_toml.clone(),
+            workdir: workdir.clone(),
+            no_progress_timeout: true,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .job_id;
+    wait(Duration::from_secs(120), "the job to step", || {
+        let (mut c, job) = (c.clone(), job.clone());
+        async move {
+            let j = c.get_job(GetJobRequest { job_id: job }).await?.into_inner();
+            Ok(j.state == JobState::Running as i32 && j.step > 10)
+        }
+    })
+    .await?;
+    let generation = |j: &convoy_proto::v1::Job| j.attempts.last().map(|a| a.generation);
+    let first = generation(
+        &c.get_job(GetJobRequest {
+            job_id: job.clone(),
+        })
+        .await?
+        .into_inner(),
+    );
+    let (mut writes, mut reattached) = (vec![], vec![]);
+    for kill in 1..=kills {
+        replicas.caught_up().await?;
+        let leader = replicas.leader().await?;
+        let killed_wall = now_ms();
+        let killed = Instant::now();
+        if let Some(mut d) = replicas.daemons[leader].take() {
+            d.kill();
+        }
+        // The first acknowledged write: a submission retried with one request id.
+        let request_id = convoy_client::submit::new_request_id();
+        let write = loop {
+            let req = SubmitJobRequest {
+                spec_toml: spec_toml.clone(),
+                workdir: workdir.clone(),
+                request_id: request_id.clone(),
+                priority: -1,
+                ..Default::default()
+            };
+            let tried = tokio::time::timeout(Duration::from_millis(500), c.submit_job(req));
+            if let Ok(Ok(r)) = tried.await {
+                let id = r.into_inner().job_id;
+                // Queued behind the running job for ever; cancelled to keep the queue short.
+                let _ = c
+                    .cancel_job(convoy_proto::v1::CancelJobRequest { job_id: id })
+                    .await;
+                break killed.elapsed();
+            }
+            if killed.elapsed() > Duration::from_secs(60) {
+                bail!("kill {kill}: no write acknowledged within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        // Every worker registered again (reattached, under its instance) with the new leader.
+        let back = loop {
+            if let Ok(ws) = c.list_workers(ListWorkersRequest {}).await {
+                let ws = ws.into_inner().workers;
+                if ws.len() == 2 && ws.iter().all(|w| w.registered_at_ms >= killed_wall) {
+                    break killed.elapsed();
+                }
+            }
+            if killed.elapsed() > Duration::from_secs(60) {
+                bail!("kill {kill}: the workers did not reattach within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let j = c
+            .get_job(GetJobRequest {
+                job_id: job.clone(),
+            })
+            .await?
+            .into_inner();
+        if generation(&j) != first || j.state != JobState::Running as i32 {
+            bail!("kill {kill}: the job's attempt changed: {j:?}");
+        }
+        println!(
+            "kill {kill}: replica {} killed; first write acknowledged after {:.0} ms, workers \
+             reattached after {:.0} ms",
+            leader + 1,
+            ms(write),
+            ms(back)
+        );
+        writes.push(write);
+        reattached.push(back);
+        replicas.start_member(leader)?;
+    }
+    writes.sort();
+    reattached.sort();
+    println!(
+        "{kills} leader kills: first acknowledged write p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; \
+         workers reattached p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; ranks restarted: 0 (the \
+         job kept attempt {})",
+        ms(percentile(&writes, 0.5)),
+        ms(percentile(&writes, 0.99)),
+        ms(percentile(&writes, 1.0)),
+        ms(percentile(&reattached, 0.5)),
+        ms(percentile(&reattached, 0.99)),
+        ms(percentile(&reattached, 1.0)),
+        first.unwrap_or(0)
+    );
+    drop(workers);
+    Ok(())
+}
+
+async fn submit(jobs: usize, concurrency: usize, connections: usize, rounds: usize) -> Result<()> {
+    let (spec, workdir) = digits_spec(100, 1)?;
+    let (spec, workdir) = (Arc::new(spec), Arc::new(workdir));
+    let mut rates: [Vec<f64>; 2] = [vec![], vec![]];
+    let mut p99s: [Vec<f64>; 2] = [vec![], vec![]];
+    for round in 1..=rounds {
+        for (k, n) in [1usize, 3].into_iter().enumerate() {
+            let dir = tempfile::tempdir()?;
+            let h = harness(dir.path())?;
+            let replicas = Replicas::start(h, dir.path(), n, 5000)?;
+            replicas.leader().await?;
+            let mut clients = vec![];
+            for _ in 0..connections.max(1) {
+                clients.push(client(&replicas.addresses()).await?);
+            }
+            let started = Instant::now();
+            let mut lat = submit_many(&clients, jobs, concurrency, &spec, &workdir)
+                .await
+                .with_context(|| format!("{n} replicas"))?;
+            let rate = lat.len() as f64 / started.elapsed().as_secs_f64();
+            lat.sort();
+            let p99 = ms(percentile(&lat, 0.99));
+            println!(
+                "round {round}, {n} replica(s): {} submissions, {rate:.0}/s, p50 {:.2} ms, p99 \
+                 {p99:.2} ms",
+                lat.len(),
+                ms(percentile(&lat, 0.5))
+            );
+            rates[k].push(rate);
+            p99s[k].push(p99);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (r1, r3) = (median(&mut rates[0]), median(&mut rates[1]));
+    let (l1, l3) = (median(&mut p99s[0]), median(&mut p99s[1]));
+    println!(
+        "median of {rounds}: 1 replica {r1:.0}/s (p99 {l1:.2} ms), 3 replicas {r3:.0}/s (p99 \
+         {l3:.2} ms): 3 replicas reach {:.2}x the single one",
+        r3 / r1
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    match Args::parse().cmd {
+        Cmd::Failover {
+            kills,
+            heartbeat_timeout_ms,
+        } => failover(kills, heartbeat_timeout_ms).await,
+        Cmd::Submit {
+            jobs,
+            concurrency,
+            connections,
+            rounds,
+        } => submit(jobs, concurrency, connections, rounds).await,
+    }
+    .map_err(|e| anyhow!("{e:#}"))
+}
