@@ -6,12 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use convoy_coordinator::replication::{
-    Membership, Outbox, PeerService, RaftStorage, Replica, canonical,
+    Inbound, Membership, Outbox, PeerService, RaftStorage, Replica, canonical,
 };
 use convoy_proto::v1::PeerMessage;
 use convoy_proto::v1::raft_peer_client::RaftPeerClient;
 use convoy_proto::v1::raft_peer_server::RaftPeerServer;
-use raft::eraftpb::Message;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -30,7 +29,7 @@ fn start(
     dir: &std::path::Path,
 ) -> (Arc<Mutex<Seen>>, mpsc::Sender<Vec<u8>>) {
     let members = Arc::new(members);
-    let (inbox_tx, mut inbox) = mpsc::channel::<Message>(4096);
+    let (inbox_tx, mut inbox) = mpsc::channel::<Inbound>(4096);
     let service = PeerService::new(members.clone(), inbox_tx);
     tokio::spawn(
         tonic::transport::Server::builder()
@@ -57,7 +56,10 @@ fn start(
         loop {
             tokio::select! {
                 _ = tick.tick() => replica.tick(),
-                Some(m) = inbox.recv() => { let _ = replica.step(m); }
+                Some(m) = inbox.recv() => match m {
+                    Inbound::Message(m) => { let _ = replica.step(m); }
+                    Inbound::LostLog(id) => replica.peer_lost_log(id),
+                },
                 Some(p) = proposals.recv() => { let _ = replica.propose(p); }
             }
             let out = replica.ready().expect("ready");
@@ -151,6 +153,7 @@ async fn a_stranger_is_refused_before_its_raft_bytes_are_decoded() {
         cluster_id: cluster.into(),
         raft,
         members: agreed.clone(),
+        incarnation: 1,
     };
     // Deeply nested protobuf, as the advisory's crash input is: never reaches the decoder.
     let bomb = vec![0x0a; 1 << 16];

@@ -2,7 +2,8 @@
 //! driving the coordinator's own `ReplicatedState`, the path a replicated coordinator runs:
 //! messages are dropped, duplicated and reordered, replicas crash and restart from their
 //! storage, snapshots are taken every few entries (so lagging replicas are sent one), each
-//! replica's clock is skewed, and leaders come and go. The proposals are real commands.
+//! replica's clock is skewed, leaders come and go, and at the end a follower loses its disk
+//! and is rebuilt from the others. The proposals are real commands.
 //!
 //! Checked after every round: applied logs are prefixes of one another; replicas that applied
 //! the same index hold equal states; at most one leader per term; time never goes backwards
@@ -76,6 +77,8 @@ struct Sim {
     history: BTreeMap<u64, Vec<Command>>,
     /// Times a replica's state was replaced by a snapshot from the leader.
     restores: u64,
+    dir: std::path::PathBuf,
+    wiped: u64,
 }
 
 impl Sim {
@@ -104,6 +107,8 @@ impl Sim {
             proposed: BTreeMap::new(),
             history: BTreeMap::new(),
             restores: 0,
+            dir: dir.to_path_buf(),
+            wiped: 0,
         }
     }
 
@@ -241,6 +246,22 @@ impl Sim {
         }
     }
 
+    /// Replaces a replica's disk with an empty one; the others' transports notice its new
+    /// incarnation (`peer_lost_log`).
+    fn wipe(&mut self, id: u64) {
+        let skew = self.nodes.remove(&id).expect("a node").skew;
+        self.wiped += 1;
+        let db = sled::Config::new()
+            .path(self.dir.join(format!("node-{id}-disk-{}", self.wiped)))
+            .open()
+            .expect("sled");
+        self.nodes.insert(id, Node::start(id, db, skew));
+        self.in_flight.retain(|m| m.to != id);
+        for n in self.nodes.values_mut() {
+            n.core.peer_lost_log(id);
+        }
+    }
+
     /// Drops a replica's memory and starts it again from its storage.
     fn crash(&mut self, id: u64) {
         let old = self.nodes.remove(&id).expect("a node");
@@ -276,8 +297,23 @@ fn run(seed: u64) -> u64 {
             sim.crash(victim);
         }
     }
-    // Heal: no loss, no proposals, until everyone applied the same log.
-    for _ in 0..400 {
+    // Heal: no loss until everyone holds the whole log; then a follower loses its disk and
+    // is rebuilt from the others (by snapshot: the log behind it is compacted) while
+    // proposals go on; then no proposals until everyone applied the same log.
+    for _ in 0..200 {
+        sim.round(0.0, false);
+    }
+    let follower = sim
+        .nodes
+        .iter()
+        .find(|(_, n)| !n.core.replica().is_leader())
+        .map(|(id, _)| *id)
+        .expect("a follower");
+    sim.wipe(follower);
+    for round in 0..300 {
+        sim.round(0.0, round % 3 == 0);
+    }
+    for _ in 0..200 {
         sim.round(0.0, false);
     }
     let nodes: Vec<&Node> = sim.nodes.values().collect();

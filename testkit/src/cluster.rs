@@ -187,6 +187,37 @@ impl Cluster {
         }
     }
 
+    /// Sends `signal` (`STOP`, `CONT`) to replica `node`.
+    pub fn signal_member(&self, node: u64, signal: &str) {
+        let d = self.coordinators[node as usize - 1]
+            .daemon
+            .as_ref()
+            .expect("a running replica");
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(d.pid().to_string())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{signal} {}", d.pid());
+    }
+
+    /// Replica `node`'s data directory.
+    pub fn member_dir(&self, node: u64) -> std::path::PathBuf {
+        self.dir.path().join(self.member_name(node as usize - 1))
+    }
+
+    /// Each replica's own account of itself (`convoy coordinators --json`), by node id;
+    /// unreachable ones are missing.
+    pub fn members(&self) -> std::collections::BTreeMap<u64, Value> {
+        let out = self.convoy(&["coordinators", "--json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| Some((m["node_id"].as_u64()?, m.clone())))
+            .collect()
+    }
+
     /// Starts replica `node` again on its address and data directory.
     pub fn restart_member(&mut self, node: u64) {
         self.start_member(node as usize - 1);

@@ -162,3 +162,67 @@ fn convoy_dev_runs_a_job_on_three_replicated_coordinators() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("job-1 succeeded (1 attempt)"), "{stderr}");
 }
+
+/// Waits until replica `node` has applied at least `index`.
+fn wait_applied(c: &Cluster, node: u64, index: u64) {
+    c.wait_for(
+        &format!("replica {node} to apply {index}"),
+        Duration::from_secs(60),
+        || {
+            c.members()
+                .get(&node)
+                .and_then(|m| m["applied"].as_u64())
+                .is_some_and(|a| a >= index)
+        },
+    );
+}
+
+#[test]
+fn a_follower_whose_disk_is_lost_is_rebuilt_from_its_peers() {
+    let _g = serial();
+    let mut c = Cluster::start_replicated(3, 5_000);
+    let dir = c.dir.path().to_path_buf();
+    let jobs: Vec<String> = (0..3)
+        .map(|i| c.submit(&spec(&dir, &format!("kept-{i}"), 50), &[]))
+        .collect();
+    let leader = c.wait_leader(Duration::from_secs(30));
+    let commit = c.members()[&leader]["commit"].as_u64().expect("commit");
+    let follower = (1..=3).find(|n| *n != leader).expect("a follower");
+    c.kill_member(follower);
+    std::fs::remove_dir_all(c.member_dir(follower)).expect("wipe the replica's disk");
+    c.restart_member(follower);
+    wait_applied(&c, follower, commit);
+    // The rebuilt replica and the other follower now make the majority.
+    c.kill_member(leader);
+    let new_leader = c.wait_leader(Duration::from_secs(30));
+    assert_ne!(new_leader, leader);
+    for id in &jobs {
+        assert!(
+            c.job(id)["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("kept-"))
+        );
+    }
+}
+
+#[test]
+fn a_frozen_leader_is_replaced_and_rejoins_as_a_follower_when_it_thaws() {
+    let _g = serial();
+    let c = Cluster::start_replicated(3, 5_000);
+    let dir = c.dir.path().to_path_buf();
+    let before = c.submit(&spec(&dir, "before", 50), &[]);
+    let frozen = c.wait_leader(Duration::from_secs(30));
+    // SIGSTOP: from the leader's point of view, a partition; its sockets stay open.
+    c.signal_member(frozen, "STOP");
+    let during = c.submit(&spec(&dir, "during", 50), &["--retry-for", "60"]);
+    let leader = c.wait_leader(Duration::from_secs(30));
+    assert_ne!(leader, frozen);
+    c.signal_member(frozen, "CONT");
+    let commit = c.members()[&leader]["commit"].as_u64().expect("commit");
+    wait_applied(&c, frozen, commit);
+    let thawed = &c.members()[&frozen];
+    assert_ne!(thawed["role"], "leader", "{thawed}");
+    for id in [&before, &during] {
+        assert_eq!(c.job(id)["state"], "queued", "{id}");
+    }
+}

@@ -17,4 +17,4 @@ mod transport;
 pub use replica::{ELECTION_TICKS, HEARTBEAT_TICKS, Output, Replica};
 pub use replicated_state::{Advance, Applied, ReplicatedState};
 pub use storage::RaftStorage;
-pub use transport::{Membership, Outbox, PeerService, canonical};
+pub use transport::{Inbound, Membership, Outbox, PeerService, canonical};

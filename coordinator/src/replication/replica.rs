@@ -6,7 +6,7 @@
 //! It does no I/O of its own besides its storage: messages to peers and committed entries come
 //! back in an [`Output`] for the caller (the coordinator's loop, or a simulation) to carry out.
 
-use raft::eraftpb::{ConfState, Entry, EntryType, Message};
+use raft::eraftpb::{ConfState, Entry, EntryType, Message, MessageType};
 use raft::{Config, RawNode, Result, StateRole, Storage};
 
 use super::RaftStorage;
@@ -76,9 +76,24 @@ impl Replica {
         self.node.propose(vec![], data)
     }
 
-    /// A message from a peer.
-    pub fn step(&mut self, msg: Message) -> Result<()> {
+    /// A message from a peer. A heartbeat claiming a commit index beyond this replica's log
+    /// means the log was lost (a wiped disk): raft-rs would panic on it, so the claim is
+    /// clamped to what is here, and the leader, told by the transport (see
+    /// [`Replica::peer_lost_log`]), sends the log again.
+    pub fn step(&mut self, mut msg: Message) -> Result<()> {
+        if msg.get_msg_type() == MessageType::MsgHeartbeat && msg.commit > self.last_index() {
+            msg.commit = self.last_index();
+        }
         self.node.step(msg)
+    }
+
+    /// Peer `id` restarted with an empty log: as leader, forget what it was believed to hold
+    /// and probe it from the start (entries, or the snapshot if they were compacted away).
+    pub fn peer_lost_log(&mut self, id: u64) {
+        if let Some(pr) = self.node.raft.mut_prs().get_mut(id) {
+            pr.matched = 0;
+            pr.become_probe();
+        }
     }
 
     pub fn is_leader(&self) -> bool {

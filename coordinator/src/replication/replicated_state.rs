@@ -156,6 +156,12 @@ impl<T> ReplicatedState<T> {
         }
     }
 
+    /// Peer `id` lost its log (see `Replica::peer_lost_log`).
+    pub fn peer_lost_log(&mut self, id: u64) {
+        tracing::warn!("replica {id} restarted without its log; sending it the log again");
+        self.replica.peer_lost_log(id);
+    }
+
     /// Proposes `commands` as one entry; `token` comes back with their results once they are
     /// applied here. Not serving (or raft-rs refusing), the token is dropped at once: whoever
     /// waits on it learns that this replica does not lead.

@@ -22,6 +22,7 @@ const META: &str = "raft/meta";
 const HARD_STATE: &str = "hard_state";
 const CONF_STATE: &str = "conf_state";
 const SNAPSHOT: &str = "snapshot";
+const INCARNATION: &str = "incarnation";
 
 const ENTRY: Kind = Kind(*b"RENT");
 const HARD: Kind = Kind(*b"RHST");
@@ -44,6 +45,7 @@ pub struct RaftStorage {
     meta: sled::Tree,
     db: sled::Db,
     bounds: Mutex<Bounds>,
+    incarnation: u64,
 }
 
 /// A storage failure raft-rs can carry: it stops the node (the coordinator fails stop).
@@ -89,6 +91,23 @@ impl RaftStorage {
             meta: tree(META)?,
             db: db.clone(),
             bounds: Mutex::default(),
+            incarnation: 0,
+        };
+        let mut s = s;
+        s.incarnation = match s
+            .meta
+            .get(INCARNATION)
+            .map_err(sled_failure("read the incarnation"))?
+        {
+            Some(v) => index_of(&v)?,
+            None => {
+                let fresh = rand::random::<u64>();
+                s.meta
+                    .insert(INCARNATION, &fresh.to_be_bytes())
+                    .map_err(sled_failure("write the incarnation"))?;
+                s.flush()?;
+                fresh
+            }
         };
         let snapshot = s.snapshot_metadata()?;
         let snapshot = (snapshot.index, snapshot.term);
@@ -102,6 +121,11 @@ impl RaftStorage {
         };
         *s.lock() = Bounds { snapshot, last };
         Ok(s)
+    }
+
+    /// Chosen when this storage was created (see `PeerMessage.incarnation`).
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
     }
 
     fn lock(&self) -> MutexGuard<'_, Bounds> {

@@ -36,6 +36,16 @@ pub struct Membership {
     pub peers: BTreeMap<u64, String>,
     /// The whole member list as given at start, in its canonical form (see `PeerMessage`).
     pub canonical: String,
+    /// This replica's storage incarnation (see `PeerMessage.incarnation`).
+    pub incarnation: u64,
+}
+
+/// What peers send a replica.
+#[derive(Debug)]
+pub enum Inbound {
+    Message(Message),
+    /// The peer restarted with an empty log (its incarnation changed).
+    LostLog(u64),
 }
 
 impl Membership {
@@ -56,6 +66,7 @@ impl Membership {
                 .map(|(id, a)| (*id, convoy_client::url(a)))
                 .collect(),
             canonical: canonical(members),
+            incarnation: 0,
         }
     }
 }
@@ -77,12 +88,25 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 /// Receives peers' Raft messages into `inbox`.
 pub struct PeerService {
     members: Arc<Membership>,
-    inbox: mpsc::Sender<Message>,
+    inbox: mpsc::Sender<Inbound>,
+    /// Each peer's incarnation as last heard.
+    incarnations: std::sync::Mutex<BTreeMap<u64, u64>>,
 }
 
 impl PeerService {
-    pub fn new(members: Arc<Membership>, inbox: mpsc::Sender<Message>) -> PeerService {
-        PeerService { members, inbox }
+    pub fn new(members: Arc<Membership>, inbox: mpsc::Sender<Inbound>) -> PeerService {
+        PeerService {
+            members,
+            inbox,
+            incarnations: Default::default(),
+        }
+    }
+
+    /// Whether `m`'s sender has a new incarnation since it was last heard.
+    fn reborn(&self, m: &PeerMessage) -> bool {
+        let mut seen = self.incarnations.lock().unwrap_or_else(|e| e.into_inner());
+        seen.insert(m.from, m.incarnation)
+            .is_some_and(|old| old != m.incarnation)
     }
 
     fn authenticate(&self, metadata: &MetadataMap) -> Result<(), Status> {
@@ -143,7 +167,10 @@ impl RaftPeer for PeerService {
         let mut stream = request.into_inner();
         while let Some(m) = stream.message().await? {
             let msg = self.admit(&m)?;
-            if self.inbox.send(msg).await.is_err() {
+            if self.reborn(&m) && self.inbox.send(Inbound::LostLog(m.from)).await.is_err() {
+                return Err(Status::unavailable("this replica is stopping"));
+            }
+            if self.inbox.send(Inbound::Message(msg)).await.is_err() {
                 return Err(Status::unavailable("this replica is stopping"));
             }
         }
@@ -211,6 +238,7 @@ async fn deliver(members: Arc<Membership>, url: String, mut rx: mpsc::Receiver<M
                 cluster_id: members.cluster_id.clone(),
                 raft,
                 members: members.canonical.clone(),
+                incarnation: members.incarnation,
             };
             if tx.send(m).await.is_err() {
                 break; // the stream ended: reconnect

@@ -20,7 +20,7 @@ use crate::error::{ApplyError, StoreError};
 use crate::log::SledLog;
 use crate::logged_state::LoggedState;
 use crate::model::{JobId, Liveness, Millis, WorkerId};
-use crate::replication::{Outbox, RaftStorage, ReplicatedState, canonical};
+use crate::replication::{Inbound, Outbox, RaftStorage, ReplicatedState, canonical};
 use crate::scheduler::{WaitReason, schedule_at};
 use crate::server::clock::now_ms;
 use crate::server::convert;
@@ -408,9 +408,12 @@ impl EventLoop {
         let mut stop = false;
         for req in batch {
             let req = match req {
-                Request::Peer(m) => {
+                Request::Peer(inbound) => {
                     if let Core::Replicated(r) = &mut self.core {
-                        r.state.step(m);
+                        match inbound {
+                            Inbound::Message(m) => r.state.step(m),
+                            Inbound::LostLog(id) => r.state.peer_lost_log(id),
+                        }
                     }
                     continue;
                 }

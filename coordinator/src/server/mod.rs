@@ -288,12 +288,15 @@ fn replicated(
         .open()
         .map_err(StoreError::sled(format!("open {}", raft_dir.display())))?;
     let storage = RaftStorage::open(&db).map_err(|e| StoreError::Raft(e.to_string()))?;
-    let members = Arc::new(Membership::new(
-        r.cluster_id.clone(),
-        r.secret.clone(),
-        r.node_id,
-        &r.members,
-    ));
+    let members = Arc::new(Membership {
+        incarnation: storage.incarnation(),
+        ..Membership::new(
+            r.cluster_id.clone(),
+            r.secret.clone(),
+            r.node_id,
+            &r.members,
+        )
+    });
     let outbox = Outbox::start(members.clone());
     let (inbox, mut from_peers) = tokio::sync::mpsc::channel(1024);
     let to_loop = tx.clone();

@@ -96,8 +96,8 @@ pub enum Request {
         reply: Reply<Result<Published, ApplyError>>,
     },
     Read(Box<dyn FnOnce(&View<'_>) + Send>),
-    /// A Raft message from a peer (replicated coordinators only).
-    Peer(raft::eraftpb::Message),
+    /// From a peer (replicated coordinators only).
+    Peer(crate::replication::Inbound),
     /// The coordinator is stopping: judge no liveness or progress any more, start nothing, and
     /// end the workers' assignment streams. Workers and jobs keep running meanwhile, and the
     /// next start gives them a fresh timeout, so a restart costs no attempt.
