@@ -174,7 +174,9 @@ impl Sim {
         self.next_token += 1;
         self.proposed.insert(self.next_token, batch.clone());
         let n = self.nodes.get_mut(&id).expect("a node");
-        n.core.propose(batch, self.next_token).expect("propose");
+        n.core
+            .propose(batch, vec![], self.next_token)
+            .expect("propose");
     }
 
     fn advance(&mut self, id: u64) {

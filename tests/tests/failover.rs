@@ -1,8 +1,9 @@
 //! A replicated coordinator on real processes: three `convoy-coordinator` replicas, worker
 //! daemons and the CLI given all three addresses. The leader is SIGKILLed while a job trains;
 //! a new leader takes over, the workers reattach without restarting a rank, a submission made
-//! during the election is acknowledged once, and the job ends bit-identical to one that ran
-//! entirely under the new leader.
+//! during the election is acknowledged once, the job's log from before the kill is kept, and
+//! the job ends bit-identical to one that ran entirely under the new leader. Also: no
+//! majority, a lost disk, a frozen leader, and `convoy dev --coordinators 3`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -93,6 +94,10 @@ fn a_leader_killed_during_training_costs_no_rank_restart_and_no_acknowledged_sub
                 "{name} is listed once: {names:?}"
             );
         }
+        // Its log, written while the killed replica led, is kept by the new leader too.
+        let logs = String::from_utf8_lossy(&c.convoy(&["logs", &during]).stdout).into_owned();
+        assert!(logs.contains("attempt 1 started"), "{logs}");
+        assert!(logs.contains("[rank 0] done"), "{logs}");
         let a = export(&c, &during, &dir.join("during.safetensors"));
         let b = export(&c, &after, &dir.join("after.safetensors"));
         assert!(

@@ -86,6 +86,27 @@ pub struct Proposal {
     /// Unique per origin and process start (see `ReplicatedState`).
     pub seq: u64,
     pub commands: Vec<Command>,
+    /// Log lines and step metrics, written by every replica to its records store as they are
+    /// applied, so that a job's logs survive a failover. Not part of the state machine.
+    #[serde(default)]
+    pub records: Vec<RecordOp>,
+}
+
+/// One write to the records store (see `server::records`), with its protobuf bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecordOp {
+    /// A `LogLine`: a rank's output or one of convoy's own job events.
+    Log {
+        job: crate::model::JobId,
+        #[serde(with = "serde_bytes")]
+        line: Vec<u8>,
+    },
+    /// A `StepMetrics` of rank 0.
+    Metrics {
+        job: crate::model::JobId,
+        #[serde(with = "serde_bytes")]
+        metrics: Vec<u8>,
+    },
 }
 
 pub fn encode_proposal(p: &Proposal) -> Result<Vec<u8>, StoreError> {

@@ -18,7 +18,7 @@ use raft::eraftpb::Message;
 
 use super::{RaftStorage, Replica};
 use crate::error::{ApplyError, StoreError};
-use crate::log::codec::{self, Proposal};
+use crate::log::codec::{self, Proposal, RecordOp};
 use crate::model::Millis;
 use crate::state::{ClusterConfig, ClusterState, Command, Effect};
 
@@ -28,6 +28,8 @@ pub struct Applied<T> {
     pub index: u64,
     pub commands: Vec<Command>,
     pub results: Vec<Result<Vec<Effect>, ApplyError>>,
+    /// Records to write (see `codec::RecordOp`).
+    pub records: Vec<RecordOp>,
     /// The proposer's token, on the replica that proposed the batch (if it still waits).
     pub token: Option<T>,
 }
@@ -165,8 +167,13 @@ impl<T> ReplicatedState<T> {
     /// Proposes `commands` as one entry; `token` comes back with their results once they are
     /// applied here. Not serving (or raft-rs refusing), the token is dropped at once: whoever
     /// waits on it learns that this replica does not lead.
-    pub fn propose(&mut self, commands: Vec<Command>, token: T) -> Result<(), StoreError> {
-        if !self.serving || commands.is_empty() {
+    pub fn propose(
+        &mut self,
+        commands: Vec<Command>,
+        records: Vec<RecordOp>,
+        token: T,
+    ) -> Result<(), StoreError> {
+        if !self.serving || (commands.is_empty() && records.is_empty()) {
             return Ok(());
         }
         let seq = self.next_seq;
@@ -175,6 +182,7 @@ impl<T> ReplicatedState<T> {
             origin: self.node_id,
             seq,
             commands,
+            records,
         })?;
         match self.replica.propose(data) {
             Ok(()) => {
@@ -225,6 +233,7 @@ impl<T> ReplicatedState<T> {
                 index,
                 commands: p.commands,
                 results,
+                records: p.records,
                 token,
             });
         }

@@ -208,7 +208,7 @@ impl Checkpoints {
                 let step = part.step;
                 let _ =
                     tokio::task::spawn_blocking(move || store.abort(job, step, generation)).await;
-                self.handle.records.append_event(
+                self.handle.event(
                     job,
                     generation,
                     format!(
@@ -235,7 +235,7 @@ impl Checkpoints {
                 Ok(steps) => format!("; removed step(s) {steps:?} by retention"),
                 Err(e) => format!("; retention failed: {e}"),
             };
-            self.handle.records.append_event(
+            self.handle.event(
                 job,
                 generation,
                 format!(

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::error::{ApplyError, StoreError};
 use crate::log::SledLog;
+use crate::log::codec::RecordOp;
 use crate::logged_state::LoggedState;
 use crate::model::{JobId, Liveness, Millis, WorkerId};
 use crate::replication::{Inbound, Outbox, RaftStorage, ReplicatedState, canonical};
@@ -25,7 +26,7 @@ use crate::scheduler::{WaitReason, schedule_at};
 use crate::server::clock::now_ms;
 use crate::server::convert;
 use crate::server::leadership::Leadership;
-use crate::server::records::Records;
+use crate::server::records::{Records, event_line};
 use crate::server::rendezvous::RendezvousTable;
 use crate::server::request::{Published, RankKey, Reply, Request, View};
 use crate::server::settings::ClusterSettings;
@@ -67,8 +68,11 @@ enum Core {
     Replicated(Box<Replicated>),
 }
 
+/// What a proposer waits with: the commands' requests, and the records' writers.
+type Token = (Vec<ReplyTo>, Vec<Reply<Result<(), ApplyError>>>);
+
 struct Replicated {
-    state: ReplicatedState<Vec<ReplyTo>>,
+    state: ReplicatedState<Token>,
     outbox: Outbox,
     members: BTreeMap<u64, String>,
     settings: ClusterSettings,
@@ -149,6 +153,9 @@ pub struct EventLoop {
     dirty: bool,
     /// Stopping (see [`Request::Drain`]).
     draining: bool,
+    /// Replicated: records to propose with the next entry, and who waits for them.
+    records_out: Vec<RecordOp>,
+    records_waiting: Vec<Reply<Result<(), ApplyError>>>,
 }
 
 impl EventLoop {
@@ -195,6 +202,8 @@ impl EventLoop {
             waiting: HashMap::new(),
             dirty: true,
             draining: false,
+            records_out: vec![],
+            records_waiting: vec![],
         }
     }
 
@@ -244,19 +253,24 @@ impl EventLoop {
                 }
                 continue;
             }
+            // Every replica keeps its own records store within the retention.
+            if last_sweep.elapsed() >= RECORDS_SWEEP {
+                last_sweep = Instant::now();
+                self.sweep_records();
+            }
             if self.core.leads() {
                 if last_tick.elapsed() >= self.config.tick {
                     last_tick = Instant::now();
                     self.tick()?;
                 }
-                if last_sweep.elapsed() >= RECORDS_SWEEP {
-                    last_sweep = Instant::now();
-                    self.sweep_records();
-                }
                 // A replicated plan waits for the previous one to be applied: planning on a
                 // state that lacks it would only propose starts the state machine rejects.
                 if self.dirty && !self.proposing() {
                     self.schedule()?;
+                }
+                // Records this turn produced (job events, metrics) that no command carried.
+                if !self.records_out.is_empty() {
+                    self.execute(vec![], vec![])?;
                 }
             }
             if stop {
@@ -305,8 +319,24 @@ impl EventLoop {
             self.dirty = true;
         }
         for a in adv.applied {
+            self.records.apply(&a.records);
+            if !leads {
+                // The leader's handler removes a deleted job's records; each replica its own.
+                for fx in a.results.iter().flatten().flatten() {
+                    if let Effect::JobDeleted { job } = fx
+                        && let Err(e) = self.records.remove_job(*job)
+                    {
+                        tracing::warn!("removing the records of {job}: {e}");
+                    }
+                }
+            }
             match a.token {
-                Some(reply_to) => self.finish(&a.commands, a.results, reply_to),
+                Some((reply_to, waiting)) => {
+                    self.finish(&a.commands, a.results, reply_to);
+                    for w in waiting {
+                        let _ = w.send(Ok(()));
+                    }
+                }
                 // What the previous leader proposed still has effects to carry out.
                 None if leads => {
                     let reply_to = a.commands.iter().map(|_| ReplyTo::Internal).collect();
@@ -516,6 +546,16 @@ impl EventLoop {
                     self.streams.clear();
                 }
                 Request::Shutdown => stop = true,
+                Request::Records { ops, reply } => match self.core {
+                    Core::Single(_) => {
+                        self.records.apply(&ops);
+                        let _ = reply.send(Ok(()));
+                    }
+                    Core::Replicated(_) => {
+                        self.records_out.extend(ops);
+                        self.records_waiting.push(reply);
+                    }
+                },
                 other => later.push(other),
             }
         }
@@ -565,12 +605,10 @@ impl EventLoop {
             return Ok(None);
         }
         let step = metrics.step;
-        if let Err(e) = self
-            .records
-            .append_metrics(key.job, &metrics.encode_to_vec())
-        {
-            tracing::warn!("keeping metrics of {}: {e}", key.job);
-        }
+        self.record(RecordOp::Metrics {
+            job: key.job,
+            metrics: metrics.encode_to_vec(),
+        });
         if metrics.val_loss.is_some() {
             return Ok(None); // an evaluation record: kept, but it is not training progress
         }
@@ -594,19 +632,28 @@ impl EventLoop {
     /// Logs and applies `cmds`, answers their requests, and carries out their effects; when
     /// replicated, proposes them, and that happens once they are committed (see `drive`).
     fn execute(&mut self, cmds: Vec<Command>, reply_to: Vec<ReplyTo>) -> Result<(), StoreError> {
-        if cmds.is_empty() {
-            return Ok(());
-        }
         match &mut self.core {
+            Core::Single(_) if cmds.is_empty() => Ok(()),
             Core::Single(core) => {
                 let results = core.execute_all(&cmds)?;
                 self.finish(&cmds, results, reply_to);
                 Ok(())
             }
+            Core::Replicated(_) if cmds.is_empty() && self.records_out.is_empty() => Ok(()),
             Core::Replicated(r) => {
-                r.state.propose(cmds, reply_to)?;
+                let records = std::mem::take(&mut self.records_out);
+                let waiting = std::mem::take(&mut self.records_waiting);
+                r.state.propose(cmds, records, (reply_to, waiting))?;
                 self.drive()
             }
+        }
+    }
+
+    /// A record: written now on one machine, replicated with the next entry otherwise.
+    fn record(&mut self, op: RecordOp) {
+        match self.core {
+            Core::Single(_) => self.records.apply(std::slice::from_ref(&op)),
+            Core::Replicated(_) => self.records_out.push(op),
         }
     }
 
@@ -767,8 +814,11 @@ impl EventLoop {
         }
     }
 
-    fn job_event(&self, job: JobId, generation: u64, text: String) {
-        self.records.append_event(job, generation, text);
+    fn job_event(&mut self, job: JobId, generation: u64, text: String) {
+        self.record(RecordOp::Log {
+            job,
+            line: event_line(generation, text),
+        });
     }
 
     fn start_message(&self, job: JobId, generation: u64, rank: usize) -> Option<pb::Assignment> {

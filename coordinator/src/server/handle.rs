@@ -7,9 +7,12 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use tonic::Status;
 
+use crate::log::codec::RecordOp;
+use crate::model::JobId;
+use crate::server::convert;
 use crate::server::fail_stop::FailStop;
 use crate::server::leadership::Leadership;
-use crate::server::records::Records;
+use crate::server::records::{Records, event_line};
 use crate::server::request::{Request, View};
 
 /// What both gRPC services share: the loop's request channel, the records store (read
@@ -24,6 +27,8 @@ pub(crate) struct Handle {
     pub stopping: watch::Receiver<bool>,
     pub fail_stop: FailStop,
     pub leadership: watch::Receiver<Leadership>,
+    /// Records go through the replicated log (see `RecordOp`) instead of straight to the store.
+    pub replicated: bool,
 }
 
 impl Handle {
@@ -43,6 +48,35 @@ impl Handle {
             Ok(()) => Status::unavailable("the coordinator is shutting down"),
             Err(refusal) => refusal,
         })
+    }
+
+    /// Appends records: straight to the store when alone; as a replica, through the log,
+    /// answering once they are committed.
+    pub async fn append_records(&self, ops: Vec<RecordOp>) -> Result<(), Status> {
+        if !self.replicated {
+            self.records.apply(&ops);
+            return Ok(());
+        }
+        self.call(|reply| Request::Records { ops, reply })
+            .await?
+            .map_err(convert::status)
+    }
+
+    /// One of convoy's own job events, without waiting for it to be kept.
+    pub fn event(&self, job: JobId, generation: u64, text: String) {
+        let op = RecordOp::Log {
+            job,
+            line: event_line(generation, text),
+        };
+        if !self.replicated {
+            self.records.apply(&[op]);
+            return;
+        }
+        let (reply, _) = oneshot::channel();
+        let _ = self.tx.send(Request::Records {
+            ops: vec![op],
+            reply,
+        });
     }
 
     /// Refuses, naming the leader, unless this coordinator serves.

@@ -191,6 +191,7 @@ pub async fn run(
         stopping,
         fail_stop: fail_stop.clone(),
         leadership: leadership.clone(),
+        replicated: config.replication.is_some(),
     };
     let checkpoints = Checkpoints::new(store, handle.clone());
     let drain = tx.clone();

@@ -15,6 +15,7 @@ use std::sync::Mutex;
 use tokio::sync::watch;
 
 use crate::error::StoreError;
+use crate::log::codec::RecordOp;
 use crate::model::JobId;
 use crate::server::fail_stop::FailStop;
 
@@ -168,15 +169,21 @@ impl Records {
     /// A line from convoy itself in the job's log (stream "convoy"), so `convoy logs` tells
     /// the job's story: attempts started, failed, requeued, finished, checkpoints saved.
     pub fn append_event(&self, job: JobId, generation: u64, text: String) {
-        let line = convoy_proto::v1::LogLine {
-            rank: 0,
-            generation,
-            stream: "convoy".into(),
-            text,
-            at_ms: crate::server::clock::now_ms(),
-        };
-        if let Err(e) = self.append_log(job, &line.encode_to_vec()) {
+        if let Err(e) = self.append_log(job, &event_line(generation, text)) {
             tracing::warn!("keeping a log line of {job}: {e}");
+        }
+    }
+
+    /// Writes records a replicated log committed.
+    pub fn apply(&self, ops: &[RecordOp]) {
+        for op in ops {
+            let (job, r) = match op {
+                RecordOp::Log { job, line } => (job, self.append_log(*job, line)),
+                RecordOp::Metrics { job, metrics } => (job, self.append_metrics(*job, metrics)),
+            };
+            if let Err(e) = r {
+                tracing::warn!("keeping a record of {job}: {e}");
+            }
         }
     }
 
@@ -250,4 +257,16 @@ impl Records {
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }
+}
+
+/// One of convoy's own job events as a log line (stream "convoy"), encoded.
+pub fn event_line(generation: u64, text: String) -> Vec<u8> {
+    convoy_proto::v1::LogLine {
+        rank: 0,
+        generation,
+        stream: "convoy".into(),
+        text,
+        at_ms: crate::server::clock::now_ms(),
+    }
+    .encode_to_vec()
 }

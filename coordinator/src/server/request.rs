@@ -8,6 +8,7 @@ use convoy_proto::v1 as pb;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::ApplyError;
+use crate::log::codec::RecordOp;
 use crate::model::{JobId, RankExit, WorkerId};
 use crate::scheduler::WaitReason;
 use crate::state::{ClusterState, SubmitJob};
@@ -96,6 +97,12 @@ pub enum Request {
         reply: Reply<Result<Published, ApplyError>>,
     },
     Read(Box<dyn FnOnce(&View<'_>) + Send>),
+    /// Records to replicate with the next proposal (replicated coordinators only: one alone
+    /// writes them directly); the reply comes once they are committed.
+    Records {
+        ops: Vec<RecordOp>,
+        reply: Reply<Result<(), ApplyError>>,
+    },
     /// From a peer (replicated coordinators only).
     Peer(crate::replication::Inbound),
     /// The coordinator is stopping: judge no liveness or progress any more, start nothing, and

@@ -1,6 +1,7 @@
 //! `convoy.v1.WorkerApi`: what worker daemons and their ranks call.
 
 use std::pin::Pin;
+use std::time::Duration;
 
 use convoy_proto::v1 as pb;
 use prost::Message;
@@ -9,12 +10,16 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::log::codec::RecordOp;
 use crate::model::RankExit;
 use crate::server::checkpoints::Checkpoints;
 use crate::server::checkpoints::DownloadStream;
 use crate::server::convert;
 use crate::server::handle::Handle;
 use crate::server::request::{RankKey, Request as LoopRequest};
+
+/// Log lines written (or replicated) together at most.
+const LOG_BATCH: usize = 256;
 
 pub struct WorkerService {
     handle: Handle,
@@ -174,19 +179,33 @@ impl pb::worker_api_server::WorkerApi for WorkerService {
         request: Request<Streaming<pb::RankLog>>,
     ) -> Result<Response<pb::Ack>, Status> {
         let mut stream = request.into_inner();
-        while let Some(line) = stream.message().await? {
-            let job = convert::job_id(&line.job_id)?;
-            let record = pb::LogLine {
-                rank: line.rank,
-                generation: line.generation,
-                stream: line.stream,
-                text: line.text,
-                at_ms: line.at_ms,
-            };
-            self.handle
-                .records
-                .append_log(job, &record.encode_to_vec())
-                .map_err(|e| Status::internal(e.to_string()))?;
+        while let Some(first) = stream.message().await? {
+            // What has already arrived goes as one batch: one commit for many lines when the
+            // records are replicated.
+            let mut batch = vec![first];
+            while batch.len() < LOG_BATCH {
+                match tokio::time::timeout(Duration::ZERO, stream.message()).await {
+                    Ok(Ok(Some(line))) => batch.push(line),
+                    Ok(Ok(None)) | Err(_) => break,
+                    Ok(Err(e)) => return Err(e),
+                }
+            }
+            let mut ops = Vec::with_capacity(batch.len());
+            for line in batch {
+                let job = convert::job_id(&line.job_id)?;
+                let record = pb::LogLine {
+                    rank: line.rank,
+                    generation: line.generation,
+                    stream: line.stream,
+                    text: line.text,
+                    at_ms: line.at_ms,
+                };
+                ops.push(RecordOp::Log {
+                    job,
+                    line: record.encode_to_vec(),
+                });
+            }
+            self.handle.append_records(ops).await?;
         }
         Ok(Response::new(pb::Ack {}))
     }
