@@ -187,6 +187,15 @@ impl Cluster {
         }
     }
 
+    /// SIGTERMs replica `node` and waits for it to exit (SIGKILL after 30 s); true when it
+    /// exited by itself.
+    pub fn stop_member(&mut self, node: u64) -> bool {
+        self.coordinators[node as usize - 1]
+            .daemon
+            .take()
+            .is_some_and(|mut d| d.stop(Duration::from_secs(30)))
+    }
+
     /// Sends `signal` (`STOP`, `CONT`) to replica `node`.
     pub fn signal_member(&self, node: u64, signal: &str) {
         let d = self.coordinators[node as usize - 1]

@@ -8,6 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use convoy_coordinator::checkpoints::CheckpointStore;
+use convoy_coordinator::model::JobId;
 use convoy_testkit::cluster::Cluster;
 use convoy_testkit::serial;
 use convoy_testkit::specs::digits;
@@ -104,6 +106,22 @@ fn a_leader_killed_during_training_costs_no_rank_restart_and_no_acknowledged_sub
             a == b,
             "the job that lived through the failover ends with other parameters than one that \
              did not"
+        );
+        // Its final checkpoint is held by a majority: committed in at least two replicas'
+        // stores, read once they have stopped.
+        let job_id = JobId(during.trim_start_matches("job-").parse().expect("a job id"));
+        let mut holders = vec![];
+        for node in 1..=3 {
+            assert!(c.stop_member(node), "replica {node} stops on SIGTERM");
+            let store = CheckpointStore::open_dir(&c.member_dir(node).join("checkpoints"))
+                .expect("a checkpoint store");
+            if store.get(job_id, steps).expect("readable").is_some() {
+                holders.push(node);
+            }
+        }
+        assert!(
+            holders.len() >= 2,
+            "the final checkpoint is held by {holders:?} only"
         );
         return;
     }

@@ -17,4 +17,6 @@ mod transport;
 pub use replica::{ELECTION_TICKS, HEARTBEAT_TICKS, Output, Replica};
 pub use replicated_state::{Advance, Applied, ReplicatedState};
 pub use storage::RaftStorage;
-pub use transport::{Inbound, Membership, Outbox, PeerService, canonical};
+pub use transport::{
+    Inbound, Membership, Outbox, PartReplica, PeerService, canonical, secret_header,
+};

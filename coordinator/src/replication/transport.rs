@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use convoy_proto::v1::raft_peer_client::RaftPeerClient;
 use convoy_proto::v1::raft_peer_server::RaftPeer;
-use convoy_proto::v1::{PeerAck, PeerMessage};
+use convoy_proto::v1::{CheckpointUpload, PeerAck, PeerMessage, UploadCheckpointResponse};
 use protobuf::Message as _;
 use raft::eraftpb::Message;
 use tokio::sync::mpsc;
@@ -85,12 +85,22 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Receives peers' Raft messages into `inbox`.
+/// Where a replica keeps the checkpoint parts its leader copies to it.
+#[tonic::async_trait]
+pub trait PartReplica: Send + Sync + 'static {
+    async fn put_part(
+        &self,
+        stream: Streaming<CheckpointUpload>,
+    ) -> Result<UploadCheckpointResponse, Status>;
+}
+
+/// Receives peers' Raft messages into `inbox`, and checkpoint parts into `parts`.
 pub struct PeerService {
     members: Arc<Membership>,
     inbox: mpsc::Sender<Inbound>,
     /// Each peer's incarnation as last heard.
     incarnations: std::sync::Mutex<BTreeMap<u64, u64>>,
+    parts: Option<Arc<dyn PartReplica>>,
 }
 
 impl PeerService {
@@ -99,7 +109,14 @@ impl PeerService {
             members,
             inbox,
             incarnations: Default::default(),
+            parts: None,
         }
+    }
+
+    /// Checkpoint parts copied by the leader go to `parts`.
+    pub fn with_parts(mut self, parts: Arc<dyn PartReplica>) -> PeerService {
+        self.parts = Some(parts);
+        self
     }
 
     /// Whether `m`'s sender has a new incarnation since it was last heard.
@@ -176,6 +193,28 @@ impl RaftPeer for PeerService {
         }
         Ok(Response::new(PeerAck {}))
     }
+
+    async fn put_checkpoint_part(
+        &self,
+        request: Request<Streaming<CheckpointUpload>>,
+    ) -> Result<Response<UploadCheckpointResponse>, Status> {
+        self.authenticate(request.metadata())?;
+        let parts = self
+            .parts
+            .as_ref()
+            .ok_or_else(|| Status::unimplemented("this replica keeps no checkpoints"))?;
+        Ok(Response::new(parts.put_part(request.into_inner()).await?))
+    }
+}
+
+/// The header a peer request presents the cluster's secret in, ready to send; `None` when the
+/// secret cannot travel in a header.
+pub fn secret_header(members: &Membership) -> Option<(&'static str, MetadataValue<Ascii>)> {
+    members
+        .secret
+        .parse::<MetadataValue<Ascii>>()
+        .ok()
+        .map(|v| (SECRET_HEADER, v))
 }
 
 /// Sends Raft messages to the peers, one background task each.

@@ -15,6 +15,8 @@ use tonic::{Status, Streaming};
 
 use crate::checkpoints::{CheckpointError, CheckpointStore, Manifest, PartKey};
 use crate::model::JobId;
+use crate::replication::PartReplica;
+use crate::server::checkpoint_mirror::{Mirror, MirrorTargets};
 use crate::server::clock::now_ms;
 use crate::server::convert;
 use crate::server::fail_stop::FailStop;
@@ -37,6 +39,8 @@ pub(crate) struct Checkpoints {
     store: CheckpointStore,
     pending: PendingMeta,
     handle: Handle,
+    /// A replica's peers, to which the parts it receives as leader are copied.
+    mirror: Option<Arc<MirrorTargets>>,
 }
 
 /// Damaged bytes (stored or received) are data loss; anything else is the store failing. A
@@ -107,11 +111,12 @@ impl Checkpoints {
             .map_err(|e| storage(&self.handle.fail_stop, e))
     }
 
-    pub fn new(store: CheckpointStore, handle: Handle) -> Self {
+    pub fn new(store: CheckpointStore, handle: Handle, mirror: Option<MirrorTargets>) -> Self {
         Checkpoints {
             store,
             pending: Arc::default(),
             handle,
+            mirror: mirror.map(Arc::new),
         }
     }
 
@@ -148,25 +153,7 @@ impl Checkpoints {
         let part = first.part.clone().ok_or_else(|| {
             Status::invalid_argument("the first message of a checkpoint upload must name its part")
         })?;
-        let job = convert::job_id(&part.job_id)?;
-        if part.parts == 0
-            || part.part >= part.parts
-            || part
-                .offset
-                .checked_add(part.len)
-                .is_none_or(|end| end > part.total_len)
-        {
-            return Err(Status::invalid_argument(format!(
-                "checkpoint part {} of {} covers bytes {}..+{} of {}: out of range",
-                part.part, part.parts, part.offset, part.len, part.total_len
-            )));
-        }
-        if part.total_len > MAX_CHECKPOINT_BYTES {
-            return Err(Status::invalid_argument(format!(
-                "a checkpoint of {} bytes; the limit is {MAX_CHECKPOINT_BYTES}",
-                part.total_len
-            )));
-        }
+        let job = check_part(&part)?;
         let generation = part.generation;
         let (retention, world_size, steps) = self
             .handle
@@ -199,7 +186,8 @@ impl Checkpoints {
             generation,
             part: part.part,
         };
-        let result = self.receive(&key, &part, first, &mut stream).await;
+        let mirror = self.mirror.as_ref().map(|m| m.open());
+        let result = self.receive(&key, &part, first, &mut stream, mirror).await;
         let committed = match result {
             Ok(c) => c,
             Err(e) => {
@@ -222,19 +210,7 @@ impl Checkpoints {
             }
         };
         if let Some(m) = &committed {
-            let store = self.store.clone();
-            let step = m.step;
-            let removed = tokio::task::spawn_blocking(move || {
-                store.collect_older_uploads(job, step)?;
-                store.apply_retention(job, &retention)
-            })
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-            let note = match removed {
-                Ok(steps) if steps.is_empty() => String::new(),
-                Ok(steps) => format!("; removed step(s) {steps:?} by retention"),
-                Err(e) => format!("; retention failed: {e}"),
-            };
+            let note = self.after_commit(job, m.step, retention).await?;
             self.handle.event(
                 job,
                 generation,
@@ -251,17 +227,46 @@ impl Checkpoints {
         })
     }
 
+    /// Removes what the new checkpoint makes unnecessary: uploads older than it that never
+    /// completed, and the checkpoints the job's retention lets go. A note for the job's log.
+    async fn after_commit(
+        &self,
+        job: JobId,
+        step: u64,
+        retention: crate::model::Retention,
+    ) -> Result<String, Status> {
+        let store = self.store.clone();
+        let removed = tokio::task::spawn_blocking(move || {
+            store.collect_older_uploads(job, step)?;
+            store.apply_retention(job, &retention)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(match removed {
+            Ok(steps) if steps.is_empty() => String::new(),
+            Ok(steps) => format!("; removed step(s) {steps:?} by retention"),
+            Err(e) => format!("; retention failed: {e}"),
+        })
+    }
+
+    /// Stores a part received from the rank (or, on a replica, copied by the leader), copying
+    /// every message to `mirror` when there is one: the part counts as stored once a majority
+    /// holds it, and only then may it commit the checkpoint.
     async fn receive(
         &self,
         key: &PartKey,
         part: &pb::CheckpointPart,
         first: pb::CheckpointUpload,
         stream: &mut Streaming<pb::CheckpointUpload>,
+        mut mirror: Option<Mirror>,
     ) -> Result<Option<Manifest>, Status> {
         let mut index = 0u32;
         let mut received = 0u64;
         let mut next = Some(first);
         while let Some(msg) = next {
+            if let Some(m) = &mut mirror {
+                m.send(&msg).await;
+            }
             if !msg.data.is_empty() {
                 received += msg.data.len() as u64;
                 if received > part.len {
@@ -291,6 +296,9 @@ impl Checkpoints {
         self.store
             .finish_part(key, part.offset, part.len, index)
             .map_err(|e| storage(&self.handle.fail_stop, e))?;
+        if let Some(m) = mirror {
+            m.finish().await?;
+        }
         let id = (key.job, key.step, key.generation);
         let meta = {
             // A panic elsewhere cannot leave this map half-updated: inserts and removes only.
@@ -452,5 +460,80 @@ impl Checkpoints {
             info: Some(info(&manifest)),
             chunks: manifest.chunk_count() as u64,
         })
+    }
+}
+
+/// Checks a part's description before anything is stored; the job it belongs to.
+fn check_part(part: &pb::CheckpointPart) -> Result<JobId, Status> {
+    let job = convert::job_id(&part.job_id)?;
+    if part.parts == 0
+        || part.part >= part.parts
+        || part
+            .offset
+            .checked_add(part.len)
+            .is_none_or(|end| end > part.total_len)
+    {
+        return Err(Status::invalid_argument(format!(
+            "checkpoint part {} of {} covers bytes {}..+{} of {}: out of range",
+            part.part, part.parts, part.offset, part.len, part.total_len
+        )));
+    }
+    if part.total_len > MAX_CHECKPOINT_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "a checkpoint of {} bytes; the limit is {MAX_CHECKPOINT_BYTES}",
+            part.total_len
+        )));
+    }
+    Ok(job)
+}
+
+/// A replica storing the copy of a part its leader received: the leader checked the attempt;
+/// the part commits the checkpoint here when it completes it, as on the leader.
+#[tonic::async_trait]
+impl PartReplica for Checkpoints {
+    async fn put_part(
+        &self,
+        mut stream: Streaming<pb::CheckpointUpload>,
+    ) -> Result<pb::UploadCheckpointResponse, Status> {
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("an empty checkpoint copy"))?;
+        let part = first
+            .part
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("a checkpoint copy must name its part"))?;
+        let job = check_part(&part)?;
+        let retention = self
+            .handle
+            .read_local(move |v| v.state.job(job).map(|j| j.retention.clone()))
+            .await?
+            .map_err(convert::status)?;
+        self.room_for(part.len)?;
+        let key = PartKey {
+            job,
+            step: part.step,
+            generation: part.generation,
+            part: part.part,
+        };
+        match self.receive(&key, &part, first, &mut stream, None).await {
+            Ok(committed) => {
+                if let Some(m) = &committed {
+                    self.after_commit(job, m.step, retention).await?;
+                }
+                Ok(pb::UploadCheckpointResponse {
+                    committed: committed.is_some(),
+                })
+            }
+            Err(e) => {
+                self.forget(job, part.step, part.generation);
+                let store = self.store.clone();
+                let step = part.step;
+                let generation = part.generation;
+                let _ =
+                    tokio::task::spawn_blocking(move || store.abort(job, step, generation)).await;
+                Err(e)
+            }
+        }
     }
 }

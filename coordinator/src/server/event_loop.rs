@@ -447,7 +447,7 @@ impl EventLoop {
                     }
                     continue;
                 }
-                r @ (Request::Drain | Request::Shutdown) => r,
+                r @ (Request::Drain | Request::Shutdown | Request::ReadLocal(_)) => r,
                 // Dropped: its handler answers with the leader's address.
                 _ if !leads => continue,
                 r => r,
@@ -581,7 +581,7 @@ impl EventLoop {
                     nccl_id,
                     reply,
                 } => self.rendezvous(key, address, nccl_id, reply),
-                Request::Read(f) => f(&View {
+                Request::Read(f) | Request::ReadLocal(f) => f(&View {
                     state: self.core.state(),
                     latest: &self.latest,
                     waiting: &self.waiting,

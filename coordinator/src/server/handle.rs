@@ -85,6 +85,23 @@ impl Handle {
         if l.serving { Ok(()) } else { Err(l.refusal()) }
     }
 
+    /// Runs `f` on this replica's state, leader or not (a replica storing its leader's
+    /// checkpoint copies).
+    pub async fn read_local<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&View<'_>) -> T + Send + 'static,
+    ) -> Result<T, Status> {
+        let (reply, rx) = oneshot::channel();
+        let request = Request::ReadLocal(Box::new(move |view| {
+            let _ = reply.send(f(view));
+        }));
+        self.tx
+            .send(request)
+            .map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
+        rx.await
+            .map_err(|_| Status::unavailable("the coordinator is shutting down"))
+    }
+
     /// Runs `f` on the loop's current state.
     pub async fn read<T: Send + 'static>(
         &self,

@@ -5,6 +5,7 @@
 //! resolves. Handlers convert protobuf to domain values ([`convert`]), send a request to the
 //! loop and map its answer back; they never touch the state.
 
+mod checkpoint_mirror;
 mod checkpoints;
 mod client_api;
 mod clock;
@@ -41,6 +42,7 @@ use crate::log::SledLog;
 use crate::logged_state::LoggedState;
 use crate::model::JobId;
 use crate::replication::{Membership, Outbox, PeerService, RaftStorage};
+use crate::server::checkpoint_mirror::MirrorTargets;
 use crate::server::checkpoints::Checkpoints;
 use crate::server::event_loop::{EventLoop, LoopConfig, ReplicaSetup};
 use crate::server::handle::Handle;
@@ -162,8 +164,9 @@ pub async fn run(
             EventLoop::new(core, records.clone(), loop_config)
         }
         Some(r) => {
-            let (event_loop, service) = replicated(r, &config, &records, loop_config, &tx)?;
-            peers = Some(service);
+            let (event_loop, service, members) =
+                replicated(r, &config, &records, loop_config, &tx)?;
+            peers = Some((service, members));
             event_loop
         }
     };
@@ -193,7 +196,14 @@ pub async fn run(
         leadership: leadership.clone(),
         replicated: config.replication.is_some(),
     };
-    let checkpoints = Checkpoints::new(store, handle.clone());
+    // A replica copies the checkpoint parts it receives as leader to the others, and stores
+    // the copies the leader sends it.
+    let mirror = peers.as_ref().and_then(|(_, m)| MirrorTargets::new(m));
+    let checkpoints = Checkpoints::new(store, handle.clone(), mirror);
+    let peers = peers.map(|(service, _)| {
+        RaftPeerServer::new(service.with_parts(Arc::new(checkpoints.clone())))
+            .max_decoding_message_size(config.max_message_bytes.max(2 << 20))
+    });
     let drain = tx.clone();
     let mut began = stopping_tx.subscribe();
     let failed = fail_stop.clone();
@@ -274,7 +284,7 @@ fn replicated(
     records: &Arc<Records>,
     loop_config: LoopConfig,
     tx: &std_mpsc::Sender<Request>,
-) -> Result<(EventLoop, RaftPeerServer<PeerService>), ServerError> {
+) -> Result<(EventLoop, PeerService, Arc<Membership>), ServerError> {
     let single_log = config.data_dir.join("log");
     if single_log.exists() {
         return Err(ServerError::WrongKind {
@@ -333,8 +343,8 @@ fn replicated(
     )?;
     Ok((
         event_loop,
-        RaftPeerServer::new(PeerService::new(members, inbox))
-            .max_decoding_message_size(config.max_message_bytes.max(2 << 20)),
+        PeerService::new(members.clone(), inbox),
+        members,
     ))
 }
 

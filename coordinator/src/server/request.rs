@@ -97,6 +97,8 @@ pub enum Request {
         reply: Reply<Result<Published, ApplyError>>,
     },
     Read(Box<dyn FnOnce(&View<'_>) + Send>),
+    /// A read of this replica's state whether it leads or not.
+    ReadLocal(Box<dyn FnOnce(&View<'_>) + Send>),
     /// Records to replicate with the next proposal (replicated coordinators only: one alone
     /// writes them directly); the reply comes once they are committed.
     Records {
