@@ -7,10 +7,14 @@
 //!   attempt must stay the same (no rank restarted). The killed replica is started again and
 //!   caught up before the next kill.
 //! - `submit`: submissions per second and latency with 1 replica and with 3, in one run.
+//! - `upload`: checkpoint upload throughput with 1 replica and with 3 (where each part is
+//!   also copied to the two others before it is acknowledged), in one run: a part of
+//!   `--mib` MiB in 1 MiB chunks, as a rank of a running 2-rank job sends it.
 //!
 //! `cargo build --release --bins && cargo build --release -p convoy-harness --examples` then
 //! `target/release/examples/ha_bench failover --kills 30` or
-//! `target/release/examples/ha_bench submit --jobs 10000`.
+//! `target/release/examples/ha_bench submit --jobs 10000` or
+//! `target/release/examples/ha_bench upload --mib 256 --rounds 3`.
 
 mod bench_common;
 
@@ -24,8 +28,8 @@ use clap::{Parser, Subcommand};
 use convoy_harness::{Daemon, Harness, READY_TIMEOUT};
 use convoy_proto::v1::replicas_client::ReplicasClient;
 use convoy_proto::v1::{
-    GetJobRequest, JobState, ListWorkersRequest, ReplicaStatus, ReplicaStatusRequest,
-    SubmitJobRequest,
+    CheckpointPart, CheckpointUpload, GetJobRequest, JobState, ListWorkersRequest, ReplicaStatus,
+    ReplicaStatusRequest, SubmitJobRequest,
 };
 
 #[derive(Parser)]
@@ -41,6 +45,12 @@ enum Cmd {
         kills: usize,
         #[arg(long, default_value_t = 5000)]
         heartbeat_timeout_ms: u64,
+    },
+    Upload {
+        #[arg(long, default_value_t = 256)]
+        mib: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     Submit {
         #[arg(long, default_value_t = 10_000)]
@@ -180,46 +190,15 @@ fn now_ms() -> u64 {
 
 async fn failover(kills: usize, heartbeat_timeout_ms: u64) -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let h = harness(dir.path())?;
-    let mut replicas = Replicas::start(h.clone(), dir.path(), 3, heartbeat_timeout_ms)?;
-    let addrs = replicas.addresses();
-    let mut workers = vec![];
-    for name in ["w1", "w2"] {
-        let mut w = h.spawn_worker(
-            name,
-            &[
-                "--coordinator".into(),
-                addrs.clone(),
-                "--name".into(),
-                name.into(),
-                "--slots".into(),
-                "1".into(),
-                "--data-dir".into(),
-                dir.path().join(name).display().to_string(),
-                "--threads-per-rank".into(),
-                "1".into(),
-            ],
-        )?;
-        w.wait_ready(READY_TIMEOUT)?;
-        workers.push(w);
-    }
+    let (mut replicas, workers, addrs, job, _) =
+        running_job(dir.path(), 3, heartbeat_timeout_ms).await?;
     let mut c = client(&addrs).await?;
-    let (spec_toml, workdir) = digits_spec(100_000_000, 2)?;
-    let job = c
-        .submit_job(SubmitJobRequest {
-            spec_toml: spec_toml.clone(),
-            workdir: workdir.clone(),
-            no_progress_timeout: true,
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .job_id;
+    let (spec_toml, workdir) = digits_spec(100, 1)?;
     wait(Duration::from_secs(120), "the job to step", || {
         let (mut c, job) = (c.clone(), job.clone());
         async move {
             let j = c.get_job(GetJobRequest { job_id: job }).await?.into_inner();
-            Ok(j.state == JobState::Running as i32 && j.step > 10)
+            Ok(j.step > 10)
         }
     })
     .await?;
@@ -361,6 +340,122 @@ async fn submit(jobs: usize, concurrency: usize, connections: usize, rounds: usi
     Ok(())
 }
 
+/// Starts `n` replicas and two one-slot workers running a long 2-rank job; the job's id and
+/// live generation, and what must stay alive meanwhile.
+async fn running_job(
+    dir: &Path,
+    n: usize,
+    heartbeat_timeout_ms: u64,
+) -> Result<(Replicas, Vec<Daemon>, String, String, u64)> {
+    let h = harness(dir)?;
+    let replicas = Replicas::start(h.clone(), dir, n, heartbeat_timeout_ms)?;
+    replicas.leader().await?;
+    let addrs = replicas.addresses();
+    let mut workers = vec![];
+    for name in ["w1", "w2"] {
+        let mut w = h.spawn_worker(
+            name,
+            &[
+                "--coordinator".into(),
+                addrs.clone(),
+                "--name".into(),
+                name.into(),
+                "--slots".into(),
+                "1".into(),
+                "--data-dir".into(),
+                dir.join(name).display().to_string(),
+                "--threads-per-rank".into(),
+                "1".into(),
+            ],
+        )?;
+        w.wait_ready(READY_TIMEOUT)?;
+        workers.push(w);
+    }
+    let mut c = client(&addrs).await?;
+    let (spec_toml, workdir) = digits_spec(100_000_000, 2)?;
+    let job = c
+        .submit_job(SubmitJobRequest {
+            spec_toml,
+            workdir,
+            no_progress_timeout: true,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .job_id;
+    wait(Duration::from_secs(120), "the job to run", || {
+        let (mut c, job) = (c.clone(), job.clone());
+        async move {
+            let j = c.get_job(GetJobRequest { job_id: job }).await?.into_inner();
+            Ok(j.state == JobState::Running as i32)
+        }
+    })
+    .await?;
+    let j = c
+        .get_job(GetJobRequest {
+            job_id: job.clone(),
+        })
+        .await?
+        .into_inner();
+    let generation = j
+        .attempts
+        .last()
+        .map(|a| a.generation)
+        .ok_or_else(|| anyhow!("{job} runs without an attempt"))?;
+    Ok((replicas, workers, addrs, job, generation))
+}
+
+async fn upload(mib: u64, rounds: usize) -> Result<()> {
+    const CHUNK: usize = 1 << 20;
+    let len = mib << 20;
+    let chunk: Vec<u8> = (0..CHUNK).map(|i| (i * 7 + 3) as u8).collect();
+    let checksum = xxhash_rust::xxh3::xxh3_64(&chunk);
+    let mut rates: [Vec<f64>; 2] = [vec![], vec![]];
+    for round in 1..=rounds {
+        for (k, n) in [1usize, 3].into_iter().enumerate() {
+            let dir = tempfile::tempdir()?;
+            let (_replicas, _workers, addrs, job, generation) =
+                running_job(dir.path(), n, 5000).await?;
+            let mut api = convoy_client::worker_api(convoy_client::connect(&addrs).await?);
+            let chunks = (len as usize).div_ceil(CHUNK);
+            let chunk = chunk.clone();
+            let messages = (0..chunks).map(move |i| CheckpointUpload {
+                part: (i == 0).then(|| CheckpointPart {
+                    job_id: job.clone(),
+                    generation,
+                    step: 1,
+                    part: 0,
+                    parts: 2,
+                    total_len: 2 * len,
+                    offset: 0,
+                    len,
+                    ..Default::default()
+                }),
+                data: chunk.clone(),
+                checksum,
+            });
+            let started = Instant::now();
+            api.upload_checkpoint(tokio_stream::iter(messages)).await?;
+            let rate = mib as f64 / started.elapsed().as_secs_f64();
+            println!(
+                "round {round}, {n} replica(s): {mib} MiB part stored in {:.2} s: {rate:.0} MiB/s",
+                started.elapsed().as_secs_f64()
+            );
+            rates[k].push(rate);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (r1, r3) = (median(&mut rates[0]), median(&mut rates[1]));
+    println!(
+        "median of {rounds}: 1 replica {r1:.0} MiB/s, 3 replicas {r3:.0} MiB/s: {:.2}x",
+        r3 / r1
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     match Args::parse().cmd {
@@ -374,6 +469,7 @@ async fn main() -> Result<()> {
             connections,
             rounds,
         } => submit(jobs, concurrency, connections, rounds).await,
+        Cmd::Upload { mib, rounds } => upload(mib, rounds).await,
     }
     .map_err(|e| anyhow!("{e:#}"))
 }
