@@ -66,6 +66,10 @@ enum Command {
     /// List the coordinator replicas (every address in --coordinator): role, term, commit
     /// and applied index, and how far each lags behind the leader.
     Coordinators {
+        /// First hand leadership to this replica (by node id), e.g. before maintenance of
+        /// the leader.
+        #[arg(long)]
+        transfer_to: Option<u64>,
         #[arg(long)]
         json: bool,
     },
@@ -198,7 +202,12 @@ fn main() -> ExitCode {
         } => block_on(cluster::jobs::logs(addr, &job, follow, rank, json)),
         Command::Cancel { job, json } => block_on(cluster::jobs::cancel(addr, &job, json)),
         Command::Workers { json } => block_on(cluster::workers::list(addr, json)),
-        Command::Coordinators { json } => block_on(cluster::coordinators::list(addr, json)),
+        Command::Coordinators { transfer_to, json } => block_on(async {
+            if let Some(to) = transfer_to {
+                cluster::coordinators::transfer(addr, to).await?;
+            }
+            cluster::coordinators::list(addr, json).await
+        }),
         Command::Cordon { worker, json } => {
             block_on(cluster::workers::cordon(addr, &worker, true, json))
         }

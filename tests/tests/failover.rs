@@ -249,3 +249,42 @@ fn a_frozen_leader_is_replaced_and_rejoins_as_a_follower_when_it_thaws() {
         assert_eq!(c.job(id)["state"], "queued", "{id}");
     }
 }
+
+#[test]
+fn a_leader_that_missed_a_checkpoint_fetches_it_from_the_replicas_that_hold_it() {
+    let _g = serial();
+    let mut c = Cluster::start_replicated(3, 5_000);
+    for name in ["alpha", "beta"] {
+        c.add_worker(name, 1);
+    }
+    c.wait_workers(2);
+    let dir = c.dir.path().to_path_buf();
+    let leader = c.wait_leader(Duration::from_secs(30));
+    let absent = (1..=3).find(|n| *n != leader).expect("a follower");
+    c.kill_member(absent);
+    // Acknowledged by the leader and the other follower: a majority without `absent`.
+    let job = c.submit(&spec(&dir, "missed", 300), &[]);
+    c.wait_state(&job, "succeeded", Duration::from_secs(300));
+    let before = export(&c, &job, &dir.join("before.safetensors"));
+    c.restart_member(absent);
+    let commit = c.members()[&leader]["commit"].as_u64().expect("commit");
+    wait_applied(&c, absent, commit);
+    let out = c.convoy(&["coordinators", "--transfer-to", &absent.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(c.leader(), Some(absent), "the transfer made {absent} leader");
+    c.wait_for(
+        "the new leader to fetch the checkpoints it missed",
+        Duration::from_secs(60),
+        || {
+            c.json(&["checkpoints", &job])
+                .as_array()
+                .is_some_and(|l| l.iter().any(|m| m["step"] == 300))
+        },
+    );
+    let after = export(&c, &job, &dir.join("after.safetensors"));
+    assert!(before == after, "the fetched checkpoint differs");
+}

@@ -23,6 +23,28 @@ async fn ask(url: &str) -> Result<pb::ReplicaStatus, String> {
     }
 }
 
+/// Asks the leader to hand leadership to replica `to`, and waits until it has.
+pub async fn transfer(coordinators: &str, to: u64) -> Result<()> {
+    let channel = convoy_client::connect(coordinators).await?;
+    let mut c = ReplicasClient::new(channel);
+    // The first try may reach a replica that does not lead; its answer names the leader,
+    // where the channel goes next.
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match c.transfer_leader(pb::TransferLeaderRequest { to }).await {
+            Ok(r) => {
+                eprintln!("coordinator {} leads now (term {})", to, r.get_ref().term);
+                return Ok(());
+            }
+            Err(s) if s.code() == tonic::Code::Unavailable && tries < 5 => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(s) => anyhow::bail!("{}", convoy_client::one_line(&s)),
+        }
+    }
+}
+
 pub async fn list(coordinators: &str, json_out: bool) -> Result<()> {
     let urls = convoy_client::urls(coordinators)?;
     let mut answers = vec![];

@@ -18,5 +18,5 @@ pub use replica::{ELECTION_TICKS, HEARTBEAT_TICKS, Output, Replica};
 pub use replicated_state::{Advance, Applied, ReplicatedState};
 pub use storage::RaftStorage;
 pub use transport::{
-    Inbound, Membership, Outbox, PartReplica, PeerService, canonical, secret_header,
+    Inbound, Membership, Outbox, PartReplica, PartStream, PeerService, canonical, secret_header,
 };

@@ -135,6 +135,11 @@ impl Replica {
         self.node.mut_store().create_snapshot(index, &conf, data)
     }
 
+    /// As leader: hands leadership to `to` once it has caught up (raft-rs's transfer).
+    pub fn transfer_leader(&mut self, to: u64) {
+        self.node.transfer_leader(to);
+    }
+
     /// Handles whatever raft-rs has ready; what the caller must send and apply.
     pub fn ready(&mut self) -> Result<Output> {
         let mut out = Output::default();

@@ -158,6 +158,16 @@ impl<T> ReplicatedState<T> {
         }
     }
 
+    /// Asks raft-rs to hand leadership to `to`; false unless this replica leads and `to` is
+    /// another member.
+    pub fn transfer_leader(&mut self, to: u64, members: &[u64]) -> bool {
+        if !self.replica.is_leader() || to == self.node_id || !members.contains(&to) {
+            return false;
+        }
+        self.replica.transfer_leader(to);
+        true
+    }
+
     /// Peer `id` lost its log (see `Replica::peer_lost_log`).
     pub fn peer_lost_log(&mut self, id: u64) {
         tracing::warn!("replica {id} restarted without its log; sending it the log again");

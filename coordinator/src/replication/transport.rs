@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use convoy_proto::v1::raft_peer_client::RaftPeerClient;
 use convoy_proto::v1::raft_peer_server::RaftPeer;
-use convoy_proto::v1::{CheckpointUpload, PeerAck, PeerMessage, UploadCheckpointResponse};
+use convoy_proto::v1::{
+    CheckpointSteps, CheckpointUpload, FetchCheckpointPartRequest, ListCheckpointStepsRequest,
+    PeerAck, PeerMessage, UploadCheckpointResponse,
+};
 use protobuf::Message as _;
 use raft::eraftpb::Message;
 use tokio::sync::mpsc;
@@ -85,13 +88,21 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Where a replica keeps the checkpoint parts its leader copies to it.
+/// A part's messages, as a rank's upload sends them.
+pub type PartStream = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<CheckpointUpload, Status>> + Send + 'static>,
+>;
+
+/// A replica's checkpoint store as its peers see it: the parts its leader copies to it, and
+/// the committed checkpoints a new leader that lacks them fetches from it.
 #[tonic::async_trait]
 pub trait PartReplica: Send + Sync + 'static {
     async fn put_part(
         &self,
         stream: Streaming<CheckpointUpload>,
     ) -> Result<UploadCheckpointResponse, Status>;
+    async fn list_steps(&self, jobs: Vec<String>) -> Result<CheckpointSteps, Status>;
+    async fn fetch_part(&self, request: FetchCheckpointPartRequest) -> Result<PartStream, Status>;
 }
 
 /// Receives peers' Raft messages into `inbox`, and checkpoint parts into `parts`.
@@ -117,6 +128,12 @@ impl PeerService {
     pub fn with_parts(mut self, parts: Arc<dyn PartReplica>) -> PeerService {
         self.parts = Some(parts);
         self
+    }
+
+    fn parts(&self) -> Result<&Arc<dyn PartReplica>, Status> {
+        self.parts
+            .as_ref()
+            .ok_or_else(|| Status::unimplemented("this replica keeps no checkpoints"))
     }
 
     /// Whether `m`'s sender has a new incarnation since it was last heard.
@@ -199,11 +216,30 @@ impl RaftPeer for PeerService {
         request: Request<Streaming<CheckpointUpload>>,
     ) -> Result<Response<UploadCheckpointResponse>, Status> {
         self.authenticate(request.metadata())?;
-        let parts = self
-            .parts
-            .as_ref()
-            .ok_or_else(|| Status::unimplemented("this replica keeps no checkpoints"))?;
+        let parts = self.parts()?;
         Ok(Response::new(parts.put_part(request.into_inner()).await?))
+    }
+
+    async fn list_checkpoint_steps(
+        &self,
+        request: Request<ListCheckpointStepsRequest>,
+    ) -> Result<Response<CheckpointSteps>, Status> {
+        self.authenticate(request.metadata())?;
+        let parts = self.parts()?;
+        Ok(Response::new(
+            parts.list_steps(request.into_inner().job_ids).await?,
+        ))
+    }
+
+    type FetchCheckpointPartStream = PartStream;
+
+    async fn fetch_checkpoint_part(
+        &self,
+        request: Request<FetchCheckpointPartRequest>,
+    ) -> Result<Response<PartStream>, Status> {
+        self.authenticate(request.metadata())?;
+        let parts = self.parts()?;
+        Ok(Response::new(parts.fetch_part(request.into_inner()).await?))
     }
 }
 

@@ -50,6 +50,19 @@ impl MirrorTargets {
         })
     }
 
+    /// The other replicas' peer clients.
+    pub fn peers(&self) -> impl Iterator<Item = (u64, RaftPeerClient<Channel>)> + '_ {
+        self.peers.iter().map(|(id, c)| (*id, c.clone()))
+    }
+
+    /// `message` as a request presenting the cluster's secret.
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(message);
+        r.metadata_mut()
+            .insert(self.secret.0, self.secret.1.clone());
+        r
+    }
+
     /// Starts one copy of a part per replica.
     pub fn open(&self) -> Mirror {
         let copies = self
@@ -57,10 +70,7 @@ impl MirrorTargets {
             .iter()
             .map(|(id, client)| {
                 let (tx, rx) = mpsc::channel(QUEUE);
-                let mut request = tonic::Request::new(ReceiverStream::new(rx));
-                request
-                    .metadata_mut()
-                    .insert(self.secret.0, self.secret.1.clone());
+                let request = self.request(ReceiverStream::new(rx));
                 let mut client = client.clone();
                 let call = tokio::spawn(async move { client.put_checkpoint_part(request).await });
                 Copy {

@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use convoy_proto::v1 as pb;
+use convoy_proto::v1::raft_peer_client::RaftPeerClient;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -15,7 +16,7 @@ use tonic::{Status, Streaming};
 
 use crate::checkpoints::{CheckpointError, CheckpointStore, Manifest, PartKey};
 use crate::model::JobId;
-use crate::replication::PartReplica;
+use crate::replication::{PartReplica, PartStream};
 use crate::server::checkpoint_mirror::{Mirror, MirrorTargets};
 use crate::server::clock::now_ms;
 use crate::server::convert;
@@ -535,5 +536,162 @@ impl PartReplica for Checkpoints {
                 Err(e)
             }
         }
+    }
+
+    async fn list_steps(&self, jobs: Vec<String>) -> Result<pb::CheckpointSteps, Status> {
+        let mut steps = vec![];
+        for id in jobs {
+            let job = convert::job_id(&id)?;
+            let store = self.store.clone();
+            let list = tokio::task::spawn_blocking(move || store.list(job))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(|e| storage(&self.handle.fail_stop, e))?;
+            steps.extend(list.into_iter().map(|m| pb::CheckpointStep {
+                job_id: id.clone(),
+                step: m.step,
+                parts: m.parts.len() as u32,
+            }));
+        }
+        Ok(pb::CheckpointSteps { steps })
+    }
+
+    async fn fetch_part(&self, r: pb::FetchCheckpointPartRequest) -> Result<PartStream, Status> {
+        let job = convert::job_id(&r.job_id)?;
+        let store = self.store.clone();
+        let step = r.step;
+        let manifest = tokio::task::spawn_blocking(move || store.get(job, step))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| storage(&self.handle.fail_stop, e))?
+            .ok_or_else(|| Status::not_found(format!("{job} has no checkpoint at step {step}")))?;
+        let index = r.part as usize;
+        let part = manifest.parts.get(index).cloned().ok_or_else(|| {
+            Status::not_found(format!("{job} step {step} has no part {}", r.part))
+        })?;
+        let header = pb::CheckpointPart {
+            job_id: r.job_id.clone(),
+            generation: manifest.generation,
+            step,
+            part: r.part,
+            parts: manifest.parts.len() as u32,
+            total_len: manifest.total_len,
+            offset: part.offset,
+            len: part.len,
+            metrics: if index == 0 {
+                manifest.metrics.clone().into_iter().collect()
+            } else {
+                Default::default()
+            },
+            model: if index == 0 {
+                manifest.model.clone()
+            } else {
+                String::new()
+            },
+        };
+        let before: usize = manifest.parts[..index].iter().map(|p| p.chunks.len()).sum();
+        let (tx, rx) = mpsc::channel(4);
+        let store = self.store.clone();
+        let fail = self.handle.fail_stop.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut first = Some(header);
+            let chunks = store
+                .read_chunks(&manifest)
+                .skip(before)
+                .take(part.chunks.len());
+            for (chunk, info) in chunks.zip(&part.chunks) {
+                let msg = match chunk {
+                    Ok(data) => Ok(pb::CheckpointUpload {
+                        part: first.take(),
+                        data,
+                        checksum: info.checksum,
+                    }),
+                    Err(e) => Err(read_failure(&store, &fail, &manifest, e)),
+                };
+                let failed = msg.is_err();
+                if tx.blocking_send(msg).is_err() || failed {
+                    return;
+                }
+            }
+            if let Some(h) = first {
+                // An empty part: its description alone.
+                let _ = tx.blocking_send(Ok(pb::CheckpointUpload {
+                    part: Some(h),
+                    ..Default::default()
+                }));
+            }
+        });
+        Ok(Box::pin(ReceiverStream::new(rx)))
+    }
+}
+
+impl Checkpoints {
+    /// As a new leader: fetches from the other replicas every committed checkpoint of the
+    /// cluster's jobs that this replica lacks (it was down or behind when it was copied), so
+    /// that what a majority acknowledged is here to resume from. Returns how many it fetched.
+    pub async fn repair(&self) -> Result<usize, Status> {
+        let Some(targets) = self.mirror.clone() else {
+            return Ok(0);
+        };
+        let jobs: Vec<JobId> = self
+            .handle
+            .read_local(|v| v.state.jobs.keys().copied().collect())
+            .await?;
+        let job_ids: Vec<String> = jobs.iter().map(ToString::to_string).collect();
+        let mut fetched = 0;
+        for (peer, mut client) in targets.peers() {
+            let request = targets.request(pb::ListCheckpointStepsRequest {
+                job_ids: job_ids.clone(),
+            });
+            let steps = match client.list_checkpoint_steps(request).await {
+                Ok(r) => r.into_inner().steps,
+                Err(s) => {
+                    tracing::warn!("listing replica {peer}'s checkpoints: {}", s.message());
+                    continue;
+                }
+            };
+            for s in steps {
+                let job = convert::job_id(&s.job_id)?;
+                let store = self.store.clone();
+                let step = s.step;
+                let have = tokio::task::spawn_blocking(move || store.get(job, step))
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?
+                    .map_err(|e| storage(&self.handle.fail_stop, e))?;
+                if have.is_some() {
+                    continue;
+                }
+                match self.fetch(&targets, &mut client, &s).await {
+                    Ok(()) => {
+                        fetched += 1;
+                        tracing::info!("fetched {job} step {step} from replica {peer}");
+                    }
+                    Err(e) => tracing::warn!(
+                        "fetching {job} step {step} from replica {peer}: {}",
+                        e.message()
+                    ),
+                }
+            }
+        }
+        Ok(fetched)
+    }
+
+    /// Stores every part of one checkpoint from a peer, part 0 (with the metadata) first.
+    async fn fetch(
+        &self,
+        targets: &MirrorTargets,
+        client: &mut RaftPeerClient<convoy_client::Channel>,
+        s: &pb::CheckpointStep,
+    ) -> Result<(), Status> {
+        for part in 0..s.parts {
+            let request = targets.request(pb::FetchCheckpointPartRequest {
+                job_id: s.job_id.clone(),
+                step: s.step,
+                part,
+            });
+            let stream = client.fetch_checkpoint_part(request).await?.into_inner();
+            self.put_part(stream).await?;
+        }
+        Ok(())
     }
 }

@@ -546,6 +546,24 @@ impl EventLoop {
                     self.streams.clear();
                 }
                 Request::Shutdown => stop = true,
+                Request::TransferLeader { to, reply } => {
+                    let r = match &mut self.core {
+                        Core::Single(_) => Err("this coordinator is not replicated".to_string()),
+                        Core::Replicated(r) => {
+                            let members: Vec<u64> = r.members.keys().copied().collect();
+                            if r.state.transfer_leader(to, &members) {
+                                Ok(())
+                            } else {
+                                Err(format!(
+                                    "cannot hand leadership to {to}: members are {members:?}, \
+                                     and this replica ({}) leads",
+                                    r.state.node_id()
+                                ))
+                            }
+                        }
+                    };
+                    let _ = reply.send(r);
+                }
                 Request::Records { ops, reply } => match self.core {
                     Core::Single(_) => {
                         self.records.apply(&ops);

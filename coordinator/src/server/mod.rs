@@ -200,6 +200,9 @@ pub async fn run(
     // the copies the leader sends it.
     let mirror = peers.as_ref().and_then(|(_, m)| MirrorTargets::new(m));
     let checkpoints = Checkpoints::new(store, handle.clone(), mirror);
+    if peers.is_some() {
+        tokio::spawn(repair_when_leading(checkpoints.clone(), leadership.clone()));
+    }
     let peers = peers.map(|(service, _)| {
         RaftPeerServer::new(service.with_parts(Arc::new(checkpoints.clone())))
             .max_decoding_message_size(config.max_message_bytes.max(2 << 20))
@@ -235,7 +238,7 @@ pub async fn run(
         .add_service(health_service)
         .add_optional_service(peers)
         .add_service(ReplicasServer::new(replicas::ReplicasService {
-            leadership: leadership.clone(),
+            handle: handle.clone(),
         }))
         .add_service(InterceptedService::new(
             ConvoyServer::new(client_api::ClientApi::new(
@@ -346,6 +349,29 @@ fn replicated(
         PeerService::new(members.clone(), inbox),
         members,
     ))
+}
+
+/// Each time this replica begins to lead, it fetches the committed checkpoints it lacks from
+/// the others (see `Checkpoints::repair`).
+async fn repair_when_leading(
+    checkpoints: Checkpoints,
+    mut leadership: watch::Receiver<Leadership>,
+) {
+    let mut led = false;
+    loop {
+        let serving = leadership.borrow_and_update().serving;
+        if serving && !led {
+            match checkpoints.repair().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!("fetched {n} checkpoint(s) this replica lacked"),
+                Err(e) => tracing::warn!("repairing the checkpoint store: {}", e.message()),
+            }
+        }
+        led = serving;
+        if leadership.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// `grpc.health.v1` says which member serves, so a load balancer can route to the leader.

@@ -105,6 +105,11 @@ pub enum Request {
         ops: Vec<RecordOp>,
         reply: Reply<Result<(), ApplyError>>,
     },
+    /// Hand leadership to replica `to`.
+    TransferLeader {
+        to: u64,
+        reply: Reply<Result<(), String>>,
+    },
     /// From a peer (replicated coordinators only).
     Peer(crate::replication::Inbound),
     /// The coordinator is stopping: judge no liveness or progress any more, start nothing, and
