@@ -350,6 +350,26 @@ impl Cluster {
         self.json(&["job", "show", id])
     }
 
+    /// Exports the checkpoint `reference` (`job-1`, `job-1@STEP`) as safetensors into `out`
+    /// and returns its bytes.
+    pub fn export(&self, reference: &str, out: &Path) -> Vec<u8> {
+        let o = self.convoy(&[
+            "checkpoint",
+            "export",
+            reference,
+            "--format",
+            "safetensors",
+            "-o",
+            out.to_str().expect("utf-8"),
+        ]);
+        assert!(
+            o.status.success(),
+            "export {reference}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        std::fs::read(out).expect("exported file")
+    }
+
     /// Submits `spec` (extra CLI flags in `flags`) and returns the job id.
     pub fn submit(&self, spec: &Path, flags: &[&str]) -> String {
         let mut args = vec!["submit", spec.to_str().expect("utf-8 path"), "--json"];

@@ -30,24 +30,6 @@ fn steps(c: &Cluster, id: &str) -> Vec<u64> {
         .collect()
 }
 
-fn export(c: &Cluster, reference: &str, out: &Path) -> Vec<u8> {
-    let o = c.convoy(&[
-        "checkpoint",
-        "export",
-        reference,
-        "--format",
-        "safetensors",
-        "-o",
-        out.to_str().expect("utf-8"),
-    ]);
-    assert!(
-        o.status.success(),
-        "export {reference}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    std::fs::read(out).expect("exported file")
-}
-
 fn logs(c: &Cluster, id: &str) -> String {
     String::from_utf8_lossy(&c.convoy(&["logs", id]).stdout).into_owned()
 }
@@ -105,12 +87,11 @@ fn a_job_that_loses_a_worker_resumes_and_ends_bit_identical_to_an_uninterrupted_
     let text = logs(&c, &resumed);
     assert!(text.contains("resuming from checkpoint step"), "{text}");
 
-    let a = export(
-        &c,
+    let a = c.export(
         &format!("{straight}@{total}"),
         &dir.join("straight.safetensors"),
     );
-    let b = export(&c, &resumed, &dir.join("resumed.safetensors"));
+    let b = c.export(&resumed, &dir.join("resumed.safetensors"));
     assert!(
         a == b,
         "the resumed job's final parameters differ from the uninterrupted run's"
@@ -398,10 +379,10 @@ fn a_job_ending_while_the_coordinator_is_away_waits_and_stores_its_final_checkpo
     let job = c.wait_state(&id, "succeeded", Duration::from_secs(240));
     assert_eq!(job["attempts"].as_array().map(Vec::len), Some(1), "{job}");
     assert_eq!(steps(&c, &id).last(), Some(&total));
-    let got = export(&c, &id, &dir.join("resumed.safetensors"));
+    let got = c.export(&id, &dir.join("resumed.safetensors"));
     let reference = c.submit(&spec, &[]);
     c.wait_state(&reference, "succeeded", Duration::from_secs(600));
-    let expected = export(&c, &reference, &dir.join("reference.safetensors"));
+    let expected = c.export(&reference, &dir.join("reference.safetensors"));
     assert!(
         got == expected,
         "the export differs from the uninterrupted run's"
@@ -462,7 +443,7 @@ fn retention_bounds_the_disk_and_a_deleted_job_frees_it() {
     c.wait_state(&kept_job, "succeeded", Duration::from_secs(120));
     let o = c.convoy(&["job", "delete", &kept_job, "--keep-checkpoints"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    export(&c, &kept_job, &dir.join("kept.safetensors"));
+    c.export(&kept_job, &dir.join("kept.safetensors"));
 
     let o = c.convoy(&["job", "delete", &id]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

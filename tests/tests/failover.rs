@@ -28,24 +28,6 @@ fn spec(dir: &Path, name: &str, steps: u64) -> PathBuf {
     path
 }
 
-fn export(c: &Cluster, job: &str, out: &Path) -> Vec<u8> {
-    let o = c.convoy(&[
-        "checkpoint",
-        "export",
-        job,
-        "--format",
-        "safetensors",
-        "-o",
-        out.to_str().expect("utf-8"),
-    ]);
-    assert!(
-        o.status.success(),
-        "export {job}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    std::fs::read(out).expect("exported file")
-}
-
 #[test]
 fn a_leader_killed_during_training_costs_no_rank_restart_and_no_acknowledged_submit() {
     let _g = serial();
@@ -100,8 +82,8 @@ fn a_leader_killed_during_training_costs_no_rank_restart_and_no_acknowledged_sub
         let logs = String::from_utf8_lossy(&c.convoy(&["logs", &during]).stdout).into_owned();
         assert!(logs.contains("attempt 1 started"), "{logs}");
         assert!(logs.contains("[rank 0] done"), "{logs}");
-        let a = export(&c, &during, &dir.join("during.safetensors"));
-        let b = export(&c, &after, &dir.join("after.safetensors"));
+        let a = c.export(&during, &dir.join("during.safetensors"));
+        let b = c.export(&after, &dir.join("after.safetensors"));
         assert!(
             a == b,
             "the job that lived through the failover ends with other parameters than one that \
@@ -265,7 +247,7 @@ fn a_leader_that_missed_a_checkpoint_fetches_it_from_the_replicas_that_hold_it()
     // Acknowledged by the leader and the other follower: a majority without `absent`.
     let job = c.submit(&spec(&dir, "missed", 300), &[]);
     c.wait_state(&job, "succeeded", Duration::from_secs(300));
-    let before = export(&c, &job, &dir.join("before.safetensors"));
+    let before = c.export(&job, &dir.join("before.safetensors"));
     c.restart_member(absent);
     let commit = c.members()[&leader]["commit"].as_u64().expect("commit");
     wait_applied(&c, absent, commit);
@@ -275,7 +257,11 @@ fn a_leader_that_missed_a_checkpoint_fetches_it_from_the_replicas_that_hold_it()
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(c.leader(), Some(absent), "the transfer made {absent} leader");
+    assert_eq!(
+        c.leader(),
+        Some(absent),
+        "the transfer made {absent} leader"
+    );
     c.wait_for(
         "the new leader to fetch the checkpoints it missed",
         Duration::from_secs(60),
@@ -285,6 +271,6 @@ fn a_leader_that_missed_a_checkpoint_fetches_it_from_the_replicas_that_hold_it()
                 .is_some_and(|l| l.iter().any(|m| m["step"] == 300))
         },
     );
-    let after = export(&c, &job, &dir.join("after.safetensors"));
+    let after = c.export(&job, &dir.join("after.safetensors"));
     assert!(before == after, "the fetched checkpoint differs");
 }

@@ -147,14 +147,7 @@ impl Checkpoints {
         &self,
         mut stream: Streaming<pb::CheckpointUpload>,
     ) -> Result<pb::UploadCheckpointResponse, Status> {
-        let first = stream
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("an empty checkpoint upload"))?;
-        let part = first.part.clone().ok_or_else(|| {
-            Status::invalid_argument("the first message of a checkpoint upload must name its part")
-        })?;
-        let job = check_part(&part)?;
+        let (first, part, job) = first_part(&mut stream).await?;
         let generation = part.generation;
         let (retention, world_size, steps) = self
             .handle
@@ -464,8 +457,18 @@ impl Checkpoints {
     }
 }
 
-/// Checks a part's description before anything is stored; the job it belongs to.
-fn check_part(part: &pb::CheckpointPart) -> Result<JobId, Status> {
+/// Reads an upload's first message, which names the part, and checks the part's description
+/// before anything is stored: the message, the part and the job it belongs to.
+async fn first_part(
+    stream: &mut Streaming<pb::CheckpointUpload>,
+) -> Result<(pb::CheckpointUpload, pb::CheckpointPart, JobId), Status> {
+    let first = stream
+        .message()
+        .await?
+        .ok_or_else(|| Status::invalid_argument("an empty checkpoint upload"))?;
+    let part = first.part.clone().ok_or_else(|| {
+        Status::invalid_argument("the first message of a checkpoint upload must name its part")
+    })?;
     let job = convert::job_id(&part.job_id)?;
     if part.parts == 0
         || part.part >= part.parts
@@ -485,7 +488,7 @@ fn check_part(part: &pb::CheckpointPart) -> Result<JobId, Status> {
             part.total_len
         )));
     }
-    Ok(job)
+    Ok((first, part, job))
 }
 
 /// A replica storing the copy of a part its leader received: the leader checked the attempt;
@@ -496,15 +499,7 @@ impl PartReplica for Checkpoints {
         &self,
         mut stream: Streaming<pb::CheckpointUpload>,
     ) -> Result<pb::UploadCheckpointResponse, Status> {
-        let first = stream
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("an empty checkpoint copy"))?;
-        let part = first
-            .part
-            .clone()
-            .ok_or_else(|| Status::invalid_argument("a checkpoint copy must name its part"))?;
-        let job = check_part(&part)?;
+        let (first, part, job) = first_part(&mut stream).await?;
         let retention = self
             .handle
             .read_local(move |v| v.state.job(job).map(|j| j.retention.clone()))
