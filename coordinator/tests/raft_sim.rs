@@ -9,7 +9,9 @@
 //! the same index hold equal states; at most one leader per term; time never goes backwards
 //! in the commands a replica accepted, whichever skewed clock stamped them. Once the network heals: every replica holds the same
 //! log and the same state, and every proposal whose proposer answered it is in that log, at
-//! the index it was answered for, exactly once.
+//! the index it was answered for, exactly once; and the answered history is linearizable with
+//! the log as its order (replayed sequentially it gives every answer, job ids included, and
+//! respects real-time order).
 
 mod common;
 
@@ -17,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use common::random::Gen;
 use convoy_coordinator::replication::{RaftStorage, ReplicatedState};
-use convoy_coordinator::{ClusterConfig, Command};
+use convoy_coordinator::{ApplyError, ClusterConfig, ClusterState, Command, Effect};
 use raft::eraftpb::Message;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -59,6 +61,14 @@ impl Node {
     }
 }
 
+/// What a proposer answered for one proposal, and when.
+struct Answer {
+    index: u64,
+    commands: Vec<Command>,
+    results: Vec<Result<Vec<Effect>, ApplyError>>,
+    at: u64,
+}
+
 struct Sim {
     rng: ChaCha8Rng,
     nodes: BTreeMap<u64, Node>,
@@ -68,8 +78,10 @@ struct Sim {
     time: u64,
     next_token: u64,
     commands: Gen,
-    /// Answered proposals: token → (index, commands).
-    acknowledged: BTreeMap<u64, (u64, Vec<Command>)>,
+    /// Answered proposals: token → what the proposer answered.
+    acknowledged: BTreeMap<u64, Answer>,
+    /// When each proposal was made (the simulation's clock).
+    invoked: BTreeMap<u64, u64>,
     /// Proposals made: token → commands.
     proposed: BTreeMap<u64, Vec<Command>>,
     /// Every entry any replica ever applied, by index: an index applied twice, anywhere,
@@ -104,6 +116,7 @@ impl Sim {
             next_token: 0,
             commands: Gen::new(seed),
             acknowledged: BTreeMap::new(),
+            invoked: BTreeMap::new(),
             proposed: BTreeMap::new(),
             history: BTreeMap::new(),
             restores: 0,
@@ -173,6 +186,7 @@ impl Sim {
         }
         self.next_token += 1;
         self.proposed.insert(self.next_token, batch.clone());
+        self.invoked.insert(self.next_token, self.time);
         let n = self.nodes.get_mut(&id).expect("a node");
         n.core
             .propose(batch, vec![], self.next_token)
@@ -215,7 +229,13 @@ impl Sim {
                     Some(&a.commands),
                     "node {id} answered proposal {token} with other commands"
                 );
-                let first = self.acknowledged.insert(token, (a.index, a.commands));
+                let answer = Answer {
+                    index: a.index,
+                    commands: a.commands,
+                    results: a.results,
+                    at: self.time,
+                };
+                let first = self.acknowledged.insert(token, answer);
                 assert!(first.is_none(), "proposal {token} answered twice");
             }
         }
@@ -339,11 +359,24 @@ fn run(seed: u64) -> u64 {
     // applied index), within what every replica now holds, and no two share an index.
     let mut indexes = BTreeSet::new();
     let applied_to = nodes[0].core.applied();
-    for (token, (index, cmds)) in &sim.acknowledged {
-        assert!(indexes.insert(*index), "two proposals answered at {index}");
-        assert_eq!(sim.history.get(index), Some(cmds), "proposal {token} moved");
-        assert!(*index <= applied_to, "proposal {token} at {index} was lost");
+    for (token, a) in &sim.acknowledged {
+        assert!(
+            indexes.insert(a.index),
+            "two proposals answered at {}",
+            a.index
+        );
+        assert_eq!(
+            sim.history.get(&a.index),
+            Some(&a.commands),
+            "proposal {token} moved"
+        );
+        assert!(
+            a.index <= applied_to,
+            "proposal {token} at {} was lost",
+            a.index
+        );
     }
+    linearizable(&sim);
     assert!(
         sim.acknowledged.len() > 100,
         "only {} acknowledged",
@@ -351,4 +384,36 @@ fn run(seed: u64) -> u64 {
     );
     assert!(sim.leaders.len() > 2, "the leadership never changed");
     sim.restores
+}
+
+/// The history of answered proposals is linearizable with the log as its order: replaying the
+/// log on one state machine, sequentially, gives every answered proposal the results its
+/// proposer answered (the job ids of submissions among them), and a proposal answered before
+/// another was made comes before it in the log (real-time order).
+fn linearizable(sim: &Sim) {
+    let mut state = ClusterState::new(ClusterConfig::default());
+    let mut replayed = BTreeMap::new();
+    for (index, cmds) in &sim.history {
+        let results: Vec<_> = cmds.iter().map(|c| state.apply(c)).collect();
+        replayed.insert(*index, results);
+    }
+    for (token, a) in &sim.acknowledged {
+        assert_eq!(
+            replayed.get(&a.index),
+            Some(&a.results),
+            "proposal {token} was answered otherwise than its place in the log gives"
+        );
+    }
+    let mut by_answer: Vec<(&u64, &Answer)> = sim.acknowledged.iter().collect();
+    by_answer.sort_by_key(|(_, a)| a.at);
+    for (token, a) in &by_answer {
+        for (other, b) in &by_answer {
+            if a.at < sim.invoked[other] {
+                assert!(
+                    a.index < b.index,
+                    "proposal {token} was answered before {other} was made, yet comes after it"
+                );
+            }
+        }
+    }
 }
