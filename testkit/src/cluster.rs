@@ -70,7 +70,20 @@ impl Cluster {
     /// `n` coordinator replicas (`--peers`, a shared secret), each waited for until it serves
     /// its port; [`Cluster::wait_leader`] waits for an election.
     pub fn start_replicated(n: usize, heartbeat_timeout_ms: u64) -> Cluster {
-        let dir = tempfile::tempdir().expect("temp dir");
+        Cluster::start_replicated_in(
+            tempfile::tempdir().expect("temp dir"),
+            n,
+            heartbeat_timeout_ms,
+        )
+    }
+
+    /// [`Cluster::start_replicated`] in `dir`, which may be prepared (replica N's data
+    /// directory is `dir/coordinator-N`, e.g. a small filesystem mounted there).
+    pub fn start_replicated_in(
+        dir: tempfile::TempDir,
+        n: usize,
+        heartbeat_timeout_ms: u64,
+    ) -> Cluster {
         let harness = Harness::new(&bin_dir(), dir.path()).expect("a harness");
         harness.check_binaries().expect("the built binaries");
         std::fs::write(
@@ -210,6 +223,14 @@ impl Cluster {
         assert!(ok, "kill -{signal} {}", d.pid());
     }
 
+    /// Whether replica `node` has exited by itself (its status then), without waiting.
+    pub fn member_exited(&mut self, node: u64) -> Option<std::process::ExitStatus> {
+        let member = &mut self.coordinators[node as usize - 1];
+        let status = member.daemon.as_mut()?.exited()?;
+        member.daemon = None;
+        Some(status)
+    }
+
     /// Replica `node`'s data directory.
     pub fn member_dir(&self, node: u64) -> std::path::PathBuf {
         self.dir.path().join(self.member_name(node as usize - 1))
@@ -294,8 +315,17 @@ impl Cluster {
 
     /// Waits up to `timeout` for the coordinator to exit by itself; its exit status.
     pub fn wait_coordinator_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        self.wait_member_exit(1, timeout)
+    }
+
+    /// Waits up to `timeout` for replica `node` to exit by itself; its exit status.
+    pub fn wait_member_exit(
+        &mut self,
+        node: u64,
+        timeout: Duration,
+    ) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
-        let member = &mut self.coordinators[0];
+        let member = &mut self.coordinators[node as usize - 1];
         let c = member.daemon.as_mut()?;
         while Instant::now() < deadline {
             if let Some(status) = c.exited() {

@@ -1,5 +1,6 @@
 //! Storage faults under a real coordinator: its data directory on a tmpfs that fills up during
-//! training. Mounting needs root; elsewhere the test says it was skipped.
+//! training; and one replica's of three, which stops while the others go on. Mounting needs
+//! root; elsewhere the tests say they were skipped.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -125,4 +126,58 @@ fn a_full_disk_stops_the_coordinator_and_a_restart_recovers_everything() {
             .is_some_and(|l| l.iter().any(|m| m["step"].as_u64() > Some(newest)))
     });
     assert!(c.convoy(&["cancel", &id]).status.success());
+}
+
+/// A replica whose disk fills stops with one line naming the full disk; the other two go on
+/// accepting writes, and once space is freed the replica starts again and catches up.
+#[test]
+fn a_replica_whose_disk_fills_stops_and_the_others_go_on() {
+    let _g = serial();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let Some(_fs) = Tmpfs::mount(&dir.path().join("coordinator-3"), "64m") else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    let mut c = Cluster::start_replicated_in(dir, 3, 5_000);
+    c.wait_leader(Duration::from_secs(30));
+    let filler = fill(&c.member_dir(3));
+    // Every write is stored by every replica: replica 3 soon fails to store one.
+    let spec = digits_spec(c.dir.path(), "queued", 50, 1);
+    let mut submitted = vec![];
+    let mut status = None;
+    for _ in 0..200 {
+        submitted.push(c.submit(&spec, &["--retry-for", "60"]));
+        status = c.member_exited(3);
+        if status.is_some() {
+            break;
+        }
+    }
+    let status = status
+        .or_else(|| c.wait_member_exit(3, Duration::from_secs(120)))
+        .expect("replica 3 must stop once its disk is full");
+    assert_eq!(status.code(), Some(1), "{status}");
+    let log = std::fs::read_to_string(c.dir.path().join("coordinator-3.log")).expect("log");
+    let fatal: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("failed, stopping"))
+        .collect();
+    assert!(
+        fatal.len() == 1 && fatal[0].contains("space left on device"),
+        "not one line naming the full disk: {fatal:?}"
+    );
+    // The two others are a majority: writes go on, and nothing acknowledged is missing.
+    submitted.push(c.submit(&spec, &["--retry-for", "60"]));
+    for id in &submitted {
+        assert_eq!(c.job(id)["state"], "queued", "{id}");
+    }
+    std::fs::remove_file(&filler).expect("free the space");
+    c.restart_member(3);
+    let leader = c.wait_leader(Duration::from_secs(30));
+    let commit = c.members()[&leader]["commit"].as_u64().expect("commit");
+    c.wait_for("replica 3 to catch up", Duration::from_secs(60), || {
+        c.members()
+            .get(&3)
+            .and_then(|m| m["applied"].as_u64())
+            .is_some_and(|a| a >= commit)
+    });
 }
