@@ -38,6 +38,8 @@ struct Node {
     skew: i64,
     /// The latest time among the commands it applied and accepted.
     latest: u64,
+    /// Reads confirmed here: (number, read index).
+    reads: Vec<(u64, u64)>,
 }
 
 impl Node {
@@ -57,6 +59,7 @@ impl Node {
             applied: BTreeMap::new(),
             skew,
             latest: 0,
+            reads: vec![],
         }
     }
 }
@@ -91,6 +94,8 @@ struct Sim {
     restores: u64,
     dir: std::path::PathBuf,
     wiped: u64,
+    /// Replicas whose messages, both ways, are lost (a partition).
+    cut_off: BTreeSet<u64>,
 }
 
 impl Sim {
@@ -122,6 +127,7 @@ impl Sim {
             restores: 0,
             dir: dir.to_path_buf(),
             wiped: 0,
+            cut_off: BTreeSet::new(),
         }
     }
 
@@ -149,6 +155,9 @@ impl Sim {
             }
             if roll > 0.98 {
                 self.in_flight.push(m.clone());
+            }
+            if self.cut_off.contains(&m.from) || self.cut_off.contains(&m.to) {
+                continue;
             }
             if let Some(n) = self.nodes.get_mut(&m.to) {
                 n.core.step(m);
@@ -197,6 +206,7 @@ impl Sim {
         let n = self.nodes.get_mut(&id).expect("a node");
         let adv = n.core.advance().expect("advance");
         self.in_flight.extend(adv.messages);
+        n.reads.extend(adv.reads);
         if adv.restored {
             self.restores += 1;
         }
@@ -384,6 +394,55 @@ fn run(seed: u64) -> u64 {
     );
     assert!(sim.leaders.len() > 2, "the leadership never changed");
     sim.restores
+}
+
+/// A leader cut off from the others never confirms a read (it would serve a state the new
+/// leader may already have moved past); the new leader confirms them at once.
+#[test]
+fn a_leader_cut_off_from_the_majority_confirms_no_read() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut sim = Sim::new(7, dir.path());
+    let leader_of = |sim: &Sim| {
+        sim.nodes
+            .iter()
+            .find(|(_, n)| n.core.serving())
+            .map(|(id, _)| *id)
+    };
+    let mut old = None;
+    for round in 0..500 {
+        sim.round(0.0, round % 3 == 0);
+        old = leader_of(&sim);
+        if old.is_some() && round > 100 {
+            break;
+        }
+    }
+    let old = old.expect("a leader");
+    sim.cut_off.insert(old);
+    assert!(sim.nodes.get_mut(&old).expect("node").core.read_index(1));
+    let mut new = None;
+    for _ in 0..500 {
+        sim.round(0.0, false);
+        assert!(
+            sim.nodes[&old].reads.is_empty(),
+            "the cut-off leader confirmed a read"
+        );
+        new = leader_of(&sim).filter(|id| *id != old);
+        if new.is_some() {
+            break;
+        }
+    }
+    let new = new.expect("a new leader among the majority");
+    // The old leader may still believe it leads (its check-quorum interval has not run out):
+    // that is what the read index is for.
+    assert!(sim.nodes.get_mut(&new).expect("node").core.read_index(2));
+    for _ in 0..20 {
+        sim.round(0.0, false);
+    }
+    assert!(
+        sim.nodes[&new].reads.iter().any(|(ctx, _)| *ctx == 2),
+        "the new leader confirmed no read"
+    );
+    assert!(sim.nodes[&old].reads.is_empty());
 }
 
 /// The history of answered proposals is linearizable with the log as its order: replaying the

@@ -29,6 +29,9 @@ pub struct Output {
     /// A snapshot received from the leader and installed: (its index, its data). The caller
     /// replaces its state with it before applying `committed`.
     pub snapshot: Option<(u64, Vec<u8>)>,
+    /// Confirmed reads: (the context given to [`Replica::read_index`], the commit index a
+    /// read must wait to be applied before it may run).
+    pub reads: Vec<(Vec<u8>, u64)>,
 }
 
 pub struct Replica {
@@ -135,6 +138,12 @@ impl Replica {
         self.node.mut_store().create_snapshot(index, &conf, data)
     }
 
+    /// Asks for a read index (raft-rs's safe read: the leader confirms with a heartbeat round
+    /// to a majority that it still leads); it comes back in [`Output::reads`] with `ctx`.
+    pub fn read_index(&mut self, ctx: Vec<u8>) {
+        self.node.read_index(ctx);
+    }
+
     /// As leader: hands leadership to `to` once it has caught up (raft-rs's transfer).
     pub fn transfer_leader(&mut self, to: u64) {
         self.node.transfer_leader(to);
@@ -148,6 +157,12 @@ impl Replica {
         }
         let mut ready = self.node.ready();
         out.messages.extend(ready.take_messages());
+        out.reads.extend(
+            ready
+                .take_read_states()
+                .into_iter()
+                .map(|r| (r.request_ctx, r.index)),
+        );
         if !ready.snapshot().is_empty() {
             let snapshot = ready.snapshot();
             self.node.mut_store().apply_snapshot(snapshot)?;

@@ -46,6 +46,9 @@ pub struct Advance<T> {
     pub abandoned: Vec<T>,
     /// This replica has just begun serving as the leader.
     pub began_serving: bool,
+    /// Reads confirmed by a majority: (the number given to `read_index`, the index the state
+    /// must have applied before they run).
+    pub reads: Vec<(u64, u64)>,
 }
 
 pub struct ReplicatedState<T> {
@@ -168,6 +171,16 @@ impl<T> ReplicatedState<T> {
         true
     }
 
+    /// Asks the majority to confirm that this replica still leads, for the reads numbered
+    /// `ctx`; false when it does not serve (the reads must be refused).
+    pub fn read_index(&mut self, ctx: u64) -> bool {
+        if !self.serving {
+            return false;
+        }
+        self.replica.read_index(ctx.to_be_bytes().to_vec());
+        true
+    }
+
     /// Peer `id` lost its log (see `Replica::peer_lost_log`).
     pub fn peer_lost_log(&mut self, id: u64) {
         tracing::warn!("replica {id} restarted without its log; sending it the log again");
@@ -217,6 +230,14 @@ impl<T> ReplicatedState<T> {
             applied: vec![],
             abandoned: vec![],
             began_serving: false,
+            reads: out
+                .reads
+                .iter()
+                .filter_map(|(ctx, index)| {
+                    let ctx: [u8; 8] = ctx.as_slice().try_into().ok()?;
+                    Some((u64::from_be_bytes(ctx), *index))
+                })
+                .collect(),
         };
         if let Some((index, data)) = out.snapshot {
             let (_, state) = codec::decode_snapshot(&data).map_err(|msg| {

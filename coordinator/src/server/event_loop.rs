@@ -68,6 +68,19 @@ enum Core {
     Replicated(Box<Replicated>),
 }
 
+type ReadFn = Box<dyn FnOnce(&View<'_>) + Send>;
+
+/// A replicated leader's reads, from arrival to answer: each turn's reads share one read
+/// index; once it is confirmed they wait until the state has applied it.
+#[derive(Default)]
+struct Reads {
+    unsent: Vec<ReadFn>,
+    next: u64,
+    asked: BTreeMap<u64, Vec<ReadFn>>,
+    /// (the index to wait for, the reads).
+    confirmed: Vec<(u64, Vec<ReadFn>)>,
+}
+
 /// What a proposer waits with: the commands' requests, and the records' writers.
 type Token = (Vec<ReplyTo>, Vec<Reply<Result<(), ApplyError>>>);
 
@@ -153,6 +166,8 @@ pub struct EventLoop {
     dirty: bool,
     /// Stopping (see [`Request::Drain`]).
     draining: bool,
+    /// Replicated: reads waiting for a read index.
+    reads: Reads,
     /// Replicated: records to propose with the next entry, and who waits for them.
     records_out: Vec<RecordOp>,
     records_waiting: Vec<Reply<Result<(), ApplyError>>>,
@@ -204,6 +219,7 @@ impl EventLoop {
             draining: false,
             records_out: vec![],
             records_waiting: vec![],
+            reads: Reads::default(),
         }
     }
 
@@ -240,6 +256,7 @@ impl EventLoop {
                 }
             }
             let stop = self.handle(batch)?;
+            self.ask_read_index();
             if replicated && last_raft_tick.elapsed() >= RAFT_TICK {
                 last_raft_tick = Instant::now();
                 if let Core::Replicated(r) = &mut self.core {
@@ -360,6 +377,7 @@ impl EventLoop {
         // Their handlers, woken by this, answer with the leadership just published: the
         // leader's address, or that there is none. Clients retry accordingly.
         drop(adv.abandoned);
+        self.answer_reads(adv.reads, leads);
         if adv.began_serving {
             tracing::info!("leading the cluster from index {}", self.core_applied());
             self.recovered()?;
@@ -367,6 +385,56 @@ impl EventLoop {
             self.dirty = true;
         }
         Ok(())
+    }
+
+    fn run_read(&self, f: ReadFn) {
+        f(&View {
+            state: self.core.state(),
+            latest: &self.latest,
+            waiting: &self.waiting,
+        });
+    }
+
+    /// Asks for one read index for the reads that arrived this turn.
+    fn ask_read_index(&mut self) {
+        let Core::Replicated(r) = &mut self.core else {
+            return;
+        };
+        if self.reads.unsent.is_empty() {
+            return;
+        }
+        let reads = std::mem::take(&mut self.reads.unsent);
+        let ctx = self.reads.next;
+        self.reads.next += 1;
+        if r.state.read_index(ctx) {
+            self.reads.asked.insert(ctx, reads);
+        }
+        // Otherwise they are dropped: their handlers answer with the leadership.
+    }
+
+    /// Runs the reads whose read index the state has applied; drops all of them when this
+    /// replica no longer leads.
+    fn answer_reads(&mut self, confirmed: Vec<(u64, u64)>, leads: bool) {
+        if !leads {
+            self.reads = Reads {
+                next: self.reads.next,
+                ..Reads::default()
+            };
+            return;
+        }
+        for (ctx, index) in confirmed {
+            if let Some(reads) = self.reads.asked.remove(&ctx) {
+                self.reads.confirmed.push((index, reads));
+            }
+        }
+        let applied = self.core_applied();
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads.confirmed)
+            .into_iter()
+            .partition(|(index, _)| *index <= applied);
+        self.reads.confirmed = waiting;
+        for f in ready.into_iter().flat_map(|(_, reads)| reads) {
+            self.run_read(f);
+        }
     }
 
     fn core_applied(&self) -> u64 {
@@ -599,11 +667,12 @@ impl EventLoop {
                     nccl_id,
                     reply,
                 } => self.rendezvous(key, address, nccl_id, reply),
-                Request::Read(f) | Request::ReadLocal(f) => f(&View {
-                    state: self.core.state(),
-                    latest: &self.latest,
-                    waiting: &self.waiting,
-                }),
+                // A replicated leader answers a read only once a majority has confirmed that it
+                // still leads (a read index), so a deposed leader never serves a stale view.
+                Request::Read(f) if matches!(self.core, Core::Replicated(_)) => {
+                    self.reads.unsent.push(f);
+                }
+                Request::Read(f) | Request::ReadLocal(f) => self.run_read(f),
                 _ => {}
             }
         }
