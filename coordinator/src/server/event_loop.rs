@@ -300,7 +300,7 @@ impl EventLoop {
         }
     }
 
-    /// Whether the members' view of who serves changes what the services answer.
+    /// The leadership the loop publishes after each turn; the services gate on it.
     pub fn leadership(&self) -> watch::Receiver<Leadership> {
         self.leadership.subscribe()
     }
@@ -361,6 +361,11 @@ impl EventLoop {
                 }
                 None => {}
             }
+        }
+        if !leads {
+            // Records not yet proposed are the leader's to write; their writers are refused.
+            self.records_out.clear();
+            self.records_waiting.clear();
         }
         if !leads && !self.streams.is_empty() {
             // Workers' streams end, and they look for the new leader.
