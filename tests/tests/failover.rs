@@ -20,11 +20,12 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The digits job over two ranks, with checkpoints (the final one is what is compared).
+/// The digits job over two ranks, with a checkpoint every 100 steps (so that uploads are
+/// under way when a leader is killed; the final one is what is compared).
 fn spec(dir: &Path, name: &str, steps: u64) -> PathBuf {
     let path = digits(dir, name, steps, 2);
     let text = std::fs::read_to_string(&path).expect("spec");
-    std::fs::write(&path, format!("{text}\n[checkpoint]\ninterval = 1000\n")).expect("spec");
+    std::fs::write(&path, format!("{text}\n[checkpoint]\ninterval = 100\n")).expect("spec");
     path
 }
 
