@@ -274,4 +274,27 @@ fn a_leader_that_missed_a_checkpoint_fetches_it_from_the_replicas_that_hold_it()
     );
     let after = c.export(&job, &dir.join("after.safetensors"));
     assert!(before == after, "the fetched checkpoint differs");
+    // Deleting the job removes its checkpoints from every replica, not only the leader.
+    let out = c.convoy(&["job", "delete", &job]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let commit = c.members()[&absent]["commit"].as_u64().expect("commit");
+    for node in 1..=3 {
+        wait_applied(&c, node, commit);
+    }
+    let job_id = JobId(job.trim_start_matches("job-").parse().expect("a job id"));
+    for node in 1..=3 {
+        assert!(c.stop_member(node), "replica {node} stops on SIGTERM");
+        let store = CheckpointStore::open_dir(&c.member_dir(node).join("checkpoints"))
+            .expect("a checkpoint store");
+        let left = store.list(job_id).expect("readable");
+        assert!(
+            left.is_empty(),
+            "replica {node} kept {} checkpoint(s)",
+            left.len()
+        );
+    }
 }

@@ -107,6 +107,12 @@ pub enum RecordOp {
         #[serde(with = "serde_bytes")]
         metrics: Vec<u8>,
     },
+    /// A deleted job's logs and metrics, and its checkpoints unless they are kept, removed
+    /// from every replica (the leader's handler removes its own first, to count them).
+    ForgetJob {
+        job: crate::model::JobId,
+        checkpoints: bool,
+    },
 }
 
 pub fn encode_proposal(p: &Proposal) -> Result<Vec<u8>, StoreError> {

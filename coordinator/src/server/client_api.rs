@@ -11,6 +11,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::error::ApplyError;
+use crate::log::codec::RecordOp;
 use crate::model::{JobId, Liveness, Millis, WorkerId};
 use crate::server::checkpoints::Checkpoints;
 use crate::server::checkpoints::DownloadStream;
@@ -261,6 +262,15 @@ impl pb::convoy_server::Convoy for ClientApi {
         } else {
             self.checkpoints.remove_job(job).await?
         };
+        // The other replicas remove theirs as they apply this (this one's are gone already).
+        if self.handle.replicated {
+            self.handle
+                .append_records(vec![RecordOp::ForgetJob {
+                    job,
+                    checkpoints: !r.keep_checkpoints,
+                }])
+                .await?;
+        }
         if unknown && records_removed == 0 && checkpoints_removed == 0 {
             return Err(convert::status(ApplyError::UnknownJob(job)));
         }

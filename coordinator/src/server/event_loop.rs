@@ -16,6 +16,7 @@ use convoy_proto::v1 as pb;
 use prost::Message;
 use tokio::sync::{mpsc, watch};
 
+use crate::checkpoints::CheckpointStore;
 use crate::error::{ApplyError, StoreError};
 use crate::log::SledLog;
 use crate::log::codec::RecordOp;
@@ -168,6 +169,8 @@ pub struct EventLoop {
     draining: bool,
     /// Replicated: reads waiting for a read index.
     reads: Reads,
+    /// Replicated: the checkpoint store, for the deletions the log carries.
+    checkpoints: Option<CheckpointStore>,
     /// Replicated: records to propose with the next entry, and who waits for them.
     records_out: Vec<RecordOp>,
     records_waiting: Vec<Reply<Result<(), ApplyError>>>,
@@ -220,7 +223,14 @@ impl EventLoop {
             records_out: vec![],
             records_waiting: vec![],
             reads: Reads::default(),
+            checkpoints: None,
         }
+    }
+
+    /// The checkpoint store a replica removes deleted jobs' checkpoints from.
+    pub fn with_checkpoints(mut self, store: CheckpointStore) -> Self {
+        self.checkpoints = Some(store);
+        self
     }
 
     /// Runs until a [`Request::Shutdown`] (or every sender is gone). A storage failure ends
@@ -337,16 +347,7 @@ impl EventLoop {
         }
         for a in adv.applied {
             self.records.apply(&a.records);
-            if !leads {
-                // The leader's handler removes a deleted job's records; each replica its own.
-                for fx in a.results.iter().flatten().flatten() {
-                    if let Effect::JobDeleted { job } = fx
-                        && let Err(e) = self.records.remove_job(*job)
-                    {
-                        tracing::warn!("removing the records of {job}: {e}");
-                    }
-                }
-            }
+            self.forget_checkpoints(&a.records);
             match a.token {
                 Some((reply_to, waiting)) => {
                     self.finish(&a.commands, a.results, reply_to);
@@ -390,6 +391,23 @@ impl EventLoop {
             self.dirty = true;
         }
         Ok(())
+    }
+
+    /// Removes the checkpoints of jobs deleted without keeping them (see `RecordOp`).
+    fn forget_checkpoints(&self, ops: &[RecordOp]) {
+        let Some(store) = &self.checkpoints else {
+            return;
+        };
+        for op in ops {
+            if let RecordOp::ForgetJob {
+                job,
+                checkpoints: true,
+            } = op
+                && let Err(e) = store.remove_job(*job)
+            {
+                tracing::warn!("removing the checkpoints of {job}: {e}");
+            }
+        }
     }
 
     fn run_read(&self, f: ReadFn) {

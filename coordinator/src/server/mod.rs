@@ -167,7 +167,7 @@ pub async fn run(
             let (event_loop, service, members) =
                 replicated(r, &config, &records, loop_config, &tx)?;
             peers = Some((service, members));
-            event_loop
+            event_loop.with_checkpoints(store.clone())
         }
     };
     let leadership = event_loop.leadership();

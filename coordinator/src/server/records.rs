@@ -180,6 +180,7 @@ impl Records {
             let (job, r) = match op {
                 RecordOp::Log { job, line } => (job, self.append_log(*job, line)),
                 RecordOp::Metrics { job, metrics } => (job, self.append_metrics(*job, metrics)),
+                RecordOp::ForgetJob { job, .. } => (job, self.remove_job(*job).map(|_| ())),
             };
             if let Err(e) = r {
                 tracing::warn!("keeping a record of {job}: {e}");
