@@ -47,10 +47,12 @@ impl Channel {
         })
     }
 
-    /// Makes `index` the member calls go to first.
-    pub(crate) fn prefer(&self, index: usize) {
+    /// Makes `index` the member calls go to first, over `connected`, a channel already
+    /// connected to it.
+    pub(crate) fn prefer(&self, index: usize, connected: TonicChannel) {
         let mut m = self.write();
-        if index < m.all.len() {
+        if let Some(member) = m.all.get_mut(index) {
+            member.1 = connected;
             m.current = index;
         }
     }

@@ -106,11 +106,11 @@ pub async fn connect(addrs: &str) -> Result<Channel, ClientError> {
     for (i, u) in urls.iter().enumerate() {
         match endpoint(u)?.connect().await {
             Ok(c) => {
-                if urls.len() == 1 || serves(c).await {
-                    channel.prefer(i);
+                if urls.len() == 1 || serves(c.clone()).await {
+                    channel.prefer(i, c);
                     return Ok(channel);
                 }
-                reachable.get_or_insert(i);
+                reachable.get_or_insert((i, c));
             }
             Err(e) => {
                 cause = e.to_string();
@@ -122,10 +122,10 @@ pub async fn connect(addrs: &str) -> Result<Channel, ClientError> {
             }
         }
     }
-    if let Some(i) = reachable {
+    if let Some((i, c)) = reachable {
         // No member says it serves (an election is under way): calls will say so, or find
         // the leader once there is one.
-        channel.prefer(i);
+        channel.prefer(i, c);
         return Ok(channel);
     }
     Err(ClientError::Unreachable {

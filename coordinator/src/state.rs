@@ -197,25 +197,6 @@ impl Command {
             | Command::DeleteJob { .. } => None,
         }
     }
-
-    /// Sets the time the command carries (a command without one is left alone).
-    pub fn stamp(&mut self, t: Millis) {
-        match self {
-            Command::SubmitJob(s) => s.now = t,
-            Command::CancelJob { now, .. }
-            | Command::RegisterWorker { now, .. }
-            | Command::Heartbeat { now, .. }
-            | Command::StartAttempt { now, .. }
-            | Command::ReportProgress { now, .. }
-            | Command::ReportRankExit { now, .. }
-            | Command::Tick { now } => *now = t,
-            Command::Cordon { .. }
-            | Command::Uncordon { .. }
-            | Command::ResumeJob { .. }
-            | Command::Configure(_)
-            | Command::DeleteJob { .. } => {}
-        }
-    }
 }
 
 /// What the I/O loop must do after a command was applied.

@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::files::{copy_dir, files_under, reopen};
+use common::files::{copy_with_flipped_bit, files_under, reopen};
 use convoy_coordinator::JobId;
 use convoy_coordinator::checkpoints::{
     CheckpointError, CheckpointStore, MANIFESTS_TREE, Manifest, PENDING_TREE, PartKey, Retention,
@@ -522,7 +522,6 @@ fn commit_refuses_parts_that_leave_a_gap() {
 /// checkpoints, never different bytes, never a panic.
 #[test]
 fn a_flipped_byte_in_the_store_is_refused_or_named_never_lost() {
-    use rand::Rng;
     let tmp = tempfile::tempdir().unwrap();
     let pristine = tmp.path().join("pristine");
     let mut states = BTreeMap::new();
@@ -544,15 +543,10 @@ fn a_flipped_byte_in_the_store_is_refused_or_named_never_lost() {
     let (mut refused, mut opened) = (0, 0);
     for trial in 0..60 {
         let copy = tmp.path().join(format!("trial-{trial}"));
-        copy_dir(&pristine, &copy);
-        let target = copy.join(files[trial % files.len()].strip_prefix(&pristine).unwrap());
-        let mut bytes = std::fs::read(&target).unwrap();
-        if bytes.is_empty() {
+        let file = &files[trial % files.len()];
+        let Some((target, at)) = copy_with_flipped_bit(&pristine, &copy, file, &mut rng) else {
             continue;
-        }
-        let at = rng.random_range(0..bytes.len());
-        bytes[at] ^= 1 << rng.random_range(0..8);
-        std::fs::write(&target, &bytes).unwrap();
+        };
         let outcome = std::panic::catch_unwind(|| {
             let db = sled::open(copy.join("index")).map_err(|e| e.to_string())?;
             let store =

@@ -64,6 +64,26 @@ impl Node {
     }
 }
 
+/// Sets the time a command carries, as a leader's loop stamps it (a command without one is
+/// left alone).
+fn stamp(cmd: &mut Command, t: u64) {
+    match cmd {
+        Command::SubmitJob(s) => s.now = t,
+        Command::CancelJob { now, .. }
+        | Command::RegisterWorker { now, .. }
+        | Command::Heartbeat { now, .. }
+        | Command::StartAttempt { now, .. }
+        | Command::ReportProgress { now, .. }
+        | Command::ReportRankExit { now, .. }
+        | Command::Tick { now } => *now = t,
+        Command::Cordon { .. }
+        | Command::Uncordon { .. }
+        | Command::ResumeJob { .. }
+        | Command::Configure(_)
+        | Command::DeleteJob { .. } => {}
+    }
+}
+
 /// What a proposer answered for one proposal, and when.
 struct Answer {
     index: u64,
@@ -190,7 +210,7 @@ impl Sim {
         let mut batch = vec![];
         for _ in 0..count {
             let mut cmd = self.commands.next(n.core.state());
-            cmd.stamp(now);
+            stamp(&mut cmd, now);
             batch.push(cmd);
         }
         self.next_token += 1;

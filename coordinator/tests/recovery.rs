@@ -3,7 +3,7 @@
 mod common;
 
 use common::cluster;
-use common::files::{copy_dir, files_under, reopen};
+use common::files::{copy_with_flipped_bit, files_under, reopen};
 use common::random::Gen;
 use convoy_coordinator::log::codec;
 use convoy_coordinator::{
@@ -179,7 +179,7 @@ fn a_lost_snapshot_is_refused_too() {
 /// recovers exactly the state it had or refuses to start; never a smaller state.
 #[test]
 fn a_flipped_byte_in_the_log_recovers_everything_or_is_refused() {
-    use rand::{Rng, SeedableRng};
+    use rand::SeedableRng;
     let dir = tempfile::tempdir().unwrap();
     let pristine = dir.path().join("pristine");
     let before = run(&pristine.join("log"), 9, 120, 50);
@@ -191,16 +191,10 @@ fn a_flipped_byte_in_the_log_recovers_everything_or_is_refused() {
     let (mut recovered, mut refused) = (0, 0);
     for trial in 0..48 {
         let copy = dir.path().join(format!("trial-{trial}"));
-        copy_dir(&pristine, &copy);
         let file = &files[trial % files.len()];
-        let target = copy.join(file.strip_prefix(&pristine).unwrap());
-        let mut bytes = std::fs::read(&target).unwrap();
-        if bytes.is_empty() {
+        let Some((target, at)) = copy_with_flipped_bit(&pristine, &copy, file, &mut rng) else {
             continue;
-        }
-        let at = rng.random_range(0..bytes.len());
-        bytes[at] ^= 1 << rng.random_range(0..8);
-        std::fs::write(&target, &bytes).unwrap();
+        };
         let opened = std::panic::catch_unwind(|| {
             let log = SledLog::open(&copy.join("log"))?;
             LoggedState::open(log, ClusterConfig::default(), 50).map_err(|e| match e {

@@ -26,12 +26,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use bench_common::{
-    client, digits_spec, dir_size, harness, load_spec, memory_mib, ms, percentile, submit_many,
-    wait,
+    client, digits_spec, dir_size, harness, load_spec, memory_mib, ms, percentile, start_workers,
+    submit_many, wait,
 };
 use clap::{Parser, Subcommand};
 use convoy_client::Channel;
-use convoy_harness::{Daemon, Harness, READY_TIMEOUT};
+use convoy_harness::{Daemon, Harness};
 use convoy_proto::v1::convoy_client::ConvoyClient;
 use convoy_proto::v1::{ClusterStatusRequest, GetJobRequest, JobState, SubmitJobRequest};
 
@@ -101,34 +101,6 @@ fn start_coordinator(
     )?;
     let url = d.url().context("the coordinator's address")?;
     Ok((d, url))
-}
-
-/// One-slot workers with one thread per rank, started together and waited for.
-fn start_workers(h: &Harness, dir: &Path, addr: &str, names: &[&str]) -> Result<Vec<Daemon>> {
-    let mut workers = names
-        .iter()
-        .map(|name| {
-            h.spawn_worker(
-                name,
-                &[
-                    "--coordinator".into(),
-                    addr.into(),
-                    "--name".into(),
-                    name.to_string(),
-                    "--slots".into(),
-                    "1".into(),
-                    "--data-dir".into(),
-                    dir.join(name).display().to_string(),
-                    "--threads-per-rank".into(),
-                    "1".into(),
-                ],
-            )
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    for w in &mut workers {
-        w.wait_ready(READY_TIMEOUT)?;
-    }
-    Ok(workers)
 }
 
 async fn submit(jobs: usize, concurrency: usize, connections: usize) -> Result<()> {

@@ -23,9 +23,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
-use bench_common::{client, digits_spec, harness, ms, percentile, submit_many, wait};
+use bench_common::{
+    client, digits_spec, harness, ms, percentile, start_workers, submit_many, wait,
+};
 use clap::{Parser, Subcommand};
-use convoy_harness::{Daemon, Harness, READY_TIMEOUT};
+use convoy_harness::{Daemon, Harness};
 use convoy_proto::v1::replicas_client::ReplicasClient;
 use convoy_proto::v1::{
     CheckpointPart, CheckpointUpload, GetJobRequest, JobState, ListWorkersRequest, ReplicaStatus,
@@ -351,26 +353,7 @@ async fn running_job(
     let replicas = Replicas::start(h.clone(), dir, n, heartbeat_timeout_ms)?;
     replicas.leader().await?;
     let addrs = replicas.addresses();
-    let mut workers = vec![];
-    for name in ["w1", "w2"] {
-        let mut w = h.spawn_worker(
-            name,
-            &[
-                "--coordinator".into(),
-                addrs.clone(),
-                "--name".into(),
-                name.into(),
-                "--slots".into(),
-                "1".into(),
-                "--data-dir".into(),
-                dir.join(name).display().to_string(),
-                "--threads-per-rank".into(),
-                "1".into(),
-            ],
-        )?;
-        w.wait_ready(READY_TIMEOUT)?;
-        workers.push(w);
-    }
+    let workers = start_workers(&h, dir, &addrs, &["w1", "w2"])?;
     let mut c = client(&addrs).await?;
     let (spec_toml, workdir) = digits_spec(100_000_000, 2)?;
     let job = c

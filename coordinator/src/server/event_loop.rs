@@ -22,7 +22,7 @@ use crate::log::SledLog;
 use crate::log::codec::RecordOp;
 use crate::logged_state::LoggedState;
 use crate::model::{JobId, Liveness, Millis, WorkerId};
-use crate::replication::{Inbound, Outbox, RaftStorage, ReplicatedState, canonical};
+use crate::replication::{Inbound, Membership, Outbox, RaftStorage, ReplicatedState};
 use crate::scheduler::{WaitReason, schedule_at};
 use crate::server::clock::now_ms;
 use crate::server::convert;
@@ -53,9 +53,9 @@ pub const RAFT_TICK: Duration = Duration::from_millis(20);
 
 /// A replicated coordinator: who it is among whom, and how to reach them.
 pub struct ReplicaSetup {
-    pub node_id: u64,
-    /// Every member's client address (the same port serves peers), by node id.
-    pub members: BTreeMap<u64, String>,
+    /// This member, the others and their addresses (the port that serves peers serves
+    /// clients too: a refusal names the leader's).
+    pub membership: Arc<Membership>,
     pub storage: RaftStorage,
     pub outbox: Outbox,
     pub snapshot_every: u64,
@@ -88,8 +88,24 @@ type Token = (Vec<ReplyTo>, Vec<Reply<Result<(), ApplyError>>>);
 struct Replicated {
     state: ReplicatedState<Token>,
     outbox: Outbox,
-    members: BTreeMap<u64, String>,
+    membership: Arc<Membership>,
+    /// `membership.canonical`, shared with each published `Leadership`.
+    member_list: Arc<str>,
     settings: ClusterSettings,
+}
+
+impl Replicated {
+    /// Every member's node id, this one's included.
+    fn voters(&self) -> Vec<u64> {
+        voters(&self.membership)
+    }
+}
+
+fn voters(m: &Membership) -> Vec<u64> {
+    let mut ids: Vec<u64> = m.peers.keys().copied().collect();
+    ids.push(m.node_id);
+    ids.sort_unstable();
+    ids
 }
 
 impl Core {
@@ -123,13 +139,13 @@ impl Core {
                     serving: r.state.serving(),
                     node_id: r.state.node_id(),
                     leader,
-                    leader_url: r.members.get(&leader).cloned(),
-                    members: r.members.len(),
+                    leader_url: r.membership.peers.get(&leader).cloned(),
+                    members: r.membership.peers.len() + 1,
                     term: replica.term(),
                     role: replica.role(),
                     commit: replica.commit_index(),
                     applied: r.state.applied(),
-                    member_list: canonical(&r.members),
+                    member_list: r.member_list.clone(),
                 }
             }
         }
@@ -188,10 +204,9 @@ impl EventLoop {
         records: Arc<Records>,
         loop_config: LoopConfig,
     ) -> Result<Self, StoreError> {
-        let voters: Vec<u64> = setup.members.keys().copied().collect();
         let state = ReplicatedState::open(
-            setup.node_id,
-            &voters,
+            setup.membership.node_id,
+            &voters(&setup.membership),
             setup.storage,
             config,
             setup.snapshot_every,
@@ -199,7 +214,8 @@ impl EventLoop {
         let core = Core::Replicated(Box::new(Replicated {
             state,
             outbox: setup.outbox,
-            members: setup.members,
+            member_list: setup.membership.canonical.as_str().into(),
+            membership: setup.membership,
             settings: setup.settings,
         }));
         Ok(Self::with_core(core, records, loop_config))
@@ -374,12 +390,7 @@ impl EventLoop {
             self.rendezvous = RendezvousTable::default();
             self.waiting.clear();
         }
-        let now = self.core.leadership();
-        self.leadership.send_if_modified(|l| {
-            let changed = *l != now;
-            *l = now;
-            changed
-        });
+        self.publish_leadership();
         // Their handlers, woken by this, answer with the leadership just published: the
         // leader's address, or that there is none. Clients retry accordingly.
         drop(adv.abandoned);
@@ -393,7 +404,8 @@ impl EventLoop {
         Ok(())
     }
 
-    /// Removes the checkpoints of jobs deleted without keeping them (see `RecordOp`).
+    /// Removes the checkpoints of jobs deleted without keeping them (see `RecordOp`). Done
+    /// in the loop, in log order, so that once the entry is applied the files are gone.
     fn forget_checkpoints(&self, ops: &[RecordOp]) {
         let Some(store) = &self.checkpoints else {
             return;
@@ -458,6 +470,16 @@ impl EventLoop {
         for f in ready.into_iter().flat_map(|(_, reads)| reads) {
             self.run_read(f);
         }
+    }
+
+    /// Publishes who serves and how far the log is, when it changed.
+    fn publish_leadership(&self) {
+        let now = self.core.leadership();
+        self.leadership.send_if_modified(|l| {
+            let changed = *l != now;
+            *l = now;
+            changed
+        });
     }
 
     fn core_applied(&self) -> u64 {
@@ -641,7 +663,7 @@ impl EventLoop {
                     let r = match &mut self.core {
                         Core::Single(_) => Err("this coordinator is not replicated".to_string()),
                         Core::Replicated(r) => {
-                            let members: Vec<u64> = r.members.keys().copied().collect();
+                            let members = r.voters();
                             if r.state.transfer_leader(to, &members) {
                                 Ok(())
                             } else {
@@ -747,6 +769,8 @@ impl EventLoop {
             Core::Single(core) => {
                 let results = core.execute_all(&cmds)?;
                 self.finish(&cmds, results, reply_to);
+                // `convoy coordinators` shows a single coordinator's applied index too.
+                self.publish_leadership();
                 Ok(())
             }
             Core::Replicated(_) if cmds.is_empty() && self.records_out.is_empty() => Ok(()),

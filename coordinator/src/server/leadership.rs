@@ -2,6 +2,8 @@
 //! the leader (and has applied everything before its term); every other member refuses at
 //! once with a status that names the leader, which clients follow (see `convoy_client`).
 
+use std::sync::Arc;
+
 use tonic::Status;
 use tonic::metadata::MetadataValue;
 
@@ -22,7 +24,7 @@ pub struct Leadership {
     pub commit: u64,
     pub applied: u64,
     /// The member list as given (see `replication::canonical`).
-    pub member_list: String,
+    pub member_list: Arc<str>,
 }
 
 impl Leadership {
@@ -38,7 +40,7 @@ impl Leadership {
             role: "single",
             commit: 0,
             applied: 0,
-            member_list: String::new(),
+            member_list: "".into(),
         }
     }
 

@@ -329,12 +329,7 @@ fn replicated(
     );
     let event_loop = EventLoop::replicated(
         ReplicaSetup {
-            node_id: r.node_id,
-            members: r
-                .members
-                .iter()
-                .map(|(id, a)| (*id, convoy_client::url(a)))
-                .collect(),
+            membership: members.clone(),
             storage,
             outbox,
             snapshot_every: config.snapshot_every,
@@ -382,24 +377,20 @@ async fn report_health(
     let mut reported = None;
     loop {
         let serving = leadership.borrow_and_update().serving;
-        if reported == Some(serving) {
-            if leadership.changed().await.is_err() {
-                return;
+        if reported != Some(serving) {
+            reported = Some(serving);
+            let status = if serving {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            for name in [
+                <ConvoyServer<client_api::ClientApi> as tonic::server::NamedService>::NAME,
+                <WorkerApiServer<worker_api::WorkerService> as tonic::server::NamedService>::NAME,
+                "",
+            ] {
+                reporter.set_service_status(name, status).await;
             }
-            continue;
-        }
-        reported = Some(serving);
-        let status = if serving {
-            tonic_health::ServingStatus::Serving
-        } else {
-            tonic_health::ServingStatus::NotServing
-        };
-        for name in [
-            <ConvoyServer<client_api::ClientApi> as tonic::server::NamedService>::NAME,
-            <WorkerApiServer<worker_api::WorkerService> as tonic::server::NamedService>::NAME,
-            "",
-        ] {
-            reporter.set_service_status(name, status).await;
         }
         if leadership.changed().await.is_err() {
             return;

@@ -27,7 +27,7 @@ fn status(l: &Leadership) -> ReplicaStatus {
         term: l.term,
         commit: l.commit,
         applied: l.applied,
-        members: l.member_list.clone(),
+        members: l.member_list.to_string(),
         serving: l.serving,
     }
 }

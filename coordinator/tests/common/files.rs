@@ -40,3 +40,27 @@ pub fn copy_dir(from: &Path, to: &Path) {
         std::fs::copy(&f, &dest).expect("copy a file");
     }
 }
+
+/// Copies `pristine` to `copy` and flips one random bit of the copy of `file` (a file under
+/// `pristine`): the damaged file and the byte; `None`, and nothing flipped, when the file is
+/// empty.
+pub fn copy_with_flipped_bit(
+    pristine: &Path,
+    copy: &Path,
+    file: &Path,
+    rng: &mut impl rand::Rng,
+) -> Option<(PathBuf, usize)> {
+    copy_dir(pristine, copy);
+    let target = copy.join(
+        file.strip_prefix(pristine)
+            .expect("under the pristine copy"),
+    );
+    let mut bytes = std::fs::read(&target).expect("read the file to damage");
+    if bytes.is_empty() {
+        return None;
+    }
+    let at = rng.random_range(0..bytes.len());
+    bytes[at] ^= 1 << rng.random_range(0..8);
+    std::fs::write(&target, &bytes).expect("write the damaged file");
+    Some((target, at))
+}

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use convoy_client::Channel;
-use convoy_harness::Harness;
+use convoy_harness::{Daemon, Harness, READY_TIMEOUT};
 use convoy_proto::v1::SubmitJobRequest;
 use convoy_proto::v1::convoy_client::ConvoyClient;
 
@@ -151,4 +151,32 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     bail!("timed out after {timeout:?} waiting for {what}")
+}
+
+/// One-slot workers with one thread per rank, started together and waited for.
+pub fn start_workers(h: &Harness, dir: &Path, addr: &str, names: &[&str]) -> Result<Vec<Daemon>> {
+    let mut workers = names
+        .iter()
+        .map(|name| {
+            h.spawn_worker(
+                name,
+                &[
+                    "--coordinator".into(),
+                    addr.into(),
+                    "--name".into(),
+                    name.to_string(),
+                    "--slots".into(),
+                    "1".into(),
+                    "--data-dir".into(),
+                    dir.join(name).display().to_string(),
+                    "--threads-per-rank".into(),
+                    "1".into(),
+                ],
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    for w in &mut workers {
+        w.wait_ready(READY_TIMEOUT)?;
+    }
+    Ok(workers)
 }
