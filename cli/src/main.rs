@@ -63,13 +63,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List the coordinator replicas (every address in --coordinator): role, term, commit
-    /// and applied index, and how far each lags behind the leader.
+    /// List the coordinator replicas (every address in --coordinator, and every member they
+    /// name): role, term, commit and applied index, how far each lags behind the leader, and
+    /// the checkpoints each holds.
     Coordinators {
         /// First hand leadership to this replica (by node id), e.g. before maintenance of
         /// the leader.
         #[arg(long)]
         transfer_to: Option<u64>,
+        /// First add a member, `ID=host:port`: it joins as a learner (start it with --join)
+        /// and becomes a voter once it has caught up.
+        #[arg(long, value_name = "ID=HOST:PORT", conflicts_with = "remove")]
+        add: Option<String>,
+        /// First remove the member with this node id (not the leader: transfer first).
+        #[arg(long, value_name = "ID")]
+        remove: Option<u64>,
         #[arg(long)]
         json: bool,
     },
@@ -202,9 +210,17 @@ fn main() -> ExitCode {
         } => block_on(cluster::jobs::logs(addr, &job, follow, rank, json)),
         Command::Cancel { job, json } => block_on(cluster::jobs::cancel(addr, &job, json)),
         Command::Workers { json } => block_on(cluster::workers::list(addr, json)),
-        Command::Coordinators { transfer_to, json } => block_on(async {
+        Command::Coordinators {
+            transfer_to,
+            add,
+            remove,
+            json,
+        } => block_on(async {
             if let Some(to) = transfer_to {
                 cluster::coordinators::transfer(addr, to).await?;
+            }
+            if add.is_some() || remove.is_some() {
+                cluster::coordinators::change(addr, add.as_deref(), remove).await?;
             }
             cluster::coordinators::list(addr, json).await
         }),

@@ -102,6 +102,13 @@ pub enum StoreError {
          backup)"
     )]
     RolledBack { location: String, msg: String },
+    /// This replica was removed from its cluster (a membership change it applied, or found
+    /// in its storage at start).
+    #[error(
+        "coordinator {node} was removed from the cluster; it no longer serves (to join again, \
+         empty its data directory and add it with `convoy coordinators --add`)"
+    )]
+    Removed { node: u64 },
 }
 
 impl StoreError {

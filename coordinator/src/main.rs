@@ -57,9 +57,15 @@ struct Args {
     node_id: Option<u64>,
     /// Every replica of a replicated coordinator, this one included, as
     /// `1=host:port,2=host:port,3=host:port` (the same list on every replica; each address is
-    /// the one its --listen serves). Without it the coordinator runs alone.
+    /// the one its --listen serves). Without it the coordinator runs alone. Once members
+    /// have been added or removed, the list in the replicated log is used instead.
     #[arg(long, env = "CONVOY_PEERS")]
     peers: Option<String>,
+    /// Join a running replicated cluster as a new member (add it first with `convoy
+    /// coordinators --add ID=host:port`): an empty data directory waits for the leader's
+    /// state instead of starting a new cluster. No effect once the member holds state.
+    #[arg(long, env = "CONVOY_JOIN")]
+    join: bool,
     /// Names the replicated cluster; replicas of another cluster are refused.
     #[arg(long, env = "CONVOY_CLUSTER_ID")]
     cluster_id: Option<String>,
@@ -131,6 +137,7 @@ fn configure() -> Result<(String, ServerConfig)> {
     let secret_file: Option<PathBuf> = layers
         .optional("cluster_secret_file", None)?
         .map(|s| s.value);
+    let join = layers.get("join", false)?.value;
     for line in layers.finish()? {
         tracing::info!("setting {line}");
     }
@@ -144,6 +151,13 @@ fn configure() -> Result<(String, ServerConfig)> {
         config.heartbeat_interval.as_millis()
     );
     config.replication = replication(peers, node_id, cluster_id, secret_file)?;
+    match &mut config.replication {
+        Some(r) => r.join = join,
+        None => ensure!(
+            !join,
+            "--join needs --peers (the running cluster's members)"
+        ),
+    }
     Ok((listen, config))
 }
 

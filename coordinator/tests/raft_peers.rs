@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use convoy_coordinator::replication::{
-    Inbound, Membership, Outbox, PeerService, RaftStorage, Replica, canonical,
+    AddressBook, Inbound, Membership, Outbox, PeerService, RaftStorage, Replica, canonical,
 };
 use convoy_proto::v1::PeerMessage;
 use convoy_proto::v1::raft_peer_client::RaftPeerClient;
@@ -37,16 +37,14 @@ fn start(
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
     let db = sled::open(dir).expect("sled");
-    let mut voters: Vec<u64> = members.peers.keys().copied().collect();
-    voters.push(members.node_id);
-    voters.sort_unstable();
+    let voters = members.book().voters();
     let mut replica = Replica::new(
         members.node_id,
         &voters,
         RaftStorage::open(&db).expect("storage"),
     )
     .expect("replica");
-    let outbox = Outbox::start(members);
+    let mut outbox = Outbox::start(members);
     let seen = Arc::new(Mutex::new(Seen::default()));
     let (propose_tx, mut proposals) = mpsc::channel::<Vec<u8>>(16);
     let shown = seen.clone();
@@ -59,6 +57,7 @@ fn start(
                 Some(m) = inbox.recv() => match m {
                     Inbound::Message(m) => { let _ = replica.step(m); }
                     Inbound::LostLog(id) => replica.peer_lost_log(id),
+                    Inbound::NotAMember { .. } => {}
                 },
                 Some(p) = proposals.recv() => { let _ = replica.propose(p); }
             }
@@ -84,7 +83,13 @@ async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 fn membership(node_id: u64, addrs: &BTreeMap<u64, String>) -> Membership {
-    Membership::new("test-cluster".into(), "s3cret".into(), node_id, addrs)
+    Membership::new(
+        "test-cluster".into(),
+        "s3cret".into(),
+        node_id,
+        1,
+        AddressBook::founding(addrs),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,6 +159,7 @@ async fn a_stranger_is_refused_before_its_raft_bytes_are_decoded() {
         raft,
         members: agreed.clone(),
         incarnation: 1,
+        membership_index: 0,
     };
     // Deeply nested protobuf, as the advisory's crash input is: never reaches the decoder.
     let bomb = vec![0x0a; 1 << 16];

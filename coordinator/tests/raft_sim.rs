@@ -1,24 +1,26 @@
-//! A deterministic simulation of three replicas (seeded; in one process; real sled storage)
+//! A simulation of replicas (seeded network and commands; in one process; real sled storage)
 //! driving the coordinator's own `ReplicatedState`, the path a replicated coordinator runs:
 //! messages are dropped, duplicated and reordered, replicas crash and restart from their
 //! storage, snapshots are taken every few entries (so lagging replicas are sent one), each
-//! replica's clock is skewed, leaders come and go, and at the end a follower loses its disk
-//! and is rebuilt from the others. The proposals are real commands.
+//! replica's clock is skewed, leaders come and go (a thousand times in one run), members
+//! join, are promoted and are removed, and a follower loses its disk and is rebuilt from the
+//! others. The proposals are real commands. (raft-rs draws its election timeouts from its own
+//! generator, so a seed fixes the faults, not every interleaving.)
 //!
 //! Checked after every round: applied logs are prefixes of one another; replicas that applied
 //! the same index hold equal states; at most one leader per term; time never goes backwards
-//! in the commands a replica accepted, whichever skewed clock stamped them. Once the network heals: every replica holds the same
-//! log and the same state, and every proposal whose proposer answered it is in that log, at
-//! the index it was answered for, exactly once; and the answered history is linearizable with
-//! the log as its order (replayed sequentially it gives every answer, job ids included, and
-//! respects real-time order).
+//! in the commands a replica accepted, whichever skewed clock stamped them. Once the network
+//! heals: every replica holds the same log and the same state, and every proposal whose
+//! proposer answered it is in that log, at the index it was answered for, exactly once; and
+//! the answered history is linearizable with the log as its order (replayed sequentially it
+//! gives every answer, job ids included, and respects real-time order).
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use common::random::Gen;
-use convoy_coordinator::replication::{RaftStorage, ReplicatedState};
+use convoy_coordinator::replication::{AddressBook, MemberOp, RaftStorage, ReplicatedState};
 use convoy_coordinator::{ApplyError, ClusterConfig, ClusterState, Command, Effect};
 use raft::eraftpb::Message;
 use rand::{Rng, SeedableRng};
@@ -40,14 +42,29 @@ struct Node {
     latest: u64,
     /// Reads confirmed here: (number, read index).
     reads: Vec<(u64, u64)>,
+    /// Started to join a running cluster (and restarted the same way).
+    join: bool,
+}
+
+/// The members a replica is started with, at addresses the simulation never dials: the
+/// founding three, and itself when it joins later.
+fn given(id: u64) -> AddressBook {
+    let mut members: BTreeMap<u64, String> = NODES
+        .iter()
+        .map(|id| (*id, format!("sim-{id}:1")))
+        .collect();
+    members.insert(id, format!("sim-{id}:1"));
+    AddressBook::founding(&members)
 }
 
 impl Node {
-    fn start(id: u64, db: sled::Db, skew: i64) -> Node {
+    /// Replica `id` on `db`; `join`: a member added to a running cluster.
+    fn start(id: u64, db: sled::Db, skew: i64, join: bool) -> Node {
         let storage = RaftStorage::open(&db).expect("storage");
         let core = ReplicatedState::open(
             id,
-            &NODES,
+            &given(id),
+            join,
             storage,
             ClusterConfig::default(),
             SNAPSHOT_EVERY,
@@ -60,6 +77,7 @@ impl Node {
             skew,
             latest: 0,
             reads: vec![],
+            join,
         }
     }
 }
@@ -116,6 +134,12 @@ struct Sim {
     wiped: u64,
     /// Replicas whose messages, both ways, are lost (a partition).
     cut_off: BTreeSet<u64>,
+    /// Membership changes answered by their proposer (tokens).
+    changes_answered: BTreeSet<u64>,
+    /// Replicas that applied their own removal and stopped.
+    removed: BTreeSet<u64>,
+    /// The index at which each pair of replicas' states was last compared.
+    compared: BTreeMap<(u64, u64), u64>,
 }
 
 impl Sim {
@@ -129,7 +153,7 @@ impl Sim {
                     .open()
                     .expect("sled");
                 let skew = rng.random_range(-5_000..5_000);
-                (id, Node::start(id, db, skew))
+                (id, Node::start(id, db, skew, false))
             })
             .collect();
         Sim {
@@ -148,7 +172,51 @@ impl Sim {
             dir: dir.to_path_buf(),
             wiped: 0,
             cut_off: BTreeSet::new(),
+            changes_answered: BTreeSet::new(),
+            removed: BTreeSet::new(),
+            compared: BTreeMap::new(),
         }
+    }
+
+    fn leader(&self) -> Option<u64> {
+        self.nodes
+            .iter()
+            .find(|(_, n)| n.core.serving())
+            .map(|(id, _)| *id)
+    }
+
+    /// Asks the serving leader for a membership change: the token its answer will carry,
+    /// or why it refused.
+    fn change(&mut self, op: MemberOp) -> Result<u64, String> {
+        let id = self.leader().ok_or("no leader")?;
+        self.next_token += 1;
+        let token = self.next_token;
+        let n = self.nodes.get_mut(&id).expect("a node");
+        n.core.propose_member_change(op, token)?;
+        Ok(token)
+    }
+
+    /// Starts replica `id` on an empty disk, joining the running cluster.
+    fn join(&mut self, id: u64) {
+        let db = sled::Config::new()
+            .path(self.dir.join(format!("node-{id}")))
+            .open()
+            .expect("sled");
+        self.nodes.insert(id, Node::start(id, db, 0, true));
+    }
+
+    /// Every replica's members (voters, learners), as applied there.
+    fn members(&self) -> BTreeMap<u64, (Vec<u64>, Vec<u64>)> {
+        self.nodes
+            .iter()
+            .map(|(id, n)| {
+                let book = n.core.members();
+                (
+                    *id,
+                    (book.voters(), book.learners.iter().copied().collect()),
+                )
+            })
+            .collect()
     }
 
     /// One round: every node ticks, some messages are delivered (with `loss` dropped and a few
@@ -179,12 +247,42 @@ impl Sim {
             if self.cut_off.contains(&m.from) || self.cut_off.contains(&m.to) {
                 continue;
             }
+            // As the peer transport does: a sender that is not a member is refused, and told
+            // by which membership.
+            let judged_at = self
+                .nodes
+                .get(&m.to)
+                .map(|n| n.core.members())
+                .filter(|book| !book.contains(m.from))
+                .map(|book| book.changed_at);
+            if let Some(at) = judged_at {
+                let gone = self
+                    .nodes
+                    .get_mut(&m.from)
+                    .is_some_and(|sender| sender.core.refused_by(m.to, at).is_err());
+                if gone {
+                    self.nodes.remove(&m.from);
+                    self.removed.insert(m.from);
+                }
+                continue;
+            }
             if let Some(n) = self.nodes.get_mut(&m.to) {
                 n.core.step(m);
             }
         }
         if propose {
             self.propose();
+        }
+        // As the coordinator's loop does: a learner that caught up is promoted.
+        if let Some(id) = self.leader()
+            && let Some(node) = self.nodes[&id].core.learner_to_promote()
+        {
+            self.next_token += 1;
+            let token = self.next_token;
+            let n = self.nodes.get_mut(&id).expect("a node");
+            n.core
+                .propose_member_change(MemberOp::Promote { node }, token)
+                .expect("promoting");
         }
         let ids: Vec<u64> = self.nodes.keys().copied().collect();
         for id in ids {
@@ -230,7 +328,21 @@ impl Sim {
         if adv.restored {
             self.restores += 1;
         }
+        if adv.removed {
+            self.nodes.remove(&id);
+            self.removed.insert(id);
+            return;
+        }
         for a in adv.applied {
+            if a.commands.is_empty() && a.records.is_empty() {
+                // A membership change, answered to its proposer.
+                let token = a.token.expect("only a proposer hears of its change");
+                assert!(
+                    self.changes_answered.insert(token),
+                    "change {token} answered twice"
+                );
+                continue;
+            }
             let seen = self
                 .history
                 .entry(a.index)
@@ -279,19 +391,19 @@ impl Sim {
                 assert_eq!(other, *id, "two leaders in term {}", r.term());
             }
         }
-        let nodes: Vec<&Node> = self.nodes.values().collect();
-        for a in &nodes {
-            for b in &nodes {
-                for (index, cmds) in &a.applied {
-                    if let Some(other) = b.applied.get(index) {
-                        assert_eq!(cmds, other, "logs differ at index {index}");
-                    }
-                }
-                if a.core.applied() == b.core.applied() {
+        // Logs: every entry applied anywhere was checked against `history` as it was
+        // applied (see `advance`), so applied logs are prefixes of one another.
+        // States: compared once per pair of replicas and index they share.
+        let nodes: Vec<(&u64, &Node)> = self.nodes.iter().collect();
+        for (i, (a_id, a)) in nodes.iter().enumerate() {
+            for (b_id, b) in &nodes[i + 1..] {
+                let index = a.core.applied();
+                if index == b.core.applied()
+                    && self.compared.insert((**a_id, **b_id), index) != Some(index)
+                {
                     assert!(
                         a.core.state() == b.core.state(),
-                        "replicas at index {} hold different states",
-                        a.core.applied()
+                        "replicas {a_id} and {b_id} at index {index} hold different states"
                     );
                 }
             }
@@ -307,7 +419,7 @@ impl Sim {
             .path(self.dir.join(format!("node-{id}-disk-{}", self.wiped)))
             .open()
             .expect("sled");
-        self.nodes.insert(id, Node::start(id, db, skew));
+        self.nodes.insert(id, Node::start(id, db, skew, false));
         self.in_flight.retain(|m| m.to != id);
         for n in self.nodes.values_mut() {
             n.core.peer_lost_log(id);
@@ -317,7 +429,8 @@ impl Sim {
     /// Drops a replica's memory and starts it again from its storage.
     fn crash(&mut self, id: u64) {
         let old = self.nodes.remove(&id).expect("a node");
-        self.nodes.insert(id, Node::start(id, old.db, old.skew));
+        self.nodes
+            .insert(id, Node::start(id, old.db, old.skew, old.join));
         self.in_flight.retain(|m| m.to != id);
     }
 }
@@ -368,6 +481,20 @@ fn run(seed: u64) -> u64 {
     for _ in 0..200 {
         sim.round(0.0, false);
     }
+    agreed(&sim);
+    assert!(
+        sim.acknowledged.len() > 100,
+        "only {} acknowledged",
+        sim.acknowledged.len()
+    );
+    assert!(sim.leaders.len() > 2, "the leadership never changed");
+    sim.restores
+}
+
+/// Once the network has healed and proposals stopped: every replica applied the same log
+/// to the same state; every answered proposal is in it where it was answered, once; the
+/// answered history is linearizable.
+fn agreed(sim: &Sim) {
     let nodes: Vec<&Node> = sim.nodes.values().collect();
     let applied: BTreeSet<u64> = nodes.iter().map(|n| n.core.applied()).collect();
     assert_eq!(
@@ -406,14 +533,140 @@ fn run(seed: u64) -> u64 {
             a.index
         );
     }
-    linearizable(&sim);
-    assert!(
-        sim.acknowledged.len() > 100,
-        "only {} acknowledged",
-        sim.acknowledged.len()
+    linearizable(sim);
+}
+
+/// Rounds (with proposals, `loss` of the messages lost) until `done` holds; panics naming
+/// `what` if it does not within `limit` rounds.
+fn until(sim: &mut Sim, what: &str, loss: f64, limit: usize, done: impl Fn(&Sim) -> bool) {
+    for round in 0..limit {
+        if done(sim) {
+            return;
+        }
+        sim.round(loss, round % 3 == 0);
+    }
+    panic!(
+        "{what} did not happen within {limit} rounds; members {:?}; replicas {:?}",
+        sim.members(),
+        sim.nodes
+            .iter()
+            .map(|(id, n)| (
+                *id,
+                n.core.replica().role(),
+                n.core.replica().commit_index(),
+                n.core.applied(),
+                n.core.members().changed_at
+            ))
+            .collect::<Vec<_>>()
     );
-    assert!(sim.leaders.len() > 2, "the leadership never changed");
-    sim.restores
+}
+
+/// Failover after failover: each leader is crashed as soon as it has answered a few
+/// proposals, with messages lost, duplicated and reordered throughout; nothing answered is
+/// lost, and the usual invariants hold after every round.
+#[test]
+fn a_thousand_leader_crashes_lose_nothing_acknowledged() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut sim = Sim::new(1_000, dir.path());
+    let mut failovers = 0;
+    let mut answered = 0;
+    while failovers < 1_000 {
+        sim.round(0.02, true);
+        if let Some(leader) = sim.leader()
+            && sim.acknowledged.len() >= answered + 3
+        {
+            sim.crash(leader);
+            failovers += 1;
+            answered = sim.acknowledged.len();
+        }
+    }
+    for _ in 0..200 {
+        sim.round(0.0, false);
+    }
+    agreed(&sim);
+    assert!(
+        sim.leaders.len() >= 1_000,
+        "{} terms had a leader",
+        sim.leaders.len()
+    );
+}
+
+/// A fourth replica joins a running cluster (as a learner, from a snapshot: the log behind
+/// it is compacted), is promoted once it has caught up, survives its leader's crash as one of
+/// four voters; a founding member is then removed and stops; the leader cannot remove
+/// itself. Proposals go on throughout, and the usual invariants hold to the end.
+#[test]
+fn members_join_are_promoted_and_leave_while_proposals_go_on() {
+    for seed in 11..=13 {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut sim = Sim::new(seed, dir.path());
+        until(&mut sim, "a first leader", 0.02, 1_000, |s| {
+            s.leader().is_some() && s.acknowledged.len() > 30
+        });
+        let add = sim
+            .change(MemberOp::Add {
+                node: 4,
+                address: "sim-4:1".into(),
+            })
+            .expect("adding a member");
+        assert_eq!(
+            sim.change(MemberOp::Add {
+                node: 5,
+                address: "sim-5:1".into(),
+            }),
+            Err("another membership change is under way; retry once it is applied".into())
+        );
+        sim.join(4);
+        until(&mut sim, "node 4's promotion", 0.05, 3_000, |s| {
+            s.members()
+                .values()
+                .all(|(voters, learners)| voters == &[1, 2, 3, 4] && learners.is_empty())
+        });
+        assert!(
+            sim.changes_answered.contains(&add),
+            "the addition was never answered"
+        );
+        // Four voters: any three make a majority, so the leader's crash is survived.
+        let leader = sim.leader().expect("a leader");
+        sim.crash(leader);
+        let acked = sim.acknowledged.len();
+        until(&mut sim, "progress after the crash", 0.05, 3_000, |s| {
+            s.acknowledged.len() > acked + 20
+        });
+        let leader = sim.leader().expect("a leader");
+        let refused = sim.change(MemberOp::Remove { node: leader });
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.contains("hand leadership to another member first")),
+            "{refused:?}"
+        );
+        let victim = (1..=3).find(|id| *id != leader).expect("a follower");
+        let remove = sim
+            .change(MemberOp::Remove { node: victim })
+            .expect("removing a member");
+        // The removed member stops, whether it applied its removal or heard of it from a
+        // peer that refused it.
+        until(&mut sim, "the removal", 0.05, 3_000, |s| {
+            s.changes_answered.contains(&remove)
+                && s.removed.contains(&victim)
+                && s.members()
+                    .values()
+                    .all(|(voters, _)| !voters.contains(&victim))
+        });
+        for _ in 0..200 {
+            sim.round(0.0, false);
+        }
+        agreed(&sim);
+        assert_eq!(
+            sim.nodes.keys().copied().collect::<Vec<_>>().len(),
+            3,
+            "seed {seed}: nodes {:?}, removed {:?}, members {:?}",
+            sim.nodes.keys().collect::<Vec<_>>(),
+            sim.removed,
+            sim.members()
+        );
+    }
 }
 
 /// A leader cut off from the others never confirms a read (it would serve a state the new

@@ -29,6 +29,8 @@ struct Member {
     /// `host:port` it listens on (decided before it starts: the others must know it).
     listen: String,
     daemon: Option<Daemon>,
+    /// Added to the running cluster (started with `--join` and itself in `--peers`).
+    joined: bool,
 }
 
 /// A port free now, for a replica whose address its peers must know before it starts (the
@@ -59,6 +61,7 @@ impl Cluster {
             coordinators: vec![Member {
                 listen: "127.0.0.1:0".into(),
                 daemon: None,
+                joined: false,
             }],
             peers: None,
             workers: vec![],
@@ -95,6 +98,7 @@ impl Cluster {
             .map(|_| Member {
                 listen: format!("127.0.0.1:{}", free_port()),
                 daemon: None,
+                joined: false,
             })
             .collect();
         let peers = coordinators
@@ -131,7 +135,8 @@ impl Cluster {
         }
     }
 
-    fn start_member(&mut self, i: usize) {
+    /// The flags replica `i` (0-based) runs with.
+    fn member_args(&self, i: usize) -> Vec<String> {
         let name = self.member_name(i);
         let mut args: Vec<String> = [
             "--listen",
@@ -145,14 +150,21 @@ impl Cluster {
         ]
         .map(String::from)
         .to_vec();
-        if let Some(peers) = &self.peers {
+        if let Some(founding) = &self.peers {
             let secret = self.dir.path().join("cluster-secret");
+            let member = &self.coordinators[i];
+            let peers = if member.joined {
+                args.push("--join".into());
+                format!("{founding},{}={}", i + 1, member.listen)
+            } else {
+                founding.clone()
+            };
             args.extend(
                 [
                     "--node-id",
                     &(i + 1).to_string(),
                     "--peers",
-                    peers,
+                    &peers,
                     "--cluster-id",
                     "test-cluster",
                     "--cluster-secret-file",
@@ -161,6 +173,12 @@ impl Cluster {
                 .map(String::from),
             );
         }
+        args
+    }
+
+    fn start_member(&mut self, i: usize) {
+        let name = self.member_name(i);
+        let args = self.member_args(i);
         let d = self
             .harness
             .coordinator(&name, &args)
@@ -251,6 +269,35 @@ impl Cluster {
     /// Starts replica `node` again on its address and data directory.
     pub fn restart_member(&mut self, node: u64) {
         self.start_member(node as usize - 1);
+    }
+
+    /// Runs replica `node` as its unit would, expecting it to refuse to start: its output.
+    pub fn run_member_once(&self, node: u64) -> Output {
+        Command::new(bin_dir().join("convoy-coordinator"))
+            .args(self.member_args(node as usize - 1))
+            .output()
+            .expect("run convoy-coordinator")
+    }
+
+    /// Adds a replica to the running cluster (`convoy coordinators --add`) and starts it with
+    /// `--join`; its node id.
+    pub fn add_member(&mut self) -> u64 {
+        let node = self.coordinators.len() as u64 + 1;
+        let listen = format!("127.0.0.1:{}", free_port());
+        let out = self.convoy(&["coordinators", "--add", &format!("{node}={listen}")]);
+        assert!(
+            out.status.success(),
+            "adding coordinator {node}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.addr = format!("{},http://{listen}", self.addr);
+        self.coordinators.push(Member {
+            listen,
+            daemon: None,
+            joined: true,
+        });
+        self.start_member(node as usize - 1);
+        node
     }
 
     /// Starts a worker daemon named `name` with `slots` slots and waits until the coordinator

@@ -72,3 +72,30 @@ pub fn serial() -> MutexGuard<'static, ()> {
     static SERIAL: Mutex<()> = Mutex::new(());
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// Flips one byte of a chunk of the newest checkpoint of the newest job in the coordinator's
+/// checkpoint store in `checkpoints` (files `chunks/<job>/<step>-<generation>/<part>-<index>`),
+/// as a failing disk would.
+pub fn corrupt_newest_chunk(checkpoints: &Path) {
+    let newest = |dir: &Path| {
+        std::fs::read_dir(dir)
+            .expect("list the chunk files")
+            .map(|e| e.expect("an entry").path())
+            .max_by_key(|p| {
+                let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+                let lead = name
+                    .as_deref()
+                    .and_then(|n| n.split('-').next())
+                    .map(str::to_owned);
+                lead.and_then(|n| n.parse::<u64>().ok()).unwrap_or(0)
+            })
+            .expect("a chunk directory")
+    };
+    let root = checkpoints.join("chunks");
+    let upload = newest(&newest(&root));
+    let chunk = newest(&upload);
+    let mut bytes = std::fs::read(&chunk).expect("read the chunk");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&chunk, bytes).expect("write the chunk");
+}

@@ -8,8 +8,8 @@ use std::time::Duration;
 use convoy_coordinator::checkpoints::CheckpointStore;
 use convoy_coordinator::model::JobId;
 use convoy_testkit::cluster::Cluster;
-use convoy_testkit::serial;
 use convoy_testkit::specs::digits as digits_spec;
+use convoy_testkit::{corrupt_newest_chunk, serial};
 use serde_json::Value;
 
 /// The digits job with a checkpoint every `interval` steps and `extra` appended.
@@ -208,33 +208,6 @@ fn a_cancelled_job_resumes_from_its_checkpoint_and_bad_references_get_one_line()
     );
 }
 
-/// Flips one byte of a chunk of the newest checkpoint of the newest job in the coordinator's
-/// store (files `chunks/<job>/<step>-<generation>/<part>-<index>`). The coordinator must be
-/// stopped.
-fn corrupt_newest_chunk(c: &Cluster) {
-    let newest = |dir: &std::path::Path| {
-        std::fs::read_dir(dir)
-            .expect("list the chunk files")
-            .map(|e| e.expect("an entry").path())
-            .max_by_key(|p| {
-                let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
-                let lead = name
-                    .as_deref()
-                    .and_then(|n| n.split('-').next())
-                    .map(str::to_owned);
-                lead.and_then(|n| n.parse::<u64>().ok()).unwrap_or(0)
-            })
-            .expect("a chunk directory")
-    };
-    let root = c.dir.path().join("coordinator/checkpoints/chunks");
-    let upload = newest(&newest(&root));
-    let chunk = newest(&upload);
-    let mut bytes = std::fs::read(&chunk).expect("read the chunk");
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0x40;
-    std::fs::write(&chunk, bytes).expect("write the chunk");
-}
-
 #[test]
 fn a_corrupted_checkpoint_is_reported_and_the_previous_one_is_used() {
     let _g = serial();
@@ -252,7 +225,7 @@ fn a_corrupted_checkpoint_is_reported_and_the_previous_one_is_used() {
     let (newest, previous) = (saved[saved.len() - 1], saved[saved.len() - 2]);
 
     c.kill_coordinator();
-    corrupt_newest_chunk(&c);
+    corrupt_newest_chunk(&c.dir.path().join("coordinator/checkpoints"));
     c.restart_coordinator();
     c.wait_workers(1);
 

@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use convoy_coordinator::checkpoints::CheckpointStore;
 use convoy_coordinator::model::JobId;
 use convoy_testkit::cluster::Cluster;
-use convoy_testkit::serial;
 use convoy_testkit::specs::digits;
+use convoy_testkit::{corrupt_newest_chunk, serial};
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -297,4 +297,68 @@ fn a_leader_that_missed_a_checkpoint_fetches_it_from_the_replicas_that_hold_it()
             left.len()
         );
     }
+}
+
+#[test]
+fn checkpoints_stay_whole_as_copies_are_damaged_and_members_change() {
+    let _g = serial();
+    let mut c = Cluster::start_replicated(3, 5_000);
+    for name in ["alpha", "beta"] {
+        c.add_worker(name, 1);
+    }
+    c.wait_workers(2);
+    let dir = c.dir.path().to_path_buf();
+    let job = c.submit(&spec(&dir, "whole", 300), &[]);
+    c.wait_state(&job, "succeeded", Duration::from_secs(300));
+    let before = c.export(&job, &dir.join("before.safetensors"));
+
+    // The leader's copy of the newest checkpoint is damaged on disk: an export (what a
+    // resume reads too) gets a good copy from a replica rather than an older checkpoint.
+    let leader = c.wait_leader(Duration::from_secs(30));
+    corrupt_newest_chunk(&c.member_dir(leader).join("checkpoints"));
+    let repaired = c.export(&job, &dir.join("repaired.safetensors"));
+    assert!(before == repaired, "the export after the damage differs");
+
+    // A fourth coordinator joins with an empty disk: it becomes a voter once it has caught
+    // up, and fetches every committed checkpoint from the others.
+    let held = c.members()[&leader]["checkpoints"]
+        .as_u64()
+        .expect("a checkpoint count");
+    assert!(held >= 1, "the leader holds no checkpoint");
+    let added = c.add_member();
+    c.wait_for(
+        &format!("coordinator {added} to vote and hold the {held} checkpoints"),
+        Duration::from_secs(120),
+        || {
+            c.members()
+                .get(&added)
+                .is_some_and(|m| m["role"] != "learner" && m["checkpoints"].as_u64() == Some(held))
+        },
+    );
+
+    // A founding follower is removed: it stops by itself, and refuses to start again.
+    let leader = c.wait_leader(Duration::from_secs(30));
+    let removed = (1..=3).find(|n| *n != leader).expect("a follower");
+    let out = c.convoy(&["coordinators", "--remove", &removed.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = c
+        .wait_member_exit(removed, Duration::from_secs(60))
+        .expect("the removed coordinator stops");
+    assert!(!status.success(), "{status}");
+    let again = c.run_member_once(removed);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success(), "{err}");
+    assert!(err.contains("was removed from the cluster"), "{err}");
+
+    // Three voters again, the new one among them: losing the leader is survived, and the
+    // new leader serves the same checkpoint.
+    c.kill_member(leader);
+    let new_leader = c.wait_leader(Duration::from_secs(30));
+    assert_ne!(new_leader, leader);
+    let after = c.export(&job, &dir.join("after.safetensors"));
+    assert!(before == after, "the checkpoint differs after the changes");
 }

@@ -1,9 +1,11 @@
 //! `convoy coordinators`: each coordinator replica's own account of itself (role, term,
-//! commit and applied index, lag behind the leader), asked of every address given.
+//! commit and applied index, lag behind the leader, checkpoints held), asked of every address
+//! given and every member they name; and the operations on members: transferring
+//! leadership, adding and removing members.
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use convoy_proto::v1 as pb;
 use convoy_proto::v1::replicas_client::ReplicasClient;
 use serde_json::{Value, json};
@@ -45,11 +47,81 @@ pub async fn transfer(coordinators: &str, to: u64) -> Result<()> {
     }
 }
 
+/// Asks the leader to add member `spec` (`ID=host:port`) or to remove member `remove`, and
+/// waits until the change is applied. An added member is a learner until it has caught up.
+pub async fn change(coordinators: &str, add: Option<&str>, remove: Option<u64>) -> Result<()> {
+    let request = match (add, remove) {
+        (Some(spec), None) => {
+            let (id, address) = spec
+                .split_once('=')
+                .context("--add takes ID=host:port (the new coordinator's id and address)")?;
+            let node_id = id
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .with_context(|| format!("--add {spec}: the id must be a number above 0"))?;
+            pb::ChangeMembersRequest {
+                node_id,
+                address: address.trim().to_string(),
+            }
+        }
+        (None, Some(node_id)) => pb::ChangeMembersRequest {
+            node_id,
+            address: String::new(),
+        },
+        _ => anyhow::bail!("give one of --add and --remove"),
+    };
+    let channel = convoy_client::connect(coordinators).await?;
+    let mut c = ReplicasClient::new(channel);
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match c.change_members(request.clone()).await {
+            Ok(_) if request.address.is_empty() => {
+                eprintln!("coordinator {} was removed", request.node_id);
+                return Ok(());
+            }
+            Ok(_) => {
+                eprintln!(
+                    "coordinator {} was added as a learner; start it with --join, and it \
+                     becomes a voter once it has caught up",
+                    request.node_id
+                );
+                return Ok(());
+            }
+            Err(s) if s.code() == tonic::Code::Unavailable && tries < 5 => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(s) => anyhow::bail!("{}", convoy_client::one_line(&s)),
+        }
+    }
+}
+
+/// The URLs in a member list as `ReplicaStatus.members` gives it.
+fn member_urls(list: &str) -> impl Iterator<Item = String> + '_ {
+    list.split(',')
+        .filter_map(|m| m.split_once('='))
+        .map(|(_, url)| url.trim_end_matches("~learner").to_string())
+}
+
 pub async fn list(coordinators: &str, json_out: bool) -> Result<()> {
-    let urls = convoy_client::urls(coordinators)?;
+    let mut urls = convoy_client::urls(coordinators)?;
     let mut answers = vec![];
-    for u in &urls {
-        answers.push((u.clone(), ask(u).await));
+    // Every address given, then every member the answers name (members added since the
+    // addresses were written down).
+    let mut next = 0;
+    while let Some(u) = urls.get(next).cloned() {
+        next += 1;
+        let answer = ask(&u).await;
+        if let Ok(s) = &answer {
+            for m in member_urls(&s.members) {
+                if !urls.contains(&m) {
+                    urls.push(m);
+                }
+            }
+        }
+        answers.push((u, answer));
     }
     let leader_commit = answers
         .iter()
@@ -65,7 +137,7 @@ pub async fn list(coordinators: &str, json_out: bool) -> Result<()> {
                 Ok(s) => json!({
                     "address": url, "node_id": s.node_id, "role": s.role, "leader": s.leader,
                     "term": s.term, "commit": s.commit, "applied": s.applied, "lag": lag(s),
-                    "serving": s.serving, "members": s.members,
+                    "serving": s.serving, "members": s.members, "checkpoints": s.checkpoints,
                 }),
                 Err(e) => json!({"address": url, "error": e}),
             })
@@ -74,20 +146,21 @@ pub async fn list(coordinators: &str, json_out: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<4} {:<28} {:<10} {:>6} {:>10} {:>10} {:>6}",
-        "ID", "ADDRESS", "ROLE", "TERM", "COMMIT", "APPLIED", "LAG"
+        "{:<4} {:<28} {:<10} {:>6} {:>10} {:>10} {:>6} {:>11}",
+        "ID", "ADDRESS", "ROLE", "TERM", "COMMIT", "APPLIED", "LAG", "CHECKPOINTS"
     );
     for (url, a) in &answers {
         match a {
             Ok(s) => println!(
-                "{:<4} {:<28} {:<10} {:>6} {:>10} {:>10} {:>6}",
+                "{:<4} {:<28} {:<10} {:>6} {:>10} {:>10} {:>6} {:>11}",
                 s.node_id,
                 url,
                 s.role,
                 s.term,
                 s.commit,
                 s.applied,
-                lag(s).map_or("-".into(), |l| l.to_string())
+                lag(s).map_or("-".into(), |l| l.to_string()),
+                s.checkpoints
             ),
             Err(e) => println!("{:<4} {:<28} unreachable: {e}", "-", url),
         }

@@ -20,6 +20,7 @@ mod cleanup;
 mod error;
 mod keys;
 mod manifest;
+mod repair;
 mod retention;
 mod store;
 mod upload;

@@ -10,12 +10,15 @@ use serde::{Deserialize, Serialize};
 
 use super::Index;
 use crate::error::StoreError;
+use crate::replication::{AddressBook, MemberChange};
 use crate::state::{ClusterState, Command};
 
 pub const ENTRY: Kind = Kind(*b"LOGE");
 pub const SNAPSHOT: Kind = Kind(*b"SNAP");
 pub const PROPOSAL: Kind = Kind(*b"PROP");
 pub const PROPOSAL_VERSION: u16 = 1;
+pub const MEMBER_CHANGE: Kind = Kind(*b"MEMB");
+pub const MEMBER_CHANGE_VERSION: u16 = 1;
 /// 1: the first enveloped format (MessagePack payloads).
 pub const ENTRY_VERSION: u16 = 1;
 pub const SNAPSHOT_VERSION: u16 = 1;
@@ -138,17 +141,44 @@ pub fn decode_proposal(bytes: &[u8]) -> Result<Proposal, String> {
 struct SnapshotRef<'a> {
     index: Index,
     state: &'a ClusterState,
+    /// A replica's snapshot carries the member addresses (a member that joins learns them
+    /// from it); a single coordinator's has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    members: Option<&'a AddressBook>,
 }
 
 #[derive(Deserialize)]
 struct Snapshot {
     index: Index,
     state: ClusterState,
+    #[serde(default)]
+    members: Option<AddressBook>,
 }
 
 pub fn encode_snapshot(index: Index, state: &ClusterState) -> Result<Vec<u8>, StoreError> {
+    encode_snapshot_with(index, state, None)
+}
+
+/// A replica's snapshot: the state and the address book at `index`.
+pub fn encode_replica_snapshot(
+    index: Index,
+    state: &ClusterState,
+    members: &AddressBook,
+) -> Result<Vec<u8>, StoreError> {
+    encode_snapshot_with(index, state, Some(members))
+}
+
+fn encode_snapshot_with(
+    index: Index,
+    state: &ClusterState,
+    members: Option<&AddressBook>,
+) -> Result<Vec<u8>, StoreError> {
     let payload = payload(
-        &SnapshotRef { index, state },
+        &SnapshotRef {
+            index,
+            state,
+            members,
+        },
         &format!("the snapshot at {index}"),
     )?;
     Ok(convoy_envelope::seal(
@@ -163,10 +193,44 @@ pub fn encode_snapshot(index: Index, state: &ClusterState) -> Result<Vec<u8>, St
 
 /// Opens and decodes a snapshot: the index it covers and the state.
 pub fn decode_snapshot(bytes: &[u8]) -> Result<(Index, ClusterState), String> {
+    decode_replica_snapshot(bytes).map(|(index, state, _)| (index, state))
+}
+
+/// Opens and decodes a replica's snapshot: also the address book, when it has one (those
+/// made before members could change have none).
+pub fn decode_replica_snapshot(
+    bytes: &[u8],
+) -> Result<(Index, ClusterState, Option<AddressBook>), String> {
     let (_, payload) = convoy_envelope::open(bytes, SNAPSHOT, SNAPSHOT_VERSION..=SNAPSHOT_VERSION)
         .map_err(|e| e.to_string())?;
     let s: Snapshot = from_payload(payload)?;
-    Ok((s.index, s.state))
+    Ok((s.index, s.state, s.members))
+}
+
+/// The context of a membership change entry.
+pub fn encode_member_change(c: &MemberChange) -> Result<Vec<u8>, StoreError> {
+    let payload = payload(
+        c,
+        &format!("membership change {} of node {}", c.seq, c.origin),
+    )?;
+    Ok(convoy_envelope::seal(
+        Header {
+            kind: MEMBER_CHANGE,
+            version: MEMBER_CHANGE_VERSION,
+            tag: 0,
+        },
+        &payload,
+    ))
+}
+
+pub fn decode_member_change(bytes: &[u8]) -> Result<MemberChange, String> {
+    let (_, payload) = convoy_envelope::open(
+        bytes,
+        MEMBER_CHANGE,
+        MEMBER_CHANGE_VERSION..=MEMBER_CHANGE_VERSION,
+    )
+    .map_err(|e| e.to_string())?;
+    from_payload(payload)
 }
 
 fn payload<T: Serialize + ?Sized>(value: &T, what: &str) -> Result<Vec<u8>, StoreError> {

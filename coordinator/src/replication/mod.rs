@@ -9,14 +9,14 @@
 //! - [`PeerService`] and [`Outbox`]: Raft messages between replicas over gRPC, heard only from
 //!   configured members presenting the cluster's id and secret.
 
+mod members;
 mod replica;
 mod replicated_state;
 mod storage;
 mod transport;
 
+pub use members::{AddressBook, MemberChange, Membership, canonical};
 pub use replica::{ELECTION_TICKS, HEARTBEAT_TICKS, Output, Replica};
-pub use replicated_state::{Advance, Applied, ReplicatedState};
+pub use replicated_state::{Advance, Applied, MemberOp, ReplicatedState};
 pub use storage::RaftStorage;
-pub use transport::{
-    Inbound, Membership, Outbox, PartReplica, PartStream, PeerService, canonical, secret_header,
-};
+pub use transport::{Inbound, Outbox, PartReplica, PartStream, PeerService, secret_header};

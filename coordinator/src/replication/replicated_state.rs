@@ -14,9 +14,9 @@
 
 use std::collections::HashMap;
 
-use raft::eraftpb::Message;
+use raft::eraftpb::{ConfChange, ConfChangeType, Message};
 
-use super::{RaftStorage, Replica};
+use super::{AddressBook, MemberChange, RaftStorage, Replica};
 use crate::error::{ApplyError, StoreError};
 use crate::log::codec::{self, Proposal, RecordOp};
 use crate::model::Millis;
@@ -49,7 +49,33 @@ pub struct Advance<T> {
     /// Reads confirmed by a majority: (the number given to `read_index`, the index the state
     /// must have applied before they run).
     pub reads: Vec<(u64, u64)>,
+    /// The members changed (a membership change or a snapshot applied): the book now.
+    pub members: Option<AddressBook>,
+    /// This replica applied its own removal: it must stop.
+    pub removed: bool,
+    /// A snapshot must be taken before anything more is sent (see `apply_member_change`).
+    compact: bool,
 }
+
+/// A change of membership, as an operator (or the leader, for a promotion) asks for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemberOp {
+    /// A new member, at `address` (`http://host:port`): it joins as a learner.
+    Add {
+        node: u64,
+        address: String,
+    },
+    /// A learner that caught up becomes a voter.
+    Promote {
+        node: u64,
+    },
+    Remove {
+        node: u64,
+    },
+}
+
+/// A learner is promoted once it is this close to the leader's commit index.
+const PROMOTE_WITHIN: u64 = 64;
 
 pub struct ReplicatedState<T> {
     state: ClusterState,
@@ -69,6 +95,10 @@ pub struct ReplicatedState<T> {
     serving: bool,
     /// The latest time stamped into an applied command.
     latest_time: Millis,
+    /// The members' addresses, changed with the log's membership changes.
+    book: AddressBook,
+    /// Started to join a running cluster.
+    joining: bool,
 }
 
 fn raft_error(what: &str) -> impl FnOnce(raft::Error) -> StoreError + '_ {
@@ -76,30 +106,73 @@ fn raft_error(what: &str) -> impl FnOnce(raft::Error) -> StoreError + '_ {
 }
 
 impl<T> ReplicatedState<T> {
-    /// Member `node_id` of the group of `voters`, on `storage`: the state is rebuilt from the
-    /// stored snapshot (a new cluster starts from `config`), and the committed entries after
-    /// it come back from the first [`ReplicatedState::advance`].
+    /// Member `node_id` on `storage`, `given` the members it was started with: the state is
+    /// rebuilt from the stored snapshot (a new cluster starts from `config`), and the
+    /// committed entries after it come back from the first [`ReplicatedState::advance`].
+    ///
+    /// A new storage starts a new cluster of `given`'s voters, unless `join`: then it waits
+    /// for the leader of a running cluster, which has added it, to send its state. Until a
+    /// membership change has been applied, `given` is the member list; after one, the list
+    /// in the log is, and a different `given` is only reported.
     pub fn open(
         node_id: u64,
-        voters: &[u64],
+        given: &AddressBook,
+        join: bool,
         storage: RaftStorage,
         config: ClusterConfig,
         snapshot_every: u64,
     ) -> Result<Self, StoreError> {
-        let (state, applied) = match storage
+        if storage
+            .removed()
+            .map_err(raft_error("reading the removal mark"))?
+        {
+            return Err(StoreError::Removed { node: node_id });
+        }
+        let (state, applied, snapshot_book) = match storage
             .stored_snapshot()
             .map_err(raft_error("reading the snapshot"))?
         {
             Some((index, data)) => {
-                let (_, state) = codec::decode_snapshot(&data).map_err(|msg| {
+                let (_, state, book) = codec::decode_replica_snapshot(&data).map_err(|msg| {
                     StoreError::CorruptSnapshot(format!("the snapshot at {index} {msg}"))
                 })?;
-                (state, index)
+                (state, index, book)
             }
-            None => (ClusterState::new(config), 0),
+            None => (ClusterState::new(config), 0, None),
         };
-        let replica =
-            Replica::new(node_id, voters, storage).map_err(raft_error("starting the replica"))?;
+        let stored_book = storage
+            .address_book()
+            .map_err(raft_error("reading the address book"))?;
+        // The newest of the stored book and the snapshot's (a crash may fall between
+        // installing a snapshot and storing its book).
+        let logged = [stored_book, snapshot_book]
+            .into_iter()
+            .flatten()
+            .filter(|b| b.changed_at > 0)
+            .max_by_key(|b| b.changed_at);
+        let book = match logged {
+            Some(book) => {
+                if book.canonical() != given.canonical() {
+                    tracing::warn!(
+                        "--peers ({}) differs from the members in the log ({}); the log's are \
+                         used",
+                        given.canonical(),
+                        book.canonical()
+                    );
+                }
+                book
+            }
+            None => given.clone(),
+        };
+        let voters = if join { vec![] } else { book.voters() };
+        let mut replica =
+            Replica::new(node_id, &voters, storage).map_err(raft_error("starting the replica"))?;
+        let conf = replica.conf_state();
+        if !conf.voters.is_empty() {
+            replica
+                .store_membership(&conf, &book)
+                .map_err(raft_error("storing the members"))?;
+        }
         Ok(ReplicatedState {
             state,
             replica,
@@ -112,7 +185,14 @@ impl<T> ReplicatedState<T> {
             leading: None,
             serving: false,
             latest_time: 0,
+            book,
+            joining: join,
         })
+    }
+
+    /// The members' addresses as applied here.
+    pub fn members(&self) -> &AddressBook {
+        &self.book
     }
 
     pub fn state(&self) -> &ClusterState {
@@ -181,6 +261,28 @@ impl<T> ReplicatedState<T> {
         true
     }
 
+    /// Peer `peer` refused this replica as not a member, judging by the members it applied
+    /// at index `at`. Members change one at a time along the log, starting from a list this
+    /// replica was in: if `at` is past the last change applied here, a later change removed
+    /// this replica (the leader stops sending to a member once it applies its removal, so a
+    /// removed member may never apply it itself). A member that joined and has applied no
+    /// change yet cannot tell a removal from an addition its peer has not applied: it waits.
+    pub fn refused_by(&mut self, peer: u64, at: u64) -> Result<(), StoreError> {
+        let here = self.book.changed_at;
+        if at <= here || (self.joining && here == 0) {
+            return Ok(());
+        }
+        tracing::error!(
+            "coordinator {peer} no longer counts this replica as a member (membership at index \
+             {at}; this replica has applied the one at {here})"
+        );
+        self.replica
+            .storage()
+            .mark_removed()
+            .map_err(raft_error("marking the removal"))?;
+        Err(StoreError::Removed { node: self.node_id })
+    }
+
     /// Peer `id` lost its log (see `Replica::peer_lost_log`).
     pub fn peer_lost_log(&mut self, id: u64) {
         tracing::warn!("replica {id} restarted without its log; sending it the log again");
@@ -217,6 +319,167 @@ impl<T> ReplicatedState<T> {
         Ok(())
     }
 
+    /// Proposes a membership change; `token` comes back once it is applied here. One change
+    /// at a time, by the serving leader, and only one that leaves a cluster: the error says
+    /// why not, in a line for the operator.
+    pub fn propose_member_change(&mut self, op: MemberOp, token: T) -> Result<(), String> {
+        let me = self.node_id;
+        if !self.serving {
+            return Err(format!("coordinator {me} is not the serving leader"));
+        }
+        if self.replica.change_pending() {
+            return Err("another membership change is under way; retry once it is applied".into());
+        }
+        let book = &self.book;
+        let mut cc = ConfChange::default();
+        let mut address = String::new();
+        match op {
+            MemberOp::Add { node, address: a } => {
+                if node == 0 {
+                    return Err("node ids start at 1".into());
+                }
+                if book.contains(node) {
+                    return Err(format!("coordinator {node} is already a member"));
+                }
+                if let Some((other, _)) = book.addresses.iter().find(|(_, u)| **u == a) {
+                    return Err(format!("{a} is already coordinator {other}'s address"));
+                }
+                cc.set_change_type(ConfChangeType::AddLearnerNode);
+                cc.node_id = node;
+                address = a;
+            }
+            MemberOp::Promote { node } => {
+                if !book.learners.contains(&node) {
+                    return Err(format!("coordinator {node} is not a learner"));
+                }
+                cc.set_change_type(ConfChangeType::AddNode);
+                cc.node_id = node;
+            }
+            MemberOp::Remove { node } => {
+                if !book.contains(node) {
+                    return Err(format!("coordinator {node} is not a member"));
+                }
+                if node == me {
+                    return Err(format!(
+                        "coordinator {me} leads; hand leadership to another member first \
+                         (convoy coordinators --transfer-to N)"
+                    ));
+                }
+                cc.set_change_type(ConfChangeType::RemoveNode);
+                cc.node_id = node;
+            }
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let context = codec::encode_member_change(&MemberChange {
+            origin: me,
+            seq,
+            address,
+        })
+        .map_err(|e| e.to_string())?;
+        self.replica
+            .propose_conf_change(context, cc)
+            .map_err(|e| format!("raft refused the change: {e}"))?;
+        self.pending.insert(seq, token);
+        Ok(())
+    }
+
+    /// As the serving leader with no change pending: a learner that has caught up, to be
+    /// promoted to a voter.
+    pub fn learner_to_promote(&self) -> Option<u64> {
+        if !self.serving || self.replica.change_pending() {
+            return None;
+        }
+        let commit = self.replica.commit_index();
+        self.book.learners.iter().copied().find(|id| {
+            self.replica
+                .matched(*id)
+                .is_some_and(|m| m + PROMOTE_WITHIN >= commit)
+        })
+    }
+
+    /// Applies a committed membership change: Raft's voters and learners, and the address
+    /// book with them. A change already in the stored book (replayed after a restart) only
+    /// answers its proposer.
+    fn apply_member_change(
+        &mut self,
+        index: u64,
+        cc: ConfChange,
+        adv: &mut Advance<T>,
+    ) -> Result<(), StoreError> {
+        let change =
+            codec::decode_member_change(&cc.context).map_err(|msg| StoreError::CorruptEntry {
+                index,
+                msg: format!("its membership change {msg}"),
+            })?;
+        if index > self.book.changed_at {
+            if self.replica.conf_state().voters.is_empty() {
+                // A member that joined must learn the voters from a snapshot first; applying
+                // a change to an empty membership would make it a cluster of its own.
+                return Err(StoreError::Raft(format!(
+                    "membership change at {index} reached a replica that knows no members \
+                     (it joined without receiving a snapshot)"
+                )));
+            }
+            let mut book = self.book.clone();
+            let node = cc.node_id;
+            match cc.get_change_type() {
+                ConfChangeType::AddLearnerNode => {
+                    book.addresses.insert(node, change.address.clone());
+                    book.learners.insert(node);
+                    // The log is compacted past the addition, on every replica: whichever
+                    // leads sends the new member a snapshot (voters, learners, addresses), not
+                    // entries from the founding, which carry no membership.
+                    adv.compact = true;
+                }
+                ConfChangeType::AddNode => {
+                    if !change.address.is_empty() {
+                        book.addresses.insert(node, change.address.clone());
+                    }
+                    book.learners.remove(&node);
+                }
+                ConfChangeType::RemoveNode => {
+                    book.addresses.remove(&node);
+                    book.learners.remove(&node);
+                }
+            }
+            book.changed_at = index;
+            match self.replica.apply_conf_change(&cc, &book) {
+                Ok(_) => {
+                    tracing::info!("members at index {index}: {}", book.canonical());
+                    self.book = book;
+                    adv.members = Some(self.book.clone());
+                    if cc.get_change_type() == ConfChangeType::RemoveNode
+                        && cc.node_id == self.node_id
+                    {
+                        self.replica
+                            .storage()
+                            .mark_removed()
+                            .map_err(raft_error("marking the removal"))?;
+                        adv.removed = true;
+                    }
+                }
+                // Every replica refuses the same change the same way.
+                Err(e) => tracing::warn!("membership change at {index} not applied: {e}"),
+            }
+        }
+        let token = if change.origin == self.node_id {
+            self.pending.remove(&change.seq)
+        } else {
+            None
+        };
+        if token.is_some() {
+            adv.applied.push(Applied {
+                index,
+                commands: vec![],
+                results: vec![],
+                records: vec![],
+                token,
+            });
+        }
+        Ok(())
+    }
+
     /// Handles whatever raft-rs has ready: persists, applies what committed, and says what
     /// the caller must send and answer.
     pub fn advance(&mut self) -> Result<Advance<T>, StoreError> {
@@ -238,15 +501,28 @@ impl<T> ReplicatedState<T> {
                     Some((u64::from_be_bytes(ctx), *index))
                 })
                 .collect(),
+            members: None,
+            removed: false,
+            compact: false,
         };
-        if let Some((index, data)) = out.snapshot {
-            let (_, state) = codec::decode_snapshot(&data).map_err(|msg| {
+        if let Some((index, data, conf)) = out.snapshot {
+            let (_, state, book) = codec::decode_replica_snapshot(&data).map_err(|msg| {
                 StoreError::CorruptSnapshot(format!("the leader's snapshot at {index} {msg}"))
             })?;
             self.state = state;
             self.applied = index;
             self.snapshot_index = index;
             adv.restored = true;
+            if let Some(book) = book.filter(|b| b.changed_at >= self.book.changed_at) {
+                self.replica
+                    .store_membership(&conf, &book)
+                    .map_err(raft_error("storing the snapshot's members"))?;
+                self.book = book;
+                adv.members = Some(self.book.clone());
+            }
+        }
+        for (index, cc) in out.conf_changes {
+            self.apply_member_change(index, cc, &mut adv)?;
         }
         for (index, data) in out.committed {
             let p = codec::decode_proposal(&data)
@@ -272,6 +548,9 @@ impl<T> ReplicatedState<T> {
             self.applied = self.applied.max(i);
         }
         self.update_role(&mut adv);
+        if adv.compact {
+            self.snapshot()?;
+        }
         self.maybe_snapshot()?;
         Ok(adv)
     }
@@ -314,7 +593,7 @@ impl<T> ReplicatedState<T> {
         if self.applied == self.snapshot_index {
             return Ok(());
         }
-        let data = codec::encode_snapshot(self.applied, &self.state)?;
+        let data = codec::encode_replica_snapshot(self.applied, &self.state, &self.book)?;
         self.replica
             .snapshot(self.applied, data)
             .map_err(raft_error("storing a snapshot"))?;

@@ -1,7 +1,8 @@
 //! [`RaftStorage`]: raft-rs's [`Storage`] on sled, for a replica's own copy of the log.
 //!
 //! Trees: `raft/entries` (index, big-endian, so sled's order is log order → the entry) and
-//! `raft/meta` (the hard state, the conf state, and the latest snapshot with its metadata).
+//! `raft/meta` (the hard state, the conf state with the members' addresses, and the latest
+//! snapshot with its metadata).
 //! Each value is a raft protobuf message sealed in a [`convoy_envelope`] record of its own
 //! kind, so a damaged or foreign value is named instead of decoded. Every mutation is flushed
 //! before it returns: raft-rs sends a node's "persisted" messages only after the storage says
@@ -17,17 +18,22 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{Error, GetEntriesContext, RaftState, Result, Storage, StorageError};
 
+use super::AddressBook;
+
 const ENTRIES: &str = "raft/entries";
 const META: &str = "raft/meta";
 const HARD_STATE: &str = "hard_state";
 const CONF_STATE: &str = "conf_state";
 const SNAPSHOT: &str = "snapshot";
 const INCARNATION: &str = "incarnation";
+const ADDRESS_BOOK: &str = "address_book";
+const REMOVED: &str = "removed";
 
 const ENTRY: Kind = Kind(*b"RENT");
 const HARD: Kind = Kind(*b"RHST");
 const CONF: Kind = Kind(*b"RCST");
 const SNAP: Kind = Kind(*b"RSNP");
+const BOOK: Kind = Kind(*b"RADB");
 const VERSION: u16 = 1;
 
 /// What is kept in memory: the bounds of the stored entries and the snapshot's metadata.
@@ -177,6 +183,61 @@ impl RaftStorage {
             .insert(CONF_STATE, seal(CONF, cs)?)
             .map_err(sled_failure("write the conf state"))?;
         self.flush()
+    }
+
+    /// The member addresses stored with the conf state, if any were.
+    pub fn address_book(&self) -> Result<Option<AddressBook>> {
+        let Some(v) = self
+            .meta
+            .get(ADDRESS_BOOK)
+            .map_err(sled_failure("read the address book"))?
+        else {
+            return Ok(None);
+        };
+        let (_, payload) = convoy_envelope::open(&v, BOOK, VERSION..=VERSION)
+            .map_err(|e| failure(format!("raft storage: the address book {e}")))?;
+        rmp_serde::from_slice(payload).map(Some).map_err(|e| {
+            failure(format!(
+                "raft storage: the address book does not decode: {e}"
+            ))
+        })
+    }
+
+    /// Stores the conf state and the member addresses together, durably: a crash leaves
+    /// both before a membership change or both after it.
+    pub fn set_membership(&self, cs: &ConfState, book: &AddressBook) -> Result<()> {
+        let payload = rmp_serde::to_vec_named(book)
+            .map_err(|e| failure(format!("raft storage: encode the address book: {e}")))?;
+        let book = convoy_envelope::seal(
+            Header {
+                kind: BOOK,
+                version: VERSION,
+                tag: 0,
+            },
+            &payload,
+        );
+        let mut batch = sled::Batch::default();
+        batch.insert(CONF_STATE, seal(CONF, cs)?);
+        batch.insert(ADDRESS_BOOK, book);
+        self.meta
+            .apply_batch(batch)
+            .map_err(sled_failure("write the membership"))?;
+        self.flush()
+    }
+
+    /// Records, durably, that this replica was removed from the cluster: it must not serve
+    /// again from this storage.
+    pub fn mark_removed(&self) -> Result<()> {
+        self.meta
+            .insert(REMOVED, &[1u8][..])
+            .map_err(sled_failure("mark the replica removed"))?;
+        self.flush()
+    }
+
+    pub fn removed(&self) -> Result<bool> {
+        self.meta
+            .contains_key(REMOVED)
+            .map_err(sled_failure("read the removal mark"))
     }
 
     /// Records the commit index raft-rs reports after a `Ready` was advanced.

@@ -24,24 +24,15 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::{Ascii, MetadataMap, MetadataValue};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::Membership;
+
 /// The metadata key a member's secret travels in.
 const SECRET_HEADER: &str = "x-convoy-cluster-secret";
 /// Messages queued for one peer before new ones are dropped.
 const QUEUE: usize = 1024;
 
-/// Who belongs to the cluster, and how to reach them.
-#[derive(Clone, Debug)]
-pub struct Membership {
-    pub cluster_id: String,
-    pub secret: String,
-    pub node_id: u64,
-    /// Every member but this one: node id → `http://host:port`.
-    pub peers: BTreeMap<u64, String>,
-    /// The whole member list as given at start, in its canonical form (see `PeerMessage`).
-    pub canonical: String,
-    /// This replica's storage incarnation (see `PeerMessage.incarnation`).
-    pub incarnation: u64,
-}
+/// The metadata key of a refusal that says which membership it was judged by.
+const MEMBERSHIP_HEADER: &str = "x-convoy-membership-index";
 
 /// What peers send a replica.
 #[derive(Debug)]
@@ -49,38 +40,12 @@ pub enum Inbound {
     Message(Message),
     /// The peer restarted with an empty log (its incarnation changed).
     LostLog(u64),
-}
-
-impl Membership {
-    /// Member `node_id` of `members` (node id → `host:port` or URL, this member included).
-    pub fn new(
-        cluster_id: String,
-        secret: String,
-        node_id: u64,
-        members: &BTreeMap<u64, String>,
-    ) -> Membership {
-        Membership {
-            cluster_id,
-            secret,
-            node_id,
-            peers: members
-                .iter()
-                .filter(|(id, _)| **id != node_id)
-                .map(|(id, a)| (*id, convoy_client::url(a)))
-                .collect(),
-            canonical: canonical(members),
-            incarnation: 0,
-        }
-    }
-}
-
-/// `members` as `id=host:port` joined by commas, in id order.
-pub fn canonical(members: &BTreeMap<u64, String>) -> String {
-    members
-        .iter()
-        .map(|(id, a)| format!("{id}={}", convoy_client::url(a)))
-        .collect::<Vec<_>>()
-        .join(",")
+    /// The peer refused this replica as not a member, by the members it applied at log
+    /// index `at` (see `ReplicatedState::refused_by`).
+    NotAMember {
+        peer: u64,
+        at: u64,
+    },
 }
 
 /// Compares without an early exit, so the time taken says nothing about the secret.
@@ -159,23 +124,34 @@ impl PeerService {
     /// Checks an authenticated member's message and decodes its Raft bytes.
     fn admit(&self, m: &PeerMessage) -> Result<Message, Status> {
         let me = &self.members;
+        let book = me.book();
         if m.cluster_id != me.cluster_id {
             return Err(Status::permission_denied(format!(
                 "a member of cluster {:?}; this is cluster {:?}",
                 m.cluster_id, me.cluster_id
             )));
         }
-        if !me.peers.contains_key(&m.from) {
-            return Err(Status::permission_denied(format!(
+        if m.from == me.node_id || !book.contains(m.from) {
+            let mut refusal = Status::permission_denied(format!(
                 "node {} is not a member of cluster {:?}",
                 m.from, me.cluster_id
-            )));
+            ));
+            // A removed member that never heard of its removal learns of it from this.
+            if let Ok(v) = MetadataValue::try_from(book.changed_at.to_string()) {
+                refusal.metadata_mut().insert(MEMBERSHIP_HEADER, v);
+            }
+            return Err(refusal);
         }
-        if m.members != me.canonical {
+        // Before any membership change both lists are what the members were started with;
+        // after one, the log decides and a member behind it catches up.
+        if m.membership_index == 0 && book.changed_at == 0 && m.members != book.canonical() {
             return Err(Status::failed_precondition(format!(
                 "conflicting member lists: node {} was started with --peers {}, node {} with \
                  --peers {}",
-                m.from, m.members, me.node_id, me.canonical
+                m.from,
+                m.members,
+                me.node_id,
+                book.canonical()
             )));
         }
         let msg = Message::parse_from_bytes(&m.raft).map_err(|e| {
@@ -253,33 +229,73 @@ pub fn secret_header(members: &Membership) -> Option<(&'static str, MetadataValu
         .map(|v| (SECRET_HEADER, v))
 }
 
-/// Sends Raft messages to the peers, one background task each.
+/// Sends Raft messages to the peers, one background task each, started the first time a
+/// member is sent to and replaced when its address changes (membership changes).
 pub struct Outbox {
-    queues: BTreeMap<u64, mpsc::Sender<Message>>,
+    members: Arc<Membership>,
+    runtime: tokio::runtime::Handle,
+    /// Where peers' refusals of this replica as a stranger are reported.
+    inbox: Option<mpsc::Sender<Inbound>>,
+    /// Per peer: the URL its task sends to, and the task's queue.
+    queues: BTreeMap<u64, (String, mpsc::Sender<Message>)>,
 }
 
 impl Outbox {
-    /// Starts the per-peer tasks on the current tokio runtime.
+    /// An outbox whose tasks run on the current tokio runtime (it may then be used from any
+    /// thread).
     pub fn start(members: Arc<Membership>) -> Outbox {
-        let mut queues = BTreeMap::new();
-        for (&id, url) in &members.peers {
-            let (tx, rx) = mpsc::channel(QUEUE);
-            tokio::spawn(deliver(members.clone(), url.clone(), rx));
-            queues.insert(id, tx);
+        Outbox {
+            members,
+            runtime: tokio::runtime::Handle::current(),
+            inbox: None,
+            queues: BTreeMap::new(),
         }
-        Outbox { queues }
     }
 
-    /// Queues `msg` for its peer; dropped if the peer is unknown or its queue is full.
-    pub fn send(&self, msg: Message) {
-        if let Some(q) = self.queues.get(&msg.to) {
+    /// Reports to `inbox` when a peer refuses this replica as not a member.
+    pub fn reporting_to(mut self, inbox: mpsc::Sender<Inbound>) -> Outbox {
+        self.inbox = Some(inbox);
+        self
+    }
+
+    /// Queues `msg` for its peer; dropped if the peer is not a member or its queue is full.
+    pub fn send(&mut self, msg: Message) {
+        let Some(url) = self
+            .members
+            .url(msg.to)
+            .filter(|_| msg.to != self.members.node_id)
+        else {
+            // A removed member: dropping its queue ends its task.
+            self.queues.remove(&msg.to);
+            return;
+        };
+        let current = self.queues.get(&msg.to).is_some_and(|(u, _)| *u == url);
+        if !current {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            let peer = Peer {
+                id: msg.to,
+                url: url.clone(),
+                inbox: self.inbox.clone(),
+            };
+            self.runtime.spawn(deliver(self.members.clone(), peer, rx));
+            self.queues.insert(msg.to, (url, tx));
+        }
+        if let Some((_, q)) = self.queues.get(&msg.to) {
             let _ = q.try_send(msg);
         }
     }
 }
 
+/// Who [`deliver`] sends to, and where it reports a refusal.
+struct Peer {
+    id: u64,
+    url: String,
+    inbox: Option<mpsc::Sender<Inbound>>,
+}
+
 /// Keeps a stream to one peer open and feeds it, reconnecting after a failure.
-async fn deliver(members: Arc<Membership>, url: String, mut rx: mpsc::Receiver<Message>) {
+async fn deliver(members: Arc<Membership>, peer: Peer, mut rx: mpsc::Receiver<Message>) {
+    let url = peer.url;
     let Ok(secret) = members.secret.parse::<MetadataValue<Ascii>>() else {
         // Sending without it would only be refused by every peer, under a vaguer message.
         tracing::error!(
@@ -308,12 +324,17 @@ async fn deliver(members: Arc<Membership>, url: String, mut rx: mpsc::Receiver<M
             let Ok(raft) = msg.write_to_bytes() else {
                 continue;
             };
+            let (list, membership_index) = {
+                let book = members.book();
+                (book.canonical(), book.changed_at)
+            };
             let m = PeerMessage {
                 from: members.node_id,
                 cluster_id: members.cluster_id.clone(),
                 raft,
-                members: members.canonical.clone(),
+                members: list,
                 incarnation: members.incarnation,
+                membership_index,
             };
             if tx.send(m).await.is_err() {
                 break; // the stream ended: reconnect
@@ -321,6 +342,14 @@ async fn deliver(members: Arc<Membership>, url: String, mut rx: mpsc::Receiver<M
             backoff = Duration::from_millis(50);
         }
         if let Ok(Ok(Err(status))) = tokio::time::timeout(Duration::from_millis(100), call).await {
+            let judged_at = status
+                .metadata()
+                .get(MEMBERSHIP_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if let (Some(at), Some(inbox)) = (judged_at, &peer.inbox) {
+                let _ = inbox.send(Inbound::NotAMember { peer: peer.id, at }).await;
+            }
             // A refusal is a configuration mistake an operator must see (once, not each retry).
             let refused = !matches!(
                 status.code(),

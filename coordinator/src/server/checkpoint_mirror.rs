@@ -4,6 +4,8 @@
 //! others'. A committed checkpoint then survives the loss of any one replica, and whichever
 //! replica leads next holds it (unless it was the one copy that failed, see ARCHITECTURE.md).
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use convoy_client::Channel;
@@ -25,34 +27,42 @@ const STALL: Duration = Duration::from_secs(10);
 /// How long a replica may take to confirm its copy once the part has been sent.
 const CONFIRM: Duration = Duration::from_secs(30);
 
-/// The other replicas, and how many of their copies make a majority with the leader's.
+/// The other replicas, reached through the members' current addresses.
 pub(crate) struct MirrorTargets {
-    peers: Vec<(u64, RaftPeerClient<Channel>)>,
+    members: Arc<Membership>,
     secret: (&'static str, MetadataValue<Ascii>),
-    needed: usize,
+    /// A client per member, made on first use (a channel connects lazily and reconnects),
+    /// with the URL it was made for: a member whose address changed gets a new one.
+    clients: Mutex<BTreeMap<u64, (String, RaftPeerClient<Channel>)>>,
 }
 
 impl MirrorTargets {
-    pub fn new(members: &Membership) -> Option<MirrorTargets> {
-        let secret = secret_header(members)?;
-        let mut peers = vec![];
-        for (id, url) in &members.peers {
-            let channel = convoy_client::connect_lazy(url).ok()?;
-            peers.push((*id, RaftPeerClient::new(channel)));
-        }
-        // A majority of all the members is members / 2 + 1: the leader and this many others.
-        let members = peers.len() + 1;
-        let needed = members / 2;
+    pub fn new(members: Arc<Membership>) -> Option<MirrorTargets> {
+        let secret = secret_header(&members)?;
         Some(MirrorTargets {
-            peers,
+            members,
             secret,
-            needed,
+            clients: Mutex::default(),
         })
     }
 
-    /// The other replicas' peer clients.
-    pub fn peers(&self) -> impl Iterator<Item = (u64, RaftPeerClient<Channel>)> + '_ {
-        self.peers.iter().map(|(id, c)| (*id, c.clone()))
+    /// The other members' peer clients, learners included.
+    pub fn peers(&self) -> Vec<(u64, RaftPeerClient<Channel>)> {
+        let peers = self.members.peers();
+        // Inserts and removals only: a panic elsewhere cannot leave the map inconsistent.
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        clients.retain(|id, _| peers.contains_key(id));
+        peers
+            .into_iter()
+            .filter_map(|(id, url)| match clients.get(&id) {
+                Some((made_for, c)) if *made_for == url => Some((id, c.clone())),
+                _ => {
+                    let c = RaftPeerClient::new(convoy_client::connect_lazy(&url).ok()?);
+                    clients.insert(id, (url, c.clone()));
+                    Some((id, c))
+                }
+            })
+            .collect()
     }
 
     /// `message` as a request presenting the cluster's secret.
@@ -63,18 +73,23 @@ impl MirrorTargets {
         r
     }
 
-    /// Starts one copy of a part per replica.
+    /// Starts one copy of a part per other member. A majority of the voters, the leader
+    /// among them, must hold the part: learners get a copy, which does not count.
     pub fn open(&self) -> Mirror {
+        let (voters, learners) = {
+            let book = self.members.book();
+            (book.voters().len(), book.learners.clone())
+        };
         let copies = self
-            .peers
-            .iter()
-            .map(|(id, client)| {
+            .peers()
+            .into_iter()
+            .map(|(id, mut client)| {
                 let (tx, rx) = mpsc::channel(QUEUE);
                 let request = self.request(ReceiverStream::new(rx));
-                let mut client = client.clone();
                 let call = tokio::spawn(async move { client.put_checkpoint_part(request).await });
                 Copy {
-                    node: *id,
+                    node: id,
+                    votes: !learners.contains(&id),
                     tx: Some(tx),
                     call,
                 }
@@ -82,13 +97,16 @@ impl MirrorTargets {
             .collect();
         Mirror {
             copies,
-            needed: self.needed,
+            voters,
+            needed: voters / 2,
         }
     }
 }
 
 struct Copy {
     node: u64,
+    /// A voter's copy counts towards the majority; a learner's does not.
+    votes: bool,
     /// `None` once the replica fell behind or failed.
     tx: Option<mpsc::Sender<CheckpointUpload>>,
     call: JoinHandle<Result<Response<UploadCheckpointResponse>, Status>>,
@@ -97,6 +115,8 @@ struct Copy {
 /// The copies of one part in flight.
 pub(crate) struct Mirror {
     copies: Vec<Copy>,
+    voters: usize,
+    /// Voters' copies needed besides the leader's own.
     needed: usize,
 }
 
@@ -118,14 +138,14 @@ impl Mirror {
     /// Ends the copies and waits for their answers: `Ok` once a majority (with the leader's
     /// own copy) holds the part, else one line saying how many do and why the others do not.
     pub async fn finish(self) -> Result<(), Status> {
-        let total = self.copies.len() + 1;
+        let total = self.voters;
         let mut stored = 0;
         let mut failures = vec![];
         for c in self.copies {
             let kept = c.tx.is_some();
             drop(c.tx);
             match tokio::time::timeout(CONFIRM, c.call).await {
-                Ok(Ok(Ok(_))) if kept => stored += 1,
+                Ok(Ok(Ok(_))) if kept => stored += usize::from(c.votes),
                 Ok(Ok(Ok(_))) => failures.push(format!("replica {} fell behind", c.node)),
                 Ok(Ok(Err(s))) => failures.push(format!("replica {}: {}", c.node, s.message())),
                 Ok(Err(_)) => failures.push(format!("replica {}: the copy stopped", c.node)),
@@ -140,8 +160,8 @@ impl Mirror {
             return Ok(());
         }
         Err(Status::unavailable(format!(
-            "the checkpoint part is held by {} of {total} coordinators, and a majority is \
-             needed: {}",
+            "the checkpoint part is held by {} of {total} voting coordinators, and a \
+             majority is needed: {}",
             stored + 1,
             failures.join("; ")
         )))

@@ -349,7 +349,15 @@ impl Checkpoints {
         .await
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(|e| storage(&self.handle.fail_stop, e))?;
-        let (manifest, skipped) = found;
+        let (mut manifest, mut skipped) = found;
+        if step.is_none() && !skipped.is_empty() && self.repair(Some(job)).await? > 0 {
+            // Newer checkpoints were damaged here and good copies came from the replicas.
+            let store = self.store.clone();
+            (manifest, skipped) = tokio::task::spawn_blocking(move || store.latest_valid(job))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(|e| storage(&self.handle.fail_stop, e))?;
+        }
         let skipped: Vec<String> = skipped.iter().map(ToString::to_string).collect();
         for s in &skipped {
             self.handle
@@ -621,17 +629,22 @@ impl PartReplica for Checkpoints {
 }
 
 impl Checkpoints {
-    /// As a new leader: fetches from the other replicas every committed checkpoint of the
-    /// cluster's jobs that this replica lacks (it was down or behind when it was copied), so
-    /// that what a majority acknowledged is here to resume from. Returns how many it fetched.
-    pub async fn repair(&self) -> Result<usize, Status> {
+    /// Fetches from the other replicas every committed checkpoint of `only` (of all the
+    /// cluster's jobs when `None`) that this replica lacks (it was down, behind or wiped when
+    /// it was copied) or holds damaged, so that what a majority acknowledged stays here to
+    /// resume from and to copy again. Returns how many it fetched.
+    pub async fn repair(&self, only: Option<JobId>) -> Result<usize, Status> {
         let Some(targets) = self.mirror.clone() else {
             return Ok(0);
         };
-        let jobs: Vec<JobId> = self
-            .handle
-            .read_local(|v| v.state.jobs.keys().copied().collect())
-            .await?;
+        let jobs: Vec<JobId> = match only {
+            Some(job) => vec![job],
+            None => {
+                self.handle
+                    .read_local(|v| v.state.jobs.keys().copied().collect())
+                    .await?
+            }
+        };
         let job_ids: Vec<String> = jobs.iter().map(ToString::to_string).collect();
         let mut fetched = 0;
         for (peer, mut client) in targets.peers() {
@@ -641,7 +654,8 @@ impl Checkpoints {
             let steps = match client.list_checkpoint_steps(request).await {
                 Ok(r) => r.into_inner().steps,
                 Err(s) => {
-                    tracing::warn!("listing replica {peer}'s checkpoints: {}", s.message());
+                    // An unreachable peer is reported by the transport; try the next one.
+                    tracing::debug!("listing replica {peer}'s checkpoints: {}", s.message());
                     continue;
                 }
             };
@@ -649,11 +663,11 @@ impl Checkpoints {
                 let job = convert::job_id(&s.job_id)?;
                 let store = self.store.clone();
                 let step = s.step;
-                let have = tokio::task::spawn_blocking(move || store.get(job, step))
+                let needed = tokio::task::spawn_blocking(move || store.needs_copy(job, step))
                     .await
                     .map_err(|e| Status::internal(e.to_string()))?
                     .map_err(|e| storage(&self.handle.fail_stop, e))?;
-                if have.is_some() {
+                if !needed {
                     continue;
                 }
                 match self.fetch(&targets, &mut client, &s).await {
@@ -671,13 +685,22 @@ impl Checkpoints {
         Ok(fetched)
     }
 
-    /// Stores every part of one checkpoint from a peer, part 0 (with the metadata) first.
+    /// Stores every part of one checkpoint from a peer, part 0 (with the metadata) first, in
+    /// place of the damaged copy here if there is one. The peer checks every chunk it sends
+    /// against its manifest, so a copy damaged there too fails rather than spreads.
     async fn fetch(
         &self,
         targets: &MirrorTargets,
         client: &mut RaftPeerClient<convoy_client::Channel>,
         s: &pb::CheckpointStep,
     ) -> Result<(), Status> {
+        let job = convert::job_id(&s.job_id)?;
+        let store = self.store.clone();
+        let step = s.step;
+        tokio::task::spawn_blocking(move || store.clear_damaged(job, step))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| storage(&self.handle.fail_stop, e))?;
         for part in 0..s.parts {
             let request = targets.request(pb::FetchCheckpointPartRequest {
                 job_id: s.job_id.clone(),

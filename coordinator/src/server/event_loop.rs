@@ -22,7 +22,7 @@ use crate::log::SledLog;
 use crate::log::codec::RecordOp;
 use crate::logged_state::LoggedState;
 use crate::model::{JobId, Liveness, Millis, WorkerId};
-use crate::replication::{Inbound, Membership, Outbox, RaftStorage, ReplicatedState};
+use crate::replication::{Inbound, MemberOp, Membership, Outbox, RaftStorage, ReplicatedState};
 use crate::scheduler::{WaitReason, schedule_at};
 use crate::server::clock::now_ms;
 use crate::server::convert;
@@ -58,6 +58,9 @@ pub struct ReplicaSetup {
     pub membership: Arc<Membership>,
     pub storage: RaftStorage,
     pub outbox: Outbox,
+    /// A new member of a running cluster: wait for the leader's snapshot rather than start a
+    /// new cluster.
+    pub join: bool,
     pub snapshot_every: u64,
     /// The cluster settings this member was started with: a leader applies them.
     pub settings: ClusterSettings,
@@ -88,24 +91,11 @@ type Token = (Vec<ReplyTo>, Vec<Reply<Result<(), ApplyError>>>);
 struct Replicated {
     state: ReplicatedState<Token>,
     outbox: Outbox,
+    /// Shared with the transport and the services; updated as membership changes apply.
     membership: Arc<Membership>,
-    /// `membership.canonical`, shared with each published `Leadership`.
+    /// The members' canonical list, shared with each published `Leadership`.
     member_list: Arc<str>,
     settings: ClusterSettings,
-}
-
-impl Replicated {
-    /// Every member's node id, this one's included.
-    fn voters(&self) -> Vec<u64> {
-        voters(&self.membership)
-    }
-}
-
-fn voters(m: &Membership) -> Vec<u64> {
-    let mut ids: Vec<u64> = m.peers.keys().copied().collect();
-    ids.push(m.node_id);
-    ids.sort_unstable();
-    ids
 }
 
 impl Core {
@@ -135,12 +125,13 @@ impl Core {
             Core::Replicated(r) => {
                 let replica = r.state.replica();
                 let leader = replica.leader();
+                let book = r.state.members();
                 Leadership {
                     serving: r.state.serving(),
                     node_id: r.state.node_id(),
                     leader,
-                    leader_url: r.membership.peers.get(&leader).cloned(),
-                    members: r.membership.peers.len() + 1,
+                    leader_url: book.addresses.get(&leader).cloned(),
+                    members: book.voters().len(),
                     term: replica.term(),
                     role: replica.role(),
                     commit: replica.commit_index(),
@@ -204,17 +195,20 @@ impl EventLoop {
         records: Arc<Records>,
         loop_config: LoopConfig,
     ) -> Result<Self, StoreError> {
+        let given = setup.membership.book().clone();
         let state = ReplicatedState::open(
             setup.membership.node_id,
-            &voters(&setup.membership),
+            &given,
+            setup.join,
             setup.storage,
             config,
             setup.snapshot_every,
         )?;
+        setup.membership.set_book(state.members().clone());
         let core = Core::Replicated(Box::new(Replicated {
+            member_list: state.members().canonical().into(),
             state,
             outbox: setup.outbox,
-            member_list: setup.membership.canonical.as_str().into(),
             membership: setup.membership,
             settings: setup.settings,
         }));
@@ -305,6 +299,7 @@ impl EventLoop {
                 if last_tick.elapsed() >= self.config.tick {
                     last_tick = Instant::now();
                     self.tick()?;
+                    self.promote_learners();
                 }
                 // A replicated plan waits for the previous one to be applied: planning on a
                 // state that lacks it would only propose starts the state machine rejects.
@@ -323,6 +318,22 @@ impl EventLoop {
         match &mut self.core {
             Core::Single(c) => c.snapshot(),
             Core::Replicated(r) => r.state.snapshot(),
+        }
+    }
+
+    /// As leader: proposes making a learner that has caught up a voter.
+    fn promote_learners(&mut self) {
+        let Core::Replicated(r) = &mut self.core else {
+            return;
+        };
+        if let Some(node) = r.state.learner_to_promote() {
+            match r
+                .state
+                .propose_member_change(MemberOp::Promote { node }, (vec![], vec![]))
+            {
+                Ok(()) => tracing::info!("coordinator {node} has caught up: promoting it to voter"),
+                Err(e) => tracing::warn!("promoting coordinator {node}: {e}"),
+            }
         }
     }
 
@@ -353,8 +364,17 @@ impl EventLoop {
             return Ok(());
         };
         let mut adv = r.state.advance()?;
+        if let Some(book) = adv.members.take() {
+            r.member_list = book.canonical().into();
+            r.membership.set_book(book);
+        }
         for m in adv.messages.drain(..) {
             r.outbox.send(m);
+        }
+        if adv.removed {
+            return Err(StoreError::Removed {
+                node: r.state.node_id(),
+            });
         }
         let leads = r.state.serving();
         if adv.restored {
@@ -556,6 +576,7 @@ impl EventLoop {
                         match inbound {
                             Inbound::Message(m) => r.state.step(m),
                             Inbound::LostLog(id) => r.state.peer_lost_log(id),
+                            Inbound::NotAMember { peer, at } => r.state.refused_by(peer, at)?,
                         }
                     }
                     continue;
@@ -663,7 +684,7 @@ impl EventLoop {
                     let r = match &mut self.core {
                         Core::Single(_) => Err("this coordinator is not replicated".to_string()),
                         Core::Replicated(r) => {
-                            let members = r.voters();
+                            let members = r.state.members().voters();
                             if r.state.transfer_leader(to, &members) {
                                 Ok(())
                             } else {
@@ -676,6 +697,19 @@ impl EventLoop {
                         }
                     };
                     let _ = reply.send(r);
+                }
+                Request::ChangeMembers {
+                    op,
+                    proposed,
+                    applied,
+                } => {
+                    let r = match &mut self.core {
+                        Core::Single(_) => Err("this coordinator is not replicated".to_string()),
+                        Core::Replicated(r) => {
+                            r.state.propose_member_change(op, (vec![], vec![applied]))
+                        }
+                    };
+                    let _ = proposed.send(r);
                 }
                 Request::Records { ops, reply } => match self.core {
                     Core::Single(_) => {

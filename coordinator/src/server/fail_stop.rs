@@ -38,7 +38,11 @@ impl FailStop {
 
     /// Stops the coordinator because `store` failed with `error`.
     pub fn fail(&self, store: &str, error: &dyn Display) {
-        let line = format!("{store} failed, stopping: {error}");
+        self.stop(format!("{store} failed, stopping: {error}"));
+    }
+
+    /// Stops the coordinator, saying why in `line`.
+    pub fn stop(&self, line: String) {
         if self.exit {
             eprintln!("convoy-coordinator: {line}");
             std::process::exit(1);

@@ -41,7 +41,7 @@ use crate::error::{CoordinatorError, StoreError};
 use crate::log::SledLog;
 use crate::logged_state::LoggedState;
 use crate::model::JobId;
-use crate::replication::{Membership, Outbox, PeerService, RaftStorage};
+use crate::replication::{AddressBook, Membership, Outbox, PeerService, RaftStorage};
 use crate::server::checkpoint_mirror::MirrorTargets;
 use crate::server::checkpoints::Checkpoints;
 use crate::server::event_loop::{EventLoop, LoopConfig, ReplicaSetup};
@@ -180,8 +180,10 @@ pub async fn run(
         .name("convoy-event-loop".into())
         .spawn(move || {
             let r = event_loop.run(rx);
-            if let Err(e) = &r {
-                loop_fail.fail("the command log", e);
+            match &r {
+                Err(e @ StoreError::Removed { .. }) => loop_fail.stop(e.to_string()),
+                Err(e) => loop_fail.fail("the command log", e),
+                Ok(()) => {}
             }
             let _ = loop_done.send(());
             r
@@ -198,10 +200,16 @@ pub async fn run(
     };
     // A replica copies the checkpoint parts it receives as leader to the others, and stores
     // the copies the leader sends it.
-    let mirror = peers.as_ref().and_then(|(_, m)| MirrorTargets::new(m));
-    let checkpoints = Checkpoints::new(store, handle.clone(), mirror);
+    let mirror = peers
+        .as_ref()
+        .and_then(|(_, m)| MirrorTargets::new(m.clone()));
+    let replicated = peers.is_some();
+    let checkpoints = Checkpoints::new(store.clone(), handle.clone(), mirror);
     if peers.is_some() {
-        tokio::spawn(repair_when_leading(checkpoints.clone(), leadership.clone()));
+        tokio::spawn(keep_checkpoints_whole(
+            checkpoints.clone(),
+            leadership.clone(),
+        ));
     }
     let peers = peers.map(|(service, _)| {
         RaftPeerServer::new(service.with_parts(Arc::new(checkpoints.clone())))
@@ -239,6 +247,7 @@ pub async fn run(
         .add_optional_service(peers)
         .add_service(ReplicasServer::new(replicas::ReplicasService {
             handle: handle.clone(),
+            checkpoints: replicated.then(|| store.clone()),
         }))
         .add_service(InterceptedService::new(
             ConvoyServer::new(client_api::ClientApi::new(
@@ -302,17 +311,15 @@ fn replicated(
         .open()
         .map_err(StoreError::sled(format!("open {}", raft_dir.display())))?;
     let storage = RaftStorage::open(&db).map_err(|e| StoreError::Raft(e.to_string()))?;
-    let members = Arc::new(Membership {
-        incarnation: storage.incarnation(),
-        ..Membership::new(
-            r.cluster_id.clone(),
-            r.secret.clone(),
-            r.node_id,
-            &r.members,
-        )
-    });
-    let outbox = Outbox::start(members.clone());
+    let members = Arc::new(Membership::new(
+        r.cluster_id.clone(),
+        r.secret.clone(),
+        r.node_id,
+        storage.incarnation(),
+        AddressBook::founding(&r.members),
+    ));
     let (inbox, mut from_peers) = tokio::sync::mpsc::channel(1024);
+    let outbox = Outbox::start(members.clone()).reporting_to(inbox.clone());
     let to_loop = tx.clone();
     tokio::spawn(async move {
         while let Some(m) = from_peers.recv().await {
@@ -321,17 +328,12 @@ fn replicated(
             }
         }
     });
-    tracing::info!(
-        "member {} of cluster {:?}: {}",
-        r.node_id,
-        r.cluster_id,
-        members.canonical
-    );
     let event_loop = EventLoop::replicated(
         ReplicaSetup {
             membership: members.clone(),
             storage,
             outbox,
+            join: r.join,
             snapshot_every: config.snapshot_every,
             settings: config.cluster.clone(),
         },
@@ -339,6 +341,12 @@ fn replicated(
         records.clone(),
         loop_config,
     )?;
+    tracing::info!(
+        "member {} of cluster {:?}: {}",
+        r.node_id,
+        r.cluster_id,
+        members.book().canonical()
+    );
     Ok((
         event_loop,
         PeerService::new(members.clone(), inbox),
@@ -346,25 +354,30 @@ fn replicated(
     ))
 }
 
-/// Each time this replica begins to lead, it fetches the committed checkpoints it lacks from
-/// the others (see `Checkpoints::repair`).
-async fn repair_when_leading(
+/// How often a replica compares its checkpoints with its peers'.
+const REPAIR_EVERY: Duration = Duration::from_secs(10);
+
+/// Keeps this replica's copy of every committed checkpoint whole: at start, whenever its
+/// role changes (a new leader must hold what it will serve) and every [`REPAIR_EVERY`], it
+/// fetches from the others the checkpoints it lacks or holds damaged (see
+/// `Checkpoints::repair`). Ends when the replica stops.
+async fn keep_checkpoints_whole(
     checkpoints: Checkpoints,
     mut leadership: watch::Receiver<Leadership>,
 ) {
-    let mut led = false;
     loop {
-        let serving = leadership.borrow_and_update().serving;
-        if serving && !led {
-            match checkpoints.repair().await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!("fetched {n} checkpoint(s) this replica lacked"),
-                Err(e) => tracing::warn!("repairing the checkpoint store: {}", e.message()),
+        match checkpoints.repair(None).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!("fetched {n} checkpoint(s) this replica lacked or held damaged")
             }
+            Err(e) => tracing::warn!("repairing the checkpoint store: {}", e.message()),
         }
-        led = serving;
-        if leadership.changed().await.is_err() {
-            return;
+        tokio::select! {
+            _ = tokio::time::sleep(REPAIR_EVERY) => {}
+            changed = leadership.changed() => if changed.is_err() {
+                return;
+            }
         }
     }
 }

@@ -110,6 +110,13 @@ pub enum Request {
         to: u64,
         reply: Reply<Result<(), String>>,
     },
+    /// Add, promote or remove a member: `proposed` says at once whether the change was
+    /// proposed (or why not), `applied` answers once it is applied here.
+    ChangeMembers {
+        op: crate::replication::MemberOp,
+        proposed: Reply<Result<(), String>>,
+        applied: Reply<Result<(), ApplyError>>,
+    },
     /// From a peer (replicated coordinators only).
     Peer(crate::replication::Inbound),
     /// The coordinator is stopping: judge no liveness or progress any more, start nothing, and

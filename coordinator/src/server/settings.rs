@@ -73,6 +73,9 @@ pub struct ReplicationConfig {
     pub cluster_id: String,
     /// Presented to peers and required of them.
     pub secret: String,
+    /// A new member of a running cluster (`--join`): its empty storage waits for the
+    /// leader's state instead of starting a new cluster of `members`.
+    pub join: bool,
 }
 
 impl std::fmt::Debug for ReplicationConfig {
@@ -118,6 +121,7 @@ impl ReplicationConfig {
             members,
             cluster_id,
             secret,
+            join: false,
         })
     }
 }
