@@ -308,7 +308,8 @@ fn checkpoints_stay_whole_as_copies_are_damaged_and_members_change() {
     }
     c.wait_workers(2);
     let dir = c.dir.path().to_path_buf();
-    let job = c.submit(&spec(&dir, "whole", 300), &[]);
+    // Five checkpoints, of which retention (the newest 3) lets two go, on every replica.
+    let job = c.submit(&spec(&dir, "whole", 500), &[]);
     c.wait_state(&job, "succeeded", Duration::from_secs(300));
     let before = c.export(&job, &dir.join("before.safetensors"));
 
@@ -361,4 +362,29 @@ fn checkpoints_stay_whole_as_copies_are_damaged_and_members_change() {
     assert_ne!(new_leader, leader);
     let after = c.export(&job, &dir.join("after.safetensors"));
     assert!(before == after, "the checkpoint differs after the changes");
+
+    // Every replica, the one that joined after retention ran included, holds exactly the
+    // checkpoints retention kept.
+    let commit = c.members()[&new_leader]["commit"].as_u64().expect("commit");
+    let live: Vec<u64> = (1..=added)
+        .filter(|n| *n != leader && *n != removed)
+        .collect();
+    for node in &live {
+        wait_applied(&c, *node, commit);
+    }
+    let job_id = JobId(job.trim_start_matches("job-").parse().expect("a job id"));
+    for node in 1..=added {
+        if live.contains(&node) {
+            assert!(c.stop_member(node), "replica {node} stops on SIGTERM");
+        }
+        let store = CheckpointStore::open_dir(&c.member_dir(node).join("checkpoints"))
+            .expect("a checkpoint store");
+        let steps: Vec<u64> = store
+            .list(job_id)
+            .expect("readable")
+            .iter()
+            .map(|m| m.step)
+            .collect();
+        assert_eq!(steps, [300, 400, 500], "replica {node}");
+    }
 }

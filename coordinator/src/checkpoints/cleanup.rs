@@ -78,6 +78,43 @@ impl CheckpointStore {
         }
     }
 
+    /// The steps of `job` that `r` does not keep, ascending, without removing them (a
+    /// replicated leader proposes them; see [`CheckpointStore::forget_steps`]). Manifests that
+    /// do not decode are neither counted nor removed.
+    pub fn retention_removals(
+        &self,
+        job: JobId,
+        r: &Retention,
+    ) -> Result<Vec<u64>, CheckpointError> {
+        let manifests: Vec<_> = self
+            .scan(job)?
+            .into_iter()
+            .filter_map(|(_, m)| m.ok())
+            .collect();
+        Ok(select_removals(&manifests, r))
+    }
+
+    /// Removes `job`'s checkpoints at `steps` as the replicated log says, and remembers them
+    /// as forgotten first, so that no repair fetches them back from a replica that has not
+    /// removed its copy yet. Returns the steps that were here.
+    pub fn forget_steps(&self, job: JobId, steps: &[u64]) -> Result<Vec<u64>, CheckpointError> {
+        let context = format!("forget checkpoints of {job}");
+        for &step in steps {
+            self.forgotten
+                .insert(manifest_key(job, step), &[][..])
+                .map_err(CheckpointError::storage(context.clone()))?;
+        }
+        self.db.flush().map_err(CheckpointError::storage(context))?;
+        let mut uploads = vec![];
+        for &step in steps {
+            if let Ok(Some(m)) = self.get(job, step) {
+                uploads.push(Upload::of(&m));
+            }
+        }
+        self.remove_checkpoints(&uploads)?;
+        Ok(uploads.iter().map(|u| u.step).collect())
+    }
+
     /// Applies `r` to `job`'s checkpoints and returns the steps removed, ascending. Manifests
     /// that do not decode are neither counted nor removed.
     pub fn apply_retention(&self, job: JobId, r: &Retention) -> Result<Vec<u64>, CheckpointError> {
@@ -106,6 +143,11 @@ impl CheckpointStore {
             .collect();
         let uploads: Vec<Upload> = manifests.iter().map(Upload::of).collect();
         self.remove_checkpoints(&uploads)?;
+        remove_prefix(
+            &self.forgotten,
+            &job_prefix(job),
+            &format!("forget the removed checkpoints of {job}"),
+        )?;
         // Manifests that do not decode, and uploads that never committed.
         for item in self.manifests.scan_prefix(job_prefix(job)) {
             let (k, _) = item.map_err(CheckpointError::storage("list removed manifests"))?;

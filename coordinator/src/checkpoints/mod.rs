@@ -13,7 +13,9 @@
 //! enveloped, checksummed records:
 //! - [`PENDING_TREE`]: (job, step, generation, part) → the finished part, until commit;
 //! - [`MANIFESTS_TREE`]: (job, step) → [`Manifest`];
-//! - [`DAMAGED_TREE`]: (job, step) → what a verification found wrong with it (text).
+//! - [`DAMAGED_TREE`]: (job, step) → what a verification found wrong with it (text);
+//! - [`FORGOTTEN_TREE`]: (job, step) → nothing: checkpoints a replicated log removed (by
+//!   retention), never to be fetched from a peer again.
 
 mod chunk_files;
 mod cleanup;
@@ -43,5 +45,6 @@ pub use store::{CheckpointStore, Listed};
 pub const PENDING_TREE: &str = "ckpt/pending";
 pub const MANIFESTS_TREE: &str = "ckpt/manifests";
 pub const DAMAGED_TREE: &str = "ckpt/damaged";
+pub const FORGOTTEN_TREE: &str = "ckpt/forgotten";
 /// The index's own records (the commit count).
 pub const META_TREE: &str = "ckpt/meta";

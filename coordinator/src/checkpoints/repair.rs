@@ -16,8 +16,18 @@ impl CheckpointStore {
 
     /// Whether this store lacks `job`'s checkpoint at `step` or holds it damaged (a manifest
     /// that does not decode, or chunks a read found damaged). An upload of the step in
-    /// progress here is left to finish: it is not a copy to replace.
+    /// progress here is left to finish: it is not a copy to replace; and a step the log
+    /// removed is not wanted back.
     pub fn needs_copy(&self, job: JobId, step: u64) -> Result<bool, CheckpointError> {
+        let forgotten = self
+            .forgotten
+            .contains_key(manifest_key(job, step))
+            .map_err(CheckpointError::storage(format!(
+                "read whether {job} step {step} was removed"
+            )))?;
+        if forgotten {
+            return Ok(false);
+        }
         if self
             .lock_in_progress()
             .keys()

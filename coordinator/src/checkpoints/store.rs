@@ -13,7 +13,7 @@ use super::chunk_files::ChunkFiles;
 use super::error::CheckpointError;
 use super::keys::{PartKey, Upload, job_prefix, manifest_key, split_manifest};
 use super::manifest::{ChunkInfo, CommitCount, Manifest, decode, encode};
-use super::{DAMAGED_TREE, MANIFESTS_TREE, META_TREE, PENDING_TREE};
+use super::{DAMAGED_TREE, FORGOTTEN_TREE, MANIFESTS_TREE, META_TREE, PENDING_TREE};
 
 const COMMITS_KEY: &str = "commits";
 use crate::model::JobId;
@@ -45,6 +45,8 @@ pub struct CheckpointStore {
     pub(super) manifests: sled::Tree,
     /// What verification found wrong with a checkpoint, keyed (job, step), as text.
     pub(super) damaged: sled::Tree,
+    /// Checkpoints removed by the replicated log, keyed (job, step).
+    pub(super) forgotten: sled::Tree,
     /// Uploads that have written chunks in this process and are neither committed nor
     /// aborted: garbage collection leaves them alone. Held while collection checks and removes
     /// an upload, so a chunk cannot land between the check and the removal.
@@ -94,6 +96,7 @@ impl CheckpointStore {
             pending: tree(PENDING_TREE)?,
             manifests: tree(MANIFESTS_TREE)?,
             damaged: tree(DAMAGED_TREE)?,
+            forgotten: tree(FORGOTTEN_TREE)?,
             in_progress: Arc::default(),
             commits: Arc::new(Mutex::new(Self::check_commits(db, chunks)?)),
             meta: tree(META_TREE)?,

@@ -227,6 +227,10 @@ impl CheckpointStore {
             };
         }
         remove_prefix(&self.pending, &upload_prefix(upload), &context)?;
+        // A step saved again (a job resumed from before it) is wanted again.
+        self.forgotten
+            .remove(manifest_key(job, step))
+            .map_err(CheckpointError::storage(context.clone()))?;
         self.db.flush().map_err(CheckpointError::storage(context))?;
         self.count_commit()?;
         self.lock_in_progress().remove(&upload);

@@ -116,6 +116,12 @@ pub enum RecordOp {
         job: crate::model::JobId,
         checkpoints: bool,
     },
+    /// Checkpoints of `job` the job's retention lets go, as the leader decided once a newer
+    /// one was held by a majority: removed from every replica in log order.
+    ForgetCheckpoints {
+        job: crate::model::JobId,
+        steps: Vec<u64>,
+    },
 }
 
 pub fn encode_proposal(p: &Proposal) -> Result<Vec<u8>, StoreError> {

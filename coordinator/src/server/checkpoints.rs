@@ -15,6 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
 use crate::checkpoints::{CheckpointError, CheckpointStore, Manifest, PartKey};
+use crate::log::codec::RecordOp;
 use crate::model::JobId;
 use crate::replication::{PartReplica, PartStream};
 use crate::server::checkpoint_mirror::{Mirror, MirrorTargets};
@@ -204,7 +205,7 @@ impl Checkpoints {
             }
         };
         if let Some(m) = &committed {
-            let note = self.after_commit(job, m.step, retention).await?;
+            let note = self.after_commit(job, m.step, Some(retention)).await?;
             self.handle.event(
                 job,
                 generation,
@@ -222,25 +223,44 @@ impl Checkpoints {
     }
 
     /// Removes what the new checkpoint makes unnecessary: uploads older than it that never
-    /// completed, and the checkpoints the job's retention lets go. A note for the job's log.
+    /// completed, and, given the job's `retention` (where the checkpoint was uploaded, not
+    /// copied), the checkpoints it lets go. A replicated coordinator removes those through
+    /// the log, so that every replica removes the same ones in the same order and none
+    /// fetches them back. A note for the job's log.
     async fn after_commit(
         &self,
         job: JobId,
         step: u64,
-        retention: crate::model::Retention,
+        retention: Option<crate::model::Retention>,
     ) -> Result<String, Status> {
         let store = self.store.clone();
+        let replicated = self.mirror.is_some();
         let removed = tokio::task::spawn_blocking(move || {
             store.collect_older_uploads(job, step)?;
-            store.apply_retention(job, &retention)
+            match retention {
+                None => Ok(vec![]),
+                Some(r) if replicated => store.retention_removals(job, &r),
+                Some(r) => store.apply_retention(job, &r),
+            }
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(match removed {
-            Ok(steps) if steps.is_empty() => String::new(),
-            Ok(steps) => format!("; removed step(s) {steps:?} by retention"),
-            Err(e) => format!("; retention failed: {e}"),
-        })
+        let steps = match removed {
+            Ok(steps) if steps.is_empty() => return Ok(String::new()),
+            Ok(steps) => steps,
+            Err(e) => return Ok(format!("; retention failed: {e}")),
+        };
+        if replicated {
+            let op = RecordOp::ForgetCheckpoints {
+                job,
+                steps: steps.clone(),
+            };
+            if let Err(e) = self.handle.append_records(vec![op]).await {
+                // The next checkpoint's retention covers these steps again.
+                return Ok(format!("; retention deferred: {}", e.message()));
+            }
+        }
+        Ok(format!("; removed step(s) {steps:?} by retention"))
     }
 
     /// Stores a part received from the rank (or, on a replica, copied by the leader), copying
@@ -508,9 +528,10 @@ impl PartReplica for Checkpoints {
         mut stream: Streaming<pb::CheckpointUpload>,
     ) -> Result<pb::UploadCheckpointResponse, Status> {
         let (first, part, job) = first_part(&mut stream).await?;
-        let retention = self
-            .handle
-            .read_local(move |v| v.state.job(job).map(|j| j.retention.clone()))
+        // A job this replica has not heard of yet (it is behind) is refused: its copy comes
+        // again with the next repair.
+        self.handle
+            .read_local(move |v| v.state.job(job).map(|_| ()))
             .await?
             .map_err(convert::status)?;
         self.room_for(part.len)?;
@@ -523,7 +544,7 @@ impl PartReplica for Checkpoints {
         match self.receive(&key, &part, first, &mut stream, None).await {
             Ok(committed) => {
                 if let Some(m) = &committed {
-                    self.after_commit(job, m.step, retention).await?;
+                    self.after_commit(job, m.step, None).await?;
                 }
                 Ok(pb::UploadCheckpointResponse {
                     committed: committed.is_some(),

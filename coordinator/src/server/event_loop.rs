@@ -424,20 +424,26 @@ impl EventLoop {
         Ok(())
     }
 
-    /// Removes the checkpoints of jobs deleted without keeping them (see `RecordOp`). Done
-    /// in the loop, in log order, so that once the entry is applied the files are gone.
+    /// Removes the checkpoints of jobs deleted without keeping them, and those retention let
+    /// go (see `RecordOp`). Done in the loop, in log order, so that once the entry is applied
+    /// the files are gone.
     fn forget_checkpoints(&self, ops: &[RecordOp]) {
         let Some(store) = &self.checkpoints else {
             return;
         };
         for op in ops {
-            if let RecordOp::ForgetJob {
-                job,
-                checkpoints: true,
-            } = op
-                && let Err(e) = store.remove_job(*job)
-            {
-                tracing::warn!("removing the checkpoints of {job}: {e}");
+            let (job, removed) = match op {
+                RecordOp::ForgetJob {
+                    job,
+                    checkpoints: true,
+                } => (job, store.remove_job(*job).map(|_| ())),
+                RecordOp::ForgetCheckpoints { job, steps } => {
+                    (job, store.forget_steps(*job, steps).map(|_| ()))
+                }
+                _ => continue,
+            };
+            if let Err(e) = removed {
+                tracing::warn!("removing checkpoints of {job}: {e}");
             }
         }
     }

@@ -181,6 +181,8 @@ impl Records {
                 RecordOp::Log { job, line } => (job, self.append_log(*job, line)),
                 RecordOp::Metrics { job, metrics } => (job, self.append_metrics(*job, metrics)),
                 RecordOp::ForgetJob { job, .. } => (job, self.remove_job(*job).map(|_| ())),
+                // The checkpoint store's (see the event loop).
+                RecordOp::ForgetCheckpoints { .. } => continue,
             };
             if let Err(e) = r {
                 tracing::warn!("keeping a record of {job}: {e}");
