@@ -42,6 +42,15 @@ fn free_port() -> u16 {
         .port()
 }
 
+fn signal_pid(pid: u32, signal: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill -{signal} {pid}");
+}
+
 impl Cluster {
     /// A coordinator with a short heartbeat timeout (so loss is detected quickly in tests).
     pub fn start(heartbeat_timeout_ms: u64) -> Cluster {
@@ -233,12 +242,17 @@ impl Cluster {
             .daemon
             .as_ref()
             .expect("a running replica");
-        let ok = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(d.pid().to_string())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "kill -{signal} {}", d.pid());
+        signal_pid(d.pid(), signal);
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to worker daemon `name`.
+    pub fn signal_worker(&self, name: &str, signal: &str) {
+        let w = self
+            .workers
+            .iter()
+            .find(|w| w.name() == name)
+            .expect("a running worker");
+        signal_pid(w.pid(), signal);
     }
 
     /// Whether replica `node` has exited by itself (its status then), without waiting.

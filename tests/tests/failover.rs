@@ -388,3 +388,30 @@ fn checkpoints_stay_whole_as_copies_are_damaged_and_members_change() {
         assert_eq!(steps, [300, 400, 500], "replica {node}");
     }
 }
+
+/// A gang caught in its rendezvous by a failover: one of its two workers is frozen before it
+/// can launch its rank, so the rendezvous cannot complete before the leader is killed. Once
+/// the worker thaws it reattaches to the new leader, its rank publishes there, and the job
+/// ends in its first attempt.
+#[test]
+fn a_gang_caught_in_its_rendezvous_by_a_failover_completes_without_a_restart() {
+    let _g = serial();
+    // A heartbeat timeout the frozen worker stays within.
+    let mut c = Cluster::start_replicated(3, 60_000);
+    for name in ["alpha", "beta"] {
+        c.add_worker(name, 1);
+    }
+    c.wait_workers(2);
+    let dir = c.dir.path().to_path_buf();
+    c.signal_worker("beta", "STOP");
+    let job = c.submit(&spec(&dir, "gang", 200), &[]);
+    c.wait_state(&job, "running", Duration::from_secs(60));
+    let leader = c.wait_leader(Duration::from_secs(30));
+    c.kill_member(leader);
+    let new_leader = c.wait_leader(Duration::from_secs(30));
+    assert_ne!(new_leader, leader);
+    c.signal_worker("beta", "CONT");
+    let done = c.wait_state(&job, "succeeded", Duration::from_secs(300));
+    let attempts = done["attempts"].as_array().map_or(0, Vec::len);
+    assert_eq!(attempts, 1, "the gang restarted: {done}");
+}

@@ -45,6 +45,21 @@ impl CheckpointStore {
         }
     }
 
+    /// Abandons the uploads of `job`'s step `step` in progress here (a fetch from a peer that
+    /// stopped answering), so that the step can be fetched again.
+    pub fn abort_uploads_of(&self, job: JobId, step: u64) -> Result<(), CheckpointError> {
+        let generations: Vec<u64> = self
+            .lock_in_progress()
+            .keys()
+            .filter(|u| u.job == job && u.step == step)
+            .map(|u| u.generation)
+            .collect();
+        for generation in generations {
+            self.abort(job, step, generation)?;
+        }
+        Ok(())
+    }
+
     /// Removes a damaged copy of `job`'s checkpoint at `step` (its manifest, its damage
     /// record, every upload of the step not in progress), so that a good copy can be stored.
     /// The manifest goes first, as in every removal.

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use convoy_proto::v1 as pb;
 use convoy_proto::v1::raft_peer_client::RaftPeerClient;
@@ -35,6 +36,11 @@ type PendingMeta = Arc<Mutex<BTreeMap<(JobId, u64, u64), (BTreeMap<String, f64>,
 const MAX_CHECKPOINT_BYTES: u64 = 256 << 30;
 /// Disk space an upload must leave free: the command log, the index and the records need it.
 const DISK_MARGIN: u64 = 64 << 20;
+/// How long a peer may take to list its checkpoints for a repair.
+const LIST_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long fetching one checkpoint from a peer may take before it is abandoned (a frozen
+/// peer must not hold the repairs up for ever).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[derive(Clone)]
 pub(crate) struct Checkpoints {
@@ -354,13 +360,18 @@ impl Checkpoints {
     }
 
     /// The checkpoint at `step`, or the newest that verifies (with the reasons newer ones were
-    /// skipped, also written to the job's log).
+    /// skipped, also written to the job's log). Replicated, the newest is looked for on the
+    /// other replicas too: one a majority acknowledged may be missing here (this replica
+    /// leads since a failover and was behind), or damaged here and whole there.
     async fn resolve(
         &self,
         job: JobId,
         step: Option<u64>,
     ) -> Result<(Manifest, Vec<String>), Status> {
         self.known_job(job).await?;
+        if step.is_none() {
+            self.repair(Some(job)).await?;
+        }
         let store = self.store.clone();
         let found = tokio::task::spawn_blocking(move || match step {
             Some(s) => store.get(job, s).map(|m| (m, vec![])),
@@ -672,11 +683,17 @@ impl Checkpoints {
             let request = targets.request(pb::ListCheckpointStepsRequest {
                 job_ids: job_ids.clone(),
             });
-            let steps = match client.list_checkpoint_steps(request).await {
-                Ok(r) => r.into_inner().steps,
-                Err(s) => {
+            // A frozen peer must not hold up a resume, nor the next repairs.
+            let listed = tokio::time::timeout(LIST_TIMEOUT, client.list_checkpoint_steps(request));
+            let steps = match listed.await {
+                Ok(Ok(r)) => r.into_inner().steps,
+                Ok(Err(s)) => {
                     // An unreachable peer is reported by the transport; try the next one.
                     tracing::debug!("listing replica {peer}'s checkpoints: {}", s.message());
+                    continue;
+                }
+                Err(_) => {
+                    tracing::debug!("replica {peer} did not list its checkpoints in time");
                     continue;
                 }
             };
@@ -691,7 +708,27 @@ impl Checkpoints {
                 if !needed {
                     continue;
                 }
-                match self.fetch(&targets, &mut client, &s).await {
+                let fetched_in_time =
+                    tokio::time::timeout(FETCH_TIMEOUT, self.fetch(&targets, &mut client, &s));
+                let result = match fetched_in_time.await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        // The fetch was dropped midway: what it stored goes.
+                        self.pending
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .retain(|(j, st, _), _| (*j, *st) != (job, step));
+                        let store = self.store.clone();
+                        let _ =
+                            tokio::task::spawn_blocking(move || store.abort_uploads_of(job, step))
+                                .await;
+                        Err(Status::deadline_exceeded(format!(
+                            "not fetched within {} s",
+                            FETCH_TIMEOUT.as_secs()
+                        )))
+                    }
+                };
+                match result {
                     Ok(()) => {
                         fetched += 1;
                         tracing::info!("fetched {job} step {step} from replica {peer}");
