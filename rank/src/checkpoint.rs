@@ -263,7 +263,7 @@ pub fn download(
         match try_download(client, job, step) {
             Err(DownloadError::Status(s)) if s.code() == Code::NotFound => return Ok(None),
             Err(DownloadError::Status(s))
-                if s.code() == Code::Unavailable && Instant::now() < deadline =>
+                if convoy_client::submit::is_transient(&s) && Instant::now() < deadline =>
             {
                 std::thread::sleep(Duration::from_millis(500));
             }

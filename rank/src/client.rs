@@ -59,8 +59,10 @@ impl RankClient {
     }
 
     /// Publishes this rank's address (and on rank 0 of a CUDA job the NCCL unique id) and
-    /// waits for everyone's. Retries while the coordinator is unreachable (it may be
-    /// restarting), up to the collective timeout.
+    /// waits for everyone's. Retries while the coordinator is unreachable, up to the
+    /// collective timeout: it may be restarting, or its leader may have died while this rank
+    /// waited (the call then breaks with a transport error), and the rendezvous table is not
+    /// replicated, so the rank publishes again to the next one.
     pub fn rendezvous(
         &self,
         launch: &RankLaunch,
@@ -68,6 +70,11 @@ impl RankClient {
         nccl_id: Vec<u8>,
     ) -> Result<Rendezvous, RankError> {
         let deadline = Instant::now() + launch.collective_timeout();
+        // For the job's log: a gang that does not start is seen waiting here.
+        println!(
+            "rank {} at the rendezvous of the {} ranks of attempt {}",
+            launch.rank, launch.world_size, launch.generation
+        );
         loop {
             let req = pb::RendezvousRequest {
                 job_id: launch.job_id.clone(),
@@ -84,11 +91,11 @@ impl RankClient {
                         nccl_id: r.nccl_id,
                     });
                 }
-                Err(s) if s.code() == Code::Unavailable && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(500));
-                }
                 Err(s) if s.code() == Code::FailedPrecondition => {
                     return Err(RankError::Superseded(s.message().to_string()));
+                }
+                Err(s) if convoy_client::submit::is_transient(&s) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(500));
                 }
                 Err(s) => {
                     return Err(RankError::Rpc {

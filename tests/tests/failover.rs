@@ -29,14 +29,20 @@ fn spec(dir: &Path, name: &str, steps: u64) -> PathBuf {
     path
 }
 
+/// Three replicated coordinators and workers alpha and beta with `slots` slots each.
+fn three_with_two_workers(heartbeat_timeout_ms: u64, slots: u32) -> Cluster {
+    let mut c = Cluster::start_replicated(3, heartbeat_timeout_ms);
+    for name in ["alpha", "beta"] {
+        c.add_worker(name, slots);
+    }
+    c.wait_workers(2);
+    c
+}
+
 #[test]
 fn a_leader_killed_during_training_costs_no_rank_restart_and_no_acknowledged_submit() {
     let _g = serial();
-    let mut c = Cluster::start_replicated(3, 5_000);
-    for name in ["alpha", "beta"] {
-        c.add_worker(name, 2);
-    }
-    c.wait_workers(2);
+    let mut c = three_with_two_workers(5_000, 2);
     let dir = c.dir.path().to_path_buf();
     // Whether the kill lands during training depends on how fast this machine trains: a job
     // that ended before its leader was killed proves nothing, so the next try is longer.
@@ -236,11 +242,7 @@ fn a_frozen_leader_is_replaced_and_rejoins_as_a_follower_when_it_thaws() {
 #[test]
 fn a_leader_that_missed_a_checkpoint_fetches_it_from_the_replicas_that_hold_it() {
     let _g = serial();
-    let mut c = Cluster::start_replicated(3, 5_000);
-    for name in ["alpha", "beta"] {
-        c.add_worker(name, 1);
-    }
-    c.wait_workers(2);
+    let mut c = three_with_two_workers(5_000, 1);
     let dir = c.dir.path().to_path_buf();
     let leader = c.wait_leader(Duration::from_secs(30));
     let absent = (1..=3).find(|n| *n != leader).expect("a follower");
@@ -302,11 +304,7 @@ fn a_leader_that_missed_a_checkpoint_fetches_it_from_the_replicas_that_hold_it()
 #[test]
 fn checkpoints_stay_whole_as_copies_are_damaged_and_members_change() {
     let _g = serial();
-    let mut c = Cluster::start_replicated(3, 5_000);
-    for name in ["alpha", "beta"] {
-        c.add_worker(name, 1);
-    }
-    c.wait_workers(2);
+    let mut c = three_with_two_workers(5_000, 1);
     let dir = c.dir.path().to_path_buf();
     // Five checkpoints, of which retention (the newest 3) lets two go, on every replica.
     let job = c.submit(&spec(&dir, "whole", 500), &[]);
@@ -390,22 +388,25 @@ fn checkpoints_stay_whole_as_copies_are_damaged_and_members_change() {
 }
 
 /// A gang caught in its rendezvous by a failover: one of its two workers is frozen before it
-/// can launch its rank, so the rendezvous cannot complete before the leader is killed. Once
-/// the worker thaws it reattaches to the new leader, its rank publishes there, and the job
-/// ends in its first attempt.
+/// can launch its rank, so rank 0 waits at the rendezvous (its log says so) when the leader
+/// is killed. Rank 0 publishes again to the new leader; the worker thaws, reattaches, its
+/// rank publishes there too, and the job ends in its first attempt.
 #[test]
 fn a_gang_caught_in_its_rendezvous_by_a_failover_completes_without_a_restart() {
     let _g = serial();
     // A heartbeat timeout the frozen worker stays within.
-    let mut c = Cluster::start_replicated(3, 60_000);
-    for name in ["alpha", "beta"] {
-        c.add_worker(name, 1);
-    }
-    c.wait_workers(2);
+    let mut c = three_with_two_workers(60_000, 1);
     let dir = c.dir.path().to_path_buf();
     c.signal_worker("beta", "STOP");
     let job = c.submit(&spec(&dir, "gang", 200), &[]);
-    c.wait_state(&job, "running", Duration::from_secs(60));
+    c.wait_for(
+        "rank 0 to wait at the rendezvous",
+        Duration::from_secs(60),
+        || {
+            let logs = c.convoy(&["logs", &job]);
+            String::from_utf8_lossy(&logs.stdout).contains("rank 0 at the rendezvous")
+        },
+    );
     let leader = c.wait_leader(Duration::from_secs(30));
     c.kill_member(leader);
     let new_leader = c.wait_leader(Duration::from_secs(30));
