@@ -4,10 +4,28 @@
 
 use super::CheckpointStore;
 use super::error::CheckpointError;
-use super::keys::{manifest_key, upload_prefix};
+use super::keys::{manifest_key, split_manifest, upload_prefix};
+use super::manifest::{Manifest, decode};
 use crate::model::JobId;
 
 impl CheckpointStore {
+    /// Every committed checkpoint of every job, in (job, step) order: what a replica offers
+    /// its peers to repair from (one scan, however many jobs the cluster has). Manifests
+    /// that do not decode are left out: they are nothing to copy.
+    pub fn all_checkpoints(&self) -> Result<Vec<Manifest>, CheckpointError> {
+        let mut out = vec![];
+        for item in self.manifests.iter() {
+            let (k, v) = item.map_err(CheckpointError::storage("list every checkpoint"))?;
+            let Some((job, step)) = split_manifest(&k) else {
+                continue;
+            };
+            if let Ok(m) = decode(&v, &format!("the manifest of {job} step {step}")) {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
     /// How many committed checkpoints this store holds (a replica's status shows it, so that
     /// an operator sees a replica still fetching what it lacks).
     pub fn count(&self) -> u64 {

@@ -3,7 +3,7 @@
 //! loop (which only answers whether the uploading attempt is still the live one), so a
 //! 100 MB upload does not hold up heartbeats.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -574,6 +574,22 @@ impl PartReplica for Checkpoints {
     }
 
     async fn list_steps(&self, jobs: Vec<String>) -> Result<pb::CheckpointSteps, Status> {
+        if jobs.is_empty() {
+            let store = self.store.clone();
+            let all = tokio::task::spawn_blocking(move || store.all_checkpoints())
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(|e| storage(&self.handle.fail_stop, e))?;
+            let steps = all
+                .into_iter()
+                .map(|m| pb::CheckpointStep {
+                    job_id: m.job.to_string(),
+                    step: m.step,
+                    parts: m.parts.len() as u32,
+                })
+                .collect();
+            return Ok(pb::CheckpointSteps { steps });
+        }
         let mut steps = vec![];
         for id in jobs {
             let job = convert::job_id(&id)?;
@@ -669,15 +685,8 @@ impl Checkpoints {
         let Some(targets) = self.mirror.clone() else {
             return Ok(0);
         };
-        let jobs: Vec<JobId> = match only {
-            Some(job) => vec![job],
-            None => {
-                self.handle
-                    .read_local(|v| v.state.jobs.keys().copied().collect())
-                    .await?
-            }
-        };
-        let job_ids: Vec<String> = jobs.iter().map(ToString::to_string).collect();
+        // One job, or every checkpoint a peer holds (one scan there, however many jobs).
+        let job_ids: Vec<String> = only.iter().map(ToString::to_string).collect();
         let mut fetched = 0;
         for (peer, mut client) in targets.peers() {
             let request = targets.request(pb::ListCheckpointStepsRequest {
@@ -697,8 +706,26 @@ impl Checkpoints {
                     continue;
                 }
             };
+            // Only the jobs this replica knows: a peer behind may still hold a deleted
+            // job's checkpoints.
+            let listed: BTreeSet<JobId> = steps
+                .iter()
+                .filter_map(|s| convert::job_id(&s.job_id).ok())
+                .collect();
+            let known: BTreeSet<JobId> = self
+                .handle
+                .read_local(move |v| {
+                    listed
+                        .into_iter()
+                        .filter(|j| v.state.jobs.contains_key(j))
+                        .collect()
+                })
+                .await?;
             for s in steps {
                 let job = convert::job_id(&s.job_id)?;
+                if !known.contains(&job) {
+                    continue;
+                }
                 let store = self.store.clone();
                 let step = s.step;
                 let needed = tokio::task::spawn_blocking(move || store.needs_copy(job, step))
