@@ -2,6 +2,7 @@
 
 mod cluster;
 mod data;
+mod display;
 mod train;
 
 use std::path::PathBuf;
@@ -267,7 +268,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            display::say_err!("error: {e:#}");
             ExitCode::FAILURE
         }
     }

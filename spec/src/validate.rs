@@ -29,6 +29,10 @@ impl JobSpec {
                 self.name.len()
             )
         })?;
+        // A name is shown in every listing, on other users' terminals too.
+        check(!self.name.chars().any(char::is_control), || {
+            format!("name = {:?}: control characters are not allowed", self.name)
+        })?;
         check(self.steps >= 1, || "steps = 0: must be at least 1".into())?;
         check(
             self.precision.is_fp32() || self.backend == Backend::Cuda,

@@ -77,6 +77,10 @@ fn invalid_values_name_field_value_and_allowed_range() {
     let cases = [
         (BASE.replace("steps = 10", "steps = 0"), "steps = 0"),
         (
+            BASE.replace("name = \"t\"", "name = \"x\\u001b]0;owned\\u0007\""),
+            "name = \"x\\u{1b}]0;owned\\u{7}\": control characters are not allowed",
+        ),
+        (
             BASE.replace("n_embd = 16", "n_embd = 15"),
             "model.n_embd = 15",
         ),

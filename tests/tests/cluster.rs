@@ -276,3 +276,39 @@ fn bad_input_gets_one_line_errors_and_the_coordinator_keeps_its_data() {
     assert_eq!(c.job(&id)["state"], "queued");
     assert!(c.job(&id)["reason"].as_str().unwrap().contains("slot"));
 }
+
+/// What a job sends to operators' terminals (a failure reason naming its data file, its
+/// log) shows escape sequences escaped instead of obeying them.
+#[test]
+fn escape_sequences_from_a_job_are_shown_escaped_not_obeyed() {
+    let _g = serial();
+    let mut c = Cluster::start(5_000);
+    c.add_worker("alpha", 1);
+    c.wait_workers(1);
+    let spec = digits_spec(c.dir.path(), "escapes", 50, 1);
+    let text = std::fs::read_to_string(&spec).expect("spec");
+    let data = text
+        .lines()
+        .find_map(|l| l.strip_prefix("path = "))
+        .expect("a data path")
+        .to_string();
+    // A data file that does not exist, named with the sequence that retitles a terminal.
+    let text = text.replace(&data, "\"/nonexistent/x\\u001b]0;owned\\u0007.csv\"");
+    std::fs::write(&spec, text).expect("spec");
+    let id = c.submit(&spec, &[]);
+    c.wait_state(&id, "failed", Duration::from_secs(120));
+    for args in [vec!["job", "show", &id], vec!["jobs"], vec!["logs", &id]] {
+        let out = c.convoy(&args);
+        let shown = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !shown.contains('\u{1b}'),
+            "{args:?} printed a raw escape: {shown}"
+        );
+        if args[0] != "jobs" {
+            assert!(
+                shown.contains("x\\u{1b}]0;owned\\u{7}.csv"),
+                "{args:?}: {shown}"
+            );
+        }
+    }
+}

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use super::jobs::{job_json, state as job_state};
 use super::{ago, connect, rpc};
+use crate::display::{say, say_err};
 
 /// `JOB` or `JOB@STEP`, as `init_from = "job:…"` spells it.
 fn parse_ref(text: &str) -> Result<(String, Option<u64>)> {
@@ -41,14 +42,14 @@ pub async fn list(coordinator: &str, job: &str, json_out: bool) -> Result<()> {
         .into_inner()
         .checkpoints;
     if json_out {
-        println!("{}", Value::Array(list.iter().map(info_json).collect()));
+        say!("{}", Value::Array(list.iter().map(info_json).collect()));
         return Ok(());
     }
     if list.is_empty() {
-        println!("{job} has no checkpoints");
+        say!("{job} has no checkpoints");
         return Ok(());
     }
-    println!("{:>8}  {:>10}  {:>10}  METRICS", "STEP", "SAVED", "SIZE");
+    say!("{:>8}  {:>10}  {:>10}  METRICS", "STEP", "SAVED", "SIZE");
     for ck in &list {
         let mut metrics: Vec<String> = ck
             .metrics
@@ -59,7 +60,7 @@ pub async fn list(coordinator: &str, job: &str, json_out: bool) -> Result<()> {
         if !ck.damage.is_empty() {
             metrics = vec![format!("DAMAGED: {}", ck.damage)];
         }
-        println!(
+        say!(
             "{:>8}  {:>10}  {:>8.1}MB  {}",
             ck.step,
             ago(ck.created_at_ms),
@@ -82,12 +83,12 @@ pub async fn verify(coordinator: &str, reference: &str, json_out: bool) -> Resul
         .info
         .ok_or_else(|| anyhow!("the coordinator sent no checkpoint info"))?;
     if json_out {
-        println!(
+        say!(
             "{}",
             json!({"ok": true, "chunks": r.chunks, "checkpoint": info_json(&info)})
         );
     } else {
-        println!(
+        say!(
             "{}@{}: ok ({} chunks, {:.1} MB, every checksum matches)",
             info.job_id,
             info.step,
@@ -122,13 +123,13 @@ pub async fn export_to(
         .await
         .map_err(|e| anyhow!("{job}'s checkpoint did not arrive intact: {e}"))?;
     for s in &received.skipped {
-        eprintln!("note: {s}");
+        say_err!("note: {s}");
     }
     let (info, bytes) = (received.info, received.bytes);
     let origin = Path::new(&reference).to_path_buf();
     let st = state::decode(&bytes, &origin)?;
     export(&st, format, output).with_context(|| format!("exporting to {}", output.display()))?;
-    println!(
+    say!(
         "{}@{} written to {} ({format})",
         info.job_id,
         info.step,
@@ -182,9 +183,9 @@ pub async fn resume(coordinator: &str, job: &str, json_out: bool) -> Result<()> 
         .map_err(rpc)?
         .into_inner();
     if json_out {
-        println!("{}", job_json(&j));
+        say!("{}", job_json(&j));
     } else {
-        println!(
+        say!(
             "{} {} (continues from its latest checkpoint)",
             j.id,
             job_state(&j)

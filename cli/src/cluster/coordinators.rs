@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use crate::display::{say, say_err};
 use anyhow::{Context, Result};
 use convoy_proto::v1 as pb;
 use convoy_proto::v1::replicas_client::ReplicasClient;
@@ -36,7 +37,7 @@ pub async fn transfer(coordinators: &str, to: u64) -> Result<()> {
         tries += 1;
         match c.transfer_leader(pb::TransferLeaderRequest { to }).await {
             Ok(r) => {
-                eprintln!("coordinator {} leads now (term {})", to, r.get_ref().term);
+                say_err!("coordinator {} leads now (term {})", to, r.get_ref().term);
                 return Ok(());
             }
             Err(s) if s.code() == tonic::Code::Unavailable && tries < 5 => {
@@ -79,11 +80,11 @@ pub async fn change(coordinators: &str, add: Option<&str>, remove: Option<u64>) 
         tries += 1;
         match c.change_members(request.clone()).await {
             Ok(_) if request.address.is_empty() => {
-                eprintln!("coordinator {} was removed", request.node_id);
+                say_err!("coordinator {} was removed", request.node_id);
                 return Ok(());
             }
             Ok(_) => {
-                eprintln!(
+                say_err!(
                     "coordinator {} was added as a learner; start it with --join, and it \
                      becomes a voter once it has caught up",
                     request.node_id
@@ -142,16 +143,23 @@ pub async fn list(coordinators: &str, json_out: bool) -> Result<()> {
                 Err(e) => json!({"address": url, "error": e}),
             })
             .collect();
-        println!("{}", Value::Array(rows));
+        say!("{}", Value::Array(rows));
         return Ok(());
     }
-    println!(
+    say!(
         "{:<4} {:<28} {:<10} {:>6} {:>10} {:>10} {:>6} {:>11}",
-        "ID", "ADDRESS", "ROLE", "TERM", "COMMIT", "APPLIED", "LAG", "CHECKPOINTS"
+        "ID",
+        "ADDRESS",
+        "ROLE",
+        "TERM",
+        "COMMIT",
+        "APPLIED",
+        "LAG",
+        "CHECKPOINTS"
     );
     for (url, a) in &answers {
         match a {
-            Ok(s) => println!(
+            Ok(s) => say!(
                 "{:<4} {:<28} {:<10} {:>6} {:>10} {:>10} {:>6} {:>11}",
                 s.node_id,
                 url,
@@ -162,7 +170,7 @@ pub async fn list(coordinators: &str, json_out: bool) -> Result<()> {
                 lag(s).map_or("-".into(), |l| l.to_string()),
                 s.checkpoints
             ),
-            Err(e) => println!("{:<4} {:<28} unreachable: {e}", "-", url),
+            Err(e) => say!("{:<4} {:<28} unreachable: {e}", "-", url),
         }
     }
     Ok(())

@@ -15,6 +15,7 @@ use convoy_harness::{Daemon, Harness, READY_TIMEOUT, bin_dir_of_current_exe};
 
 use crate::cluster::connect;
 use crate::cluster::submit::{self, SubmitArgs};
+use crate::display::say_err;
 
 #[derive(Args)]
 pub struct DevArgs {
@@ -47,7 +48,7 @@ const STOP_GRACE: Duration = Duration::from_secs(15);
 /// Stops a daemon, saying so when it had to be killed.
 fn stop(d: &mut Daemon) {
     if !d.stop(STOP_GRACE) {
-        eprintln!("{} did not stop within {STOP_GRACE:?}; killed it", d.name());
+        say_err!("{} did not stop within {STOP_GRACE:?}; killed it", d.name());
     }
 }
 
@@ -73,7 +74,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     if result.is_err() {
         // Keep the daemons' logs (the error may point at one) for a look at what went wrong.
         let kept = dir.keep();
-        eprintln!("convoy dev: logs kept in {}", kept.display());
+        say_err!("convoy dev: logs kept in {}", kept.display());
     }
     result
 }
@@ -128,7 +129,7 @@ async fn cluster(args: &DevArgs, dir: &Path) -> Result<()> {
     let result = tokio::select! {
         r = drive(&url, args, &mut workers, threads, dir) => r,
         _ = tokio::signal::ctrl_c() => {
-            eprintln!("convoy dev: interrupted; shutting down");
+            say_err!("convoy dev: interrupted; shutting down");
             Ok(())
         }
     };
@@ -220,14 +221,14 @@ async fn drive(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    eprintln!(
+    say_err!(
         "convoy dev: coordinator(s) at {url}, {} workers × {} slots ({threads} threads per rank); logs in {}",
         args.workers,
         args.slots,
         dir.display()
     );
     let Some(spec) = &args.spec else {
-        eprintln!("convoy dev: ready; CONVOY_COORDINATOR={url} convoy submit SPEC. Ctrl-C stops.");
+        say_err!("convoy dev: ready; CONVOY_COORDINATOR={url} convoy submit SPEC. Ctrl-C stops.");
         std::future::pending::<()>().await;
         return Ok(());
     };

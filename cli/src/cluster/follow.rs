@@ -12,6 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use crate::cluster::rpc;
+use crate::display::{say, say_err};
 
 /// Prints a log line as `convoy logs` does: `[convoy]` for convoy's events, `[rank N]` for a
 /// rank's output.
@@ -66,7 +67,7 @@ pub async fn follow(client: &mut ConvoyClient<Channel>, id: &str, json: bool) ->
             m = metrics.message(), if metrics_open => match m {
                 Ok(Some(m)) => {
                     if json {
-                        println!("{}", json!({
+                        say!("{}", json!({
                             "event": if m.val_loss.is_some() { "eval" } else { "step" },
                             "step": m.step, "loss": m.loss, "val_loss": m.val_loss,
                             "lr": m.lr, "throughput": m.throughput, "unit": m.unit,
@@ -89,13 +90,13 @@ pub async fn follow(client: &mut ConvoyClient<Channel>, id: &str, json: bool) ->
             l = logs.message() => match l {
                 Ok(Some(l)) => {
                     if json {
-                        println!("{}", json!({
+                        say!("{}", json!({
                             "event": "log", "rank": l.rank, "stream": l.stream,
                             "generation": l.generation, "text": l.text,
                         }));
                     } else {
                         if bar.is_hidden() {
-                            println!("{}", format_line(&l));
+                            say!("{}", format_line(&l));
                         } else {
                             bar.println(format_line(&l));
                         }
@@ -131,7 +132,7 @@ pub async fn follow(client: &mut ConvoyClient<Channel>, id: &str, json: bool) ->
     let state = pb::JobState::try_from(job.state).unwrap_or(pb::JobState::Unspecified);
     let attempts = job.attempts.len();
     if json {
-        println!(
+        say!(
             "{}",
             json!({"event": "end", "job_id": id, "state": state_name(state), "reason": job.reason, "attempts": attempts})
         );
@@ -139,7 +140,7 @@ pub async fn follow(client: &mut ConvoyClient<Channel>, id: &str, json: bool) ->
     match state {
         pb::JobState::Succeeded => {
             if !json {
-                eprintln!(
+                say_err!(
                     "{id} succeeded ({attempts} attempt{})",
                     if attempts == 1 { "" } else { "s" }
                 );

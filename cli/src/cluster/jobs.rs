@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 
 use crate::cluster::follow::{format_line, state_name};
 use crate::cluster::{ago, connect, rpc};
+use crate::display::say;
 
 pub fn state(j: &pb::Job) -> &'static str {
     state_name(pb::JobState::try_from(j.state).unwrap_or(pb::JobState::Unspecified))
@@ -46,15 +47,22 @@ pub async fn list(coordinator: &str, json_out: bool) -> Result<()> {
         .into_inner()
         .jobs;
     if json_out {
-        println!("{}", Value::Array(jobs.iter().map(job_json).collect()));
+        say!("{}", Value::Array(jobs.iter().map(job_json).collect()));
         return Ok(());
     }
-    println!(
+    say!(
         "{:<10} {:<20} {:<10} {:>4} {:>5} {:>13} {:>8} {:>8}  REASON",
-        "ID", "NAME", "STATE", "PRIO", "RANKS", "STEP", "LOSS", "ATTEMPTS"
+        "ID",
+        "NAME",
+        "STATE",
+        "PRIO",
+        "RANKS",
+        "STEP",
+        "LOSS",
+        "ATTEMPTS"
     );
     for j in &jobs {
-        println!(
+        say!(
             "{:<10} {:<20} {:<10} {:>4} {:>5} {:>13} {:>8} {:>8}  {}",
             j.id,
             j.name,
@@ -89,7 +97,7 @@ pub async fn delete(
         .map_err(rpc)?
         .into_inner();
     if json_out {
-        println!(
+        say!(
             "{}",
             serde_json::json!({
                 "job_id": id,
@@ -103,9 +111,10 @@ pub async fn delete(
         } else {
             ""
         };
-        println!(
+        say!(
             "deleted {id}: {} checkpoints and {} log and metric records removed{kept}",
-            r.checkpoints_removed, r.records_removed
+            r.checkpoints_removed,
+            r.records_removed
         );
     }
     Ok(())
@@ -119,28 +128,31 @@ pub async fn show(coordinator: &str, id: &str, json_out: bool) -> Result<()> {
         .map_err(rpc)?
         .into_inner();
     if json_out {
-        println!("{}", job_json(&j));
+        say!("{}", job_json(&j));
         return Ok(());
     }
-    println!("{} ({})", j.id, j.name);
-    println!("  state:      {}", state(&j));
+    say!("{} ({})", j.id, j.name);
+    say!("  state:      {}", state(&j));
     if !j.reason.is_empty() {
-        println!("  reason:     {}", j.reason);
+        say!("  reason:     {}", j.reason);
     }
-    println!("  priority:   {}", j.priority);
-    println!("  ranks:      {} ({})", j.world_size, j.backend);
-    println!("  progress:   step {}/{}", j.step, j.steps);
+    say!("  priority:   {}", j.priority);
+    say!("  ranks:      {} ({})", j.world_size, j.backend);
+    say!("  progress:   step {}/{}", j.step, j.steps);
     if let Some(m) = &j.latest {
-        println!(
+        say!(
             "  loss:       {:.4}   {:.0} {}/s   lr {:.2e}",
-            m.loss, m.throughput, m.unit, m.lr
+            m.loss,
+            m.throughput,
+            m.unit,
+            m.lr
         );
     }
-    println!("  submitted:  {}", ago(j.submitted_at_ms));
-    println!("  restarts:   {} allowed", j.max_restarts);
-    println!("  attempts:");
+    say!("  submitted:  {}", ago(j.submitted_at_ms));
+    say!("  restarts:   {} allowed", j.max_restarts);
+    say!("  attempts:");
     for a in &j.attempts {
-        println!(
+        say!(
             "    {}: started {}, on {}{}",
             a.generation,
             ago(a.started_at_ms),
@@ -163,9 +175,9 @@ pub async fn cancel(coordinator: &str, id: &str, json_out: bool) -> Result<()> {
         .map_err(rpc)?
         .into_inner();
     if json_out {
-        println!("{}", job_json(&j));
+        say!("{}", job_json(&j));
     } else {
-        println!("{} {}", j.id, state(&j));
+        say!("{} {}", j.id, state(&j));
     }
     Ok(())
 }
@@ -189,12 +201,12 @@ pub async fn logs(
         .into_inner();
     while let Some(l) = stream.message().await.map_err(rpc)? {
         if json_out {
-            println!(
+            say!(
                 "{}",
                 json!({"rank": l.rank, "generation": l.generation, "stream": l.stream, "text": l.text, "at_ms": l.at_ms})
             );
         } else {
-            println!("{}", format_line(&l));
+            say!("{}", format_line(&l));
         }
     }
     Ok(())

@@ -13,6 +13,7 @@ use convoy_proto::v1::convoy_client::ConvoyClient;
 use serde_json::json;
 
 use crate::cluster::{connect, follow, rpc};
+use crate::display::{say, say_err};
 
 #[derive(Args)]
 pub struct SubmitArgs {
@@ -106,7 +107,7 @@ pub async fn submit(client: &mut ConvoyClient<Channel>, args: &SubmitArgs) -> Re
     );
     let retry_for = Duration::from_secs_f64(args.retry_for);
     let id = submit::submit_with_retry(client, request, retry_for, |status, delay| {
-        eprintln!(
+        say_err!(
             "convoy: submit: {} (retrying in {:.1}s with the same request id)",
             convoy_client::one_line(status),
             delay.as_secs_f64()
@@ -115,9 +116,9 @@ pub async fn submit(client: &mut ConvoyClient<Channel>, args: &SubmitArgs) -> Re
     .await
     .map_err(rpc)?;
     if args.json {
-        println!("{}", json!({ "job_id": id }));
+        say!("{}", json!({ "job_id": id }));
     } else {
-        println!("submitted {id}");
+        say!("submitted {id}");
     }
     if args.follow {
         follow::follow(client, &id, args.json).await?;

@@ -5,6 +5,7 @@ use convoy_proto::v1 as pb;
 use serde_json::{Value, json};
 
 use crate::cluster::{ago, connect, rpc};
+use crate::display::say;
 
 fn worker_json(w: &pb::Worker) -> Value {
     json!({
@@ -24,18 +25,24 @@ pub async fn list(coordinator: &str, json_out: bool) -> Result<()> {
         .into_inner()
         .workers;
     if json_out {
-        println!(
+        say!(
             "{}",
             Value::Array(workers.iter().map(worker_json).collect())
         );
         return Ok(());
     }
-    println!(
+    say!(
         "{:<10} {:<20} {:>5} {:>4} {:<6} {:<9} {:<10}  RANKS",
-        "ID", "NAME", "SLOTS", "GPUS", "STATE", "CORDONED", "HEARD"
+        "ID",
+        "NAME",
+        "SLOTS",
+        "GPUS",
+        "STATE",
+        "CORDONED",
+        "HEARD"
     );
     for w in &workers {
-        println!(
+        say!(
             "{:<10} {:<20} {:>5} {:>4} {:<6} {:<9} {:<10}  {}",
             w.id,
             w.name,
@@ -61,9 +68,9 @@ pub async fn cordon(coordinator: &str, worker: &str, cordoned: bool, json_out: b
         .map_err(rpc)?
         .into_inner();
     if json_out {
-        println!("{}", worker_json(&w));
+        say!("{}", worker_json(&w));
     } else {
-        println!(
+        say!(
             "{} ({}) {}",
             w.id,
             w.name,
@@ -81,7 +88,7 @@ pub async fn status(coordinator: &str, json_out: bool) -> Result<()> {
         .map_err(rpc)?
         .into_inner();
     if json_out {
-        println!(
+        say!(
             "{}",
             json!({
                 "workers_alive": s.workers_alive, "workers_lost": s.workers_lost,
@@ -90,7 +97,7 @@ pub async fn status(coordinator: &str, json_out: bool) -> Result<()> {
             })
         );
     } else {
-        println!(
+        say!(
             "workers: {} alive, {} lost\nslots:   {} free of {}\njobs:    {} running, {} queued",
             s.workers_alive,
             s.workers_lost,
