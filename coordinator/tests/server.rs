@@ -2,6 +2,8 @@
 //! cluster settings a start is given are applied through the log and kept across restarts,
 //! and a worker daemon of another release is refused.
 
+mod common;
+
 use std::path::Path;
 
 use convoy_coordinator::server::{ClusterSettings, ServerConfig, run};
@@ -133,4 +135,88 @@ async fn a_store_holding_a_job_the_log_never_issued_is_refused() {
         msg.contains("records") && msg.contains("job-7") && msg.contains("issued only 0"),
         "{msg}"
     );
+}
+
+/// Log lines a worker ships are kept only for jobs the cluster holds and only on the ranks'
+/// own streams (a rank cannot pass for convoy's job events), each cut to a bound.
+#[tokio::test]
+async fn shipped_log_lines_are_kept_only_for_known_jobs_and_cut_to_a_bound() {
+    use convoy_coordinator::server::MAX_LOG_LINE;
+    let dir = tempfile::tempdir().expect("temp dir");
+    with_server(ServerConfig::new(dir.path()), |addr| async move {
+        let channel = convoy_client::connect(&addr).await.expect("connect");
+        let mut client = pb::convoy_client::ConvoyClient::new(channel.clone());
+        let job = client
+            .submit_job(pb::SubmitJobRequest {
+                spec_toml: convoy_testkit::specs::mlp_text("logs", 1, "cpu"),
+                ..Default::default()
+            })
+            .await
+            .expect("submit")
+            .into_inner()
+            .job_id;
+        let mut api = convoy_client::worker_api(channel);
+        let line = |job: &str, stream: &str, text: String| pb::RankLog {
+            job_id: job.into(),
+            generation: 1,
+            rank: 0,
+            stream: stream.into(),
+            text,
+            at_ms: 1,
+        };
+        api.ship_logs(tokio_stream::iter(vec![
+            line(&job, "stdout", "hello".into()),
+            line(&job, "stderr", "x".repeat(MAX_LOG_LINE + 100)),
+            line("job-99", "stdout", "for no job".into()),
+        ]))
+        .await
+        .expect("shipped");
+        let e = api
+            .ship_logs(tokio_stream::iter(vec![line(
+                &job,
+                "convoy",
+                "checkpoint step 3000 saved".into(),
+            )]))
+            .await
+            .expect_err("a forged job event");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+        let mut stream = client
+            .stream_logs(pb::StreamLogsRequest {
+                job_id: job.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("logs")
+            .into_inner();
+        let mut lines = vec![];
+        while let Some(l) = stream.message().await.expect("a log line") {
+            lines.push(l);
+        }
+        let texts: Vec<&str> = lines
+            .iter()
+            .filter(|l| l.stream != "convoy")
+            .map(|l| l.text.as_str())
+            .collect();
+        assert_eq!(texts.len(), 2, "{texts:?}");
+        assert_eq!(texts[0], "hello");
+        assert!(
+            texts[1].ends_with("(100 more bytes cut)"),
+            "{}",
+            texts[1].len()
+        );
+        assert!(!lines.iter().any(|l| l.text.contains("step 3000")));
+    })
+    .await;
+    let records = common::files::reopen(|| {
+        convoy_coordinator::server::records::Records::open(
+            &dir.path().join("records"),
+            10,
+            10,
+            convoy_coordinator::server::FailStop::returning(),
+        )
+    });
+    let (lines, _) = records
+        .read_logs(convoy_coordinator::JobId(99), 0, 10)
+        .expect("read");
+    assert!(lines.is_empty(), "lines kept for a job that does not exist");
 }

@@ -54,6 +54,7 @@ pub use fail_stop::FailStop;
 pub use settings::{
     ClusterSettings, ReplicationConfig, ServerConfig, defaults, parse_peers, retention_days,
 };
+pub use worker_api::MAX_LOG_LINE;
 
 /// How long in-flight requests may run on after a shutdown began.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1000);

@@ -1,5 +1,6 @@
 //! `convoy.v1.WorkerApi`: what worker daemons and their ranks call.
 
+use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::log::codec::RecordOp;
-use crate::model::RankExit;
+use crate::model::{JobId, RankExit};
 use crate::server::checkpoints::Checkpoints;
 use crate::server::checkpoints::DownloadStream;
 use crate::server::convert;
@@ -20,6 +21,8 @@ use crate::server::request::{RankKey, Request as LoopRequest};
 
 /// Log lines written (or replicated) together at most.
 const LOG_BATCH: usize = 256;
+/// The longest log line kept; a longer one is cut, saying how much was cut.
+pub const MAX_LOG_LINE: usize = 16 << 10;
 
 pub struct WorkerService {
     handle: Handle,
@@ -190,22 +193,50 @@ impl pb::worker_api_server::WorkerApi for WorkerService {
                     Ok(Err(e)) => return Err(e),
                 }
             }
-            let mut ops = Vec::with_capacity(batch.len());
+            let mut lines = Vec::with_capacity(batch.len());
             for line in batch {
                 let job = convert::job_id(&line.job_id)?;
-                let record = pb::LogLine {
-                    rank: line.rank,
-                    generation: line.generation,
-                    stream: line.stream,
-                    text: line.text,
-                    at_ms: line.at_ms,
-                };
-                ops.push(RecordOp::Log {
-                    job,
-                    line: record.encode_to_vec(),
-                });
+                // "convoy" is the coordinator's own stream (job events): a rank's output
+                // never passes for it.
+                if line.stream != "stdout" && line.stream != "stderr" {
+                    return Err(Status::invalid_argument(format!(
+                        "a log line on stream {:?}: ranks write stdout and stderr",
+                        line.stream
+                    )));
+                }
+                lines.push((job, line));
             }
-            self.handle.append_records(ops).await?;
+            // Lines of jobs the cluster does not hold (never submitted, or deleted since)
+            // would only fill the records store: they are dropped.
+            let jobs: BTreeSet<JobId> = lines.iter().map(|(j, _)| *j).collect();
+            let known: BTreeSet<JobId> = self
+                .handle
+                .read_local(move |v| {
+                    jobs.into_iter()
+                        .filter(|j| v.state.jobs.contains_key(j))
+                        .collect()
+                })
+                .await?;
+            let ops: Vec<RecordOp> = lines
+                .into_iter()
+                .filter(|(job, _)| known.contains(job))
+                .map(|(job, line)| {
+                    let record = pb::LogLine {
+                        rank: line.rank,
+                        generation: line.generation,
+                        stream: line.stream,
+                        text: bounded(line.text),
+                        at_ms: line.at_ms,
+                    };
+                    RecordOp::Log {
+                        job,
+                        line: record.encode_to_vec(),
+                    }
+                })
+                .collect();
+            if !ops.is_empty() {
+                self.handle.append_records(ops).await?;
+            }
         }
         Ok(Response::new(pb::Ack {}))
     }
@@ -251,4 +282,19 @@ impl pb::worker_api_server::WorkerApi for WorkerService {
             self.checkpoints.download(request.into_inner()).await?,
         ))
     }
+}
+
+/// `text` cut to [`MAX_LOG_LINE`] bytes (at a character boundary), saying how much was cut.
+fn bounded(mut text: String) -> String {
+    if text.len() <= MAX_LOG_LINE {
+        return text;
+    }
+    let mut end = MAX_LOG_LINE;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = text.len() - end;
+    text.truncate(end);
+    text.push_str(&format!(" … ({cut} more bytes cut)"));
+    text
 }
