@@ -16,12 +16,15 @@ use convoy_proto::v1 as pb;
 use convoy_service::RankLaunch;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::config::WorkerConfig;
 use crate::logship::LogMsg;
+
+/// The most a rank's output line is read at once (the coordinator keeps 16 KiB of it).
+const MAX_LINE_READ: u64 = 64 << 10;
 
 /// How long a rank's exit report waits for its last log lines to be shipped.
 const FLUSH_WAIT: Duration = Duration::from_secs(30);
@@ -322,7 +325,10 @@ impl Supervisor {
             let mut buf = Vec::new();
             loop {
                 buf.clear();
-                match reader.read_until(b'\n', &mut buf).await {
+                // A rank that writes without newlines is read in pieces of a bounded size,
+                // each shipped as a line: the daemon's memory does not follow the rank's.
+                let mut piece = (&mut reader).take(MAX_LINE_READ);
+                match piece.read_until(b'\n', &mut buf).await {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {}
                 }
