@@ -247,6 +247,15 @@ pub enum Effect {
     },
 }
 
+/// Whether a failed attempt's job may run again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Retry {
+    /// If it has attempts left, no earlier than this long from now.
+    After(Millis),
+    /// No: the job itself is at fault.
+    No,
+}
+
 /// The whole replicated state of the cluster.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterState {
@@ -772,6 +781,13 @@ impl ClusterState {
                 } else {
                     format!("rank {rank} on {wid} ({name}) exited with status {status}: {tail}")
                 };
+                // The job's own fault (see `EXIT_JOB_ERROR`) fails it at once and says
+                // nothing about the worker; anything else counts against the worker.
+                if *status == i32::from(convoy_service::EXIT_JOB_ERROR) {
+                    let reason = format!("{reason} (an error of the job: not retried)");
+                    effects.extend(self.fail_attempt(id, now, reason, Retry::No));
+                    return Ok(effects);
+                }
                 let threshold = self.config.auto_cordon_after;
                 if let Ok(w) = self.worker_mut(wid) {
                     w.consecutive_failures += 1;
@@ -787,21 +803,21 @@ impl ClusterState {
                     }
                 }
                 let hold = self.config.restart_delay;
-                effects.extend(self.fail_attempt(id, now, reason, hold));
+                effects.extend(self.fail_attempt(id, now, reason, Retry::After(hold)));
             }
         }
         Ok(effects)
     }
 
     /// Ends the job's live attempt as failed: stops the rest of the gang on alive workers, then
-    /// requeues the job (to start no earlier than `hold` from now) if it has attempts left,
-    /// else fails it with `reason`.
+    /// requeues the job (to start no earlier than the hold from now) if it may be retried and
+    /// has attempts left, else fails it with `reason`.
     fn fail_attempt(
         &mut self,
         id: JobId,
         now: Millis,
         reason: String,
-        hold: Millis,
+        retry: Retry,
     ) -> Vec<Effect> {
         let Some(job) = self.jobs.get_mut(&id) else {
             return vec![];
@@ -829,7 +845,9 @@ impl ClusterState {
         let Some(job) = self.jobs.get_mut(&id) else {
             return effects;
         };
-        if tries < allowed {
+        if let Retry::After(hold) = retry
+            && tries < allowed
+        {
             job.state = JobState::Queued;
             job.not_before = if hold > 0 {
                 now.saturating_add(hold)
@@ -842,9 +860,11 @@ impl ClusterState {
                 reason,
             });
         } else {
-            let state = JobState::Failed {
-                reason: format!("{reason} (attempt {tries} of {allowed})"),
+            let reason = match retry {
+                Retry::After(_) => format!("{reason} (attempt {tries} of {allowed})"),
+                Retry::No => reason,
             };
+            let state = JobState::Failed { reason };
             job.state = state.clone();
             effects.push(Effect::JobFinished { job: id, state });
         }
@@ -922,12 +942,12 @@ impl ClusterState {
                 let reason = format!(
                     "{wid} ({name}) lost: no heartbeat for {silent} ms (timeout {timeout} ms)"
                 );
-                effects.extend(self.fail_attempt(jid, now, reason, 0));
+                effects.extend(self.fail_attempt(jid, now, reason, Retry::After(0)));
             }
         }
         for (jid, quiet, limit) in self.stalled(now) {
             let reason = format!("no progress for {quiet} ms (timeout {limit} ms)");
-            effects.extend(self.fail_attempt(jid, now, reason, 0));
+            effects.extend(self.fail_attempt(jid, now, reason, Retry::After(0)));
         }
         effects
     }

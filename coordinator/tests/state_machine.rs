@@ -582,3 +582,40 @@ fn repeated_failures_cordon_a_worker_until_an_operator_uncordons_it() {
     assert!(s.workers[&w].schedulable());
     assert_eq!(run_scheduler(&mut s, 60_002).len(), 1);
 }
+
+/// A rank that exits with `EXIT_JOB_ERROR` (a missing data file, an invalid spec) fails its job
+/// at once, with the reason, keeping the restarts it was allowed, and counts against no
+/// worker: the same failure would follow the job anywhere.
+#[test]
+fn a_job_error_fails_the_job_once_and_blames_no_worker() {
+    let mut s = cluster();
+    let w = worker(&mut s, "healthy", 1);
+    let mut sub = SubmitJob::parse(&spec("j", 1, "cpu"), "j.toml", 0).expect("a valid spec");
+    sub.max_restarts = 10;
+    s.apply(&Command::SubmitJob(sub)).unwrap();
+    let j = JobId(1);
+    let g = start(&mut s, j, &[w], 0);
+    let status = i32::from(convoy_service::EXIT_JOB_ERROR);
+    let effects = s
+        .apply(&exit(
+            j,
+            g,
+            0,
+            fail(status, "error: data.csv: No such file"),
+        ))
+        .unwrap();
+    let reason = "rank 0 on worker-1 (healthy) exited with status 4: error: data.csv: No such \
+                  file (an error of the job: not retried)";
+    assert!(
+        effects.contains(&Effect::JobFinished {
+            job: j,
+            state: JobState::Failed {
+                reason: reason.into()
+            },
+        }),
+        "{effects:?}"
+    );
+    assert_eq!(s.jobs[&j].attempts.len(), 1);
+    assert_eq!(s.workers[&w].consecutive_failures, 0);
+    assert!(s.workers[&w].cordon.is_none());
+}

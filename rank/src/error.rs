@@ -11,6 +11,9 @@ use convoy_service::launch::LaunchError;
 pub enum RankError {
     #[error("{0}")]
     Config(String),
+    /// The job cannot run as written, wherever it is placed.
+    #[error("{0}")]
+    Job(String),
     #[error(transparent)]
     Launch(#[from] LaunchError),
     #[error(transparent)]
@@ -35,4 +38,35 @@ pub enum RankError {
     Engine(#[from] EngineError),
     #[error("gradient all-reduce: {0}")]
     Collective(#[from] CollectiveError),
+}
+
+impl RankError {
+    /// Whether the job itself is at fault (its spec, its data, its numbers), so that running
+    /// it again, here or elsewhere, fails the same way: the rank exits with
+    /// `EXIT_JOB_ERROR` and the coordinator fails the job without blaming the worker.
+    /// Everything else (the network, the GPU, the machine, the coordinator) is the
+    /// infrastructure's.
+    pub fn is_job_error(&self) -> bool {
+        match self {
+            RankError::Job(_) | RankError::Spec(_) => true,
+            RankError::Engine(e) => match e {
+                EngineError::Data { .. }
+                | EngineError::Spec(_)
+                | EngineError::Checkpoint { .. }
+                | EngineError::Resume(_)
+                | EngineError::InitFrom(_)
+                | EngineError::NonFiniteLoss { .. } => true,
+                // A data file that is not there or not readable; a failing disk is not.
+                EngineError::Io { source, .. } => matches!(
+                    source.kind(),
+                    std::io::ErrorKind::NotFound
+                        | std::io::ErrorKind::PermissionDenied
+                        | std::io::ErrorKind::IsADirectory
+                        | std::io::ErrorKind::InvalidData
+                ),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
 }

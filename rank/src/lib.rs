@@ -133,7 +133,7 @@ pub fn run(launch: RankLaunch) -> Result<(), RankError> {
         spec.resolve_paths(std::path::Path::new(&launch.workdir));
     }
     if spec.world_size != launch.world_size {
-        return Err(RankError::Config(format!(
+        return Err(RankError::Job(format!(
             "the spec says world_size = {}, the placement has {} ranks",
             spec.world_size, launch.world_size
         )));
@@ -177,7 +177,7 @@ pub fn run(launch: RankLaunch) -> Result<(), RankError> {
             if let Some((source, step)) = init_job {
                 let d =
                     checkpoint::download(&client, &source, step, timeout)?.ok_or_else(|| {
-                        RankError::Config(format!(
+                        RankError::Job(format!(
                             "init_from: {source} has no checkpoint{}",
                             step.map_or(String::new(), |s| format!(" at step {s}"))
                         ))

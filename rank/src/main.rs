@@ -1,7 +1,7 @@
 //! `convoy-rank LAUNCH_FILE`: one training rank, started by the worker daemon with the launch
 //! file it wrote (see `convoy_service::launch`). Exits 0 when the job's steps are done, 3 when
-//! the coordinator says the attempt was superseded, 1 after any other error (one line on
-//! stderr).
+//! the coordinator says the attempt was superseded, 4 when the job itself is at fault
+//! (`EXIT_JOB_ERROR`), 1 after any other error (one line on stderr).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +32,7 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             match e {
                 RankError::Superseded(_) => ExitCode::from(EXIT_SUPERSEDED),
+                e if e.is_job_error() => ExitCode::from(convoy_service::EXIT_JOB_ERROR),
                 _ => ExitCode::FAILURE,
             }
         }

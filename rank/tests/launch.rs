@@ -46,7 +46,8 @@ fn a_spec_that_disagrees_with_the_placement_fails_before_any_network_call() {
     let path = dir.path().join("launch.toml");
     launch.write(&path).expect("write");
     let (code, err) = rank(&[path.as_os_str()]);
-    assert_eq!(code, 1, "{err}");
+    // The job's own fault: the coordinator fails it without retrying or blaming the worker.
+    assert_eq!(code, i32::from(convoy_service::EXIT_JOB_ERROR), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(
         err.contains("the spec says world_size = 1, the placement has 2 ranks"),

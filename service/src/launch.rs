@@ -38,6 +38,11 @@ pub struct RankLaunch {
 }
 
 /// One hour: a coordinator restart, a full disk being cleared, a network partition healing.
+/// Exit status of a rank that failed because of its job, not of where it ran (an invalid
+/// spec, a missing or malformed data file, a non-finite loss, an unusable `init_from`): the
+/// coordinator fails the job at once, without retrying it and without blaming the worker.
+pub const EXIT_JOB_ERROR: u8 = 4;
+
 pub const DEFAULT_UPLOAD_RETRY_MS: u64 = 60 * 60 * 1000;
 
 fn default_upload_retry_ms() -> u64 {

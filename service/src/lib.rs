@@ -16,7 +16,7 @@ pub mod ready;
 pub mod settings;
 pub mod signals;
 
-pub use launch::RankLaunch;
+pub use launch::{EXIT_JOB_ERROR, RankLaunch};
 pub use ready::ReadySignal;
 pub use settings::{Layers, Setting, SettingsError, Source};
 

@@ -277,10 +277,11 @@ fn bad_input_gets_one_line_errors_and_the_coordinator_keeps_its_data() {
     assert!(c.job(&id)["reason"].as_str().unwrap().contains("slot"));
 }
 
-/// What a job sends to operators' terminals (a failure reason naming its data file, its
-/// log) shows escape sequences escaped instead of obeying them.
+/// A job whose data file is missing fails once, with the reason, and its worker is not
+/// blamed (not cordoned, no failure counted). What the job sends to operators' terminals (the
+/// failure reason naming the file, its log) shows escape sequences escaped, not obeyed.
 #[test]
-fn escape_sequences_from_a_job_are_shown_escaped_not_obeyed() {
+fn a_missing_data_file_fails_the_job_once_and_its_name_is_shown_escaped() {
     let _g = serial();
     let mut c = Cluster::start(5_000);
     c.add_worker("alpha", 1);
@@ -296,7 +297,16 @@ fn escape_sequences_from_a_job_are_shown_escaped_not_obeyed() {
     let text = text.replace(&data, "\"/nonexistent/x\\u001b]0;owned\\u0007.csv\"");
     std::fs::write(&spec, text).expect("spec");
     let id = c.submit(&spec, &[]);
-    c.wait_state(&id, "failed", Duration::from_secs(120));
+    let job = c.wait_state(&id, "failed", Duration::from_secs(120));
+    assert_eq!(attempts(&job), 1, "a job error was retried: {job}");
+    let reason = job["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("not retried"), "{reason}");
+    let workers = c.json(&["workers"]);
+    let alpha = &workers.as_array().expect("workers")[0];
+    assert_eq!(
+        alpha["cordoned"], false,
+        "the healthy worker was blamed: {alpha}"
+    );
     for args in [vec!["job", "show", &id], vec!["jobs"], vec!["logs", &id]] {
         let out = c.convoy(&args);
         let shown = String::from_utf8_lossy(&out.stdout);
