@@ -82,6 +82,6 @@ pub fn save(path: &Path, state: &TrainState) -> Result<()> {
 }
 
 pub fn load(path: &Path) -> Result<TrainState> {
-    let bytes = std::fs::read(path).map_err(|e| EngineError::io(path, e))?;
+    let bytes = crate::data::open::read_regular(path)?;
     decode(&bytes, path)
 }

@@ -3,6 +3,7 @@
 //! restored exactly.
 
 pub mod loader;
+pub mod open;
 pub mod prepare;
 pub mod shard;
 pub mod tabular;

@@ -66,7 +66,9 @@ pub struct DatasetInfo {
 
 impl DatasetInfo {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| EngineError::io(path, e))?;
+        let bytes = super::open::read_regular(path)?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| EngineError::data(path, "not UTF-8: not a dataset description"))?;
         serde_json::from_str(&text)
             .map_err(|e| EngineError::data(path, format!("not a valid dataset description: {e}")))
     }
@@ -301,7 +303,7 @@ fn tokenize_file(
     chunk: usize,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Vec<u16>> {
-    let mut file = File::open(path).map_err(|e| EngineError::io(path, e))?;
+    let mut file = super::open::open_regular(path)?;
     let mut doc: Vec<u16> = Vec::new();
     append_tokens(&mut doc, path, tokenizer.eot())?;
 

@@ -43,7 +43,7 @@ impl TokenShard {
     /// with the file size exactly, so a truncated download is caught here rather than as garbage
     /// batches mid-run.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|e| EngineError::io(path, e))?;
+        let file = super::open::open_regular(path)?;
         let size = file.metadata().map_err(|e| EngineError::io(path, e))?.len();
         if size < SHARD_HEADER_BYTES as u64 {
             return Err(EngineError::data(

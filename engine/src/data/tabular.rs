@@ -3,7 +3,6 @@
 //! written as plain non-negative integers): a header or a stray column is reported with its line
 //! number instead of being guessed around.
 
-use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
 
@@ -29,7 +28,7 @@ impl Tabular {
     /// Reads a CSV file, gunzipping it when the name ends in `.gz`. The feature count `D` is set
     /// by the first row. Blank lines are skipped and spaces around fields ignored.
     pub fn load_csv(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|e| EngineError::io(path, e))?;
+        let file = super::open::open_regular(path)?;
         let gz = path.extension().is_some_and(|e| e == "gz");
         let input: Box<dyn Read> = if gz {
             Box::new(MultiGzDecoder::new(BufReader::new(file)))
