@@ -391,10 +391,12 @@ impl<T> ReplicatedState<T> {
             return None;
         }
         let commit = self.replica.commit_index();
+        // `matched` is 0 until the learner first answers: a young log's commit index could
+        // otherwise be "close" to a learner that holds nothing.
         self.book.learners.iter().copied().find(|id| {
             self.replica
                 .matched(*id)
-                .is_some_and(|m| m + PROMOTE_WITHIN >= commit)
+                .is_some_and(|m| m > 0 && m + PROMOTE_WITHIN >= commit)
         })
     }
 
