@@ -9,7 +9,7 @@
 //! member that joins.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{RwLock, RwLockReadGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use serde::{Deserialize, Serialize};
 
@@ -92,6 +92,8 @@ pub struct Membership {
     /// This replica's storage incarnation (see `PeerMessage.incarnation`).
     pub incarnation: u64,
     book: RwLock<AddressBook>,
+    /// `book`'s canonical list, made once per change: every Raft message carries it.
+    canonical: RwLock<Arc<str>>,
 }
 
 impl Membership {
@@ -107,6 +109,7 @@ impl Membership {
             secret,
             node_id,
             incarnation,
+            canonical: RwLock::new(book.canonical().into()),
             book: RwLock::new(book),
         }
     }
@@ -118,7 +121,16 @@ impl Membership {
     }
 
     pub fn set_book(&self, book: AddressBook) {
+        *self.canonical.write().unwrap_or_else(|e| e.into_inner()) = book.canonical().into();
         *self.book.write().unwrap_or_else(|e| e.into_inner()) = book;
+    }
+
+    /// The book's canonical list (see [`AddressBook::canonical`]).
+    pub fn canonical(&self) -> Arc<str> {
+        self.canonical
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Every member but this one: node id → URL.

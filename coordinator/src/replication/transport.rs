@@ -144,14 +144,16 @@ impl PeerService {
         }
         // Before any membership change both lists are what the members were started with;
         // after one, the log decides and a member behind it catches up.
-        if m.membership_index == 0 && book.changed_at == 0 && m.members != book.canonical() {
+        let changed_at = book.changed_at;
+        drop(book);
+        if m.membership_index == 0 && changed_at == 0 && *m.members != *me.canonical() {
             return Err(Status::failed_precondition(format!(
                 "conflicting member lists: node {} was started with --peers {}, node {} with \
                  --peers {}",
                 m.from,
                 m.members,
                 me.node_id,
-                book.canonical()
+                me.canonical()
             )));
         }
         let msg = Message::parse_from_bytes(&m.raft).map_err(|e| {
@@ -324,10 +326,8 @@ async fn deliver(members: Arc<Membership>, peer: Peer, mut rx: mpsc::Receiver<Me
             let Ok(raft) = msg.write_to_bytes() else {
                 continue;
             };
-            let (list, membership_index) = {
-                let book = members.book();
-                (book.canonical(), book.changed_at)
-            };
+            let membership_index = members.book().changed_at;
+            let list = members.canonical().to_string();
             let m = PeerMessage {
                 from: members.node_id,
                 cluster_id: members.cluster_id.clone(),

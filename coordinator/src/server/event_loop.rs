@@ -93,8 +93,6 @@ struct Replicated {
     outbox: Outbox,
     /// Shared with the transport and the services; updated as membership changes apply.
     membership: Arc<Membership>,
-    /// The members' canonical list, shared with each published `Leadership`.
-    member_list: Arc<str>,
     settings: ClusterSettings,
 }
 
@@ -136,7 +134,7 @@ impl Core {
                     role: replica.role(),
                     commit: replica.commit_index(),
                     applied: r.state.applied(),
-                    member_list: r.member_list.clone(),
+                    member_list: r.membership.canonical(),
                 }
             }
         }
@@ -206,7 +204,6 @@ impl EventLoop {
         )?;
         setup.membership.set_book(state.members().clone());
         let core = Core::Replicated(Box::new(Replicated {
-            member_list: state.members().canonical().into(),
             state,
             outbox: setup.outbox,
             membership: setup.membership,
@@ -365,7 +362,6 @@ impl EventLoop {
         };
         let mut adv = r.state.advance()?;
         if let Some(book) = adv.members.take() {
-            r.member_list = book.canonical().into();
             r.membership.set_book(book);
         }
         for m in adv.messages.drain(..) {
