@@ -84,15 +84,7 @@ fn a_full_disk_stops_the_coordinator_and_a_restart_recovers_everything() {
         .wait_coordinator_exit(Duration::from_secs(600))
         .expect("the coordinator must stop once its disk is full");
     assert_eq!(status.code(), Some(1), "{status}");
-    let log = std::fs::read_to_string(c.dir.path().join("coordinator.log")).expect("log");
-    let fatal: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("failed, stopping"))
-        .collect();
-    assert!(
-        fatal.len() == 1 && fatal[0].contains("space left on device"),
-        "not one line naming the full disk: {fatal:?}"
-    );
+    one_line_naming_the_full_disk(&c.dir.path().join("coordinator.log"));
 
     std::fs::remove_file(&filler).expect("free the space");
     c.restart_coordinator();
@@ -156,15 +148,7 @@ fn a_replica_whose_disk_fills_stops_and_the_others_go_on() {
         .or_else(|| c.wait_member_exit(3, Duration::from_secs(120)))
         .expect("replica 3 must stop once its disk is full");
     assert_eq!(status.code(), Some(1), "{status}");
-    let log = std::fs::read_to_string(c.dir.path().join("coordinator-3.log")).expect("log");
-    let fatal: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("failed, stopping"))
-        .collect();
-    assert!(
-        fatal.len() == 1 && fatal[0].contains("space left on device"),
-        "not one line naming the full disk: {fatal:?}"
-    );
+    one_line_naming_the_full_disk(&c.dir.path().join("coordinator-3.log"));
     // The two others are a majority: writes go on, and nothing acknowledged is missing.
     submitted.push(c.submit(&spec, &["--retry-for", "60"]));
     for id in &submitted {
@@ -180,4 +164,17 @@ fn a_replica_whose_disk_fills_stops_and_the_others_go_on() {
             .and_then(|m| m["applied"].as_u64())
             .is_some_and(|a| a >= commit)
     });
+}
+
+/// The daemon's log at `path` holds exactly one fatal line, and it names the full disk.
+fn one_line_naming_the_full_disk(path: &std::path::Path) {
+    let log = std::fs::read_to_string(path).expect("log");
+    let fatal: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("failed, stopping"))
+        .collect();
+    assert!(
+        fatal.len() == 1 && fatal[0].contains("space left on device"),
+        "not one line naming the full disk: {fatal:?}"
+    );
 }
