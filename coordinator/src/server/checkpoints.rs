@@ -706,12 +706,13 @@ impl Checkpoints {
                     continue;
                 }
             };
+            let steps: Vec<(JobId, pb::CheckpointStep)> = steps
+                .into_iter()
+                .filter_map(|s| Some((convert::job_id(&s.job_id).ok()?, s)))
+                .collect();
             // Only the jobs this replica knows: a peer behind may still hold a deleted
             // job's checkpoints.
-            let listed: BTreeSet<JobId> = steps
-                .iter()
-                .filter_map(|s| convert::job_id(&s.job_id).ok())
-                .collect();
+            let listed: BTreeSet<JobId> = steps.iter().map(|(j, _)| *j).collect();
             let known: BTreeSet<JobId> = self
                 .handle
                 .read_local(move |v| {
@@ -721,22 +722,23 @@ impl Checkpoints {
                         .collect()
                 })
                 .await?;
-            for s in steps {
-                let job = convert::job_id(&s.job_id)?;
-                if !known.contains(&job) {
-                    continue;
+            let store = self.store.clone();
+            let wanted = tokio::task::spawn_blocking(move || {
+                let mut wanted = vec![];
+                for (job, s) in steps {
+                    if known.contains(&job) && store.needs_copy(job, s.step)? {
+                        wanted.push((job, s));
+                    }
                 }
-                let store = self.store.clone();
+                Ok(wanted)
+            })
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| storage(&self.handle.fail_stop, e))?;
+            for (job, s) in wanted {
                 let step = s.step;
-                let needed = tokio::task::spawn_blocking(move || store.needs_copy(job, step))
-                    .await
-                    .map_err(|e| Status::internal(e.to_string()))?
-                    .map_err(|e| storage(&self.handle.fail_stop, e))?;
-                if !needed {
-                    continue;
-                }
                 let fetched_in_time =
-                    tokio::time::timeout(FETCH_TIMEOUT, self.fetch(&targets, &mut client, &s));
+                    tokio::time::timeout(FETCH_TIMEOUT, self.fetch(&targets, &mut client, job, &s));
                 let result = match fetched_in_time.await {
                     Ok(r) => r,
                     Err(_) => {
@@ -777,9 +779,9 @@ impl Checkpoints {
         &self,
         targets: &MirrorTargets,
         client: &mut RaftPeerClient<convoy_client::Channel>,
+        job: JobId,
         s: &pb::CheckpointStep,
     ) -> Result<(), Status> {
-        let job = convert::job_id(&s.job_id)?;
         let store = self.store.clone();
         let step = s.step;
         tokio::task::spawn_blocking(move || store.clear_damaged(job, step))
