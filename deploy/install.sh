@@ -179,7 +179,45 @@ for e in "${envs[@]}"; do
     fi
 done
 
-# 5. Enable and start.
+# 5. Tokens and TLS: the coordinator's bootstrap administrator token, the cluster's join
+#    token and its CA with the coordinator's certificate (`convoy tls init`), made here once
+#    (never replaced), secrets mode 0600 and owned by convoy, which the daemons require. A
+#    worker machine needs the coordinator machine's join.token and tls/ca.pem.
+new_token() {
+    head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'
+}
+make_token() {
+    local path=$1
+    if [ -e "$path" ]; then
+        say "kept existing $path"
+        return
+    fi
+    (umask 077 && new_token >"$path")
+    [ -n "$root" ] || chown convoy: "$path"
+    say "created $path (mode 0600)"
+}
+if has_role coordinator; then
+    make_token "$root/etc/convoy/admin.token"
+    make_token "$root/etc/convoy/join.token"
+    tls_dir="$root/etc/convoy/tls"
+    if [ -e "$tls_dir/ca.pem" ]; then
+        say "kept existing $tls_dir"
+    elif [ -x "$bin_dir/convoy" ]; then
+        out=$("$bin_dir/convoy" tls init --out "$tls_dir" --host "$(uname -n)" 2>&1) ||
+            die "convoy tls init: $out"
+        [ -n "$root" ] || chown -R convoy: "$tls_dir"
+        say "created a CA and certificates in $tls_dir (valid for $(uname -n), localhost and 127.0.0.1; add names with convoy tls init --host)"
+    else
+        say "no convoy CLI in $bin_dir to make certificates with: put the coordinator's certificate, key and CA in $tls_dir (see deploy/README.md)"
+    fi
+fi
+for f in join.token tls/ca.pem; do
+    if has_role worker && [ ! -e "$root/etc/convoy/$f" ]; then
+        say "copy the coordinator machine's /etc/convoy/$f to $root/etc/convoy/$f (owner convoy) before starting the worker"
+    fi
+done
+
+# 6. Enable and start.
 services=()
 has_role coordinator && services+=(convoy-coordinator.service)
 has_role worker && services+=("convoy-worker@$worker_name.service")

@@ -20,9 +20,14 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
     /// The coordinator's address, or the replicas' separated by commas (cluster commands
-    /// follow the leader among them).
+    /// follow the leader among them). Cluster commands present the token in CONVOY_TOKEN, or
+    /// in the file CONVOY_TOKEN_FILE names, or in ~/.config/convoy/token (mode 0600).
     #[arg(long, global = true, env = "CONVOY_COORDINATOR", default_value = convoy_client::DEFAULT_ADDRESS)]
     coordinator: String,
+    /// The cluster's CA certificate (PEM): cluster commands then connect over TLS and trust
+    /// it (an `https://` address without one trusts the system's roots).
+    #[arg(long, global = true, env = "CONVOY_TLS_CA")]
+    tls_ca: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -36,10 +41,28 @@ enum Command {
     },
     /// Submit a job to the cluster.
     Submit(cluster::submit::SubmitArgs),
-    /// List jobs.
+    /// List jobs (everyone's, with their owners).
     Jobs {
+        /// Only this user's jobs.
+        #[arg(long)]
+        user: Option<String>,
         #[arg(long)]
         json: bool,
+    },
+    /// Who the token you present belongs to.
+    Whoami {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Administration: people's API tokens.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+    /// A cluster's TLS certificates.
+    Tls {
+        #[command(subcommand)]
+        command: TlsCommand,
     },
     /// One job in detail.
     Job {
@@ -127,6 +150,58 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum TlsCommand {
+    /// Make a cluster's CA and the coordinators' and workers' certificates in a directory
+    /// (ca.pem, coordinator.pem/.key, worker.pem/.key; keys mode 0600).
+    Init {
+        /// The directory (created if missing; an existing CA there is never replaced).
+        #[arg(long, short)]
+        out: PathBuf,
+        /// A name or IP address clients reach a coordinator at (repeat for each; localhost
+        /// and 127.0.0.1 are always included).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// API tokens: who may call the coordinator (administrators only).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token for a user; it is printed once, on stdout.
+    Create {
+        #[arg(long)]
+        user: String,
+        /// The user may act on every job, the workers, the coordinators and tokens.
+        #[arg(long)]
+        admin: bool,
+        /// The token stops working after this long (e.g. 90d, 12h); default: never.
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every token: id, user, whether administrator, created, expiry (never the secrets).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token at once, by id.
+    Revoke {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum CheckpointCommand {
     /// Write a checkpoint's weights to a file (JOB or JOB@STEP; the latest without a step).
     Export {
@@ -189,9 +264,44 @@ enum DataCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let addr = cli.coordinator.as_str();
+    if let Err(e) = convoy_client::tls::configure(&convoy_client::tls::TlsSettings {
+        ca: cli.tls_ca.clone(),
+        identity: None,
+    }) {
+        display::say_err!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
+        Command::Tls {
+            command: TlsCommand::Init { out, hosts },
+        } => cluster::tls::init(&out, &hosts).map(|pki| {
+            display::say_err!(
+                "made a CA and certificates in {}: serve with --tls-cert {} --tls-key {} \
+                 --tls-ca {}; clients trust CONVOY_TLS_CA={}",
+                out.display(),
+                pki.coordinator_cert.display(),
+                pki.coordinator_key.display(),
+                pki.ca.display(),
+                pki.ca.display()
+            );
+        }),
         Command::Submit(args) => block_on(cluster::submit::run(addr, args)),
-        Command::Jobs { json } => block_on(cluster::jobs::list(addr, json)),
+        Command::Jobs { user, json } => block_on(cluster::jobs::list(addr, user, json)),
+        Command::Whoami { json } => block_on(cluster::admin::whoami(addr, json)),
+        Command::Admin {
+            command: AdminCommand::Token { command },
+        } => block_on(async {
+            match command {
+                TokenCommand::Create {
+                    user,
+                    admin,
+                    expires,
+                    json,
+                } => cluster::admin::create(addr, &user, admin, expires.as_deref(), json).await,
+                TokenCommand::List { json } => cluster::admin::list(addr, json).await,
+                TokenCommand::Revoke { id, json } => cluster::admin::revoke(addr, &id, json).await,
+            }
+        }),
         Command::Job {
             command: JobCommand::Show { job, json },
         } => block_on(cluster::jobs::show(addr, &job, json)),

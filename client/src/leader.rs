@@ -12,11 +12,22 @@ use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
 use tonic::body::Body;
-use tonic::codegen::http::{Request, Response};
+use tonic::codegen::http::header::AUTHORIZATION;
+use tonic::codegen::http::{HeaderValue, Request, Response};
 use tonic::codegen::{BoxFuture, Service};
 use tonic::transport::Channel as TonicChannel;
 
 use crate::{ClientError, endpoint};
+
+/// `Bearer TOKEN` as a header value; a token that cannot travel in a header is refused here,
+/// in one line, rather than by every call.
+pub fn bearer(token: &str) -> Result<HeaderValue, ClientError> {
+    let mut value = HeaderValue::from_str(&format!("Bearer {}", token.trim())).map_err(|_| {
+        ClientError::InvalidToken("it holds characters a gRPC header cannot carry".into())
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
+}
 
 /// The metadata key a member that does not lead names the leader's address in.
 pub const LEADER_HEADER: &str = "x-convoy-leader";
@@ -33,6 +44,8 @@ struct Members {
     /// (url, channel), in the order given; a leader learnt of that was not given is added.
     all: Vec<(String, TonicChannel)>,
     current: usize,
+    /// `Bearer TOKEN`, sent with every call that carries no authorization of its own.
+    credential: Option<HeaderValue>,
 }
 
 impl Channel {
@@ -43,7 +56,11 @@ impl Channel {
             all.push((u.clone(), endpoint(u)?.connect_lazy()));
         }
         Ok(Channel {
-            shared: Arc::new(RwLock::new(Members { all, current: 0 })),
+            shared: Arc::new(RwLock::new(Members {
+                all,
+                current: 0,
+                credential: None,
+            })),
         })
     }
 
@@ -55,6 +72,14 @@ impl Channel {
             member.1 = connected;
             m.current = index;
         }
+    }
+
+    /// Presents `token` with every call from now on (clones included: a worker's
+    /// credential, learnt at registration, serves its heartbeats and streams alike).
+    pub fn set_credential(&self, token: &str) -> Result<(), ClientError> {
+        let value = bearer(token)?;
+        self.write().credential = Some(value);
+        Ok(())
     }
 
     /// The address calls go to now.
@@ -71,9 +96,9 @@ impl Channel {
         self.shared.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn pick(&self) -> (usize, TonicChannel) {
+    fn pick(&self) -> (usize, TonicChannel, Option<HeaderValue>) {
         let m = self.read();
-        (m.current, m.all[m.current].1.clone())
+        (m.current, m.all[m.current].1.clone(), m.credential.clone())
     }
 
     /// Calls go to `url` from now on.
@@ -119,8 +144,11 @@ impl Service<Request<Body>> for Channel {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let (index, mut channel) = self.pick();
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let (index, mut channel, credential) = self.pick();
+        if let Some(c) = credential {
+            req.headers_mut().entry(AUTHORIZATION).or_insert(c);
+        }
         let this = self.clone();
         Box::pin(async move {
             let r = match poll_fn(|cx| channel.poll_ready(cx)).await {

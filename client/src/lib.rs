@@ -9,12 +9,13 @@
 pub mod checkpoint;
 mod leader;
 pub mod submit;
+pub mod tls;
 
 use std::time::Duration;
 
 use convoy_proto::v1::convoy_client::ConvoyClient;
 use convoy_proto::v1::worker_api_client::WorkerApiClient;
-pub use leader::{Channel, LEADER_HEADER};
+pub use leader::{Channel, LEADER_HEADER, bearer};
 use tonic::transport::Endpoint;
 
 /// `host:port` of a coordinator with its default settings on this machine (a macro so that
@@ -51,26 +52,40 @@ pub enum ClientError {
         "cannot reach the coordinator at {url}: {cause} (set --coordinator or CONVOY_COORDINATOR)"
     )]
     Unreachable { url: String, cause: String },
+    #[error("invalid token: {0}")]
+    InvalidToken(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error(transparent)]
+    TlsFiles(#[from] tls::TlsError),
 }
 
-/// Accepts `host:port` as well as `http://host:port`.
+/// Accepts `host:port` as well as `http://host:port`. Once [`tls::configure`] set TLS up,
+/// every address means `https://` (also one stored as `http://` before the cluster had TLS).
 pub fn url(addr: &str) -> String {
     let addr = addr.trim();
-    if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
+    let scheme = if tls::enabled() { "https" } else { "http" };
+    match addr.strip_prefix("http://") {
+        Some(rest) => format!("{scheme}://{rest}"),
+        None if addr.contains("://") => addr.to_string(),
+        None => format!("{scheme}://{addr}"),
     }
 }
 
 /// The endpoint every connection is made from.
 pub fn endpoint(addr: &str) -> Result<Endpoint, ClientError> {
     let url = url(addr);
-    Ok(Endpoint::from_shared(url)
-        .map_err(|e| ClientError::InvalidAddress {
-            addr: addr.to_string(),
-            msg: e.to_string(),
-        })?
+    let https = url.starts_with("https://");
+    let mut endpoint = Endpoint::from_shared(url).map_err(|e| ClientError::InvalidAddress {
+        addr: addr.to_string(),
+        msg: e.to_string(),
+    })?;
+    if https {
+        endpoint = endpoint
+            .tls_config(tls::client_config())
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
+    }
+    Ok(endpoint
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
@@ -104,7 +119,14 @@ pub async fn connect(addrs: &str) -> Result<Channel, ClientError> {
     let mut cause = String::new();
     let mut reachable = None;
     for (i, u) in urls.iter().enumerate() {
-        match endpoint(u)?.connect().await {
+        // The TLS handshake too: a member that accepts TCP but never answers (a frozen
+        // process) must not hold the command up.
+        let connected = tokio::time::timeout(CONNECT_TIMEOUT, endpoint(u)?.connect()).await;
+        let Ok(connected) = connected else {
+            cause = format!("no connection within {} s", CONNECT_TIMEOUT.as_secs());
+            continue;
+        };
+        match connected {
             Ok(c) => {
                 if urls.len() == 1 || serves(c.clone()).await {
                     channel.prefer(i, c);
@@ -166,11 +188,25 @@ pub fn worker_api(channel: Channel) -> WorkerApiClient<Channel> {
     WorkerApiClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES)
 }
 
-/// A gRPC error as one line: the coordinator's message, which names the ids involved.
+/// A gRPC error as one line: the coordinator's message, which names the ids involved; for a
+/// failure of the connection itself, its deepest cause too.
 pub fn one_line(status: &tonic::Status) -> String {
+    let mut msg = status.message().to_string();
+    let mut source = std::error::Error::source(status);
+    let mut cause = None;
+    while let Some(s) = source {
+        cause = Some(s.to_string());
+        source = s.source();
+    }
+    if let Some(cause) = cause.filter(|c| *c != msg) {
+        msg = format!("{msg}: {cause}");
+        if !tls::enabled() {
+            msg.push_str(" (if the coordinator serves TLS, set CONVOY_TLS_CA to its CA)");
+        }
+    }
     match status.code() {
-        tonic::Code::Unavailable => format!("the coordinator is unavailable: {}", status.message()),
-        _ => status.message().to_string(),
+        tonic::Code::Unavailable => format!("the coordinator is unavailable: {msg}"),
+        _ => msg,
     }
 }
 

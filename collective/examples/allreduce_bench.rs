@@ -149,6 +149,7 @@ fn rank_main(rank: usize, world: usize, mb: usize, iters: Option<usize>) -> Resu
         addrs,
         generation: 1,
         timeout: Duration::from_secs(60),
+        secret: b"allreduce bench".to_vec(),
     };
     let mut ring = Ring::connect(cfg, listener)?;
     let mut buf = vec![1.0f32 + rank as f32; (mb << 20) / 4];

@@ -9,6 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::error::{CollectiveError, Peer};
+use crate::proof::{ANSWER_LEN, CHALLENGE_LEN, Exchange, Side, challenge};
 use crate::wire::{HELLO_LEN, Hello, Status, VERSION};
 
 /// Where a rank sits in the ring and how long it waits for its peers.
@@ -23,6 +24,9 @@ pub struct RingConfig {
     /// How long to wait for peers to start, and the longest a peer may stay silent during a
     /// collective before it counts as dead.
     pub timeout: Duration,
+    /// The attempt's ring secret: neighbours prove they know it (see `proof`). Empty for a
+    /// ring of a coordinator without authentication, whose ranks prove nothing.
+    pub secret: Vec<u8>,
 }
 
 /// The two streams of one rank: it sends to the right and receives from the left.
@@ -160,7 +164,10 @@ fn handshake_out(
     let retry = |what: &str, e: std::io::Error| Attempt::Retry(format!("{what}: {e}"));
     let wait = positive(remaining(deadline));
     configure(&s, wait).map_err(|e| retry("socket options", e))?;
-    s.write_all(&identity(cfg, cfg.rank).encode())
+    let ours = challenge();
+    let mut hello = identity(cfg, cfg.rank).encode().to_vec();
+    hello.extend_from_slice(&ours);
+    s.write_all(&hello)
         .map_err(|e| retry("sending handshake", e))?;
     let mut buf = [0u8; HELLO_LEN];
     s.read_exact(&mut buf)
@@ -197,6 +204,33 @@ fn handshake_out(
             "the peer at this address is {}",
             reply.mismatch(&expected)
         )));
+    }
+    let mut theirs = [0u8; CHALLENGE_LEN + ANSWER_LEN];
+    s.read_exact(&mut theirs)
+        .map_err(|e| retry("waiting for the peer's proof", e))?;
+    let (challenge, answer) = theirs.split_at(CHALLENGE_LEN);
+    let exchange = Exchange {
+        secret: &cfg.secret,
+        generation: cfg.generation,
+        connector: cfg.rank as u32,
+        connector_challenge: ours,
+        acceptor_challenge: challenge.try_into().unwrap_or([0; CHALLENGE_LEN]),
+    };
+    if !exchange.check(Side::Acceptor, answer) {
+        return Err(fatal(
+            "it does not know this attempt's ring secret (not a rank of this attempt)".into(),
+        ));
+    }
+    s.write_all(&exchange.answer(Side::Connector))
+        .map_err(|e| retry("sending our proof", e))?;
+    let mut verdict = [0u8; 1];
+    s.read_exact(&mut verdict)
+        .map_err(|e| retry("waiting for the verdict on our proof", e))?;
+    if verdict[0] != 0 {
+        return Err(fatal(
+            "it rejected our proof of the ring secret (this rank's secret is not its attempt's)"
+                .into(),
+        ));
     }
     configure(&s, cfg.timeout).map_err(|e| retry("socket options", e))?;
     Ok(s)
@@ -277,6 +311,33 @@ fn handshake_in(
         ));
     }
     sent.map_err(|e| io("answering handshake", e))?;
+    // Now the challenge-response: the connector's challenge followed its hello.
+    let mut theirs = [0u8; CHALLENGE_LEN];
+    s.read_exact(&mut theirs)
+        .map_err(|e| io("reading the challenge", e))?;
+    let exchange = Exchange {
+        secret: &cfg.secret,
+        generation: cfg.generation,
+        connector: hello.rank,
+        connector_challenge: theirs,
+        acceptor_challenge: challenge(),
+    };
+    let mut proof = exchange.acceptor_challenge.to_vec();
+    proof.extend_from_slice(&exchange.answer(Side::Acceptor));
+    s.write_all(&proof)
+        .map_err(|e| io("sending our proof", e))?;
+    let mut answer = [0u8; ANSWER_LEN];
+    s.read_exact(&mut answer)
+        .map_err(|e| io("reading its proof", e))?;
+    let proven = exchange.check(Side::Connector, &answer);
+    // Best effort when rejecting, as above.
+    let told = s.write_all(&[u8::from(!proven)]);
+    if !proven {
+        return Err(format!(
+            "connection from {from} did not prove it knows this attempt's ring secret"
+        ));
+    }
+    told.map_err(|e| io("answering its proof", e))?;
     configure(&s, cfg.timeout).map_err(|e| io("socket options", e))?;
     Ok(s)
 }

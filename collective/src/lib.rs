@@ -2,7 +2,8 @@
 //!
 //! CPU ranks form a ring: each connects to its right neighbour and accepts its left one
 //! ([`connect`]), checking a handshake so a rank left over from an earlier attempt cannot join
-//! ([`wire`]). [`Ring`] all-reduces flat buffers with reduce-scatter + all-gather in a fixed
+//! ([`wire`]) and each side proves it knows the attempt's secret ([`proof`]), so nothing else
+//! can. [`Ring`] all-reduces flat buffers with reduce-scatter + all-gather in a fixed
 //! summation order; [`RingReducer`] drives it from a communication thread so buckets of
 //! gradients travel while the backward pass still runs.
 //!
@@ -14,6 +15,7 @@
 mod connect;
 mod error;
 mod nccl;
+mod proof;
 mod reducer;
 mod ring;
 pub mod wire;

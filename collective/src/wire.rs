@@ -1,7 +1,10 @@
 //! The bytes on a ring connection.
 //!
-//! A connection opens with a [`Hello`] from the connecting (left) rank, answered by a
-//! [`Hello`] from the accepting (right) rank whose `status` says whether it was accepted.
+//! A connection opens with a [`Hello`] and a challenge from the connecting (left) rank,
+//! answered by a [`Hello`] from the accepting (right) rank whose `status` says whether it was
+//! accepted; if it was, the acceptor's challenge and its answer to the connector's follow, then
+//! the connector's answer, then the acceptor's verdict on it (one byte, 0: accepted). See
+//! `proof` for the answers.
 //! After that, each collective is one [`OpHeader`] followed by raw elements, sent once per
 //! ring step. All integers and elements are little-endian.
 
@@ -14,8 +17,8 @@ compile_error!(
 
 /// First bytes of every handshake: a stray client (or an HTTP probe) fails here.
 pub const MAGIC: [u8; 4] = *b"CVRG";
-/// Bumped whenever the handshake or the framing changes.
-pub const VERSION: u16 = 1;
+/// Bumped whenever the handshake or the framing changes (2: the challenge-response).
+pub const VERSION: u16 = 2;
 /// magic (4) · version (u16) · generation (u64) · rank (u32) · world (u32) · status (u8).
 pub const HELLO_LEN: usize = 23;
 /// tag `b'O'` (1) · element kind (1) · zero padding (6) · sequence number (u64) · element count (u64).

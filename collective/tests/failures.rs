@@ -144,6 +144,50 @@ fn a_stale_generation_or_wrong_rank_is_turned_away_and_the_ring_still_forms() {
 }
 
 #[test]
+fn a_process_that_knows_the_hello_but_not_the_secret_is_turned_away_and_the_ring_still_forms() {
+    let (mut ls, addrs) = listeners(2);
+    let l1 = ls.pop().expect("listener 1");
+    let l0 = ls.pop().expect("listener 0");
+    let cfg0 = config(0, &addrs, 5, Duration::from_secs(10));
+    let rank0 = thread::spawn(move || Ring::connect(cfg0, l0));
+
+    // The right identity and a challenge; then an answer made up without the secret.
+    let mut s = TcpStream::connect(addrs[0]).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut hello_and_challenge = hello(5, 1, 2).encode().to_vec();
+    hello_and_challenge.extend_from_slice(&[7u8; 32]);
+    s.write_all(&hello_and_challenge).expect("hello");
+    let mut reply = [0u8; HELLO_LEN + 64];
+    s.read_exact(&mut reply)
+        .expect("reply, challenge and answer");
+    let head: [u8; HELLO_LEN] = reply[..HELLO_LEN].try_into().expect("hello bytes");
+    assert_eq!(
+        Hello::decode(&head).expect("hello").status,
+        Status::Accepted
+    );
+    s.write_all(&[0u8; 32]).expect("a made-up answer");
+    let mut verdict = [0u8; 1];
+    s.read_exact(&mut verdict).expect("verdict");
+    assert_ne!(verdict[0], 0, "a made-up answer was accepted");
+
+    // The real rank 1 knows the secret and joins; one with another secret would not.
+    let mut wrong = config(1, &addrs, 5, Duration::from_millis(500));
+    wrong.secret = b"another attempt's secret".to_vec();
+    let stray = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let e = Ring::connect(wrong, stray)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("rank 0") && e.contains("ring secret"), "{e}");
+    let cfg1 = config(1, &addrs, 5, Duration::from_secs(10));
+    let rank1 = thread::spawn(move || Ring::connect(cfg1, l1));
+    for h in [rank0, rank1] {
+        h.join().expect("thread").expect("the ring forms");
+    }
+}
+
+#[test]
 fn ranks_of_different_generations_refuse_each_other() {
     let (ls, addrs) = listeners(2);
     let started = Instant::now();

@@ -78,6 +78,7 @@ fn a_world_of_one_needs_no_sockets() {
         addrs: vec![listener.local_addr().expect("addr")],
         generation: 0,
         timeout: TIMEOUT,
+        secret: vec![],
     };
     let mut ring = Ring::connect(cfg, listener).expect("ring of one");
     let mut v = values(0, 10, 0);
@@ -96,6 +97,7 @@ fn bad_configs_are_refused() {
         addrs: vec![addr, addr],
         generation: 0,
         timeout: TIMEOUT,
+        secret: vec![],
     };
     let e = Ring::connect(cfg, listener)
         .err()

@@ -50,6 +50,8 @@ pub enum ApplyError {
     },
     #[error("invalid cluster settings: {0}")]
     InvalidConfig(String),
+    #[error(transparent)]
+    Identity(#[from] crate::identity::ApiError),
     #[error("{job} generation {generation}: rank {rank} has already reported its exit")]
     DuplicateExit {
         job: JobId,

@@ -12,6 +12,7 @@
 
 pub mod checkpoints;
 pub mod error;
+pub mod identity;
 pub mod log;
 pub mod logged_state;
 pub mod model;

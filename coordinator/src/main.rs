@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use clap::{CommandFactory, Parser};
+use convoy_coordinator::identity::AuthConfig;
 use convoy_coordinator::server::{
-    ClusterSettings, FailStop, ReplicationConfig, ServerConfig, defaults, parse_peers,
+    ClusterSettings, FailStop, ReplicationConfig, ServerConfig, ServerTls, defaults, parse_peers,
     retention_days, run,
 };
-use convoy_service::Layers;
+use convoy_service::{Layers, secret_file};
 
 /// The flags. Every one is optional here: the defaults live in
 /// `convoy_coordinator::server::defaults` and are applied by the settings layers.
@@ -74,6 +75,38 @@ struct Args {
     /// never shows in a process listing.
     #[arg(long, env = "CONVOY_CLUSTER_SECRET_FILE")]
     cluster_secret_file: Option<PathBuf>,
+    /// A file holding the bootstrap administrator's token (at least 24 printable
+    /// characters, e.g. `openssl rand -hex 32`; mode 0600): the administrator that creates
+    /// everyone else's tokens (`convoy admin token create`). The same file on every replica.
+    #[arg(long, env = "CONVOY_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
+    /// A file holding the cluster's join token, which worker daemons register with (mode
+    /// 0600; the same file on every replica and, as their --join-token-file, every worker).
+    #[arg(long, env = "CONVOY_JOIN_TOKEN_FILE")]
+    join_token_file: Option<PathBuf>,
+    /// Serve without authentication: anyone who can reach the port is an administrator, a
+    /// worker and every rank. For a machine nobody else can reach, never for a shared one.
+    #[arg(long, env = "CONVOY_INSECURE")]
+    insecure: bool,
+    /// This coordinator's TLS certificate (PEM, with its chain): every port then speaks TLS
+    /// only (`convoy tls init` makes a cluster's CA and certificates).
+    #[arg(long, env = "CONVOY_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM, mode 0600).
+    #[arg(long, env = "CONVOY_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// The cluster's CA certificate (PEM): trusted when this coordinator connects to its
+    /// replicas, and the authority of workers' client certificates.
+    #[arg(long, env = "CONVOY_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Admit only workers that present a client certificate signed by --tls-ca, besides the
+    /// join token.
+    #[arg(long, env = "CONVOY_REQUIRE_WORKER_CERT")]
+    require_worker_cert: bool,
+    /// Tokens without TLS: they cross the network in the clear. Only behind a TLS-terminating
+    /// proxy or on a network nobody else can reach.
+    #[arg(long, env = "CONVOY_PLAINTEXT")]
+    plaintext: bool,
     /// Write a JSON ready signal (pid, bound address) here once the coordinator serves (for
     /// process harnesses such as `convoy dev`).
     #[arg(long)]
@@ -138,6 +171,18 @@ fn configure() -> Result<(String, ServerConfig)> {
         .optional("cluster_secret_file", None)?
         .map(|s| s.value);
     let join = layers.get("join", false)?.value;
+    let admin_token_file: Option<PathBuf> =
+        layers.optional("admin_token_file", None)?.map(|s| s.value);
+    let join_token_file: Option<PathBuf> =
+        layers.optional("join_token_file", None)?.map(|s| s.value);
+    let insecure = layers.get("insecure", false)?.value;
+    let tls = TlsFlags {
+        cert: layers.optional("tls_cert", None)?.map(|s| s.value),
+        key: layers.optional("tls_key", None)?.map(|s| s.value),
+        ca: layers.optional("tls_ca", None)?.map(|s| s.value),
+        require_worker_cert: layers.get("require_worker_cert", false)?.value,
+        plaintext: layers.get("plaintext", false)?.value,
+    };
     for line in layers.finish()? {
         tracing::info!("setting {line}");
     }
@@ -150,6 +195,9 @@ fn configure() -> Result<(String, ServerConfig)> {
         "heartbeat_interval_ms = {}: at least 10",
         config.heartbeat_interval.as_millis()
     );
+    config.auth = auth(admin_token_file, join_token_file, insecure)?;
+    config.auth.require_worker_cert = tls.require_worker_cert;
+    config.tls = server_tls(&tls, insecure, peers.is_some())?;
     config.replication = replication(peers, node_id, cluster_id, secret_file)?;
     match &mut config.replication {
         Some(r) => r.join = join,
@@ -159,6 +207,80 @@ fn configure() -> Result<(String, ServerConfig)> {
         ),
     }
     Ok((listen, config))
+}
+
+/// Who may call: both tokens, or `--insecure` said out loud.
+fn auth(admin: Option<PathBuf>, join: Option<PathBuf>, insecure: bool) -> Result<AuthConfig> {
+    match (admin, join, insecure) {
+        (None, None, true) => {
+            tracing::warn!(
+                "--insecure: no authentication; anyone who can reach this coordinator is an                  administrator, a worker and every rank"
+            );
+            Ok(AuthConfig::insecure())
+        }
+        (_, _, true) => anyhow::bail!(
+            "--insecure and token files together: choose one (tokens, for anything but a              machine nobody else can reach)"
+        ),
+        (Some(admin), Some(join), false) => {
+            let admin = secret_file::read(&admin)?;
+            let join = secret_file::read(&join)?;
+            AuthConfig::with_tokens(&admin, &join).map_err(anyhow::Error::msg)
+        }
+        _ => anyhow::bail!(
+            "the coordinator needs --admin-token-file and --join-token-file (see              deploy/README.md), or --insecure to let anyone who reaches it do anything"
+        ),
+    }
+}
+
+struct TlsFlags {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    require_worker_cert: bool,
+    plaintext: bool,
+}
+
+/// What this coordinator serves TLS with, if anything; with tokens, TLS or `--plaintext`
+/// said out loud. Its own connections (to its replicas) trust `--tls-ca`.
+fn server_tls(f: &TlsFlags, insecure: bool, replicated: bool) -> Result<Option<ServerTls>> {
+    let read =
+        |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+    let served = match (&f.cert, &f.key) {
+        (Some(cert), Some(key)) => Some(ServerTls {
+            cert_pem: read(cert)?,
+            key_pem: secret_file::read(key)?.into_bytes(),
+            client_ca_pem: f.ca.as_ref().map(read).transpose()?,
+        }),
+        (None, None) => None,
+        _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+    };
+    ensure!(
+        !(f.plaintext && served.is_some()),
+        "--plaintext and --tls-cert together: choose one"
+    );
+    if served.is_none() && !insecure && !f.plaintext {
+        anyhow::bail!(
+            "the coordinator needs --tls-cert and --tls-key (`convoy tls init` makes a              cluster's; see deploy/README.md), or --plaintext to send tokens in the clear"
+        );
+    }
+    if f.plaintext {
+        tracing::warn!("--plaintext: tokens and job data cross the network unencrypted");
+    }
+    ensure!(
+        !f.require_worker_cert || (served.is_some() && f.ca.is_some()),
+        "--require-worker-cert needs TLS (--tls-cert, --tls-key) and --tls-ca, the authority          of the workers' certificates"
+    );
+    ensure!(
+        !(replicated && served.is_some() && f.ca.is_none()),
+        "replicas connect to each other over TLS: give --tls-ca, the CA that signed their          certificates"
+    );
+    if served.is_some() {
+        convoy_client::tls::configure(&convoy_client::tls::TlsSettings {
+            ca: f.ca.clone(),
+            identity: None,
+        })?;
+    }
+    Ok(served)
 }
 
 /// The replication settings: all of them with --peers, none without.
@@ -180,10 +302,9 @@ fn replication(
     let cluster_id = cluster_id.context("--peers needs --cluster-id")?;
     let secret_file =
         secret_file.context("--peers needs --cluster-secret-file (the replicas' shared secret)")?;
-    let secret = std::fs::read_to_string(&secret_file)
-        .with_context(|| format!("cannot read the cluster secret {}", secret_file.display()))?;
-    let r = ReplicationConfig::new(node_id, members, cluster_id, secret.trim().to_string())
-        .map_err(anyhow::Error::msg)?;
+    let secret = secret_file::read(&secret_file).context("the cluster secret")?;
+    let r =
+        ReplicationConfig::new(node_id, members, cluster_id, secret).map_err(anyhow::Error::msg)?;
     Ok(Some(r))
 }
 

@@ -183,6 +183,10 @@ pub struct Job {
     pub progress_timeout: Option<Millis>,
     /// Where relative paths in the spec point (see [`crate::SubmitJob::workdir`]).
     pub workdir: String,
+    /// Who submitted it: they (and administrators) may act on it. Empty: submitted before
+    /// convoy had users, or without authentication; administrators only.
+    #[serde(default)]
+    pub owner: String,
     pub attempts: Vec<Attempt>,
     pub last_progress: Option<Progress>,
     /// A requeued job starts no earlier than this (0: at once).
@@ -195,6 +199,21 @@ impl Job {
     /// The latest attempt if it is still running.
     pub fn live_attempt(&self) -> Option<&Attempt> {
         self.attempts.last().filter(|a| a.is_live())
+    }
+
+    /// The job whose checkpoint `init_from = "job:ID[@STEP]"` names, if it names one.
+    pub fn init_from_job(&self) -> Option<JobId> {
+        let (id, _) = self
+            .init_from
+            .as_deref()?
+            .strip_prefix(convoy_spec::JOB_PREFIX)
+            .and_then(|r| convoy_spec::parse_job_ref(r).ok())?;
+        id.trim()
+            .strip_prefix("job-")
+            .unwrap_or(id.trim())
+            .parse()
+            .ok()
+            .map(JobId)
     }
 
     /// The generation the next attempt must carry.

@@ -14,6 +14,7 @@ use convoy_spec::{Backend, JobSpec, SpecError};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApplyError;
+use crate::identity::{ApiToken, Identities};
 use crate::model::{
     Attempt, AttemptOutcome, Cordon, Job, JobId, JobState, Liveness, Millis, Progress, RankExit,
     Retention, Usage, Worker, WorkerId,
@@ -73,6 +74,9 @@ pub struct SubmitJob {
     /// file; ranks resolve data paths against it, as Slurm's `--chdir` does). Empty: the rank's
     /// own working directory.
     pub workdir: String,
+    /// The user submitting (empty: before convoy had users, or without authentication).
+    #[serde(default)]
+    pub owner: String,
     pub now: Millis,
 }
 
@@ -105,6 +109,7 @@ impl SubmitJob {
             max_restarts: Self::DEFAULT_MAX_RESTARTS,
             progress_timeout: Some(Self::DEFAULT_PROGRESS_TIMEOUT),
             workdir: String::new(),
+            owner: String::new(),
             now,
         })
     }
@@ -175,6 +180,16 @@ pub enum Command {
     DeleteJob {
         job: JobId,
     },
+    /// An administrator created an API token (its secret is not in here, only its hash).
+    CreateToken(ApiToken),
+    RevokeToken {
+        id: String,
+    },
+    /// The first serving coordinator chose the key machine credentials derive from.
+    SetCredentialKey {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
 }
 
 impl Command {
@@ -194,7 +209,10 @@ impl Command {
             | Command::Uncordon { .. }
             | Command::ResumeJob { .. }
             | Command::Configure(_)
-            | Command::DeleteJob { .. } => None,
+            | Command::DeleteJob { .. }
+            | Command::RevokeToken { .. }
+            | Command::SetCredentialKey { .. } => None,
+            Command::CreateToken(t) => Some(t.created_at),
         }
     }
 }
@@ -272,6 +290,9 @@ pub struct ClusterState {
     /// the machines that led.
     #[serde(default)]
     pub clock: Millis,
+    /// API tokens and the cluster key (see [`crate::identity`]).
+    #[serde(default)]
+    pub identities: Identities,
 }
 
 impl ClusterState {
@@ -324,6 +345,15 @@ impl ClusterState {
         let effects = self.apply_inner(cmd)?;
         if let Some(t) = cmd.now() {
             self.clock = self.clock.max(t);
+        }
+        if matches!(
+            cmd,
+            Command::CreateToken(_)
+                | Command::RevokeToken { .. }
+                | Command::SetCredentialKey { .. }
+                | Command::RegisterWorker { .. }
+        ) {
+            self.identities.epoch += 1;
         }
         Ok(effects)
     }
@@ -398,6 +428,18 @@ impl ClusterState {
                 now,
             } => self.rank_exit(*job, *generation, *rank, exit, *now),
             Command::Tick { now } => Ok(self.tick(*now)),
+            Command::CreateToken(token) => {
+                self.identities.create(token)?;
+                Ok(vec![])
+            }
+            Command::RevokeToken { id } => {
+                self.identities.revoke(id)?;
+                Ok(vec![])
+            }
+            Command::SetCredentialKey { key } => {
+                self.identities.set_key(key)?;
+                Ok(vec![])
+            }
             Command::Configure(config) => {
                 if config.heartbeat_timeout == 0 {
                     return Err(ApplyError::InvalidConfig(
@@ -414,7 +456,7 @@ impl ClusterState {
         if let Some(&id) = self.requests.get(&s.request_id) {
             // A retry of a submission that was committed but whose answer was lost.
             let job = self.job(id)?;
-            if job.spec_text != s.spec_text {
+            if job.spec_text != s.spec_text || job.owner != s.owner {
                 return Err(ApplyError::RequestReused {
                     request_id: s.request_id.clone(),
                     job: id,
@@ -454,6 +496,7 @@ impl ClusterState {
                 max_restarts: s.max_restarts,
                 progress_timeout: s.progress_timeout,
                 workdir: s.workdir.clone(),
+                owner: s.owner.clone(),
                 attempts: vec![],
                 last_progress: None,
                 not_before: 0,

@@ -8,6 +8,7 @@ mod common;
 
 use std::path::PathBuf;
 
+use convoy_coordinator::identity::{ApiToken, Identities};
 use convoy_coordinator::log::codec;
 use convoy_coordinator::{
     ClusterConfig, ClusterState, Command, JobId, RankExit, SubmitJob, WorkerId,
@@ -52,8 +53,9 @@ fn every_command() -> Vec<(&'static str, Command)> {
     submit.request_id = "req-7".into();
     submit.priority = -1;
     submit.workdir = "/data".into();
+    submit.owner = "alice".into();
     vec![
-        ("submit-job", Command::SubmitJob(submit)),
+        ("submit-job-owner", Command::SubmitJob(submit)),
         (
             "cancel-job",
             Command::CancelJob {
@@ -132,7 +134,61 @@ fn every_command() -> Vec<(&'static str, Command)> {
                 restart_delay: 1_000,
             }),
         ),
+        (
+            "set-credential-key",
+            Command::SetCredentialKey {
+                key: (0..32).collect(),
+            },
+        ),
+        (
+            "create-token",
+            Command::CreateToken(ApiToken {
+                id: "0a1b2c3d4e5f".into(),
+                user: "alice".into(),
+                admin: false,
+                hash: (100..132).collect(),
+                created_at: 10_000,
+                expires_at: Some(20_000),
+            }),
+        ),
+        (
+            "revoke-token",
+            Command::RevokeToken {
+                id: "0a1b2c3d4e5f".into(),
+            },
+        ),
     ]
+}
+
+/// The commands of format version 1 before users and credentials existed, as they were
+/// written then (a submission without an owner).
+fn commands_before_identities() -> Vec<Command> {
+    every_command()
+        .into_iter()
+        .filter_map(|(_, cmd)| match cmd {
+            Command::SubmitJob(mut s) => {
+                s.owner = String::new();
+                Some(Command::SubmitJob(s))
+            }
+            Command::SetCredentialKey { .. }
+            | Command::CreateToken(_)
+            | Command::RevokeToken { .. } => None,
+            other => Some(other),
+        })
+        .collect()
+}
+
+/// An entry written before a field was added reads with the field's default.
+#[test]
+fn an_entry_written_before_a_field_was_added_still_reads() {
+    let stored = unhex(
+        &std::fs::read_to_string(golden("entry-v1-submit-job")).expect("the older golden entry"),
+    );
+    let want = commands_before_identities()
+        .into_iter()
+        .find(|c| matches!(c, Command::SubmitJob(_)))
+        .expect("a submission");
+    assert_eq!(codec::decode_entry(&stored).expect("decodes"), want);
 }
 
 #[test]
@@ -153,12 +209,23 @@ fn every_command_has_a_pinned_entry_that_decodes_to_it() {
     }
 }
 
-fn golden_state() -> ClusterState {
+fn state_of(commands: impl IntoIterator<Item = Command>) -> ClusterState {
     let mut state = ClusterState::new(ClusterConfig::default());
-    for (_, cmd) in every_command() {
+    for cmd in commands {
         let _ = state.apply(&cmd);
     }
     assert_eq!(state.jobs.len(), 1);
+    state
+}
+
+fn golden_state() -> ClusterState {
+    state_of(every_command().into_iter().map(|(_, c)| c))
+}
+
+/// The state an older snapshot holds: no owners and no identities.
+fn state_before_identities() -> ClusterState {
+    let mut state = state_of(commands_before_identities());
+    state.identities = Identities::default();
     state
 }
 
@@ -166,21 +233,24 @@ fn golden_state() -> ClusterState {
 fn a_snapshot_has_a_pinned_encoding_that_decodes_to_it() {
     let state = golden_state();
     let bytes = codec::encode_snapshot(12, &state).expect("encodes");
-    let stored = check("snapshot-v1-clock", &bytes);
+    let stored = check("snapshot-v1-identities", &bytes);
     let (index, decoded) = codec::decode_snapshot(&stored).expect("decodes");
     assert_eq!((index, decoded), (12, state));
 }
 
 /// Fields are only ever added to version 1, with a default: a snapshot written before the
-/// state's `clock` existed reads as the same state with the clock at 0.
+/// state's `clock` existed reads as the same state with the clock at 0, and one written before
+/// users and credentials, without owners or identities.
 #[test]
 fn a_snapshot_written_before_a_field_was_added_still_reads() {
-    let path = golden("snapshot-v1");
-    let stored = unhex(&std::fs::read_to_string(&path).expect("the older golden snapshot"));
-    let (index, decoded) = codec::decode_snapshot(&stored).expect("decodes");
-    let mut want = golden_state();
+    let read = |name: &str| {
+        let stored = unhex(&std::fs::read_to_string(golden(name)).expect("an older snapshot"));
+        codec::decode_snapshot(&stored).expect("decodes")
+    };
+    let mut want = state_before_identities();
+    assert_eq!(read("snapshot-v1-clock"), (12, want.clone()));
     want.clock = 0;
-    assert_eq!((index, decoded), (12, want));
+    assert_eq!(read("snapshot-v1"), (12, want));
 }
 
 #[test]

@@ -94,11 +94,14 @@ fn stamp(cmd: &mut Command, t: u64) {
         | Command::ReportProgress { now, .. }
         | Command::ReportRankExit { now, .. }
         | Command::Tick { now } => *now = t,
+        Command::CreateToken(token) => token.created_at = t,
         Command::Cordon { .. }
         | Command::Uncordon { .. }
         | Command::ResumeJob { .. }
         | Command::Configure(_)
-        | Command::DeleteJob { .. } => {}
+        | Command::DeleteJob { .. }
+        | Command::RevokeToken { .. }
+        | Command::SetCredentialKey { .. } => {}
     }
 }
 

@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use bench_common::{
-    client, digits_spec, dir_size, harness, load_spec, memory_mib, ms, percentile, start_workers,
-    submit_many, wait,
+    auth_args, client, digits_spec, dir_size, harness, load_spec, memory_mib, ms, percentile,
+    start_workers, submit_many, wait,
 };
 use clap::{Parser, Subcommand};
 use convoy_client::Channel;
@@ -97,7 +97,10 @@ fn start_coordinator(
             dir.join("coordinator").display().to_string(),
             "--heartbeat-timeout-ms".into(),
             heartbeat_timeout_ms.to_string(),
-        ],
+        ]
+        .into_iter()
+        .chain(auth_args(dir, true)?)
+        .collect::<Vec<_>>(),
     )?;
     let url = d.url().context("the coordinator's address")?;
     Ok((d, url))

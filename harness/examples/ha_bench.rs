@@ -24,7 +24,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
 use bench_common::{
-    client, digits_spec, harness, ms, percentile, start_workers, submit_many, wait,
+    ADMIN_TOKEN, auth_args, client, digits_spec, harness, ms, percentile, start_workers,
+    submit_many, wait,
 };
 use clap::{Parser, Subcommand};
 use convoy_harness::{Daemon, Harness};
@@ -73,11 +74,21 @@ struct Replicas {
     listens: Vec<String>,
     daemons: Vec<Option<Daemon>>,
     heartbeat_timeout_ms: u64,
+    /// The coordinators' authentication flags (see `auth_args`).
+    auth: Vec<String>,
 }
 
 impl Replicas {
-    fn start(h: Harness, dir: &Path, n: usize, heartbeat_timeout_ms: u64) -> Result<Replicas> {
-        std::fs::write(dir.join("secret"), "bench-secret-0123456789")?;
+    /// `secure`: with tokens (as a real cluster runs), else without authentication.
+    fn start(
+        h: Harness,
+        dir: &Path,
+        n: usize,
+        heartbeat_timeout_ms: u64,
+        secure: bool,
+    ) -> Result<Replicas> {
+        convoy_service::secret_file::write(&dir.join("secret"), "bench-secret-0123456789")?;
+        let auth = auth_args(dir, secure)?;
         let listens = (0..n)
             .map(|_| {
                 let l = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -90,6 +101,7 @@ impl Replicas {
             daemons: (0..n).map(|_| None).collect(),
             listens,
             heartbeat_timeout_ms,
+            auth,
         };
         for i in 0..n {
             r.start_member(i)?;
@@ -107,6 +119,7 @@ impl Replicas {
             "--heartbeat-timeout-ms".into(),
             self.heartbeat_timeout_ms.to_string(),
         ];
+        args.extend(self.auth.iter().cloned());
         if self.listens.len() > 1 {
             let peers: Vec<String> = self
                 .listens
@@ -135,6 +148,7 @@ impl Replicas {
 
     async fn status(&self, i: usize) -> Option<ReplicaStatus> {
         let channel = convoy_client::connect(&self.listens[i]).await.ok()?;
+        channel.set_credential(ADMIN_TOKEN).ok()?;
         let mut replicas = ReplicasClient::new(channel);
         let ask = replicas.status(ReplicaStatusRequest {});
         match tokio::time::timeout(Duration::from_secs(2), ask).await {
@@ -193,7 +207,7 @@ fn now_ms() -> u64 {
 async fn failover(kills: usize, heartbeat_timeout_ms: u64) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (mut replicas, workers, addrs, job, _) =
-        running_job(dir.path(), 3, heartbeat_timeout_ms).await?;
+        running_job(dir.path(), 3, heartbeat_timeout_ms, true).await?;
     let mut c = client(&addrs).await?;
     let (spec_toml, workdir) = digits_spec(100, 1)?;
     wait(Duration::from_secs(120), "the job to step", || {
@@ -305,7 +319,7 @@ async fn submit(jobs: usize, concurrency: usize, connections: usize, rounds: usi
         for (k, n) in [1usize, 3].into_iter().enumerate() {
             let dir = tempfile::tempdir()?;
             let h = harness(dir.path())?;
-            let replicas = Replicas::start(h, dir.path(), n, 5000)?;
+            let replicas = Replicas::start(h, dir.path(), n, 5000, true)?;
             replicas.leader().await?;
             let mut clients = vec![];
             for _ in 0..connections.max(1) {
@@ -348,9 +362,10 @@ async fn running_job(
     dir: &Path,
     n: usize,
     heartbeat_timeout_ms: u64,
+    secure: bool,
 ) -> Result<(Replicas, Vec<Daemon>, String, String, u64)> {
     let h = harness(dir)?;
-    let replicas = Replicas::start(h.clone(), dir, n, heartbeat_timeout_ms)?;
+    let replicas = Replicas::start(h.clone(), dir, n, heartbeat_timeout_ms, secure)?;
     replicas.leader().await?;
     let addrs = replicas.addresses();
     let workers = start_workers(&h, dir, &addrs, &["w1", "w2"])?;
@@ -398,7 +413,8 @@ async fn upload(mib: u64, rounds: usize) -> Result<()> {
         for (k, n) in [1usize, 3].into_iter().enumerate() {
             let dir = tempfile::tempdir()?;
             let (_replicas, _workers, addrs, job, generation) =
-                running_job(dir.path(), n, 5000).await?;
+                // Without authentication: this client uploads as if it were rank 0.
+                running_job(dir.path(), n, 5000, false).await?;
             let mut api = convoy_client::worker_api(convoy_client::connect(&addrs).await?);
             let chunks = (len as usize).div_ceil(CHUNK);
             let chunk = chunk.clone();

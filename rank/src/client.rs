@@ -32,7 +32,9 @@ pub struct RankClient {
 }
 
 impl RankClient {
-    pub fn connect(addr: &str) -> Result<Arc<RankClient>, RankError> {
+    /// A client of the coordinator at `addr` that presents `credential` (the rank's own;
+    /// empty when the coordinator runs without authentication).
+    pub fn connect(addr: &str, credential: &str) -> Result<Arc<RankClient>, RankError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("rank-rpc")
@@ -47,6 +49,9 @@ impl RankClient {
             let _entered = runtime.enter();
             convoy_client::connect_lazy(addr)?
         };
+        if !credential.is_empty() {
+            channel.set_credential(credential)?;
+        }
         Ok(Arc::new(RankClient {
             runtime,
             api: convoy_client::worker_api(channel),

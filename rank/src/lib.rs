@@ -80,6 +80,7 @@ fn cpu_trainer(
             addrs,
             generation: launch.generation,
             timeout: launch.collective_timeout(),
+            secret: launch.ring_secret.as_bytes().to_vec(),
         },
         listener,
     )?;
@@ -144,7 +145,12 @@ pub fn run(launch: RankLaunch) -> Result<(), RankError> {
             .build_global()
             .map_err(|e| RankError::Config(format!("starting {n} threads: {e}")))?;
     }
-    let client = RankClient::connect(&launch.coordinator)?;
+    convoy_client::tls::configure(&convoy_client::tls::TlsSettings {
+        ca: launch.tls_ca.clone(),
+        identity: None,
+    })
+    .map_err(convoy_client::ClientError::from)?;
+    let client = RankClient::connect(&launch.coordinator, &launch.credential)?;
     // `init_from = "job:ID[@STEP]"` names another job's checkpoint, not a file.
     let init_job = spec.init_from_job();
     if init_job.is_some() {

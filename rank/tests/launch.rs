@@ -42,6 +42,9 @@ fn a_spec_that_disagrees_with_the_placement_fails_before_any_network_call() {
         threads: Some(1),
         collective_timeout_ms: 60_000,
         upload_retry_ms: 1_000,
+        credential: String::new(),
+        ring_secret: String::new(),
+        tls_ca: None,
     };
     let path = dir.path().join("launch.toml");
     launch.write(&path).expect("write");

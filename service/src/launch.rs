@@ -35,6 +35,18 @@ pub struct RankLaunch {
     /// How long a checkpoint upload is retried while the coordinator is away or failing.
     #[serde(default = "default_upload_retry_ms")]
     pub upload_retry_ms: u64,
+    /// What the rank presents to the coordinator: valid for this job, attempt and rank only.
+    /// It lives in this file (mode 0600), not in the environment, which every child process
+    /// of the rank would inherit.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub credential: String,
+    /// The attempt's ring secret: ranks prove knowledge of it to each other.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ring_secret: String,
+    /// The CA the coordinator's certificate is checked against (set: the rank connects over
+    /// TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// One hour: a coordinator restart, a full disk being cleared, a network partition healing.
@@ -70,14 +82,15 @@ impl RankLaunch {
         Duration::from_millis(self.upload_retry_ms)
     }
 
+    /// Writes the file readable by its owner only (it holds the rank's credential).
     pub fn write(&self, path: &Path) -> Result<(), LaunchError> {
         let text = toml::to_string(self).map_err(|e| LaunchError::Format {
             path: path.to_path_buf(),
             msg: e.to_string(),
         })?;
-        std::fs::write(path, text).map_err(|source| LaunchError::Io {
+        crate::secret_file::write(path, &text).map_err(|e| LaunchError::Io {
             path: path.to_path_buf(),
-            source,
+            source: std::io::Error::other(e.to_string()),
         })
     }
 
@@ -113,6 +126,9 @@ mod tests {
             threads: None,
             collective_timeout_ms: 60_000,
             upload_retry_ms: 5_000,
+            credential: "cvr.7.2.1.mac".into(),
+            ring_secret: "ring".into(),
+            tls_ca: Some("/etc/convoy/ca.pem".into()),
         };
         launch.write(&path).expect("written");
         assert_eq!(RankLaunch::read(&path).expect("read"), launch);

@@ -8,11 +8,13 @@
 //! * [`ready`]: the machine-readable ready signal a process harness waits for (and systemd's
 //!   `READY=1`);
 //! * [`launch`]: the file a worker daemon writes to start one rank, the rank's whole
-//!   configuration.
+//!   configuration;
+//! * [`secret_file`]: files holding tokens and secrets, private to their owner.
 
 pub mod launch;
 pub mod logging;
 pub mod ready;
+pub mod secret_file;
 pub mod settings;
 pub mod signals;
 

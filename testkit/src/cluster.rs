@@ -2,12 +2,18 @@
 //! `convoy-worker` processes (started by [`convoy_harness`]) with their data in a temporary
 //! directory, driven with the `convoy` CLI. Every wait is bounded; the daemons are killed
 //! when the cluster is dropped.
+//!
+//! The cluster runs as a real one must: over TLS with its own CA (`convoy tls init` into
+//! `dir/tls`), with an administrator token and a join token (`dir/admin.token`,
+//! `dir/join.token`); [`Cluster::convoy`] presents the administrator's, [`Cluster::convoy_as`]
+//! another user's, both trusting the CA.
 
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use convoy_harness::{Daemon, Harness, READY_TIMEOUT};
+use convoy_service::secret_file;
 use serde_json::Value;
 
 use crate::{bin_dir, repo_root};
@@ -22,6 +28,8 @@ pub struct Cluster {
     coordinators: Vec<Member>,
     /// `--peers` of a replicated cluster.
     peers: Option<String>,
+    /// More flags for every coordinator.
+    coordinator_extra: Vec<String>,
     pub workers: Vec<Daemon>,
 }
 
@@ -60,8 +68,19 @@ impl Cluster {
     /// [`Cluster::start`] in `dir`, which may be prepared (the coordinator's data directory is
     /// `dir/coordinator`, e.g. a small filesystem mounted there).
     pub fn start_in(dir: tempfile::TempDir, heartbeat_timeout_ms: u64) -> Cluster {
+        Cluster::start_with_in(dir, heartbeat_timeout_ms, &[])
+    }
+
+    /// [`Cluster::start`] with more flags for the coordinator.
+    pub fn start_with(heartbeat_timeout_ms: u64, extra: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Cluster::start_with_in(dir, heartbeat_timeout_ms, extra)
+    }
+
+    fn start_with_in(dir: tempfile::TempDir, heartbeat_timeout_ms: u64, extra: &[&str]) -> Cluster {
         let harness = Harness::new(&bin_dir(), dir.path()).expect("a harness");
         harness.check_binaries().expect("the built binaries");
+        write_secrets(dir.path());
         let mut c = Cluster {
             dir,
             addr: String::new(),
@@ -73,6 +92,7 @@ impl Cluster {
                 joined: false,
             }],
             peers: None,
+            coordinator_extra: extra.iter().map(|s| s.to_string()).collect(),
             workers: vec![],
         };
         c.start_member(0);
@@ -98,11 +118,9 @@ impl Cluster {
     ) -> Cluster {
         let harness = Harness::new(&bin_dir(), dir.path()).expect("a harness");
         harness.check_binaries().expect("the built binaries");
-        std::fs::write(
-            dir.path().join("cluster-secret"),
-            "test-secret-0123456789\n",
-        )
-        .expect("write the secret");
+        write_secrets(dir.path());
+        secret_file::write(&dir.path().join("cluster-secret"), "test-secret-0123456789")
+            .expect("write the secret");
         let coordinators: Vec<Member> = (0..n)
             .map(|_| Member {
                 listen: format!("127.0.0.1:{}", free_port()),
@@ -128,6 +146,7 @@ impl Cluster {
             heartbeat_timeout_ms,
             coordinators,
             peers: Some(peers),
+            coordinator_extra: vec![],
             workers: vec![],
         };
         for i in 0..n {
@@ -156,9 +175,20 @@ impl Cluster {
             &self.heartbeat_timeout_ms.to_string(),
             "--heartbeat-interval-ms",
             "250",
+            "--admin-token-file",
+            &self.admin_token_file().display().to_string(),
+            "--join-token-file",
+            &self.join_token_file().display().to_string(),
+            "--tls-cert",
+            &self.tls_file("coordinator.pem"),
+            "--tls-key",
+            &self.tls_file("coordinator.key"),
+            "--tls-ca",
+            &self.tls_file("ca.pem"),
         ]
         .map(String::from)
         .to_vec();
+        args.extend(self.coordinator_extra.iter().cloned());
         if let Some(founding) = &self.peers {
             let secret = self.dir.path().join("cluster-secret");
             let member = &self.coordinators[i];
@@ -322,7 +352,25 @@ impl Cluster {
 
     /// [`Cluster::add_worker`] with more flags for the daemon.
     pub fn add_worker_with(&mut self, name: &str, slots: u32, extra: &[String]) {
-        let mut args: Vec<String> = [
+        let mut args = self.worker_args(name, slots);
+        args.extend_from_slice(extra);
+        let mut w = self.spawn_worker(name, &args);
+        if let Err(e) = w.wait_ready(READY_TIMEOUT) {
+            panic!("{e}\n{}", self.log_tails());
+        }
+        self.workers.push(w);
+    }
+
+    /// Starts a worker daemon with exactly `args`, without waiting for it.
+    pub fn spawn_worker(&self, name: &str, args: &[String]) -> Daemon {
+        self.harness
+            .spawn_worker(name, args)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The flags [`Cluster::add_worker`] starts a worker with.
+    pub fn worker_args(&self, name: &str, slots: u32) -> Vec<String> {
+        [
             "--coordinator",
             &self.addr,
             "--name",
@@ -337,18 +385,13 @@ impl Cluster {
             "3000",
             "--collective-timeout-ms",
             "20000",
+            "--join-token-file",
+            &self.join_token_file().display().to_string(),
+            "--tls-ca",
+            &self.tls_file("ca.pem"),
         ]
         .map(String::from)
-        .to_vec();
-        args.extend_from_slice(extra);
-        let mut w = self
-            .harness
-            .spawn_worker(name, &args)
-            .unwrap_or_else(|e| panic!("{e}"));
-        if let Err(e) = w.wait_ready(READY_TIMEOUT) {
-            panic!("{e}\n{}", self.log_tails());
-        }
-        self.workers.push(w);
+        .to_vec()
     }
 
     /// Waits until `n` workers are alive.
@@ -410,14 +453,71 @@ impl Cluster {
         }
     }
 
-    /// Runs `convoy` against this cluster.
+    /// The bootstrap administrator's token file.
+    pub fn admin_token_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("admin.token")
+    }
+
+    /// The bootstrap administrator's token.
+    pub fn admin_token(&self) -> String {
+        secret_file::read(&self.admin_token_file()).expect("the administrator's token")
+    }
+
+    /// A file of the cluster's PKI (`ca.pem`, `coordinator.pem`, `worker.key`, …).
+    pub fn tls_file(&self, name: &str) -> String {
+        self.dir.path().join("tls").join(name).display().to_string()
+    }
+
+    /// The join token file workers register with.
+    pub fn join_token_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("join.token")
+    }
+
+    /// Runs `convoy` against this cluster as its administrator.
     pub fn convoy(&self, args: &[&str]) -> Output {
-        Command::new(bin_dir().join("convoy"))
-            .args(args)
+        self.convoy_with(
+            &[(
+                "CONVOY_TOKEN_FILE",
+                &self.admin_token_file().display().to_string(),
+            )],
+            args,
+        )
+    }
+
+    /// Runs `convoy` against this cluster presenting `token` (empty: none).
+    pub fn convoy_as(&self, token: &str, args: &[&str]) -> Output {
+        self.convoy_with(&[("CONVOY_TOKEN", token)], args)
+    }
+
+    fn convoy_with(&self, env: &[(&str, &str)], args: &[&str]) -> Output {
+        let mut cmd = Command::new(bin_dir().join("convoy"));
+        cmd.args(args)
             .env("CONVOY_COORDINATOR", &self.addr)
-            .current_dir(repo_root())
-            .output()
-            .expect("run convoy")
+            .env_remove("CONVOY_TOKEN")
+            .env_remove("CONVOY_TOKEN_FILE")
+            .env("CONVOY_TLS_CA", self.tls_file("ca.pem"))
+            // No token of the machine's user may stand in for the one given here.
+            .env("XDG_CONFIG_HOME", self.dir.path())
+            .current_dir(repo_root());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run convoy")
+    }
+
+    /// Creates an API token for `user` (an administrator's when `admin`); the token.
+    pub fn create_token(&self, user: &str, admin: bool) -> String {
+        let mut args = vec!["admin", "token", "create", "--user", user];
+        if admin {
+            args.push("--admin");
+        }
+        let out = self.convoy(&args);
+        assert!(
+            out.status.success(),
+            "creating a token for {user}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     /// Runs `convoy ARGS --json` and parses its output.
@@ -510,7 +610,8 @@ impl Cluster {
         last
     }
 
-    fn log_tails(&self) -> String {
+    /// The last lines of every daemon's log, for a failure message.
+    pub fn log_tails(&self) -> String {
         let mut out = String::new();
         if let Ok(rd) = std::fs::read_dir(self.dir.path()) {
             for e in rd.flatten() {
@@ -526,4 +627,24 @@ impl Cluster {
         }
         out
     }
+}
+
+/// The administrator and join tokens and the CA every test cluster runs with.
+fn write_secrets(dir: &Path) {
+    for (file, token) in [
+        ("admin.token", "test-admin-token-0123456789abcdef"),
+        ("join.token", "test-join-token-0123456789abcdef"),
+    ] {
+        secret_file::write(&dir.join(file), token).expect("write a token file");
+    }
+    let out = Command::new(bin_dir().join("convoy"))
+        .args(["tls", "init", "--out"])
+        .arg(dir.join("tls"))
+        .output()
+        .expect("run convoy tls init");
+    assert!(
+        out.status.success(),
+        "convoy tls init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

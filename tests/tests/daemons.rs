@@ -2,8 +2,10 @@
 //! file over defaults, every value printed at start with where it came from, and a cluster
 //! setting given for an existing data directory applied (and said so), never ignored.
 
+use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
+use convoy_service::secret_file;
 use convoy_testkit::bin_dir;
 use convoy_testkit::harness::{Harness, HarnessError};
 
@@ -29,6 +31,7 @@ fn coordinator_settings_are_layered_printed_and_replicated_ones_are_applied_on_r
         &data,
         "--listen",
         "127.0.0.1:0",
+        "--insecure",
     ]
     .map(String::from);
     let start = |extra: &[&str]| {
@@ -97,13 +100,13 @@ fn replica_settings_that_cannot_make_a_cluster_are_refused_with_one_line() {
     let dir = tempfile::tempdir().expect("temp dir");
     let h = Harness::new(&bin_dir(), dir.path()).expect("harness");
     let secret = dir.path().join("secret");
-    std::fs::write(&secret, "0123456789abcdef0123\n").expect("write");
+    secret_file::write(&secret, "0123456789abcdef0123").expect("write");
     let short = dir.path().join("short");
-    std::fs::write(&short, "s3cret\n").expect("write");
+    secret_file::write(&short, "s3cret").expect("write");
     let data = dir.path().join("data");
     let peers = "1=127.0.0.1:7601,2=127.0.0.1:7602,3=127.0.0.1:7603";
     let refused = |args: &[&str]| -> String {
-        let mut all: Vec<String> = ["--listen", "127.0.0.1:0", "--data-dir"]
+        let mut all: Vec<String> = ["--insecure", "--listen", "127.0.0.1:0", "--data-dir"]
             .map(String::from)
             .to_vec();
         all.push(data.display().to_string());
@@ -156,6 +159,7 @@ fn replica_settings_that_cannot_make_a_cluster_are_refused_with_one_line() {
         .coordinator(
             "coordinator",
             &[
+                "--insecure",
                 "--listen",
                 "127.0.0.1:0",
                 "--data-dir",
@@ -168,6 +172,42 @@ fn replica_settings_that_cannot_make_a_cluster_are_refused_with_one_line() {
     let line = with("1", peers, secret);
     assert!(
         line.contains("holds a single coordinator's command log, and this coordinator was started with --peers"),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_coordinator_without_tokens_or_insecure_refuses_to_start_with_one_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let h = Harness::new(&bin_dir(), dir.path()).expect("harness");
+    let data = dir.path().join("data").display().to_string();
+    let admin = dir.path().join("admin.token");
+    let join = dir.path().join("join.token");
+    secret_file::write(&admin, "admin-token-0123456789abcdef").expect("write");
+    secret_file::write(&join, "join-token-0123456789abcdef").expect("write");
+    let refused = |extra: &[&str]| -> String {
+        let mut args: Vec<String> = ["--listen", "127.0.0.1:0", "--data-dir", &data]
+            .map(String::from)
+            .to_vec();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let e = h.coordinator("coordinator", &args).err().expect("refused");
+        assert!(matches!(e, HarnessError::Exited { .. }), "{e}");
+        log(&h).trim().lines().last().unwrap_or("").to_string()
+    };
+    let line = refused(&[]);
+    assert!(
+        line.contains("needs --admin-token-file and --join-token-file")
+            && line.contains("--insecure"),
+        "{line}"
+    );
+    let admin = admin.to_str().expect("utf-8");
+    let join = join.to_str().expect("utf-8");
+    let line = refused(&["--admin-token-file", admin, "--join-token-file", admin]);
+    assert!(line.contains("the same"), "{line}");
+    std::fs::set_permissions(join, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let line = refused(&["--admin-token-file", admin, "--join-token-file", join]);
+    assert!(
+        line.contains("mode 644") && line.contains("chmod 600"),
         "{line}"
     );
 }

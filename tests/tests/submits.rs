@@ -23,9 +23,17 @@ fn concurrent_submits_across_a_sigkill_are_neither_lost_nor_duplicated() {
     let spec = std::fs::read_to_string(&spec_path).expect("spec");
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     let acked = Arc::new(AtomicUsize::new(0));
+    convoy_client::tls::configure(&convoy_client::tls::TlsSettings {
+        ca: Some(c.tls_file("ca.pem").into()),
+        identity: None,
+    })
+    .expect("trust the cluster's CA");
     let channel = runtime
         .block_on(async { convoy_client::connect_lazy(&c.addr) })
         .expect("a channel");
+    channel
+        .set_credential(&c.admin_token())
+        .expect("a valid token");
     // Half the clients pause half-way until the coordinator was restarted, so submissions
     // certainly span the restart; the other half keep submitting through the kill.
     let (restarted_tx, restarted) = tokio::sync::watch::channel(false);
@@ -85,7 +93,7 @@ fn concurrent_submits_across_a_sigkill_are_neither_lost_nor_duplicated() {
     let listed = runtime
         .block_on(async {
             let mut client = convoy_client::client_api(channel.clone());
-            client.list_jobs(ListJobsRequest {}).await
+            client.list_jobs(ListJobsRequest::default()).await
         })
         .expect("list")
         .into_inner()

@@ -46,4 +46,9 @@ pub struct WorkerConfig {
     pub upload_retry: Duration,
     /// Where to write the ready signal once the coordinator has accepted the registration.
     pub ready_file: Option<PathBuf>,
+    /// The cluster's join token, which the daemon registers with (`None`: the coordinator
+    /// runs without authentication).
+    pub join_token: Option<String>,
+    /// The CA the daemon's connections trust (TLS); its ranks are told to trust it too.
+    pub tls_ca: Option<PathBuf>,
 }

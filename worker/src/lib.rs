@@ -60,7 +60,8 @@ pub async fn run(
             source: e,
         })?;
     }
-    let api = convoy_client::worker_api(convoy_client::connect_lazy(&config.coordinator)?);
+    let channel = convoy_client::connect_lazy(&config.coordinator)?;
+    let api = convoy_client::worker_api(channel.clone());
     // Distinguishes this process from an earlier daemon of the same name.
     let instance = format!(
         "{}-{}",
@@ -103,6 +104,7 @@ pub async fn run(
     let sess = tokio::spawn(session::run(
         config.clone(),
         instance,
+        channel,
         api,
         ranks.clone(),
         stopping,

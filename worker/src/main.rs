@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{CommandFactory, Parser};
-use convoy_service::Layers;
+use convoy_service::{Layers, secret_file};
 use convoy_worker::{WorkerConfig, defaults, gpus, run};
 
 /// The flags. Every one is optional here: defaults live in `convoy_worker::defaults` and are
@@ -57,6 +57,21 @@ struct Args {
     /// process harnesses such as `convoy dev`).
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// A file holding the cluster's join token (mode 0600; the coordinator's
+    /// --join-token-file). Needed unless the coordinator runs with --insecure.
+    #[arg(long, env = "CONVOY_JOIN_TOKEN_FILE")]
+    join_token_file: Option<PathBuf>,
+    /// The cluster's CA certificate (PEM): connections to the coordinator (the ranks' too)
+    /// use TLS and trust it.
+    #[arg(long, env = "CONVOY_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// This worker's client certificate (PEM), for a coordinator started with
+    /// --require-worker-cert.
+    #[arg(long, env = "CONVOY_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM, mode 0600).
+    #[arg(long, env = "CONVOY_TLS_KEY")]
+    tls_key: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -81,6 +96,27 @@ fn configure() -> Result<WorkerConfig> {
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_default();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    // Before any address is made a URL: with a CA, every one means https.
+    let tls_ca: Option<PathBuf> = layers.optional("tls_ca", None)?.map(|s| s.value);
+    let identity = match (
+        layers.optional::<PathBuf>("tls_cert", None)?,
+        layers.optional::<PathBuf>("tls_key", None)?,
+    ) {
+        (Some(cert), Some(key)) => {
+            secret_file::read(&key.value).context("the TLS key")?;
+            Some((cert.value, key.value))
+        }
+        (None, None) => None,
+        _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+    };
+    anyhow::ensure!(
+        identity.is_none() || tls_ca.is_some(),
+        "--tls-cert needs --tls-ca (the cluster's CA: a client certificate is presented over TLS)"
+    );
+    convoy_client::tls::configure(&convoy_client::tls::TlsSettings {
+        ca: tls_ca.clone(),
+        identity,
+    })?;
     let config = WorkerConfig {
         coordinator: convoy_client::urls(
             &layers
@@ -120,6 +156,14 @@ fn configure() -> Result<WorkerConfig> {
         ready_file: layers
             .optional("ready_file", Some("no ready file"))?
             .map(|s| s.value),
+        join_token: layers
+            .optional::<PathBuf>(
+                "join_token_file",
+                Some("none (only a coordinator started with --insecure accepts this worker)"),
+            )?
+            .map(|s| secret_file::read(&s.value).context("the join token"))
+            .transpose()?,
+        tls_ca,
     };
     for line in layers.finish()? {
         tracing::info!("setting {line}");

@@ -196,6 +196,9 @@ impl Supervisor {
             threads: self.config.threads_per_rank,
             collective_timeout_ms: self.config.collective_timeout.as_millis() as u64,
             upload_retry_ms: self.config.upload_retry.as_millis() as u64,
+            credential: s.credential.clone(),
+            ring_secret: s.ring_secret.clone(),
+            tls_ca: self.config.tls_ca.clone(),
         };
         let launch_file = dir.join("launch.toml");
         launch.write(&launch_file).map_err(|e| e.to_string())?;

@@ -31,9 +31,38 @@ async fn call<T>(
     }
 }
 
+/// The registration request, presenting the join token when the daemon has one.
+fn register_request(
+    config: &WorkerConfig,
+    instance: &str,
+    ranks: &Supervisor,
+) -> Result<tonic::Request<pb::RegisterRequest>, String> {
+    let mut req = tonic::Request::new(pb::RegisterRequest {
+        name: config.name.clone(),
+        cpu_slots: config.slots,
+        gpus: config.gpus.len() as u32,
+        version: convoy_service::VERSION.into(),
+        running: ranks.running(),
+        instance: instance.to_string(),
+    });
+    if let Some(token) = &config.join_token {
+        let value = convoy_client::bearer(token).map_err(|e| e.to_string())?;
+        req.metadata_mut().insert(
+            "authorization",
+            tonic::metadata::MetadataValue::try_from(value.as_bytes())
+                .map_err(|e| format!("the join token: {e}"))?,
+        );
+    }
+    Ok(req)
+}
+
+/// Registers, watches assignments and heartbeats, registering again whenever the
+/// coordinator goes away. The credential each registration returns is presented by every
+/// later call on `channel` (the log shipper's and exit reporter's included).
 pub async fn run(
     config: Arc<WorkerConfig>,
     instance: String,
+    channel: Channel,
     client: WorkerApiClient<Channel>,
     ranks: Arc<Supervisor>,
     mut stopping: watch::Receiver<bool>,
@@ -44,15 +73,10 @@ pub async fn run(
     let mut announced = false;
     while !*stopping.borrow() {
         let mut c = client.clone();
-        let registered = call(c.register(pb::RegisterRequest {
-            name: config.name.clone(),
-            cpu_slots: config.slots,
-            gpus: config.gpus.len() as u32,
-            version: convoy_service::VERSION.into(),
-            running: ranks.running(),
-            instance: instance.clone(),
-        }))
-        .await;
+        let registered = match register_request(&config, &instance, &ranks) {
+            Ok(req) => call(c.register(req)).await,
+            Err(msg) => Err(tonic::Status::invalid_argument(msg)),
+        };
         let reg = match registered {
             Ok(r) => r,
             Err(s) => {
@@ -89,6 +113,11 @@ pub async fn run(
                 continue;
             }
         };
+        if !reg.credential.is_empty()
+            && let Err(e) = channel.set_credential(&reg.credential)
+        {
+            tracing::warn!("the coordinator's credential for this worker: {e}");
+        }
         backoff = Duration::from_millis(200);
         failures = 0;
         last_error.clear();

@@ -15,9 +15,7 @@ use serde_json::{Value, json};
 const ASK_TIMEOUT: Duration = Duration::from_secs(3);
 
 async fn ask(url: &str) -> Result<pb::ReplicaStatus, String> {
-    let channel = convoy_client::connect(url)
-        .await
-        .map_err(|e| e.to_string())?;
+    let channel = super::channel(url).await.map_err(|e| format!("{e:#}"))?;
     let mut c = ReplicasClient::new(channel);
     match tokio::time::timeout(ASK_TIMEOUT, c.status(pb::ReplicaStatusRequest {})).await {
         Ok(Ok(r)) => Ok(r.into_inner()),
@@ -28,7 +26,7 @@ async fn ask(url: &str) -> Result<pb::ReplicaStatus, String> {
 
 /// Asks the leader to hand leadership to replica `to`, and waits until it has.
 pub async fn transfer(coordinators: &str, to: u64) -> Result<()> {
-    let channel = convoy_client::connect(coordinators).await?;
+    let channel = super::channel(coordinators).await?;
     let mut c = ReplicasClient::new(channel);
     // The first try may reach a replica that does not lead; its answer names the leader,
     // where the channel goes next.
@@ -73,7 +71,7 @@ pub async fn change(coordinators: &str, add: Option<&str>, remove: Option<u64>) 
         },
         _ => anyhow::bail!("give one of --add and --remove"),
     };
-    let channel = convoy_client::connect(coordinators).await?;
+    let channel = super::channel(coordinators).await?;
     let mut c = ReplicasClient::new(channel);
     let mut tries = 0;
     loop {

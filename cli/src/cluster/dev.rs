@@ -13,9 +13,10 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use convoy_harness::{Daemon, Harness, READY_TIMEOUT, bin_dir_of_current_exe};
 
-use crate::cluster::connect;
 use crate::cluster::submit::{self, SubmitArgs};
+use crate::cluster::tls;
 use crate::display::say_err;
+use convoy_service::secret_file;
 
 #[derive(Args)]
 pub struct DevArgs {
@@ -40,6 +41,72 @@ pub struct DevArgs {
     /// SIGKILLing the leader that `convoy coordinators` names).
     #[arg(long, default_value_t = 1)]
     pub coordinators: u16,
+    /// Run without authentication and TLS: anyone who can reach the ports may do anything.
+    /// By default the cluster has a throwaway CA and certificates, an administrator token and
+    /// a join token, in its directory.
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+/// What a dev cluster is secured with, in its directory: tokens (mode 0600) and a
+/// throwaway CA with its certificates.
+struct Security {
+    admin: PathBuf,
+    join: PathBuf,
+    pki: tls::Pki,
+}
+
+impl Security {
+    /// Also makes this process's own connections trust the throwaway CA.
+    fn create(dir: &Path) -> Result<Security> {
+        let s = Security {
+            admin: dir.join("admin.token"),
+            join: dir.join("join.token"),
+            pki: tls::init(&dir.join("tls"), &[])?,
+        };
+        for path in [&s.admin, &s.join] {
+            secret_file::write(path, &random_secret())?;
+        }
+        convoy_client::tls::configure(&convoy_client::tls::TlsSettings {
+            ca: Some(s.pki.ca.clone()),
+            identity: None,
+        })?;
+        Ok(s)
+    }
+
+    fn coordinator_args(security: Option<&Security>) -> Vec<String> {
+        let Some(s) = security else {
+            return vec!["--insecure".into()];
+        };
+        [
+            ("--admin-token-file", &s.admin),
+            ("--join-token-file", &s.join),
+            ("--tls-cert", &s.pki.coordinator_cert),
+            ("--tls-key", &s.pki.coordinator_key),
+            ("--tls-ca", &s.pki.ca),
+        ]
+        .into_iter()
+        .flat_map(|(flag, path)| [flag.to_string(), path.display().to_string()])
+        .collect()
+    }
+
+    fn worker_args(&self) -> Vec<String> {
+        [
+            ("--join-token-file", &self.join),
+            ("--tls-ca", &self.pki.ca),
+        ]
+        .into_iter()
+        .flat_map(|(flag, path)| [flag.to_string(), path.display().to_string()])
+        .collect()
+    }
+}
+
+fn random_secret() -> String {
+    format!(
+        "{:032x}{:032x}",
+        rand::random::<u128>(),
+        rand::random::<u128>()
+    )
 }
 
 /// How long each daemon gets to stop on SIGTERM before it is killed.
@@ -83,23 +150,31 @@ pub async fn run(args: DevArgs) -> Result<()> {
 async fn cluster(args: &DevArgs, dir: &Path) -> Result<()> {
     let harness = Harness::new(&bin_dir_of_current_exe()?, dir)?;
     harness.check_binaries()?;
+    let security = if args.insecure {
+        say_err!(
+            "convoy dev: --insecure: no authentication and no TLS; anyone who reaches the \
+             ports may do anything"
+        );
+        None
+    } else {
+        Some(Security::create(dir)?)
+    };
     let path = |p: PathBuf| p.display().to_string();
     let (mut coordinators, url) = if args.coordinators == 1 {
-        let c = harness.coordinator(
-            "coordinator",
-            &[
-                "--listen".into(),
-                format!("127.0.0.1:{}", args.port),
-                "--data-dir".into(),
-                path(dir.join("coordinator")),
-            ],
-        )?;
+        let mut flags = vec![
+            "--listen".into(),
+            format!("127.0.0.1:{}", args.port),
+            "--data-dir".into(),
+            path(dir.join("coordinator")),
+        ];
+        flags.extend(Security::coordinator_args(security.as_ref()));
+        let c = harness.coordinator("coordinator", &flags)?;
         let url = c
             .url()
             .context("the coordinator's ready signal has no address")?;
         (vec![c], url)
     } else {
-        replicas(&harness, args, dir)?
+        replicas(&harness, args, dir, security.as_ref())?
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = args
@@ -108,26 +183,27 @@ async fn cluster(args: &DevArgs, dir: &Path) -> Result<()> {
     let mut workers = vec![];
     for i in 0..args.workers {
         let name = format!("dev-worker-{i}");
-        workers.push(harness.spawn_worker(
-            &name,
-            &[
-                "--coordinator".into(),
-                url.clone(),
-                "--name".into(),
-                name.clone(),
-                "--slots".into(),
-                args.slots.to_string(),
-                "--threads-per-rank".into(),
-                threads.to_string(),
-                "--data-dir".into(),
-                path(dir.join(&name)),
-                "--stop-grace-ms".into(),
-                "5000".into(),
-            ],
-        )?);
+        let mut flags: Vec<String> = vec![
+            "--coordinator".into(),
+            url.clone(),
+            "--name".into(),
+            name.clone(),
+            "--slots".into(),
+            args.slots.to_string(),
+            "--threads-per-rank".into(),
+            threads.to_string(),
+            "--data-dir".into(),
+            path(dir.join(&name)),
+            "--stop-grace-ms".into(),
+            "5000".into(),
+        ];
+        if let Some(s) = &security {
+            flags.extend(s.worker_args());
+        }
+        workers.push(harness.spawn_worker(&name, &flags)?);
     }
     let result = tokio::select! {
-        r = drive(&url, args, &mut workers, threads, dir) => r,
+        r = drive(&url, args, &mut workers, threads, dir, security.as_ref()) => r,
         _ = tokio::signal::ctrl_c() => {
             say_err!("convoy dev: interrupted; shutting down");
             Ok(())
@@ -145,7 +221,12 @@ async fn cluster(args: &DevArgs, dir: &Path) -> Result<()> {
 
 /// `args.coordinators` replicas on consecutive ports from `args.port` (or free ones), with a
 /// fresh secret; the address list clients are given.
-fn replicas(harness: &Harness, args: &DevArgs, dir: &Path) -> Result<(Vec<Daemon>, String)> {
+fn replicas(
+    harness: &Harness,
+    args: &DevArgs,
+    dir: &Path,
+    security: Option<&Security>,
+) -> Result<(Vec<Daemon>, String)> {
     let n = usize::from(args.coordinators);
     let ports: Vec<u16> = if args.port == 0 {
         // Ports free now: the replicas must know each other's before they start.
@@ -164,8 +245,7 @@ fn replicas(harness: &Harness, args: &DevArgs, dir: &Path) -> Result<(Vec<Daemon
             .context("--port: the replicas' ports run past 65535")?
     };
     let secret = dir.join("cluster-secret");
-    std::fs::write(&secret, format!("{:032x}", rand::random::<u128>()))
-        .context("writing the cluster secret")?;
+    secret_file::write(&secret, &random_secret())?;
     let peers: Vec<String> = ports
         .iter()
         .enumerate()
@@ -174,27 +254,26 @@ fn replicas(harness: &Harness, args: &DevArgs, dir: &Path) -> Result<(Vec<Daemon
     let mut daemons = vec![];
     for (i, port) in ports.iter().enumerate() {
         let name = format!("coordinator-{}", i + 1);
-        daemons.push(harness.coordinator(
-            &name,
-            &[
-                "--listen".into(),
-                format!("127.0.0.1:{port}"),
-                "--data-dir".into(),
-                dir.join(&name).display().to_string(),
-                "--node-id".into(),
-                (i + 1).to_string(),
-                "--peers".into(),
-                peers.join(","),
-                "--cluster-id".into(),
-                "convoy-dev".into(),
-                "--cluster-secret-file".into(),
-                secret.display().to_string(),
-            ],
-        )?);
+        let mut flags = Security::coordinator_args(security);
+        flags.extend([
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--data-dir".into(),
+            dir.join(&name).display().to_string(),
+            "--node-id".into(),
+            (i + 1).to_string(),
+            "--peers".into(),
+            peers.join(","),
+            "--cluster-id".into(),
+            "convoy-dev".into(),
+            "--cluster-secret-file".into(),
+            secret.display().to_string(),
+        ]);
+        daemons.push(harness.coordinator(&name, &flags)?);
     }
     let url = ports
         .iter()
-        .map(|p| format!("http://127.0.0.1:{p}"))
+        .map(|p| convoy_client::url(&format!("127.0.0.1:{p}")))
         .collect::<Vec<_>>()
         .join(",");
     Ok((daemons, url))
@@ -206,6 +285,7 @@ async fn drive(
     workers: &mut [Daemon],
     threads: usize,
     dir: &Path,
+    security: Option<&Security>,
 ) -> Result<()> {
     // Polled here rather than waited for in a blocking call, so Ctrl-C works meanwhile.
     let deadline = std::time::Instant::now() + READY_TIMEOUT;
@@ -228,11 +308,24 @@ async fn drive(
         dir.display()
     );
     let Some(spec) = &args.spec else {
-        say_err!("convoy dev: ready; CONVOY_COORDINATOR={url} convoy submit SPEC. Ctrl-C stops.");
+        let token = security.map_or(String::new(), |s| {
+            format!(
+                " CONVOY_TOKEN_FILE={} CONVOY_TLS_CA={}",
+                s.admin.display(),
+                s.pki.ca.display()
+            )
+        });
+        say_err!(
+            "convoy dev: ready; CONVOY_COORDINATOR={url}{token} convoy submit SPEC. Ctrl-C stops."
+        );
         std::future::pending::<()>().await;
         return Ok(());
     };
-    let mut client = connect(url).await?;
+    let channel = convoy_client::connect(url).await?;
+    if let Some(s) = security {
+        channel.set_credential(&secret_file::read(&s.admin)?)?;
+    }
+    let mut client = convoy_client::client_api(channel);
     submit::submit(
         &mut client,
         &SubmitArgs {

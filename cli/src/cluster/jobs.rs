@@ -16,6 +16,7 @@ pub fn job_json(j: &pb::Job) -> Value {
     json!({
         "id": j.id,
         "name": j.name,
+        "owner": j.owner,
         "state": state(j),
         "priority": j.priority,
         "world_size": j.world_size,
@@ -38,10 +39,12 @@ pub fn job_json(j: &pb::Job) -> Value {
     })
 }
 
-pub async fn list(coordinator: &str, json_out: bool) -> Result<()> {
+pub async fn list(coordinator: &str, user: Option<String>, json_out: bool) -> Result<()> {
     let mut c = connect(coordinator).await?;
     let jobs = c
-        .list_jobs(pb::ListJobsRequest {})
+        .list_jobs(pb::ListJobsRequest {
+            user: user.unwrap_or_default(),
+        })
         .await
         .map_err(rpc)?
         .into_inner()
@@ -51,9 +54,10 @@ pub async fn list(coordinator: &str, json_out: bool) -> Result<()> {
         return Ok(());
     }
     say!(
-        "{:<10} {:<20} {:<10} {:>4} {:>5} {:>13} {:>8} {:>8}  REASON",
+        "{:<10} {:<20} {:<12} {:<10} {:>4} {:>5} {:>13} {:>8} {:>8}  REASON",
         "ID",
         "NAME",
+        "USER",
         "STATE",
         "PRIO",
         "RANKS",
@@ -63,9 +67,10 @@ pub async fn list(coordinator: &str, json_out: bool) -> Result<()> {
     );
     for j in &jobs {
         say!(
-            "{:<10} {:<20} {:<10} {:>4} {:>5} {:>13} {:>8} {:>8}  {}",
+            "{:<10} {:<20} {:<12} {:<10} {:>4} {:>5} {:>13} {:>8} {:>8}  {}",
             j.id,
             j.name,
+            if j.owner.is_empty() { "-" } else { &j.owner },
             state(j),
             j.priority,
             j.world_size,

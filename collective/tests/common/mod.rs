@@ -15,6 +15,9 @@ pub fn listeners(world: usize) -> (Vec<TcpListener>, Vec<SocketAddr>) {
     (ls, addrs)
 }
 
+/// The ring secret of the tests' attempts.
+pub const SECRET: &[u8] = b"the ring secret of this attempt";
+
 pub fn config(rank: usize, addrs: &[SocketAddr], generation: u64, timeout: Duration) -> RingConfig {
     RingConfig {
         rank,
@@ -22,6 +25,7 @@ pub fn config(rank: usize, addrs: &[SocketAddr], generation: u64, timeout: Durat
         addrs: addrs.to_vec(),
         generation,
         timeout,
+        secret: SECRET.to_vec(),
     }
 }
 

@@ -40,11 +40,14 @@ pub fn tag(cmd: &Command) -> u16 {
         Command::ResumeJob { .. } => 11,
         Command::Configure(_) => 12,
         Command::DeleteJob { .. } => 13,
+        Command::CreateToken(_) => 14,
+        Command::RevokeToken { .. } => 15,
+        Command::SetCredentialKey { .. } => 16,
     }
 }
 
 /// The highest tag this build knows; a greater one is from a newer convoy.
-const LAST_TAG: u16 = 13;
+const LAST_TAG: u16 = 16;
 
 pub fn encode_entry(cmd: &Command, index: Index) -> Result<Vec<u8>, StoreError> {
     let payload = payload(cmd, &format!("entry {index}"))?;

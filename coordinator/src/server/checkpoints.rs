@@ -24,6 +24,7 @@ use crate::server::clock::now_ms;
 use crate::server::convert;
 use crate::server::fail_stop::FailStop;
 use crate::server::handle::Handle;
+use crate::server::request::RankKey;
 
 pub type DownloadStream =
     Pin<Box<dyn Stream<Item = Result<pb::CheckpointDownload, Status>> + Send>>;
@@ -148,14 +149,25 @@ impl Checkpoints {
         Ok(())
     }
 
-    /// One rank's part: checked against the live attempt, stored chunk by chunk, and committed
-    /// when it is the last part to arrive. A failed upload leaves nothing behind.
+    /// One rank's part (sent by `rank` when authentication is on): checked against the live
+    /// attempt, stored chunk by chunk, and committed when it is the last part to arrive. A
+    /// failed upload leaves nothing behind.
     pub async fn upload(
         &self,
         mut stream: Streaming<pb::CheckpointUpload>,
+        rank: Option<RankKey>,
     ) -> Result<pb::UploadCheckpointResponse, Status> {
         let (first, part, job) = first_part(&mut stream).await?;
         let generation = part.generation;
+        // A rank sends its own part only (part = rank).
+        if let Some(k) = rank
+            && (k.job, k.generation, k.rank) != (job, generation, part.part as usize)
+        {
+            return Err(Status::permission_denied(format!(
+                "rank {} of {} attempt {} may not upload part {} of {job} attempt {generation}",
+                k.rank, k.job, k.generation, part.part
+            )));
+        }
         let (retention, world_size, steps) = self
             .handle
             .read(move |v| {

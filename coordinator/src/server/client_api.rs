@@ -11,10 +11,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::error::ApplyError;
+use crate::identity::{ApiToken, Caller, check_user, secrets};
 use crate::log::codec::RecordOp;
 use crate::model::{JobId, Liveness, Millis, WorkerId};
+use crate::server::auth;
 use crate::server::checkpoints::Checkpoints;
 use crate::server::checkpoints::DownloadStream;
+use crate::server::clock::now_ms;
 use crate::server::convert;
 use crate::server::handle::Handle;
 use crate::server::request::{Request as LoopRequest, View};
@@ -38,6 +41,26 @@ impl ClientApi {
             handle,
             checkpoints,
         }
+    }
+
+    /// Refuses unless `caller` may act on `job` (its owner, or an administrator).
+    async fn owned(&self, caller: &Caller, job: JobId) -> Result<(), Status> {
+        if caller.is_admin() {
+            return Ok(());
+        }
+        let owner = self
+            .handle
+            .read(move |v| v.state.job(job).map(|j| j.owner.clone()))
+            .await?
+            .map_err(convert::status)?;
+        caller.may_act_on(job, &owner)
+    }
+
+    /// The job `job_id` names, once the caller of `request` may act on it.
+    async fn owner_of<T>(&self, request: &Request<T>, job_id: &str) -> Result<JobId, Status> {
+        let job = convert::job_id(job_id)?;
+        self.owned(&auth::caller(request)?, job).await?;
+        Ok(job)
     }
 
     async fn job(&self, id: JobId) -> Result<pb::Job, Status> {
@@ -156,6 +179,7 @@ impl pb::convoy_server::Convoy for ClientApi {
         &self,
         request: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let caller = auth::caller(&request)?;
         let r = request.into_inner();
         if r.spec_toml.len() > MAX_SPEC_BYTES {
             return Err(Status::invalid_argument(format!(
@@ -184,6 +208,22 @@ impl pb::convoy_server::Convoy for ClientApi {
         submit.max_restarts = r.max_restarts;
         submit.progress_timeout = progress_timeout;
         submit.workdir = r.workdir;
+        submit.owner = caller.owner_name()?;
+        // Starting from another job's weights reads them: only its owner may.
+        if let Some((from, _)) = submit
+            .init_from
+            .as_deref()
+            .and_then(|i| i.strip_prefix(convoy_spec::JOB_PREFIX))
+            .and_then(|r| convoy_spec::parse_job_ref(r).ok())
+        {
+            let from = convert::job_id(&from)?;
+            self.owned(&caller, from).await.map_err(|e| {
+                Status::new(
+                    e.code(),
+                    format!("init_from = \"job:{from}\": {}", e.message()),
+                )
+            })?;
+        }
         tracing::debug!(
             name = submit.name,
             steps = submit.steps,
@@ -192,6 +232,7 @@ impl pb::convoy_server::Convoy for ClientApi {
             keep_last = submit.retention.keep_last,
             init_from = submit.init_from,
             request_id = submit.request_id,
+            owner = submit.owner,
             "submit"
         );
         let id = self
@@ -206,11 +247,21 @@ impl pb::convoy_server::Convoy for ClientApi {
 
     async fn list_jobs(
         &self,
-        _request: Request<pb::ListJobsRequest>,
+        request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        // Every user sees every job (as `squeue` does); acting on one is its owner's.
+        let caller = auth::caller(&request)?;
+        let user = request.into_inner().user;
         let jobs = self
             .handle
-            .read(|v| v.state.jobs.values().map(|j| convert::job(j, v)).collect())
+            .read(move |v| {
+                v.state
+                    .jobs
+                    .values()
+                    .filter(|j| user.is_empty() || j.owner == user)
+                    .map(|j| seen_by(&caller, convert::job(j, v)))
+                    .collect()
+            })
             .await?;
         Ok(Response::new(pb::ListJobsResponse { jobs }))
     }
@@ -219,15 +270,16 @@ impl pb::convoy_server::Convoy for ClientApi {
         &self,
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
+        let caller = auth::caller(&request)?;
         let id = convert::job_id(&request.into_inner().job_id)?;
-        Ok(Response::new(self.job(id).await?))
+        Ok(Response::new(seen_by(&caller, self.job(id).await?)))
     }
 
     async fn cancel_job(
         &self,
         request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        let job = convert::job_id(&request.into_inner().job_id)?;
+        let job = self.owner_of(&request, &request.get_ref().job_id).await?;
         self.handle
             .call(|reply| LoopRequest::Cancel { job, reply })
             .await?
@@ -239,8 +291,8 @@ impl pb::convoy_server::Convoy for ClientApi {
         &self,
         request: Request<pb::DeleteJobRequest>,
     ) -> Result<Response<pb::DeleteJobResponse>, Status> {
+        let job = self.owner_of(&request, &request.get_ref().job_id).await?;
         let r = request.into_inner();
-        let job = convert::job_id(&r.job_id)?;
         // The state first: once it returns, the job is gone from every listing and a crash
         // before the data is removed leaves only unreferenced data, which deleting the id
         // again removes.
@@ -286,9 +338,10 @@ impl pb::convoy_server::Convoy for ClientApi {
         &self,
         request: Request<pb::StreamLogsRequest>,
     ) -> Result<Response<Self::StreamLogsStream>, Status> {
+        // Unknown ids fail here, not with an empty stream.
+        let job = self.owner_of(&request, &request.get_ref().job_id).await?;
         let r = request.into_inner();
-        let job = convert::job_id(&r.job_id)?;
-        self.job(job).await?; // unknown ids fail here, not with an empty stream
+        self.job(job).await?;
         let rank = r.rank;
         let keep =
             move |l: &pb::LogLine| rank.is_none_or(|want| l.rank == want || l.stream == "convoy");
@@ -307,8 +360,8 @@ impl pb::convoy_server::Convoy for ClientApi {
         &self,
         request: Request<pb::StreamMetricsRequest>,
     ) -> Result<Response<Self::StreamMetricsStream>, Status> {
+        let job = self.owner_of(&request, &request.get_ref().job_id).await?;
         let r = request.into_inner();
-        let job = convert::job_id(&r.job_id)?;
         self.job(job).await?;
         Ok(Response::new(follow_records(
             self.handle.clone(),
@@ -321,8 +374,9 @@ impl pb::convoy_server::Convoy for ClientApi {
 
     async fn list_workers(
         &self,
-        _request: Request<pb::ListWorkersRequest>,
+        request: Request<pb::ListWorkersRequest>,
     ) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        auth::caller(&request)?.must_be_admin("list the workers")?;
         let workers = self
             .handle
             .read(|v| {
@@ -340,6 +394,7 @@ impl pb::convoy_server::Convoy for ClientApi {
         &self,
         request: Request<pb::SetCordonRequest>,
     ) -> Result<Response<pb::Worker>, Status> {
+        auth::caller(&request)?.must_be_admin("cordon or uncordon workers")?;
         let r = request.into_inner();
         let worker = self.worker_id(r.worker).await?;
         let cordoned = r.cordoned;
@@ -404,6 +459,7 @@ impl pb::convoy_server::Convoy for ClientApi {
         &self,
         request: Request<pb::ListCheckpointsRequest>,
     ) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
+        self.owner_of(&request, &request.get_ref().job_id).await?;
         Ok(Response::new(
             self.checkpoints.list(&request.into_inner().job_id).await?,
         ))
@@ -413,6 +469,7 @@ impl pb::convoy_server::Convoy for ClientApi {
         &self,
         request: Request<pb::VerifyCheckpointRequest>,
     ) -> Result<Response<pb::VerifyCheckpointResponse>, Status> {
+        self.owner_of(&request, &request.get_ref().job_id).await?;
         Ok(Response::new(
             self.checkpoints.verify(request.into_inner()).await?,
         ))
@@ -424,6 +481,7 @@ impl pb::convoy_server::Convoy for ClientApi {
         &self,
         request: Request<pb::DownloadCheckpointRequest>,
     ) -> Result<Response<Self::DownloadCheckpointStream>, Status> {
+        self.owner_of(&request, &request.get_ref().job_id).await?;
         Ok(Response::new(
             self.checkpoints.download(request.into_inner()).await?,
         ))
@@ -433,11 +491,124 @@ impl pb::convoy_server::Convoy for ClientApi {
         &self,
         request: Request<pb::ResumeJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        let job = convert::job_id(&request.into_inner().job_id)?;
+        let job = self.owner_of(&request, &request.get_ref().job_id).await?;
         self.handle
             .call(|reply| LoopRequest::Resume { job, reply })
             .await?
             .map_err(convert::status)?;
         Ok(Response::new(self.job(job).await?))
+    }
+
+    async fn who_am_i(
+        &self,
+        request: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        Ok(Response::new(match auth::caller(&request)? {
+            Caller::User { name, admin, token } => pb::WhoAmIResponse {
+                user: name,
+                admin,
+                token_id: token.unwrap_or_default(),
+                insecure: false,
+            },
+            _ => pb::WhoAmIResponse {
+                user: String::new(),
+                admin: true,
+                token_id: String::new(),
+                insecure: true,
+            },
+        }))
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        auth::caller(&request)?.must_be_admin("create tokens")?;
+        let r = request.into_inner();
+        check_user(&r.user).map_err(Status::invalid_argument)?;
+        let (id, hash, text) = secrets::new_api_token();
+        let now = now_ms();
+        let expires_at = (r.expires_in_ms > 0).then(|| now.saturating_add(r.expires_in_ms));
+        let token = ApiToken {
+            id: id.clone(),
+            user: r.user,
+            admin: r.admin,
+            hash,
+            created_at: now,
+            expires_at,
+        };
+        self.handle
+            .call(|reply| LoopRequest::CreateToken { token, reply })
+            .await?
+            .map_err(convert::status)?;
+        let info = self.token_info(id).await?;
+        Ok(Response::new(pb::CreateTokenResponse {
+            info: Some(info),
+            token: text,
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        auth::caller(&request)?.must_be_admin("list tokens")?;
+        let tokens = self
+            .handle
+            .read(|v| v.state.identities.tokens.values().map(token_info).collect())
+            .await?;
+        Ok(Response::new(pb::ListTokensResponse { tokens }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::TokenInfo>, Status> {
+        auth::caller(&request)?.must_be_admin("revoke tokens")?;
+        let id = request.into_inner().id;
+        let info = self.token_info(id.clone()).await?;
+        self.handle
+            .call(|reply| LoopRequest::RevokeToken { id, reply })
+            .await?
+            .map_err(convert::status)?;
+        Ok(Response::new(info))
+    }
+}
+
+impl ClientApi {
+    async fn token_info(&self, id: String) -> Result<pb::TokenInfo, Status> {
+        self.handle
+            .read(move |v| {
+                v.state
+                    .identities
+                    .tokens
+                    .get(&id)
+                    .map(token_info)
+                    .ok_or_else(|| Status::not_found(format!("no token with id {id:?}")))
+            })
+            .await?
+    }
+}
+
+/// `job` as `caller` may see it: a failure reason quotes the rank's last lines, which may
+/// hold its data, so only the owner and administrators see it.
+fn seen_by(caller: &Caller, mut job: pb::Job) -> pb::Job {
+    let own = match caller {
+        Caller::User { name, .. } => !job.owner.is_empty() && *name == job.owner,
+        _ => false,
+    };
+    if !own && !caller.is_admin() && job.state == pb::JobState::Failed as i32 {
+        job.reason = format!("failed (the reason is shown to {} only)", job.owner);
+    }
+    job
+}
+
+fn token_info(t: &ApiToken) -> pb::TokenInfo {
+    pb::TokenInfo {
+        id: t.id.clone(),
+        user: t.user.clone(),
+        admin: t.admin,
+        created_at_ms: t.created_at,
+        expires_at_ms: t.expires_at.unwrap_or(0),
     }
 }

@@ -68,7 +68,12 @@ pub fn version_skew(ours: &str, theirs: &str) -> Result<Option<String>, String> 
 pub fn status(e: ApplyError) -> Status {
     let msg = e.to_string();
     match e {
-        ApplyError::UnknownJob(_) | ApplyError::UnknownWorker(_) => Status::not_found(msg),
+        ApplyError::UnknownJob(_)
+        | ApplyError::UnknownWorker(_)
+        | ApplyError::Identity(crate::identity::ApiError::UnknownToken(_)) => {
+            Status::not_found(msg)
+        }
+        ApplyError::Identity(crate::identity::ApiError::Token(_)) => Status::invalid_argument(msg),
         ApplyError::InvalidSubmit(_)
         | ApplyError::InvalidWorker { .. }
         | ApplyError::InvalidConfig(_)
@@ -160,6 +165,7 @@ pub fn job(j: &Job, view: &View<'_>) -> pb::Job {
         latest,
         max_restarts: j.max_restarts,
         backend: format!("{:?}", j.backend).to_lowercase(),
+        owner: j.owner.clone(),
     }
 }
 

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::checkpoints::CheckpointStore;
 use crate::error::{ApplyError, StoreError};
+use crate::identity::{Credentials, secrets};
 use crate::log::SledLog;
 use crate::log::codec::RecordOp;
 use crate::logged_state::LoggedState;
@@ -145,7 +146,7 @@ impl Core {
 enum ReplyTo {
     Submit(Reply<Result<JobId, ApplyError>>),
     Unit(Reply<Result<(), ApplyError>>),
-    Register(Reply<Result<WorkerId, ApplyError>>),
+    Register(Reply<Result<(WorkerId, String), ApplyError>>),
     Heartbeat {
         worker: WorkerId,
         running: Vec<RankKey>,
@@ -158,6 +159,8 @@ enum ReplyTo {
 pub struct EventLoop {
     core: Core,
     leadership: watch::Sender<Leadership>,
+    /// What the services authenticate requests against (see `server::auth`).
+    credentials: watch::Sender<Arc<Credentials>>,
     /// The latest time stamped into a command here (see `ReplicatedState::clock` for the
     /// replicated log's).
     clock: Millis,
@@ -214,9 +217,11 @@ impl EventLoop {
 
     fn with_core(core: Core, records: Arc<Records>, config: LoopConfig) -> Self {
         let (leadership, _) = watch::channel(core.leadership());
+        let (credentials, _) = watch::channel(Arc::new(Credentials::of(core.state())));
         EventLoop {
             core,
             leadership,
+            credentials,
             clock: 0,
             records,
             config,
@@ -246,6 +251,7 @@ impl EventLoop {
         let replicated = matches!(self.core, Core::Replicated(_));
         if !replicated {
             self.recovered()?;
+            self.choose_key()?;
             self.sweep_records();
         }
         let mut last_tick = Instant::now();
@@ -339,6 +345,33 @@ impl EventLoop {
         self.leadership.subscribe()
     }
 
+    /// The credentials the loop publishes whenever they change; the services' doors check
+    /// requests against them.
+    pub fn credentials(&self) -> watch::Receiver<Arc<Credentials>> {
+        self.credentials.subscribe()
+    }
+
+    fn publish_credentials(&self) {
+        let state = self.core.state();
+        if self.credentials.borrow().epoch != state.identities.epoch {
+            self.credentials
+                .send_replace(Arc::new(Credentials::of(state)));
+        }
+    }
+
+    /// The first coordinator to serve a cluster chooses the key worker and rank credentials
+    /// derive from; it is part of the state from then on.
+    fn choose_key(&mut self) -> Result<(), StoreError> {
+        if !self.core.state().identities.key.is_empty() {
+            return Ok(());
+        }
+        let key = secrets::new_key();
+        self.execute(
+            vec![Command::SetCredentialKey { key }],
+            vec![ReplyTo::Internal],
+        )
+    }
+
     /// The time to stamp into a command: the clock, but never before a command already
     /// applied.
     fn now(&mut self) -> Millis {
@@ -407,6 +440,7 @@ impl EventLoop {
             self.waiting.clear();
         }
         self.publish_leadership();
+        self.publish_credentials();
         // Their handlers, woken by this, answer with the leadership just published: the
         // leader's address, or that there is none. Clients retry accordingly.
         drop(adv.abandoned);
@@ -415,6 +449,7 @@ impl EventLoop {
             tracing::info!("leading the cluster from index {}", self.core_applied());
             self.recovered()?;
             self.apply_given_settings()?;
+            self.choose_key()?;
             self.dirty = true;
         }
         Ok(())
@@ -600,6 +635,15 @@ impl EventLoop {
                 }
                 Request::Delete { job, reply } => {
                     cmds.push(Command::DeleteJob { job });
+                    reply_to.push(ReplyTo::Unit(reply));
+                }
+                Request::CreateToken { mut token, reply } => {
+                    token.created_at = now;
+                    cmds.push(Command::CreateToken(token));
+                    reply_to.push(ReplyTo::Unit(reply));
+                }
+                Request::RevokeToken { id, reply } => {
+                    cmds.push(Command::RevokeToken { id });
                     reply_to.push(ReplyTo::Unit(reply));
                 }
                 Request::Resume { job, reply } => {
@@ -834,6 +878,8 @@ impl EventLoop {
         results: Vec<Result<Vec<Effect>, ApplyError>>,
         reply_to: Vec<ReplyTo>,
     ) {
+        // Before any answer: a worker that registered must find its credential valid at once.
+        self.publish_credentials();
         let mut effects = vec![];
         for ((cmd, result), p) in cmds.iter().zip(results).zip(reply_to) {
             if result.is_ok()
@@ -860,8 +906,15 @@ impl EventLoop {
                         Effect::WorkerRegistered { worker } => Some(*worker),
                         _ => None,
                     });
-                    if let Some(id) = id {
-                        let _ = reply.send(Ok(id));
+                    let state = self.core.state();
+                    if let Some(w) = id.and_then(|id| state.workers.get(&id)) {
+                        let key = &state.identities.key;
+                        let credential = if key.is_empty() {
+                            String::new()
+                        } else {
+                            secrets::worker_credential(key, w.id, &w.instance)
+                        };
+                        let _ = reply.send(Ok((w.id, credential)));
                     }
                     effects.extend(fx);
                 }
@@ -992,7 +1045,17 @@ impl EventLoop {
     }
 
     fn start_message(&self, job: JobId, generation: u64, rank: usize) -> Option<pb::Assignment> {
-        let j = self.core.state().jobs.get(&job)?;
+        let state = self.core.state();
+        let j = state.jobs.get(&job)?;
+        let key = &state.identities.key;
+        let (credential, ring_secret) = if key.is_empty() {
+            (String::new(), String::new())
+        } else {
+            (
+                secrets::rank_credential(key, job, generation, rank),
+                secrets::ring_secret(key, job, generation),
+            )
+        };
         Some(pb::Assignment {
             kind: Some(pb::assignment::Kind::Start(pb::StartRank {
                 job_id: job.to_string(),
@@ -1002,6 +1065,8 @@ impl EventLoop {
                 spec_toml: j.spec_text.clone(),
                 workdir: j.workdir.clone(),
                 backend: convert::backend(j.backend) as i32,
+                credential,
+                ring_secret,
             })),
         })
     }

@@ -5,6 +5,7 @@
 //! resolves. Handlers convert protobuf to domain values ([`convert`]), send a request to the
 //! loop and map its answer back; they never touch the state.
 
+pub mod auth;
 mod checkpoint_mirror;
 mod checkpoints;
 mod client_api;
@@ -52,7 +53,8 @@ use crate::server::request::Request;
 use crate::state::ClusterConfig;
 pub use fail_stop::FailStop;
 pub use settings::{
-    ClusterSettings, ReplicationConfig, ServerConfig, defaults, parse_peers, retention_days,
+    ClusterSettings, ReplicationConfig, ServerConfig, ServerTls, defaults, parse_peers,
+    retention_days,
 };
 pub use worker_api::MAX_LOG_LINE;
 
@@ -172,6 +174,10 @@ pub async fn run(
         }
     };
     let leadership = event_loop.leadership();
+    let door = auth::Door {
+        config: Arc::new(config.auth.clone()),
+        credentials: event_loop.credentials(),
+    };
     // The server stops when asked, or when the loop ends on its own (a storage failure): a
     // coordinator that cannot log must not keep accepting work.
     let (loop_done, loop_ended) = oneshot::channel::<()>();
@@ -237,31 +243,62 @@ pub async fn run(
     let max = config.max_message_bytes;
     announce(&listener, &config)?;
     // Only the serving member answers the client and worker APIs; the others refuse at the
-    // door, naming the leader.
+    // door, naming the leader. Then the caller is authenticated (see `auth`).
     let view = leadership.clone();
-    let gate = move |req: tonic::Request<()>| {
-        let l = view.borrow();
-        if l.serving { Ok(req) } else { Err(l.refusal()) }
+    // Every member answers the replica API (each reports on itself), administrators only.
+    let replicas_door = door.clone();
+    let gate = move |api: auth::Api| {
+        let view = view.clone();
+        let door = door.clone();
+        move |req: tonic::Request<()>| {
+            {
+                let l = view.borrow();
+                if !l.serving {
+                    return Err(l.refusal());
+                }
+            }
+            door.admit(api, req)
+        }
     };
-    let serve = tonic::transport::Server::builder()
+
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(t) = &config.tls {
+        let mut tls = tonic::transport::ServerTlsConfig::new().identity(
+            tonic::transport::Identity::from_pem(&t.cert_pem, &t.key_pem),
+        );
+        if let Some(ca) = &t.client_ca_pem {
+            tls = tls
+                .client_ca_root(tonic::transport::Certificate::from_pem(ca))
+                .client_auth_optional(true);
+        }
+        builder = builder.tls_config(tls)?;
+    }
+    let serve = builder
         .add_service(health_service)
         .add_optional_service(peers)
-        .add_service(ReplicasServer::new(replicas::ReplicasService {
-            handle: handle.clone(),
-            checkpoints: replicated.then(|| store.clone()),
-        }))
+        .add_service(InterceptedService::new(
+            ReplicasServer::new(replicas::ReplicasService {
+                handle: handle.clone(),
+                checkpoints: replicated.then(|| store.clone()),
+            }),
+            move |req| replicas_door.admit(auth::Api::Replicas, req),
+        ))
         .add_service(InterceptedService::new(
             ConvoyServer::new(client_api::ClientApi::new(
                 handle.clone(),
                 checkpoints.clone(),
             ))
             .max_decoding_message_size(max),
-            gate.clone(),
+            gate(auth::Api::Client),
         ))
         .add_service(InterceptedService::new(
-            WorkerApiServer::new(worker_api::WorkerService::new(handle, checkpoints))
-                .max_decoding_message_size(max),
-            gate,
+            WorkerApiServer::new(worker_api::WorkerService::new(
+                handle,
+                checkpoints,
+                config.auth.require_worker_cert,
+            ))
+            .max_decoding_message_size(max),
+            gate(auth::Api::Worker),
         ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
     // In-flight requests get a moment to finish once stopping began; a long upload is cut

@@ -8,6 +8,7 @@ use convoy_proto::v1 as pb;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::ApplyError;
+use crate::identity::ApiToken;
 use crate::log::codec::RecordOp;
 use crate::model::{JobId, RankExit, WorkerId};
 use crate::scheduler::WaitReason;
@@ -22,7 +23,7 @@ pub struct Published {
 }
 
 /// A rank of one attempt, as workers report what they run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RankKey {
     pub job: JobId,
     pub generation: u64,
@@ -63,12 +64,22 @@ pub enum Request {
         cordoned: bool,
         reply: Reply<Result<(), ApplyError>>,
     },
+    /// Answered with the worker's id and its credential.
     Register {
         name: String,
         slots: u32,
         gpus: u32,
         instance: String,
-        reply: Reply<Result<WorkerId, ApplyError>>,
+        reply: Reply<Result<(WorkerId, String), ApplyError>>,
+    },
+    /// The loop stamps `created_at`.
+    CreateToken {
+        token: ApiToken,
+        reply: Reply<Result<(), ApplyError>>,
+    },
+    RevokeToken {
+        id: String,
+        reply: Reply<Result<(), ApplyError>>,
     },
     Heartbeat {
         worker: WorkerId,

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::CoordinatorError;
+use crate::identity::AuthConfig;
 use crate::log::CommandLog;
 use crate::logged_state::LoggedState;
 use crate::model::Millis;
@@ -59,6 +60,30 @@ pub struct ServerConfig {
     pub fail_stop: FailStop,
     /// Set: this coordinator is one member of a replicated cluster.
     pub replication: Option<ReplicationConfig>,
+    /// Who may call it. The library's default is [`AuthConfig::insecure`] (tests and
+    /// embeddings choose); the daemon refuses to start without tokens unless `--insecure`.
+    pub auth: AuthConfig,
+    /// Set: every port speaks TLS only.
+    pub tls: Option<ServerTls>,
+}
+
+/// The coordinator's TLS identity (PEM), and the CA whose client certificates it verifies.
+#[derive(Clone)]
+pub struct ServerTls {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    /// Set: a client certificate, when presented, must be signed by this CA; a worker must
+    /// present one to register if [`AuthConfig::require_worker_cert`].
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("ServerTls")
+            .field("client_ca", &self.client_ca_pem.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A member of a replicated coordinator (`--node-id`, `--peers`, `--cluster-id`,
@@ -173,6 +198,8 @@ impl ServerConfig {
             ready_file: None,
             fail_stop: FailStop::returning(),
             replication: None,
+            auth: AuthConfig::insecure(),
+            tls: None,
         }
     }
 }

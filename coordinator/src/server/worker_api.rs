@@ -11,13 +11,16 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::identity::Caller;
 use crate::log::codec::RecordOp;
-use crate::model::{JobId, RankExit};
+use crate::model::{JobId, RankExit, WorkerId};
+use crate::server::auth;
 use crate::server::checkpoints::Checkpoints;
 use crate::server::checkpoints::DownloadStream;
 use crate::server::convert;
 use crate::server::handle::Handle;
 use crate::server::request::{RankKey, Request as LoopRequest};
+use crate::state::ClusterState;
 
 /// Log lines written (or replicated) together at most.
 const LOG_BATCH: usize = 256;
@@ -27,13 +30,16 @@ pub const MAX_LOG_LINE: usize = 16 << 10;
 pub struct WorkerService {
     handle: Handle,
     checkpoints: Checkpoints,
+    /// A registering worker must present a client certificate (see `AuthConfig`).
+    require_cert: bool,
 }
 
 impl WorkerService {
-    pub(crate) fn new(handle: Handle, checkpoints: Checkpoints) -> Self {
+    pub(crate) fn new(handle: Handle, checkpoints: Checkpoints, require_cert: bool) -> Self {
         WorkerService {
             handle,
             checkpoints,
+            require_cert,
         }
     }
 }
@@ -57,13 +63,29 @@ impl pb::worker_api_server::WorkerApi for WorkerService {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
+        match auth::caller(&request)? {
+            Caller::Joiner | Caller::Anyone => {}
+            other => {
+                return Err(Status::permission_denied(format!(
+                    "{} may not register a worker: workers register with the join token",
+                    other.describe()
+                )));
+            }
+        }
+        // The TLS handshake verified any certificate presented against the cluster's CA.
+        if self.require_cert && request.peer_certs().is_none_or(|c| c.is_empty()) {
+            return Err(Status::permission_denied(
+                "this cluster admits workers with a client certificate signed by its CA \
+                 (the worker's --tls-cert and --tls-key)",
+            ));
+        }
         let r = request.into_inner();
         match convert::version_skew(convoy_service::VERSION, &r.version) {
             Err(msg) => return Err(Status::failed_precondition(msg)),
             Ok(Some(note)) => tracing::warn!("{}: {note}", r.name),
             Ok(None) => {}
         }
-        let id = self
+        let (id, credential) = self
             .handle
             .call(|reply| LoopRequest::Register {
                 name: r.name,
@@ -77,6 +99,7 @@ impl pb::worker_api_server::WorkerApi for WorkerService {
         Ok(Response::new(pb::RegisterResponse {
             worker_id: id.to_string(),
             heartbeat_interval_ms: self.handle.heartbeat_interval.as_millis() as u64,
+            credential,
         }))
     }
 
@@ -84,8 +107,10 @@ impl pb::worker_api_server::WorkerApi for WorkerService {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let caller = auth::caller(&request)?;
         let r = request.into_inner();
         let worker = worker_id(&r.worker_id)?;
+        caller.must_be_worker(worker)?;
         let running = r
             .running
             .iter()
@@ -109,7 +134,8 @@ impl pb::worker_api_server::WorkerApi for WorkerService {
         &self,
         request: Request<pb::WatchAssignmentsRequest>,
     ) -> Result<Response<Self::WatchAssignmentsStream>, Status> {
-        let worker = worker_id(&request.into_inner().worker_id)?;
+        let worker = worker_id(&request.get_ref().worker_id)?;
+        auth::caller(&request)?.must_be_worker(worker)?;
         let (tx, rx) = mpsc::unbounded_channel();
         self.handle
             .call(|reply| LoopRequest::Watch {
@@ -130,8 +156,10 @@ impl pb::worker_api_server::WorkerApi for WorkerService {
         &self,
         request: Request<pb::ProgressReport>,
     ) -> Result<Response<pb::Ack>, Status> {
+        let caller = auth::caller(&request)?;
         let r = request.into_inner();
         let key = rank_key(&r.job_id, r.generation, r.rank)?;
+        caller.must_be_rank(key)?;
         let mut metrics = r
             .metrics
             .ok_or_else(|| Status::invalid_argument("a progress report without metrics"))?;
@@ -151,8 +179,12 @@ impl pb::worker_api_server::WorkerApi for WorkerService {
         &self,
         request: Request<pb::RankExit>,
     ) -> Result<Response<pb::Ack>, Status> {
+        let caller = auth::caller(&request)?;
         let r = request.into_inner();
         let key = rank_key(&r.job_id, r.generation, r.rank)?;
+        if let Some(worker) = caller.worker()? {
+            self.placed_on(worker, key).await?;
+        }
         let exit = match (r.code, r.signal) {
             (Some(0), _) => RankExit::Success,
             (Some(code), _) => RankExit::Failure {
@@ -181,6 +213,7 @@ impl pb::worker_api_server::WorkerApi for WorkerService {
         &self,
         request: Request<Streaming<pb::RankLog>>,
     ) -> Result<Response<pb::Ack>, Status> {
+        let worker = auth::caller(&request)?.worker()?;
         let mut stream = request.into_inner();
         while let Some(first) = stream.message().await? {
             // What has already arrived goes as one batch: one commit for many lines when the
@@ -207,16 +240,39 @@ impl pb::worker_api_server::WorkerApi for WorkerService {
                 lines.push((job, line));
             }
             // Lines of jobs the cluster does not hold (never submitted, or deleted since)
-            // would only fill the records store: they are dropped.
-            let jobs: BTreeSet<JobId> = lines.iter().map(|(j, _)| *j).collect();
-            let known: BTreeSet<JobId> = self
+            // would only fill the records store: they are dropped. A worker ships only the
+            // output of ranks placed on it.
+            let ranks: BTreeSet<RankKey> = lines
+                .iter()
+                .map(|(job, l)| RankKey {
+                    job: *job,
+                    generation: l.generation,
+                    rank: l.rank as usize,
+                })
+                .collect();
+            let (known, foreign) = self
                 .handle
                 .read_local(move |v| {
-                    jobs.into_iter()
+                    let known: BTreeSet<JobId> = ranks
+                        .iter()
+                        .map(|k| k.job)
                         .filter(|j| v.state.jobs.contains_key(j))
-                        .collect()
+                        .collect();
+                    let foreign = worker.and_then(|w| {
+                        ranks
+                            .iter()
+                            .find(|k| known.contains(&k.job) && placed(v.state, **k) != Some(w))
+                            .copied()
+                    });
+                    (known, foreign)
                 })
                 .await?;
+            if let (Some(w), Some(k)) = (worker, foreign) {
+                return Err(Status::permission_denied(format!(
+                    "{w} may not ship the output of rank {} of {} attempt {}: it does not run it",
+                    k.rank, k.job, k.generation
+                )));
+            }
             let ops: Vec<RecordOp> = lines
                 .into_iter()
                 .filter(|(job, _)| known.contains(job))
@@ -245,8 +301,10 @@ impl pb::worker_api_server::WorkerApi for WorkerService {
         &self,
         request: Request<pb::RendezvousRequest>,
     ) -> Result<Response<pb::RendezvousResponse>, Status> {
+        let caller = auth::caller(&request)?;
         let r = request.into_inner();
         let key = rank_key(&r.job_id, r.generation, r.rank)?;
+        caller.must_be_rank(key)?;
         let published = self
             .handle
             .call(|reply| LoopRequest::Rendezvous {
@@ -267,8 +325,9 @@ impl pb::worker_api_server::WorkerApi for WorkerService {
         &self,
         request: Request<Streaming<pb::CheckpointUpload>>,
     ) -> Result<Response<pb::UploadCheckpointResponse>, Status> {
+        let rank = auth::caller(&request)?.rank()?;
         Ok(Response::new(
-            self.checkpoints.upload(request.into_inner()).await?,
+            self.checkpoints.upload(request.into_inner(), rank).await?,
         ))
     }
 
@@ -278,10 +337,70 @@ impl pb::worker_api_server::WorkerApi for WorkerService {
         &self,
         request: Request<pb::DownloadCheckpointRequest>,
     ) -> Result<Response<Self::DownloadCheckpointStream>, Status> {
+        if let Some(rank) = auth::caller(&request)?.rank()? {
+            let want = convert::job_id(&request.get_ref().job_id)?;
+            self.may_read(rank, want).await?;
+        }
         Ok(Response::new(
             self.checkpoints.download(request.into_inner()).await?,
         ))
     }
+}
+
+impl WorkerService {
+    /// Refuses unless rank `key` runs on `worker`.
+    async fn placed_on(&self, worker: WorkerId, key: RankKey) -> Result<(), Status> {
+        let at = self.handle.read(move |v| placed(v.state, key)).await?;
+        if at == Some(worker) {
+            return Ok(());
+        }
+        Err(Status::permission_denied(format!(
+            "{worker} may not report on rank {} of {} attempt {}: it does not run it",
+            key.rank, key.job, key.generation
+        )))
+    }
+
+    /// Refuses unless `rank`, of a live attempt, may read `job`'s checkpoints: its own job's,
+    /// or those of the job its `init_from` names (whose owner the submission was checked
+    /// against).
+    async fn may_read(&self, rank: RankKey, job: JobId) -> Result<(), Status> {
+        let (live, from) = self
+            .handle
+            .read(move |v| {
+                let j = v.state.jobs.get(&rank.job);
+                let live = j
+                    .and_then(|j| j.live_attempt())
+                    .is_some_and(|a| a.generation == rank.generation);
+                (live, j.and_then(|j| j.init_from_job()))
+            })
+            .await?;
+        if !live {
+            return Err(Status::permission_denied(format!(
+                "rank {} of {} attempt {}: that attempt is not running, its credential reads                  nothing",
+                rank.rank, rank.job, rank.generation
+            )));
+        }
+        if job == rank.job || from == Some(job) {
+            return Ok(());
+        }
+        Err(Status::permission_denied(format!(
+            "rank {} of {} may not read the checkpoints of {job}",
+            rank.rank, rank.job
+        )))
+    }
+}
+
+/// The worker running rank `key`, as the attempt placed it.
+fn placed(state: &ClusterState, key: RankKey) -> Option<WorkerId> {
+    state
+        .jobs
+        .get(&key.job)?
+        .attempts
+        .iter()
+        .find(|a| a.generation == key.generation)?
+        .placement
+        .get(key.rank)
+        .copied()
 }
 
 /// `text` cut to [`MAX_LOG_LINE`] bytes (at a character boundary), saying how much was cut.

@@ -27,10 +27,38 @@ pub fn harness(dir: &Path) -> Result<Harness> {
     Ok(h)
 }
 
+/// The administrator token benchmark clusters run with (see [`auth_args`]).
+pub const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdef";
+const JOIN_TOKEN: &str = "bench-join-token-0123456789abcdef";
+
+/// The coordinator flags for a cluster with tokens (their files written into `dir`), or,
+/// when not `secure`, for one without authentication.
+pub fn auth_args(dir: &Path, secure: bool) -> Result<Vec<String>> {
+    if !secure {
+        return Ok(vec!["--insecure".into()]);
+    }
+    let admin = dir.join("admin.token");
+    convoy_service::secret_file::write(&admin, ADMIN_TOKEN)?;
+    Ok(vec![
+        "--admin-token-file".into(),
+        admin.display().to_string(),
+        "--join-token-file".into(),
+        join_token_file(dir)?.display().to_string(),
+    ])
+}
+
+fn join_token_file(dir: &Path) -> Result<std::path::PathBuf> {
+    let path = dir.join("join.token");
+    convoy_service::secret_file::write(&path, JOIN_TOKEN)?;
+    Ok(path)
+}
+
+/// A client presenting the administrator's token (ignored by a cluster without
+/// authentication).
 pub async fn client(addr: &str) -> Result<ConvoyClient<Channel>> {
-    Ok(convoy_client::client_api(
-        convoy_client::connect(addr).await?,
-    ))
+    let channel = convoy_client::connect(addr).await?;
+    channel.set_credential(ADMIN_TOKEN)?;
+    Ok(convoy_client::client_api(channel))
 }
 
 /// A spec file with `steps` and `world_size` replaced, and the directory its relative paths
@@ -171,8 +199,11 @@ pub fn start_workers(h: &Harness, dir: &Path, addr: &str, names: &[&str]) -> Res
                     dir.join(name).display().to_string(),
                     "--threads-per-rank".into(),
                     "1".into(),
+                    "--join-token-file".into(),
+                    join_token_file(dir)?.display().to_string(),
                 ],
             )
+            .map_err(anyhow::Error::from)
         })
         .collect::<Result<Vec<_>, _>>()?;
     for w in &mut workers {
