@@ -831,25 +831,40 @@ impl ClusterState {
                     effects.extend(self.fail_attempt(id, now, reason, Retry::No));
                     return Ok(effects);
                 }
-                let threshold = self.config.auto_cordon_after;
-                if let Ok(w) = self.worker_mut(wid) {
-                    w.consecutive_failures += 1;
-                    if threshold > 0 && w.consecutive_failures >= threshold && w.cordon.is_none() {
-                        let reason = Cordon::Failures {
-                            consecutive: w.consecutive_failures,
-                        };
-                        w.cordon = Some(reason.clone());
-                        effects.push(Effect::WorkerCordoned {
-                            worker: wid,
-                            reason,
-                        });
-                    }
-                }
+                // A rank whose peer failed is the messenger: the peer's worker is charged
+                // (by its own rank's exit, or by its loss), not this one.
+                let reason = if *status == i32::from(convoy_service::EXIT_PEER_FAILED) {
+                    format!("{reason} (a peer failed; {wid} is not blamed)")
+                } else {
+                    effects.extend(self.charge(wid));
+                    reason
+                };
                 let hold = self.config.restart_delay;
                 effects.extend(self.fail_attempt(id, now, reason, Retry::After(hold)));
             }
         }
         Ok(effects)
+    }
+
+    /// Counts a failure against worker `wid`, cordoning it when it has failed
+    /// `auto_cordon_after` times in a row.
+    fn charge(&mut self, wid: WorkerId) -> Vec<Effect> {
+        let threshold = self.config.auto_cordon_after;
+        let Ok(w) = self.worker_mut(wid) else {
+            return vec![];
+        };
+        w.consecutive_failures += 1;
+        if threshold == 0 || w.consecutive_failures < threshold || w.cordon.is_some() {
+            return vec![];
+        }
+        let reason = Cordon::Failures {
+            consecutive: w.consecutive_failures,
+        };
+        w.cordon = Some(reason.clone());
+        vec![Effect::WorkerCordoned {
+            worker: wid,
+            reason,
+        }]
     }
 
     /// Ends the job's live attempt as failed: stops the rest of the gang on alive workers, then
@@ -970,6 +985,9 @@ impl ClusterState {
                 w.liveness = Liveness::Lost;
             }
             effects.push(Effect::WorkerLost { worker: *wid });
+            // Losing the machine is its failure, whatever it ran (its peers' ranks, which
+            // noticed first, were not charged).
+            effects.extend(self.charge(*wid));
         }
         for wid in &lost {
             let (name, silent) = self.workers.get(wid).map_or(("?".to_string(), 0), |w| {

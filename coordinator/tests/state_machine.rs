@@ -619,3 +619,57 @@ fn a_job_error_fails_the_job_once_and_blames_no_worker() {
     assert_eq!(s.workers[&w].consecutive_failures, 0);
     assert!(s.workers[&w].cordon.is_none());
 }
+
+/// When a worker dies, the rank on the healthy worker notices first (its ring breaks) and
+/// exits with `EXIT_PEER_FAILED`: the attempt is retried, the messenger's worker is not
+/// blamed, and the dead worker is charged when it is declared lost.
+#[test]
+fn a_lost_peer_is_charged_to_its_worker_not_to_the_rank_that_noticed() {
+    let mut s = cluster();
+    s.apply(&Command::Configure(convoy_coordinator::ClusterConfig {
+        auto_cordon_after: 1,
+        ..s.config.clone()
+    }))
+    .unwrap();
+    let healthy = worker(&mut s, "healthy", 1);
+    let dead = worker(&mut s, "dead", 1);
+    let j = submit(&mut s, "j", 2, 0);
+    let g = start(&mut s, j, &[healthy, dead], 0);
+    let status = i32::from(convoy_service::EXIT_PEER_FAILED);
+    let effects = s
+        .apply(&exit(
+            j,
+            g,
+            0,
+            fail(
+                status,
+                "error: rank 1 (10.0.0.2:4000) closed the connection",
+            ),
+        ))
+        .unwrap();
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::JobRequeued { reason, .. } if reason.contains("a peer failed; worker-1 is not blamed"))),
+        "{effects:?}"
+    );
+    assert_eq!(s.workers[&healthy].consecutive_failures, 0);
+    assert!(s.workers[&healthy].cordon.is_none());
+    // The dead one stops heartbeating; the healthy one goes on.
+    s.apply(&Command::Heartbeat {
+        worker: healthy,
+        now: 60_000,
+    })
+    .unwrap();
+    let effects = s.apply(&Command::Tick { now: 60_000 }).unwrap();
+    assert!(
+        effects.contains(&Effect::WorkerLost { worker: dead }),
+        "{effects:?}"
+    );
+    assert_eq!(s.workers[&dead].consecutive_failures, 1);
+    assert!(
+        s.workers[&dead].cordon.is_some(),
+        "the dead worker was not charged"
+    );
+    assert!(s.workers[&healthy].cordon.is_none());
+}

@@ -6,7 +6,11 @@
 //!   with one request id) and to every worker being heard by the new leader again; the job's
 //!   attempt must stay the same (no rank restarted). The killed replica is started again and
 //!   caught up before the next kill.
-//! - `submit`: submissions per second and latency with 1 replica and with 3, in one run.
+//! - `submit`: submissions per second and latency with 1 replica and with 3, in one run
+//!   (with TLS and tokens, as a cluster runs).
+//! - `security`: submissions per second and latency of one coordinator with TLS and tokens
+//!   against one with neither (`--insecure`, plaintext), alternating rounds, each in a
+//!   process of its own (TLS is set up once per process).
 //! - `upload`: checkpoint upload throughput with 1 replica and with 3 (where each part is
 //!   also copied to the two others before it is acknowledged), in one run: a part of
 //!   `--mib` MiB in 1 MiB chunks, as a rank of a running 2-rank job sends it.
@@ -14,6 +18,7 @@
 //! `cargo build --release --bins && cargo build --release -p convoy-harness --examples` then
 //! `target/release/examples/ha_bench failover --kills 30` or
 //! `target/release/examples/ha_bench submit --jobs 10000` or
+//! `target/release/examples/ha_bench security --jobs 10000 --rounds 5` or
 //! `target/release/examples/ha_bench upload --mib 256 --rounds 3`.
 
 mod bench_common;
@@ -64,6 +69,28 @@ enum Cmd {
         connections: usize,
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+    },
+    Security {
+        #[arg(long, default_value_t = 10_000)]
+        jobs: usize,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
+    /// One measurement of `security`, in a fresh process: prints `RESULT rate p50 p99`.
+    #[command(hide = true)]
+    SubmitRound {
+        #[arg(long)]
+        secure: bool,
+        #[arg(long)]
+        jobs: usize,
+        #[arg(long)]
+        concurrency: usize,
+        #[arg(long)]
+        connections: usize,
     },
 }
 
@@ -356,6 +383,92 @@ async fn submit(jobs: usize, concurrency: usize, connections: usize, rounds: usi
     Ok(())
 }
 
+/// One coordinator, `secure` or not: submissions per second, p50 and p99 in ms.
+async fn submit_round(
+    secure: bool,
+    jobs: usize,
+    concurrency: usize,
+    connections: usize,
+) -> Result<()> {
+    let (spec, workdir) = digits_spec(100, 1)?;
+    let (spec, workdir) = (Arc::new(spec), Arc::new(workdir));
+    let dir = tempfile::tempdir()?;
+    let replicas = Replicas::start(harness(dir.path())?, dir.path(), 1, 5000, secure)?;
+    replicas.leader().await?;
+    let mut clients = vec![];
+    for _ in 0..connections.max(1) {
+        clients.push(client(&replicas.addresses()).await?);
+    }
+    let started = Instant::now();
+    let mut lat = submit_many(&clients, jobs, concurrency, &spec, &workdir).await?;
+    let rate = lat.len() as f64 / started.elapsed().as_secs_f64();
+    lat.sort();
+    println!(
+        "RESULT {rate:.1} {:.3} {:.3}",
+        ms(percentile(&lat, 0.5)),
+        ms(percentile(&lat, 0.99))
+    );
+    Ok(())
+}
+
+/// Alternating rounds of [`submit_round`] without and with TLS and tokens, each in a child
+/// process; medians and the ratio.
+fn security(jobs: usize, concurrency: usize, connections: usize, rounds: usize) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let mut results: [Vec<[f64; 3]>; 2] = [vec![], vec![]];
+    for round in 1..=rounds {
+        for (k, secure) in [false, true].into_iter().enumerate() {
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.args(["submit-round", "--jobs", &jobs.to_string()])
+                .args(["--concurrency", &concurrency.to_string()])
+                .args(["--connections", &connections.to_string()]);
+            if secure {
+                cmd.arg("--secure");
+            }
+            let out = cmd.output()?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let line = text
+                .lines()
+                .find_map(|l| l.strip_prefix("RESULT "))
+                .with_context(|| {
+                    format!(
+                        "round {round}: no result: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    )
+                })?;
+            let v: Vec<f64> = line.split(' ').map(str::parse).collect::<Result<_, _>>()?;
+            let [rate, p50, p99] = v[..] else {
+                bail!("round {round}: a malformed result {line:?}");
+            };
+            println!(
+                "round {round}, {}: {rate:.0}/s, p50 {p50:.2} ms, p99 {p99:.2} ms",
+                if secure {
+                    "TLS + tokens"
+                } else {
+                    "plaintext, no auth"
+                }
+            );
+            results[k].push([rate, p50, p99]);
+        }
+    }
+    let median = |k: usize, i: usize| {
+        let mut v: Vec<f64> = results[k].iter().map(|r| r[i]).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "median of {rounds}: plaintext {:.0}/s (p99 {:.2} ms), TLS + tokens {:.0}/s (p99 {:.2} \
+         ms): {:.2}x the submissions per second, {:.2}x the p99",
+        median(0, 0),
+        median(0, 2),
+        median(1, 0),
+        median(1, 2),
+        median(1, 0) / median(0, 0),
+        median(1, 2) / median(0, 2)
+    );
+    Ok(())
+}
+
 /// Starts `n` replicas and two one-slot workers running a long 2-rank job; the job's id and
 /// live generation, and what must stay alive meanwhile.
 async fn running_job(
@@ -468,6 +581,18 @@ async fn main() -> Result<()> {
             connections,
             rounds,
         } => submit(jobs, concurrency, connections, rounds).await,
+        Cmd::Security {
+            jobs,
+            concurrency,
+            connections,
+            rounds,
+        } => security(jobs, concurrency, connections, rounds),
+        Cmd::SubmitRound {
+            secure,
+            jobs,
+            concurrency,
+            connections,
+        } => submit_round(secure, jobs, concurrency, connections).await,
         Cmd::Upload { mib, rounds } => upload(mib, rounds).await,
     }
     .map_err(|e| anyhow!("{e:#}"))

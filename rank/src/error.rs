@@ -69,4 +69,15 @@ impl RankError {
             _ => false,
         }
     }
+
+    /// Whether a peer failed rather than this rank: a collective that lost, timed out on
+    /// or never met a neighbour. The rank exits with `EXIT_PEER_FAILED` and the coordinator
+    /// does not blame its worker. Its own sockets failing is not a peer's fault.
+    pub fn is_peer_failure(&self) -> bool {
+        match self {
+            RankError::Collective(e) => !matches!(e, CollectiveError::Local { .. }),
+            RankError::Engine(EngineError::Collective(_)) => true,
+            _ => false,
+        }
+    }
 }

@@ -1,7 +1,8 @@
 //! `convoy-rank LAUNCH_FILE`: one training rank, started by the worker daemon with the launch
 //! file it wrote (see `convoy_service::launch`). Exits 0 when the job's steps are done, 3 when
 //! the coordinator says the attempt was superseded, 4 when the job itself is at fault
-//! (`EXIT_JOB_ERROR`), 1 after any other error (one line on stderr).
+//! (`EXIT_JOB_ERROR`), 5 when a peer failed (`EXIT_PEER_FAILED`), 1 after any other error
+//! (one line on stderr).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +34,7 @@ fn main() -> ExitCode {
             match e {
                 RankError::Superseded(_) => ExitCode::from(EXIT_SUPERSEDED),
                 e if e.is_job_error() => ExitCode::from(convoy_service::EXIT_JOB_ERROR),
+                e if e.is_peer_failure() => ExitCode::from(convoy_service::EXIT_PEER_FAILED),
                 _ => ExitCode::FAILURE,
             }
         }

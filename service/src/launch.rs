@@ -49,12 +49,18 @@ pub struct RankLaunch {
     pub tls_ca: Option<PathBuf>,
 }
 
-/// One hour: a coordinator restart, a full disk being cleared, a network partition healing.
 /// Exit status of a rank that failed because of its job, not of where it ran (an invalid
 /// spec, a missing or malformed data file, a non-finite loss, an unusable `init_from`): the
 /// coordinator fails the job at once, without retrying it and without blaming the worker.
 pub const EXIT_JOB_ERROR: u8 = 4;
 
+/// Exit status of a rank that failed because a peer did (it closed the ring, went silent past
+/// the collective timeout, or never joined): the attempt is retried like any infrastructure
+/// failure, but this rank's worker is not blamed. The peer's own worker is: its rank's exit,
+/// or the worker's loss, is what counts.
+pub const EXIT_PEER_FAILED: u8 = 5;
+
+/// One hour: a coordinator restart, a full disk being cleared, a network partition healing.
 pub const DEFAULT_UPLOAD_RETRY_MS: u64 = 60 * 60 * 1000;
 
 fn default_upload_retry_ms() -> u64 {

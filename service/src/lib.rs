@@ -18,7 +18,7 @@ pub mod secret_file;
 pub mod settings;
 pub mod signals;
 
-pub use launch::{EXIT_JOB_ERROR, RankLaunch};
+pub use launch::{EXIT_JOB_ERROR, EXIT_PEER_FAILED, RankLaunch};
 pub use ready::ReadySignal;
 pub use settings::{Layers, Setting, SettingsError, Source};
 

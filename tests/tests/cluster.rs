@@ -118,10 +118,12 @@ fn a_sigtermed_coordinator_exits_cleanly_and_costs_no_attempt() {
     assert_eq!(again["loss"].as_f64(), Some(loss), "{again}");
 }
 
+/// The dead worker is charged for the failure, not the healthy peer whose rank noticed it
+/// first: with one failure enough to cordon a worker, only the dead one ends up cordoned.
 #[test]
 fn a_sigkilled_worker_is_lost_and_the_job_restarts_on_the_remaining_capacity() {
     let _g = serial();
-    let mut c = Cluster::start(2_000);
+    let mut c = Cluster::start_with(2_000, &["--auto-cordon-after", "1"]);
     for name in ["alpha", "beta", "gamma"] {
         c.add_worker(name, 1);
     }
@@ -171,6 +173,14 @@ fn a_sigkilled_worker_is_lost_and_the_job_restarts_on_the_remaining_capacity() {
             .iter()
             .any(|w| w["id"] == victim_id.as_str() && w["liveness"] == "lost")
     });
+    let survivor_id = job["attempts"][0]["placement"][0].as_str().unwrap();
+    for w in c.json(&["workers"]).as_array().unwrap() {
+        let charged = w["id"] == victim_id.as_str();
+        assert_eq!(
+            w["cordoned"], charged,
+            "only the dead worker is charged (the survivor was {survivor_id}): {w}"
+        );
+    }
     eprintln!("restart after worker SIGKILL: {restarted_after:?}");
 }
 

@@ -4,7 +4,7 @@
 // Each example uses its own part of these.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -15,14 +15,18 @@ use convoy_harness::{Daemon, Harness, READY_TIMEOUT};
 use convoy_proto::v1::SubmitJobRequest;
 use convoy_proto::v1::convoy_client::ConvoyClient;
 
+/// The release binaries' directory (`target/release`, above `examples/`).
+fn bins() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .ok_or_else(|| anyhow!("cannot locate the target directory from {}", exe.display()))
+}
+
 /// The release binaries beside this example (`target/release/examples/..`).
 pub fn harness(dir: &Path) -> Result<Harness> {
-    let exe = std::env::current_exe()?;
-    let bins = exe
-        .parent()
-        .and_then(Path::parent)
-        .ok_or_else(|| anyhow!("cannot locate the target directory from {}", exe.display()))?;
-    let h = Harness::new(bins, dir)?;
+    let h = Harness::new(&bins()?, dir)?;
     h.check_binaries()?;
     Ok(h)
 }
@@ -31,19 +35,43 @@ pub fn harness(dir: &Path) -> Result<Harness> {
 pub const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdef";
 const JOIN_TOKEN: &str = "bench-join-token-0123456789abcdef";
 
-/// The coordinator flags for a cluster with tokens (their files written into `dir`), or,
-/// when not `secure`, for one without authentication.
+/// The coordinator flags for a cluster as a real one runs, with TLS and tokens (the token
+/// files written into `dir`), or, when not `secure`, for one with neither. A process's
+/// secure clusters share one CA (`target/release/bench-pki`, made by `convoy tls init` on
+/// first use), which this process's connections then trust: TLS is set up once per process,
+/// so one process benchmarks one kind of cluster.
 pub fn auth_args(dir: &Path, secure: bool) -> Result<Vec<String>> {
     if !secure {
         return Ok(vec!["--insecure".into()]);
     }
+    let pki = bins()?.join("bench-pki");
+    if !pki.join("ca.pem").exists() {
+        let out = std::process::Command::new(bins()?.join("convoy"))
+            .args(["tls", "init", "--out"])
+            .arg(&pki)
+            .output()?;
+        if !out.status.success() {
+            bail!("convoy tls init: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    convoy_client::tls::configure(&convoy_client::tls::TlsSettings {
+        ca: Some(pki.join("ca.pem")),
+        identity: None,
+    })?;
     let admin = dir.join("admin.token");
     convoy_service::secret_file::write(&admin, ADMIN_TOKEN)?;
+    let file = |name: &str| pki.join(name).display().to_string();
     Ok(vec![
         "--admin-token-file".into(),
         admin.display().to_string(),
         "--join-token-file".into(),
         join_token_file(dir)?.display().to_string(),
+        "--tls-cert".into(),
+        file("coordinator.pem"),
+        "--tls-key".into(),
+        file("coordinator.key"),
+        "--tls-ca".into(),
+        file("ca.pem"),
     ])
 }
 
@@ -183,6 +211,14 @@ where
 
 /// One-slot workers with one thread per rank, started together and waited for.
 pub fn start_workers(h: &Harness, dir: &Path, addr: &str, names: &[&str]) -> Result<Vec<Daemon>> {
+    // The CA this process trusts, if it set one up (see `auth_args`).
+    let tls = match convoy_client::tls::enabled() {
+        true => vec![
+            "--tls-ca".to_string(),
+            bins()?.join("bench-pki/ca.pem").display().to_string(),
+        ],
+        false => vec![],
+    };
     let mut workers = names
         .iter()
         .map(|name| {
@@ -201,7 +237,10 @@ pub fn start_workers(h: &Harness, dir: &Path, addr: &str, names: &[&str]) -> Res
                     "1".into(),
                     "--join-token-file".into(),
                     join_token_file(dir)?.display().to_string(),
-                ],
+                ]
+                .into_iter()
+                .chain(tls.iter().cloned())
+                .collect::<Vec<_>>(),
             )
             .map_err(anyhow::Error::from)
         })
