@@ -19,6 +19,7 @@ mod reporter;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -122,6 +123,30 @@ fn cuda_trainer(
     Ok(Trainer::on_gpu(spec, device, reducer)?)
 }
 
+/// Refuses a job that reads outside the worker's data roots (when it has any). A path is
+/// judged by where it really is (symbolic links and `..` resolved), through its directory for
+/// a file that does not exist yet or a shard pattern.
+fn within_roots(paths: &[PathBuf], roots: &[PathBuf]) -> Result<(), RankError> {
+    if roots.is_empty() {
+        return Ok(());
+    }
+    for p in paths {
+        let real = std::fs::canonicalize(p).ok().or_else(|| {
+            let dir = std::fs::canonicalize(p.parent()?).ok()?;
+            Some(dir.join(p.file_name()?))
+        });
+        if !real.is_some_and(|r| roots.iter().any(|root| r.starts_with(root))) {
+            let roots: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
+            return Err(RankError::Job(format!(
+                "{} is outside this worker's data roots ({}): the job may read only there",
+                p.display(),
+                roots.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Runs the rank to completion.
 pub fn run(launch: RankLaunch) -> Result<(), RankError> {
     let launch = Arc::new(launch);
@@ -133,6 +158,7 @@ pub fn run(launch: RankLaunch) -> Result<(), RankError> {
     if !launch.workdir.is_empty() {
         spec.resolve_paths(std::path::Path::new(&launch.workdir));
     }
+    within_roots(&spec.input_paths(), &launch.data_roots)?;
     if spec.world_size != launch.world_size {
         return Err(RankError::Job(format!(
             "the spec says world_size = {}, the placement has {} ranks",

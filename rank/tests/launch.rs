@@ -45,6 +45,7 @@ fn a_spec_that_disagrees_with_the_placement_fails_before_any_network_call() {
         credential: String::new(),
         ring_secret: String::new(),
         tls_ca: None,
+        data_roots: vec![],
     };
     let path = dir.path().join("launch.toml");
     launch.write(&path).expect("write");

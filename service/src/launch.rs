@@ -47,6 +47,10 @@ pub struct RankLaunch {
     /// TLS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_ca: Option<PathBuf>,
+    /// Set: every file the job reads must lie under one of these directories (the worker's
+    /// `--data-roots`, canonical).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data_roots: Vec<PathBuf>,
 }
 
 /// Exit status of a rank that failed because of its job, not of where it ran (an invalid
@@ -135,6 +139,7 @@ mod tests {
             credential: "cvr.7.2.1.mac".into(),
             ring_secret: "ring".into(),
             tls_ca: Some("/etc/convoy/ca.pem".into()),
+            data_roots: vec!["/data".into()],
         };
         launch.write(&path).expect("written");
         assert_eq!(RankLaunch::read(&path).expect("read"), launch);

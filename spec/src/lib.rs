@@ -553,6 +553,25 @@ impl JobSpec {
         Ok(spec)
     }
 
+    /// Every file (or shard pattern) the job reads: its data and an `init_from` file.
+    pub fn input_paths(&self) -> Vec<PathBuf> {
+        let mut paths: Vec<PathBuf> = match &self.data {
+            DataSpec::Tokens(t) => std::iter::once(t.train.clone())
+                .chain(t.val.clone())
+                .collect(),
+            DataSpec::Text(t) => t.files.clone(),
+            DataSpec::Csv(c) => vec![c.path.clone()],
+        };
+        if let Some(init) = self
+            .init_from
+            .as_ref()
+            .filter(|i| !i.starts_with(JOB_PREFIX))
+        {
+            paths.push(PathBuf::from(init));
+        }
+        paths
+    }
+
     /// Makes every relative path in the spec relative to `base`.
     pub fn resolve_paths(&mut self, base: &Path) {
         let fix = |p: &mut PathBuf| {

@@ -180,3 +180,81 @@ fn a_machine_without_the_join_token_or_the_required_certificate_does_not_become_
         .collect();
     assert_eq!(names, ["good"]);
 }
+
+/// A worker confines what its ranks may read and use: a job whose data lies outside the
+/// worker's data roots fails once, naming the file, without blaming the worker; the ranks
+/// it does run carry the memory and file-size limits it was given.
+#[test]
+fn a_worker_confines_its_ranks_to_its_data_roots_and_limits() {
+    let _g = serial();
+    let mut c = Cluster::start(5_000);
+    let roots = c.dir.path().join("datasets");
+    std::fs::create_dir_all(&roots).expect("mkdir");
+    c.add_worker_with(
+        "confined",
+        1,
+        &[
+            "--data-roots".into(),
+            roots.display().to_string(),
+            "--rank-memory-limit-mb".into(),
+            "4096".into(),
+            "--rank-file-size-limit-mb".into(),
+            "100".into(),
+        ],
+    );
+    c.wait_workers(1);
+
+    // The example's data lies in the repository, outside the roots.
+    let outside = digits_spec(c.dir.path(), "outside", 50, 1);
+    let id = c.submit(&outside, &[]);
+    let job = c.wait_state(&id, "failed", Duration::from_secs(120));
+    assert_eq!(job["attempts"].as_array().map(Vec::len), Some(1), "{job}");
+    let reason = job["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("digits.csv.gz is outside this worker's data roots")
+            && reason.contains("not retried"),
+        "{reason}"
+    );
+    let workers = c.json(&["workers"]);
+    assert_eq!(workers[0]["cordoned"], false, "{workers}");
+
+    // Inside the roots it runs, under the limits.
+    let data = convoy_testkit::examples("data/digits.csv.gz");
+    std::fs::copy(&data, roots.join("digits.csv.gz")).expect("copy the data");
+    let inside = digits_spec(c.dir.path(), "inside", 1_000_000, 1);
+    let text = std::fs::read_to_string(&inside).expect("spec");
+    let from = data.canonicalize().expect("data").display().to_string();
+    let to = roots.join("digits.csv.gz").display().to_string();
+    std::fs::write(&inside, text.replace(&from, &to)).expect("spec");
+    let id = c.submit(&inside, &[]);
+    c.wait_step(&id, 1, Duration::from_secs(120));
+    let worker = c.workers[0].pid();
+    let ranks = std::process::Command::new("pgrep")
+        .args(["-P", &worker.to_string()])
+        .output()
+        .expect("pgrep");
+    let rank: u32 = String::from_utf8_lossy(&ranks.stdout)
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("the rank's pid");
+    let limits = std::fs::read_to_string(format!("/proc/{rank}/limits")).expect("limits");
+    let limit = |name: &str| {
+        limits
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l[name.len()..].split_whitespace().next())
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(
+        limit("Max address space"),
+        (4096u64 << 20).to_string(),
+        "{limits}"
+    );
+    assert_eq!(
+        limit("Max file size"),
+        (100u64 << 20).to_string(),
+        "{limits}"
+    );
+}

@@ -51,4 +51,11 @@ pub struct WorkerConfig {
     pub join_token: Option<String>,
     /// The CA the daemon's connections trust (TLS); its ranks are told to trust it too.
     pub tls_ca: Option<PathBuf>,
+    /// Set: ranks read files only under these directories (canonical).
+    pub data_roots: Vec<PathBuf>,
+    /// The address space a CPU rank may use (`RLIMIT_AS`, bytes; CUDA ranks are exempt: the
+    /// driver reserves far more address space than it uses).
+    pub rank_memory_limit: Option<u64>,
+    /// The largest file a rank may write (`RLIMIT_FSIZE`, bytes).
+    pub rank_file_size_limit: Option<u64>,
 }

@@ -72,6 +72,17 @@ struct Args {
     /// The key of --tls-cert (PEM, mode 0600).
     #[arg(long, env = "CONVOY_TLS_KEY")]
     tls_key: Option<PathBuf>,
+    /// Directories jobs may read from, comma-separated: a job whose data or `init_from` file
+    /// lies elsewhere fails at once, naming it [default: anywhere the rank's user may read].
+    #[arg(long, env = "CONVOY_DATA_ROOTS")]
+    data_roots: Option<String>,
+    /// The memory (address space, MiB) each CPU rank may use; beyond it allocations fail
+    /// [default: no limit].
+    #[arg(long, env = "CONVOY_RANK_MEMORY_LIMIT_MB")]
+    rank_memory_limit_mb: Option<u64>,
+    /// The largest file (MiB) a rank may write [default: no limit].
+    #[arg(long, env = "CONVOY_RANK_FILE_SIZE_LIMIT_MB")]
+    rank_file_size_limit_mb: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -164,6 +175,16 @@ fn configure() -> Result<WorkerConfig> {
             .map(|s| secret_file::read(&s.value).context("the join token"))
             .transpose()?,
         tls_ca,
+        data_roots: match layers.optional::<String>("data_roots", Some("anywhere"))? {
+            Some(s) => data_roots(&s.value)?,
+            None => vec![],
+        },
+        rank_memory_limit: layers
+            .optional::<u64>("rank_memory_limit_mb", Some("no limit"))?
+            .map(|s| s.value.saturating_mul(1 << 20)),
+        rank_file_size_limit: layers
+            .optional::<u64>("rank_file_size_limit_mb", Some("no limit"))?
+            .map(|s| s.value.saturating_mul(1 << 20)),
     };
     for line in layers.finish()? {
         tracing::info!("setting {line}");
@@ -174,6 +195,15 @@ fn configure() -> Result<WorkerConfig> {
         config.gpus
     );
     Ok(config)
+}
+
+/// `--data-roots`: each an existing directory, made canonical (ranks compare real paths).
+fn data_roots(list: &str) -> Result<Vec<PathBuf>> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(|d| std::fs::canonicalize(d).with_context(|| format!("--data-roots: {d}")))
+        .collect()
 }
 
 #[tokio::main]

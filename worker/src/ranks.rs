@@ -199,6 +199,7 @@ impl Supervisor {
             credential: s.credential.clone(),
             ring_secret: s.ring_secret.clone(),
             tls_ca: self.config.tls_ca.clone(),
+            data_roots: self.config.data_roots.clone(),
         };
         let launch_file = dir.join("launch.toml");
         launch.write(&launch_file).map_err(|e| e.to_string())?;
@@ -242,9 +243,20 @@ impl Supervisor {
             .process_group(0);
         // SAFETY: runs in the forked child before exec; prctl is async-signal-safe and touches
         // no memory of the parent.
+        let memory = self.config.rank_memory_limit.filter(|_| gpu.is_none());
+        let file_size = self.config.rank_file_size_limit;
         unsafe {
-            cmd.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+            cmd.pre_exec(move || {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+                // Limits the rank and whatever it starts; setrlimit is async-signal-safe.
+                use nix::sys::resource::{Resource, setrlimit};
+                if let Some(bytes) = memory {
+                    setrlimit(Resource::RLIMIT_AS, bytes, bytes)?;
+                }
+                if let Some(bytes) = file_size {
+                    setrlimit(Resource::RLIMIT_FSIZE, bytes, bytes)?;
+                }
+                Ok(())
             });
         }
         cmd.spawn().map_err(|e| {

@@ -141,8 +141,20 @@ impl Tabular {
     }
 }
 
+/// The largest label: the classifier's output layer has a row per class up to the largest
+/// label, so one stray huge label (4294967295) would otherwise make a rank allocate a head of
+/// billions of rows before training began.
+pub const MAX_LABEL: u32 = 65_535;
+
 fn parse_label(field: &str) -> std::result::Result<u32, String> {
     if let Ok(v) = field.parse::<u32>() {
+        if v > MAX_LABEL {
+            return Err(format!(
+                "label {v} is above {MAX_LABEL}: labels are class indices, and convoy builds \
+                 classifiers of at most {} classes",
+                MAX_LABEL + 1
+            ));
+        }
         return Ok(v);
     }
     Err(match field.parse::<f64>() {
@@ -413,6 +425,9 @@ mod tests {
         assert!(load_err(d, "1,2,cat\n").contains("label 'cat' is not a number"));
         assert!(load_err(d, "1,inf,0\n").contains("column 2"));
         assert!(load_err(d, "1,2,-1\n").contains("label -1 is negative"));
+        // A label the classifier's head would need billions of rows for.
+        assert!(load_err(d, "1,2,4294967295\n").contains("label 4294967295 is above 65535"));
+        assert!(Tabular::load_csv(&write(d, "max.csv", "1,2,65535\n")).is_ok());
         assert!(
             load_err(d, "1,2,0\n1,2,1.5\n")
                 .contains("line 2: column 3 (the label): label 1.5 is not an integer")
