@@ -10,8 +10,8 @@ use anyhow::{Context, Result, ensure};
 use clap::{CommandFactory, Parser};
 use convoy_coordinator::identity::AuthConfig;
 use convoy_coordinator::server::{
-    ClusterSettings, FailStop, ReplicationConfig, ServerConfig, ServerTls, defaults, parse_peers,
-    retention_days, run,
+    ClusterSettings, FailStop, RateLimits, ReplicationConfig, ServerConfig, ServerTls, defaults,
+    parse_peers, retention_days, run,
 };
 use convoy_service::{Layers, secret_file};
 
@@ -107,6 +107,14 @@ struct Args {
     /// proxy or on a network nobody else can reach.
     #[arg(long, env = "CONVOY_PLAINTEXT")]
     plaintext: bool,
+    /// Submissions per second a user may make (bursts of ten seconds' worth; administrators
+    /// are not limited) [default: 50].
+    #[arg(long, env = "CONVOY_SUBMITS_PER_SECOND")]
+    submits_per_second: Option<u32>,
+    /// Log lines per second a worker may ship (bursts of ten seconds' worth; the rest are
+    /// dropped, and the job's log says so) [default: 20000].
+    #[arg(long, env = "CONVOY_LOG_LINES_PER_SECOND")]
+    log_lines_per_second: Option<u32>,
     /// Write a JSON ready signal (pid, bound address) here once the coordinator serves (for
     /// process harnesses such as `convoy dev`).
     #[arg(long)]
@@ -176,6 +184,15 @@ fn configure() -> Result<(String, ServerConfig)> {
     let join_token_file: Option<PathBuf> =
         layers.optional("join_token_file", None)?.map(|s| s.value);
     let insecure = layers.get("insecure", false)?.value;
+    let defaults = RateLimits::default();
+    config.rate_limits = RateLimits {
+        submits_per_second: layers
+            .get("submits_per_second", defaults.submits_per_second)?
+            .value,
+        log_lines_per_second: layers
+            .get("log_lines_per_second", defaults.log_lines_per_second)?
+            .value,
+    };
     let tls = TlsFlags {
         cert: layers.optional("tls_cert", None)?.map(|s| s.value),
         key: layers.optional("tls_key", None)?.map(|s| s.value),

@@ -589,6 +589,13 @@ impl ClusterState {
                 msg: "the name must not be empty".into(),
             });
         }
+        // A host name's bounds: it shows in every listing and failure reason.
+        if name.len() > 253 || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(ApplyError::InvalidWorker {
+                name: name.into(),
+                msg: "at most 253 characters, without spaces or control characters".into(),
+            });
+        }
         if slots == 0 {
             return Err(ApplyError::InvalidWorker {
                 name: name.into(),

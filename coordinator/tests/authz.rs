@@ -611,3 +611,57 @@ async fn expired_and_revoked_tokens_are_refused_with_one_line_naming_them() {
     let _ = stop.send(());
     server.await.expect("server task").expect("clean shutdown");
 }
+
+/// A user who submits faster than the limit is refused with one line that says so, past a
+/// burst; another user and administrators are not held up by it.
+#[tokio::test]
+async fn a_user_submitting_faster_than_the_limit_is_refused_and_others_are_not() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = ServerConfig::new(dir.path());
+    config.auth = AuthConfig::with_tokens(ADMIN, JOIN).expect("valid tokens");
+    // A burst of 10, refilled at 1 per second: a hundred back-to-back submissions cannot all
+    // pass unless they take a minute and a half.
+    config.rate_limits.submits_per_second = 1;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(run(listener, config, async {
+        let _ = stopped.await;
+    }));
+    let mut admin = clients(&addr, ADMIN).await;
+    let alice = token(&mut admin, "alice", false, 0).await;
+    let bob = token(&mut admin, "bob", false, 0).await;
+    let mut as_alice = clients(&addr, &alice).await;
+    let mut refused = None;
+    let mut accepted = 0;
+    for i in 0..100 {
+        match as_alice
+            .client
+            .submit_job(pb::SubmitJobRequest {
+                spec_toml: convoy_testkit::specs::mlp_text(&format!("a{i}"), 1, "cpu"),
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(_) => accepted += 1,
+            Err(e) => refused = Some(e),
+        }
+    }
+    let e = refused.expect("alice was limited");
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    assert!(
+        e.message()
+            .contains("alice submits more than 1 jobs per second"),
+        "{}",
+        e.message()
+    );
+    assert!((10..100).contains(&accepted), "{accepted}");
+    submit(&mut clients(&addr, &bob).await, "bobs").await;
+    for i in 0..30 {
+        submit(&mut admin, &format!("admins{i}")).await;
+    }
+    let _ = stop.send(());
+    server.await.expect("server task").expect("clean shutdown");
+}

@@ -241,10 +241,11 @@ impl Supervisor {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        // SAFETY: runs in the forked child before exec; prctl is async-signal-safe and touches
-        // no memory of the parent.
         let memory = self.config.rank_memory_limit.filter(|_| gpu.is_none());
         let file_size = self.config.rank_file_size_limit;
+        // SAFETY: runs in the forked child before exec; prctl and setrlimit are
+        // async-signal-safe system calls, and the closure touches no memory of the parent
+        // beyond the two copied limits.
         unsafe {
             cmd.pre_exec(move || {
                 nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;

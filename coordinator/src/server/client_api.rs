@@ -1,6 +1,7 @@
 //! `convoy.v1.Convoy`: what the CLI calls.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use convoy_proto::v1 as pb;
@@ -20,6 +21,7 @@ use crate::server::checkpoints::DownloadStream;
 use crate::server::clock::now_ms;
 use crate::server::convert;
 use crate::server::handle::Handle;
+use crate::server::limits::Limiters;
 use crate::server::request::{Request as LoopRequest, View};
 use crate::state::SubmitJob;
 
@@ -33,13 +35,15 @@ const STREAM_CHUNK: usize = 512;
 pub struct ClientApi {
     handle: Handle,
     checkpoints: Checkpoints,
+    limiters: Arc<Limiters>,
 }
 
 impl ClientApi {
-    pub(crate) fn new(handle: Handle, checkpoints: Checkpoints) -> Self {
+    pub(crate) fn new(handle: Handle, checkpoints: Checkpoints, limiters: Arc<Limiters>) -> Self {
         ClientApi {
             handle,
             checkpoints,
+            limiters,
         }
     }
 
@@ -180,6 +184,13 @@ impl pb::convoy_server::Convoy for ClientApi {
         request: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
         let caller = auth::caller(&request)?;
+        let owner = caller.owner_name()?;
+        if !caller.is_admin() && !self.limiters.submit(&owner) {
+            return Err(Status::resource_exhausted(format!(
+                "{owner} submits more than {} jobs per second: slow down and submit again",
+                self.limiters.limits.submits_per_second
+            )));
+        }
         let r = request.into_inner();
         if r.spec_toml.len() > MAX_SPEC_BYTES {
             return Err(Status::invalid_argument(format!(
@@ -208,7 +219,7 @@ impl pb::convoy_server::Convoy for ClientApi {
         submit.max_restarts = r.max_restarts;
         submit.progress_timeout = progress_timeout;
         submit.workdir = r.workdir;
-        submit.owner = caller.owner_name()?;
+        submit.owner = owner;
         // Starting from another job's weights reads them: only its owner may.
         if let Some((from, _)) = submit
             .init_from

@@ -15,6 +15,7 @@ pub mod event_loop;
 mod fail_stop;
 mod handle;
 pub mod leadership;
+pub mod limits;
 pub mod records;
 pub mod rendezvous;
 mod replicas;
@@ -53,7 +54,7 @@ use crate::server::request::Request;
 use crate::state::ClusterConfig;
 pub use fail_stop::FailStop;
 pub use settings::{
-    ClusterSettings, ReplicationConfig, ServerConfig, ServerTls, defaults, parse_peers,
+    ClusterSettings, RateLimits, ReplicationConfig, ServerConfig, ServerTls, defaults, parse_peers,
     retention_days,
 };
 pub use worker_api::MAX_LOG_LINE;
@@ -261,6 +262,7 @@ pub async fn run(
         }
     };
 
+    let limiters = Arc::new(limits::Limiters::new(config.rate_limits));
     let mut builder = tonic::transport::Server::builder();
     if let Some(t) = &config.tls {
         let mut tls = tonic::transport::ServerTlsConfig::new().identity(
@@ -287,6 +289,7 @@ pub async fn run(
             ConvoyServer::new(client_api::ClientApi::new(
                 handle.clone(),
                 checkpoints.clone(),
+                limiters.clone(),
             ))
             .max_decoding_message_size(max),
             gate(auth::Api::Client),
@@ -296,6 +299,7 @@ pub async fn run(
                 handle,
                 checkpoints,
                 config.auth.require_worker_cert,
+                limiters,
             ))
             .max_decoding_message_size(max),
             gate(auth::Api::Worker),

@@ -19,6 +19,7 @@ use crate::log::CommandLog;
 use crate::logged_state::LoggedState;
 use crate::model::Millis;
 use crate::server::fail_stop::FailStop;
+pub use crate::server::limits::RateLimits;
 use crate::state::{ClusterConfig, Command};
 
 /// Settings the coordinator has unless told otherwise.
@@ -65,6 +66,7 @@ pub struct ServerConfig {
     pub auth: AuthConfig,
     /// Set: every port speaks TLS only.
     pub tls: Option<ServerTls>,
+    pub rate_limits: RateLimits,
 }
 
 /// The coordinator's TLS identity (PEM), and the CA whose client certificates it verifies.
@@ -200,6 +202,7 @@ impl ServerConfig {
             replication: None,
             auth: AuthConfig::insecure(),
             tls: None,
+            rate_limits: RateLimits::default(),
         }
     }
 }

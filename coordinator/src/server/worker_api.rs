@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use convoy_proto::v1 as pb;
@@ -19,6 +20,7 @@ use crate::server::checkpoints::Checkpoints;
 use crate::server::checkpoints::DownloadStream;
 use crate::server::convert;
 use crate::server::handle::Handle;
+use crate::server::limits::Limiters;
 use crate::server::request::{RankKey, Request as LoopRequest};
 use crate::state::ClusterState;
 
@@ -32,14 +34,21 @@ pub struct WorkerService {
     checkpoints: Checkpoints,
     /// A registering worker must present a client certificate (see `AuthConfig`).
     require_cert: bool,
+    limiters: Arc<Limiters>,
 }
 
 impl WorkerService {
-    pub(crate) fn new(handle: Handle, checkpoints: Checkpoints, require_cert: bool) -> Self {
+    pub(crate) fn new(
+        handle: Handle,
+        checkpoints: Checkpoints,
+        require_cert: bool,
+        limiters: Arc<Limiters>,
+    ) -> Self {
         WorkerService {
             handle,
             checkpoints,
             require_cert,
+            limiters,
         }
     }
 }
@@ -273,9 +282,31 @@ impl pb::worker_api_server::WorkerApi for WorkerService {
                     k.rank, k.job, k.generation
                 )));
             }
-            let ops: Vec<RecordOp> = lines
+            let mut lines: Vec<(JobId, pb::RankLog)> = lines
                 .into_iter()
                 .filter(|(job, _)| known.contains(job))
+                .collect();
+            // Beyond the worker's rate the rest of the batch is dropped, and its jobs' logs
+            // say so (once per batch).
+            if let Some(w) = worker {
+                let allowed = self.limiters.log_lines(w, lines.len());
+                let dropped = lines.split_off(allowed);
+                let mut told = BTreeSet::new();
+                for (job, l) in &dropped {
+                    if told.insert((*job, l.generation)) {
+                        self.handle.event(
+                            *job,
+                            l.generation,
+                            format!(
+                                "log lines dropped: {w} ships more than {} lines per second",
+                                self.limiters.limits.log_lines_per_second
+                            ),
+                        );
+                    }
+                }
+            }
+            let ops: Vec<RecordOp> = lines
+                .into_iter()
                 .map(|(job, line)| {
                     let record = pb::LogLine {
                         rank: line.rank,
