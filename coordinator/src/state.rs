@@ -89,9 +89,17 @@ impl SubmitJob {
     /// Validates `spec_text` (`origin` names it in errors) into a submission with the default
     /// options.
     pub fn parse(spec_text: &str, origin: &str, now: Millis) -> Result<Self, SpecError> {
-        let spec = JobSpec::parse(spec_text, origin)?;
+        Ok(Self::from_spec(
+            &JobSpec::parse(spec_text, origin)?,
+            spec_text,
+            now,
+        ))
+    }
+
+    /// The submission of `spec`, parsed from `spec_text`, with the default options.
+    pub fn from_spec(spec: &JobSpec, spec_text: &str, now: Millis) -> Self {
         let c = &spec.checkpoint;
-        Ok(SubmitJob {
+        SubmitJob {
             request_id: String::new(),
             name: spec.name.clone(),
             steps: spec.steps,
@@ -111,7 +119,7 @@ impl SubmitJob {
             workdir: String::new(),
             owner: String::new(),
             now,
-        })
+        }
     }
 }
 

@@ -311,3 +311,35 @@ fn a_cuda_spec_needs_a_gpu_and_a_gpt() {
         Err(e) => panic!("the digits example with backend = cuda should parse: {e}"),
     }
 }
+
+/// The coordinator judges `init_from = "job:ID"` at submit from the checkpoint's fingerprint
+/// and the spec alone (`JobSpec::loads_checkpoint_of`): what a model of a spec fingerprints
+/// as must pass for that spec and fail for another architecture.
+#[test]
+fn a_spec_accepts_its_own_models_fingerprint_and_refuses_another_architecture() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let gpt = tiny_spec(dir.path(), "", "");
+    let gpt_state = Trainer::new(&gpt, Box::new(SingleProcess))
+        .expect("trainer")
+        .state()
+        .expect("state");
+    let mut mlp = JobSpec::load(&convoy_testkit::repo_root().join("examples/digits-mlp.toml"))
+        .expect("example");
+    mlp.steps = 1;
+    let mlp_state = Trainer::new(&mlp, Box::new(SingleProcess))
+        .expect("trainer")
+        .state()
+        .expect("state");
+    assert_eq!(gpt.loads_checkpoint_of(&gpt_state.model), Ok(()));
+    assert_eq!(mlp.loads_checkpoint_of(&mlp_state.model), Ok(()));
+    let e = gpt
+        .loads_checkpoint_of(&mlp_state.model)
+        .expect_err("another kind");
+    assert!(e.contains("mlp(") && e.contains("gpt(n_layer="), "{e}");
+    assert!(mlp.loads_checkpoint_of(&gpt_state.model).is_err());
+    let mut wider = tiny_spec(dir.path(), "", "");
+    if let convoy_engine::spec::ModelSpec::Gpt(g) = &mut wider.model {
+        g.n_embd *= 2;
+    }
+    assert!(wider.loads_checkpoint_of(&gpt_state.model).is_err());
+}

@@ -553,6 +553,36 @@ impl JobSpec {
         Ok(spec)
     }
 
+    /// Whether a checkpoint of the model `fingerprint` (a training state's `model`) can
+    /// initialise this spec's model, as far as the spec alone decides: the same kind, and for
+    /// a GPT the same layers, heads, width and context (the vocabulary and an MLP's input
+    /// and class counts come from the data, which the rank checks). `Err` says how they
+    /// differ. Relies on the engine's fingerprint format, which its tests tie to this.
+    pub fn loads_checkpoint_of(&self, fingerprint: &str) -> std::result::Result<(), String> {
+        let (want, fits) = match &self.model {
+            ModelSpec::Gpt(g) => {
+                let prefix = format!(
+                    "gpt(n_layer={}, n_head={}, n_embd={}, context={},",
+                    g.n_layer, g.n_head, g.n_embd, g.context
+                );
+                let fits = fingerprint.starts_with(&prefix);
+                (prefix.trim_end_matches(',').to_string() + ", …)", fits)
+            }
+            ModelSpec::Mlp(m) => {
+                let hidden = format!("hidden={:?},", m.hidden);
+                let fits = fingerprint.starts_with("mlp(") && fingerprint.contains(&hidden);
+                (format!("mlp(…, {} …)", hidden), fits)
+            }
+        };
+        if fits {
+            Ok(())
+        } else {
+            Err(format!(
+                "its checkpoint holds a {fingerprint} and this spec builds a {want}"
+            ))
+        }
+    }
+
     /// Every file (or shard pattern) the job reads: its data and an `init_from` file.
     pub fn input_paths(&self) -> Vec<PathBuf> {
         let mut paths: Vec<PathBuf> = match &self.data {

@@ -165,7 +165,17 @@ fn a_cancelled_job_resumes_from_its_checkpoint_and_bad_references_get_one_line()
     );
     assert!(*first > 0);
 
-    // Fine-tuning needs the same architecture: another one fails the job with one line.
+    let one_line = |args: &[&str], want: &str| {
+        let o = c.convoy(args);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(!o.status.success(), "{args:?} should fail");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+    };
+
+    // What must fail is refused at submit, with one line: fine-tuning from a model of
+    // another architecture, from a step that was never saved, and a gang larger than the
+    // whole cluster.
     let other = spec(
         &dir,
         "other-model",
@@ -175,18 +185,26 @@ fn a_cancelled_job_resumes_from_its_checkpoint_and_bad_references_get_one_line()
     );
     let text = std::fs::read_to_string(&other).expect("spec");
     std::fs::write(&other, text.replace("hidden = [128, 64]", "hidden = [32]")).expect("write");
-    let failed_id = c.submit(&other, &["--max-restarts", "0"]);
-    let failed = c.wait_state(&failed_id, "failed", Duration::from_secs(120));
-    let reason = failed["reason"].as_str().unwrap_or_default();
-    assert!(reason.contains("cannot initialise parameters"), "{failed}");
-
-    let one_line = |args: &[&str], want: &str| {
-        let o = c.convoy(args);
-        let err = String::from_utf8_lossy(&o.stderr).into_owned();
-        assert!(!o.status.success(), "{args:?} should fail");
-        assert!(err.contains(want), "{args:?}: {err}");
-        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
-    };
+    let other = other.to_str().expect("utf-8");
+    one_line(
+        &["submit", other],
+        "this spec builds a mlp(…, hidden=[32], …)",
+    );
+    let missing = spec(
+        &dir,
+        "missing-step",
+        50,
+        0,
+        &format!("init_from = \"job:{id}@7\""),
+    );
+    one_line(
+        &["submit", missing.to_str().expect("utf-8")],
+        "has no checkpoint at step 7",
+    );
+    one_line(
+        &["submit", other, "--world-size", "64"],
+        "world_size = 64: the cluster's 1 worker(s) have 2 slots in all",
+    );
     let out = dir.join("x.safetensors");
     let out = out.to_str().expect("utf-8");
     one_line(

@@ -262,6 +262,25 @@ fn bad_input_gets_one_line_errors_and_the_coordinator_keeps_its_data() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("batch_size"), "{err}");
 
+    // A data file the coordinator can see is missing: refused at submit, not at run time.
+    let text = std::fs::read_to_string(&good).unwrap();
+    let data = text
+        .lines()
+        .find_map(|l| l.strip_prefix("path = "))
+        .expect("a data path")
+        .to_string();
+    let missing = c.dir.path().join("missing.csv");
+    std::fs::write(
+        &bad,
+        text.replace(&data, &format!("{:?}", missing.display().to_string())),
+    )
+    .unwrap();
+    let out = c.convoy(&["submit", bad.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("missing.csv does not exist"), "{err}");
+
     let id = c.submit(&good, &[]);
     for (args, want) in [
         (vec!["job", "show", "job-99"], "unknown job job-99"),

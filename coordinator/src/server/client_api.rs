@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use convoy_proto::v1 as pb;
+use convoy_spec::JobSpec;
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -15,6 +16,7 @@ use crate::error::ApplyError;
 use crate::identity::{ApiToken, Caller, check_user, secrets};
 use crate::log::codec::RecordOp;
 use crate::model::{JobId, Liveness, Millis, WorkerId};
+use crate::server::admission;
 use crate::server::auth;
 use crate::server::checkpoints::Checkpoints;
 use crate::server::checkpoints::DownloadStream;
@@ -212,23 +214,28 @@ impl pb::convoy_server::Convoy for ClientApi {
             )));
         }
         // The one place a spec is parsed: the command carries what the cluster needs from it.
-        let mut submit = SubmitJob::parse(&r.spec_toml, "the submitted spec", 0)
+        let spec = JobSpec::parse(&r.spec_toml, "the submitted spec")
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        admission::fits_the_cluster(&self.handle, &spec).await?;
+        admission::files_exist(&spec, &r.workdir)?;
+        let mut submit = SubmitJob::from_spec(&spec, &r.spec_toml, 0);
         submit.request_id = r.request_id;
         submit.priority = r.priority;
         submit.max_restarts = r.max_restarts;
         submit.progress_timeout = progress_timeout;
         submit.workdir = r.workdir;
         submit.owner = owner;
-        // Starting from another job's weights reads them: only its owner may.
-        if let Some((from, _)) = submit
-            .init_from
-            .as_deref()
-            .and_then(|i| i.strip_prefix(convoy_spec::JOB_PREFIX))
-            .and_then(|r| convoy_spec::parse_job_ref(r).ok())
-        {
+        // Starting from another job's weights reads them: only its owner may, and only from
+        // a checkpoint that exists and fits.
+        if let Some((from, step)) = spec.init_from_job() {
             let from = convert::job_id(&from)?;
-            self.owned(&caller, from).await.map_err(|e| {
+            let checked = match self.owned(&caller, from).await {
+                Ok(()) => {
+                    admission::init_checkpoint_fits(&self.checkpoints, &spec, from, step).await
+                }
+                Err(e) => Err(e),
+            };
+            checked.map_err(|e| {
                 Status::new(
                     e.code(),
                     format!("init_from = \"job:{from}\": {}", e.message()),

@@ -5,6 +5,7 @@
 //! resolves. Handlers convert protobuf to domain values ([`convert`]), send a request to the
 //! loop and map its answer back; they never touch the state.
 
+mod admission;
 pub mod auth;
 mod checkpoint_mirror;
 mod checkpoints;
