@@ -402,23 +402,53 @@ async fn token(admin: &mut Clients, user: &str, is_admin: bool, expires_in_ms: u
         .token
 }
 
+/// A coordinator that requires authentication, on 127.0.0.1 until [`Secured::stop`].
+struct Secured {
+    addr: String,
+    _dir: tempfile::TempDir,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), convoy_coordinator::server::ServerError>>,
+}
+
+impl Secured {
+    async fn start(configure: impl FnOnce(&mut ServerConfig)) -> Secured {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = ServerConfig::new(dir.path());
+        config.auth = AuthConfig::with_tokens(ADMIN, JOIN).expect("valid tokens");
+        configure(&mut config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(run(listener, config, async {
+            let _ = stopped.await;
+        }));
+        Secured {
+            addr,
+            _dir: dir,
+            stop,
+            task,
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task
+            .await
+            .expect("server task")
+            .expect("clean shutdown");
+    }
+}
+
 fn auth_error(s: &Status) -> bool {
     matches!(s.code(), Code::Unauthenticated | Code::PermissionDenied)
 }
 
 #[tokio::test]
 async fn every_rpc_admits_exactly_the_callers_that_may_make_it() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut config = ServerConfig::new(dir.path());
-    config.auth = AuthConfig::with_tokens(ADMIN, JOIN).expect("valid tokens");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr").to_string();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(run(listener, config, async {
-        let _ = stopped.await;
-    }));
+    let server = Secured::start(|_| {}).await;
+    let addr = server.addr.clone();
 
     let mut admin = clients(&addr, ADMIN).await;
     let alice = token(&mut admin, "alice", false, 0).await;
@@ -531,23 +561,13 @@ async fn every_rpc_admits_exactly_the_callers_that_may_make_it() {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 
-    let _ = stop.send(());
-    server.await.expect("server task").expect("clean shutdown");
+    server.stop().await;
 }
 
 #[tokio::test]
 async fn expired_and_revoked_tokens_are_refused_with_one_line_naming_them() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut config = ServerConfig::new(dir.path());
-    config.auth = AuthConfig::with_tokens(ADMIN, JOIN).expect("valid tokens");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr").to_string();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(run(listener, config, async {
-        let _ = stopped.await;
-    }));
+    let server = Secured::start(|_| {}).await;
+    let addr = server.addr.clone();
     let mut admin = clients(&addr, ADMIN).await;
 
     let short = token(&mut admin, "erin", false, 1).await;
@@ -608,28 +628,17 @@ async fn expired_and_revoked_tokens_are_refused_with_one_line_naming_them() {
             .any(|t| t.user == "erin" && t.expires_at_ms > 0)
     );
 
-    let _ = stop.send(());
-    server.await.expect("server task").expect("clean shutdown");
+    server.stop().await;
 }
 
 /// A user who submits faster than the limit is refused with one line that says so, past a
 /// burst; another user and administrators are not held up by it.
 #[tokio::test]
 async fn a_user_submitting_faster_than_the_limit_is_refused_and_others_are_not() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut config = ServerConfig::new(dir.path());
-    config.auth = AuthConfig::with_tokens(ADMIN, JOIN).expect("valid tokens");
     // A burst of 10, refilled at 1 per second: a hundred back-to-back submissions cannot all
     // pass unless they take a minute and a half.
-    config.rate_limits.submits_per_second = 1;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr").to_string();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(run(listener, config, async {
-        let _ = stopped.await;
-    }));
+    let server = Secured::start(|c| c.rate_limits.submits_per_second = 1).await;
+    let addr = server.addr.clone();
     let mut admin = clients(&addr, ADMIN).await;
     let alice = token(&mut admin, "alice", false, 0).await;
     let bob = token(&mut admin, "bob", false, 0).await;
@@ -662,6 +671,5 @@ async fn a_user_submitting_faster_than_the_limit_is_refused_and_others_are_not()
     for i in 0..30 {
         submit(&mut admin, &format!("admins{i}")).await;
     }
-    let _ = stop.send(());
-    server.await.expect("server task").expect("clean shutdown");
+    server.stop().await;
 }

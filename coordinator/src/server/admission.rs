@@ -14,11 +14,12 @@ use crate::server::handle::Handle;
 
 /// Refuses a gang larger than every registered worker's capacity together (alive or not,
 /// cordoned or not: only a cluster that grows could run it). A cluster without workers yet
-/// is not judged.
+/// is not judged. Read from this replica's state without a round to the others: workers
+/// come and go slowly, and a submission must not wait for a quorum twice.
 pub async fn fits_the_cluster(handle: &Handle, spec: &JobSpec) -> Result<(), Status> {
     let (world, backend) = (spec.world_size, spec.backend);
     let (workers, capacity) = handle
-        .read(move |v| {
+        .read_local(move |v| {
             let w = &v.state.workers;
             let capacity: u64 = w.values().map(|w| u64::from(w.capacity_for(backend))).sum();
             (w.len(), capacity)
