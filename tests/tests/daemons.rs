@@ -211,3 +211,49 @@ fn a_coordinator_without_tokens_or_insecure_refuses_to_start_with_one_line() {
         "{line}"
     );
 }
+
+/// `convoy dev` stopped by SIGTERM (a service manager, `timeout`) stops its daemons too: they
+/// run in process groups of their own, and would otherwise outlive it.
+#[test]
+fn convoy_dev_stops_its_daemons_when_it_is_terminated() {
+    use std::io::{BufRead, BufReader};
+    let mut dev = std::process::Command::new(bin_dir().join("convoy"))
+        .args(["dev", "--workers", "1"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start convoy dev");
+    let mut lines = BufReader::new(dev.stderr.take().expect("stderr")).lines();
+    let mut dir = None;
+    for line in lines.by_ref() {
+        let line = line.expect("a line");
+        if let Some(at) = line.find("logs in ") {
+            dir = Some(std::path::PathBuf::from(line[at + 8..].trim()));
+        }
+        if line.contains("ready;") {
+            break;
+        }
+    }
+    let dir = dir.expect("convoy dev names its directory");
+    let pids: Vec<u32> = ["coordinator.ready", "dev-worker-0.ready"]
+        .iter()
+        .map(|f| {
+            let v: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(dir.join(f)).expect("ready file"))
+                    .expect("JSON");
+            v["pid"].as_u64().expect("a pid") as u32
+        })
+        .collect();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &dev.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = dev.wait().expect("convoy dev exits");
+    assert!(status.success(), "{status:?}");
+    for pid in pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "daemon {pid} outlived convoy dev"
+        );
+    }
+}

@@ -116,6 +116,42 @@ fn users_act_on_their_own_jobs_and_administrators_on_all() {
     let cancel = c.convoy(&["cancel", &id]);
     assert!(cancel.status.success(), "{}", stderr(&cancel));
     c.wait_state(&id, "cancelled", Duration::from_secs(60));
+
+    // A failure reason quotes the rank's last words, which may quote its data: its owner
+    // sees it, another user does not.
+    let text = std::fs::read_to_string(&spec).expect("spec");
+    let data = text
+        .lines()
+        .find_map(|l| l.strip_prefix("path = "))
+        .expect("a data path")
+        .to_string();
+    let broken = c.dir.path().join("broken.toml");
+    std::fs::write(
+        &broken,
+        text.replace(&data, "\"/nonexistent/secret-data.csv\""),
+    )
+    .expect("spec");
+    let out = c.convoy_as(
+        &alice,
+        &["submit", broken.to_str().expect("utf-8"), "--json"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let failed = serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("JSON")["job_id"]
+        .as_str()
+        .expect("an id")
+        .to_string();
+    c.wait_state(&failed, "failed", Duration::from_secs(120));
+    let seen = |token: &str| {
+        let out = c.convoy_as(token, &["job", "show", &failed, "--json"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(seen(&alice).contains("secret-data.csv"));
+    let by_bob = seen(&bob);
+    assert!(
+        !by_bob.contains("secret-data.csv") && by_bob.contains("shown to alice only"),
+        "{by_bob}"
+    );
 }
 
 #[test]

@@ -2,9 +2,9 @@
 //! data directory (like `nomad agent -dev`), optionally running one job to the end.
 //!
 //! The daemons are started by `convoy_harness` (the same code the benchmarks and the tests
-//! use) in their own process groups, so Ctrl-C reaches only this command, which then stops
-//! them in order (workers first, so their ranks are stopped cleanly) and removes the
-//! directory.
+//! use) in their own process groups, so Ctrl-C reaches only this command, which then (as on
+//! SIGTERM) stops them in order (workers first, so their ranks are stopped cleanly) and
+//! removes the directory.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -204,7 +204,9 @@ async fn cluster(args: &DevArgs, dir: &Path) -> Result<()> {
     }
     let result = tokio::select! {
         r = drive(&url, args, &mut workers, threads, dir, security.as_ref()) => r,
-        _ = tokio::signal::ctrl_c() => {
+        // Ctrl-C, or SIGTERM from whatever runs it (a service manager, `timeout`): the
+        // daemons run in process groups of their own and would outlive it otherwise.
+        _ = convoy_service::signals::terminated() => {
             say_err!("convoy dev: interrupted; shutting down");
             Ok(())
         }

@@ -137,6 +137,10 @@ pub async fn show(coordinator: &str, id: &str, json_out: bool) -> Result<()> {
         return Ok(());
     }
     say!("{} ({})", j.id, j.name);
+    say!(
+        "  owner:      {}",
+        if j.owner.is_empty() { "-" } else { &j.owner }
+    );
     say!("  state:      {}", state(&j));
     if !j.reason.is_empty() {
         say!("  reason:     {}", j.reason);

@@ -609,14 +609,23 @@ impl ClientApi {
 }
 
 /// `job` as `caller` may see it: a failure reason quotes the rank's last lines, which may
-/// hold its data, so only the owner and administrators see it.
+/// hold its data, so only the owner and administrators see the job's or its attempts'.
 fn seen_by(caller: &Caller, mut job: pb::Job) -> pb::Job {
     let own = match caller {
         Caller::User { name, .. } => !job.owner.is_empty() && *name == job.owner,
         _ => false,
     };
-    if !own && !caller.is_admin() && job.state == pb::JobState::Failed as i32 {
-        job.reason = format!("failed (the reason is shown to {} only)", job.owner);
+    if own || caller.is_admin() {
+        return job;
+    }
+    let hidden = format!("failed (the reason is shown to {} only)", job.owner);
+    if job.state == pb::JobState::Failed as i32 {
+        job.reason = hidden.clone();
+    }
+    for a in &mut job.attempts {
+        if a.outcome.starts_with("failed") {
+            a.outcome = hidden.clone();
+        }
     }
     job
 }
