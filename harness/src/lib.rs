@@ -289,6 +289,14 @@ impl Drop for Daemon {
     }
 }
 
+/// Whether this process runs as root: a worker it starts then needs `--allow-root-ranks`
+/// (it refuses to run ranks as root otherwise). Read from `/proc/self`, owned by the
+/// process's user.
+pub fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
 /// The directory of the binary running now (`convoy dev` starts the daemons beside itself).
 pub fn bin_dir_of_current_exe() -> Result<PathBuf, HarnessError> {
     let exe = std::env::current_exe().map_err(|source| HarnessError::Io {

@@ -391,7 +391,10 @@ impl Cluster {
             &self.tls_file("ca.pem"),
         ]
         .map(String::from)
-        .to_vec()
+        .into_iter()
+        // CI runs the tests as root; the worker refuses that unless told.
+        .chain(convoy_harness::running_as_root().then(|| "--allow-root-ranks".to_string()))
+        .collect()
     }
 
     /// Waits until `n` workers are alive.

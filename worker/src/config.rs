@@ -58,4 +58,6 @@ pub struct WorkerConfig {
     pub rank_memory_limit: Option<u64>,
     /// The largest file a rank may write (`RLIMIT_FSIZE`, bytes).
     pub rank_file_size_limit: Option<u64>,
+    /// Run ranks even though the daemon (and so they) runs as root.
+    pub allow_root_ranks: bool,
 }

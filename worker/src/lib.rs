@@ -49,6 +49,18 @@ pub async fn run(
             config.rank_program.display()
         )));
     }
+    // Ranks run as the daemon's user: as root, a job could read any file of the machine.
+    if nix::unistd::geteuid().is_root() && !config.allow_root_ranks {
+        return Err(WorkerError::Config(
+            "convoy-worker runs as root, so its ranks would too and a job could read any file \
+             of this machine: run it as an unprivileged user (the systemd unit runs it as \
+             convoy), or pass --allow-root-ranks"
+                .into(),
+        ));
+    }
+    if config.allow_root_ranks && nix::unistd::geteuid().is_root() {
+        tracing::warn!("--allow-root-ranks: ranks run as root");
+    }
     std::fs::create_dir_all(config.data_dir.join("ranks")).map_err(|e| WorkerError::Io {
         what: format!("creating {}", config.data_dir.display()),
         source: e,

@@ -83,6 +83,10 @@ struct Args {
     /// The largest file (MiB) a rank may write [default: no limit].
     #[arg(long, env = "CONVOY_RANK_FILE_SIZE_LIMIT_MB")]
     rank_file_size_limit_mb: Option<u64>,
+    /// Start even as root (ranks then run as root: any job may read any file here). Without
+    /// it a worker running as root refuses to start.
+    #[arg(long, env = "CONVOY_ALLOW_ROOT_RANKS")]
+    allow_root_ranks: bool,
 }
 
 fn main() -> ExitCode {
@@ -185,6 +189,7 @@ fn configure() -> Result<WorkerConfig> {
         rank_file_size_limit: layers
             .optional::<u64>("rank_file_size_limit_mb", Some("no limit"))?
             .map(|s| s.value.saturating_mul(1 << 20)),
+        allow_root_ranks: layers.get("allow_root_ranks", false)?.value,
     };
     for line in layers.finish()? {
         tracing::info!("setting {line}");

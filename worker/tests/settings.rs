@@ -105,3 +105,34 @@ fn a_missing_rank_program_is_refused_at_start() {
         "{err}"
     );
 }
+
+/// As root, ranks would run as root and a job could read any file of the machine: the
+/// daemon refuses unless told. (Run as another user, there is nothing to refuse.)
+#[test]
+fn a_worker_running_as_root_refuses_unless_allowed() {
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata("/proc/self").map_or(true, |m| m.uid() != 0) {
+        eprintln!("skipped: not running as root");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let rank =
+        std::path::Path::new(env!("CARGO_BIN_EXE_convoy-worker")).with_file_name("convoy-rank");
+    let (code, err) = worker(&[
+        "--coordinator",
+        "127.0.0.1:1",
+        "--name",
+        "w",
+        "--data-dir",
+        data.to_str().expect("utf-8"),
+        "--rank-program",
+        rank.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    let line = last_line(&err);
+    assert!(
+        line.contains("runs as root") && line.contains("--allow-root-ranks"),
+        "{err}"
+    );
+}

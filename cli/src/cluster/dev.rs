@@ -176,6 +176,9 @@ async fn cluster(args: &DevArgs, dir: &Path) -> Result<()> {
     } else {
         replicas(&harness, args, dir, security.as_ref())?
     };
+    if convoy_harness::running_as_root() {
+        say_err!("convoy dev: running as root, so the ranks run as root too");
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = args
         .threads_per_rank
@@ -199,6 +202,10 @@ async fn cluster(args: &DevArgs, dir: &Path) -> Result<()> {
         ];
         if let Some(s) = &security {
             flags.extend(s.worker_args());
+        }
+        if convoy_harness::running_as_root() {
+            // A developer's own machine: said, not refused.
+            flags.push("--allow-root-ranks".into());
         }
         workers.push(harness.spawn_worker(&name, &flags)?);
     }

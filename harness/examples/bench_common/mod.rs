@@ -240,6 +240,7 @@ pub fn start_workers(h: &Harness, dir: &Path, addr: &str, names: &[&str]) -> Res
                 ]
                 .into_iter()
                 .chain(tls.iter().cloned())
+                .chain(convoy_harness::running_as_root().then(|| "--allow-root-ranks".into()))
                 .collect::<Vec<_>>(),
             )
             .map_err(anyhow::Error::from)
