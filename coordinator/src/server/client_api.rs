@@ -618,7 +618,14 @@ fn seen_by(caller: &Caller, mut job: pb::Job) -> pb::Job {
     if own || caller.is_admin() {
         return job;
     }
-    let hidden = format!("failed (the reason is shown to {} only)", job.owner);
+    let hidden = format!(
+        "failed (the reason is shown to {} only)",
+        if job.owner.is_empty() {
+            "administrators"
+        } else {
+            &job.owner
+        }
+    );
     if job.state == pb::JobState::Failed as i32 {
         job.reason = hidden.clone();
     }
