@@ -54,10 +54,8 @@ pub enum ClientError {
     Unreachable { url: String, cause: String },
     #[error("invalid token: {0}")]
     InvalidToken(String),
-    #[error("TLS: {0}")]
-    Tls(String),
     #[error(transparent)]
-    TlsFiles(#[from] tls::TlsError),
+    Tls(#[from] tls::TlsError),
 }
 
 /// Accepts `host:port` as well as `http://host:port`. Once [`tls::configure`] set TLS up,
@@ -83,7 +81,7 @@ pub fn endpoint(addr: &str) -> Result<Endpoint, ClientError> {
     if https {
         endpoint = endpoint
             .tls_config(tls::client_config())
-            .map_err(|e| ClientError::Tls(e.to_string()))?;
+            .map_err(|e| tls::TlsError(e.to_string()))?;
     }
     Ok(endpoint
         .connect_timeout(CONNECT_TIMEOUT)

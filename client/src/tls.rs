@@ -8,10 +8,10 @@ use std::sync::OnceLock;
 
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
-/// A CA or certificate file that cannot serve, in one line.
+/// A CA or certificate that cannot serve, in one line.
 #[derive(Debug, thiserror::Error)]
 #[error("TLS: {0}")]
-pub struct TlsError(String);
+pub struct TlsError(pub(crate) String);
 
 /// What a program trusts and presents.
 #[derive(Clone, Debug, Default)]

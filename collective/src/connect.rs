@@ -205,18 +205,19 @@ fn handshake_out(
             reply.mismatch(&expected)
         )));
     }
-    let mut theirs = [0u8; CHALLENGE_LEN + ANSWER_LEN];
-    s.read_exact(&mut theirs)
+    let mut challenge = [0u8; CHALLENGE_LEN];
+    let mut answer = [0u8; ANSWER_LEN];
+    s.read_exact(&mut challenge)
+        .and_then(|()| s.read_exact(&mut answer))
         .map_err(|e| retry("waiting for the peer's proof", e))?;
-    let (challenge, answer) = theirs.split_at(CHALLENGE_LEN);
     let exchange = Exchange {
         secret: &cfg.secret,
         generation: cfg.generation,
         connector: cfg.rank as u32,
         connector_challenge: ours,
-        acceptor_challenge: challenge.try_into().unwrap_or([0; CHALLENGE_LEN]),
+        acceptor_challenge: challenge,
     };
-    if !exchange.check(Side::Acceptor, answer) {
+    if !exchange.check(Side::Acceptor, &answer) {
         return Err(fatal(
             "it does not know this attempt's ring secret (not a rank of this attempt)".into(),
         ));

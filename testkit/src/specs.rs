@@ -75,6 +75,18 @@ pub fn digits(dir: &Path, name: &str, steps: u64, world_size: usize) -> PathBuf 
     path
 }
 
+/// Writes `spec` (a [`digits`] spec) to `out` with its data path replaced by `value`, a TOML
+/// value as it stands in the file (`"\"/data/x.csv\""`, escapes included).
+pub fn with_data(spec: &Path, out: &Path, value: &str) {
+    let text = std::fs::read_to_string(spec).expect("spec");
+    let data = text
+        .lines()
+        .find_map(|l| l.strip_prefix("path = "))
+        .expect("a data path")
+        .to_string();
+    std::fs::write(out, text.replace(&data, value)).expect("write spec");
+}
+
 /// A minimal valid GPT spec whose data file (`x.txt`) is never read: for validation and
 /// hashing tests, which only parse.
 pub const GPT_TEXT: &str = "name = \"t\"\nsteps = 10\nbatch_size = 4\nseq_len = 8\n\

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use convoy_testkit::cluster::Cluster;
 use convoy_testkit::serial;
-use convoy_testkit::specs::digits as digits_spec;
+use convoy_testkit::specs::{digits as digits_spec, with_data};
 use serde_json::Value;
 
 fn stderr(out: &std::process::Output) -> String {
@@ -263,18 +263,8 @@ fn bad_input_gets_one_line_errors_and_the_coordinator_keeps_its_data() {
     assert!(err.contains("batch_size"), "{err}");
 
     // A data file the coordinator can see is missing: refused at submit, not at run time.
-    let text = std::fs::read_to_string(&good).unwrap();
-    let data = text
-        .lines()
-        .find_map(|l| l.strip_prefix("path = "))
-        .expect("a data path")
-        .to_string();
     let missing = c.dir.path().join("missing.csv");
-    std::fs::write(
-        &bad,
-        text.replace(&data, &format!("{:?}", missing.display().to_string())),
-    )
-    .unwrap();
+    with_data(&good, &bad, &format!("{:?}", missing.display().to_string()));
     let out = c.convoy(&["submit", bad.to_str().unwrap()]);
     let err = stderr(&out);
     assert!(!out.status.success());
@@ -316,15 +306,8 @@ fn a_missing_data_file_fails_the_job_once_and_its_name_is_shown_escaped() {
     c.add_worker("alpha", 1);
     c.wait_workers(1);
     let spec = digits_spec(c.dir.path(), "escapes", 50, 1);
-    let text = std::fs::read_to_string(&spec).expect("spec");
-    let data = text
-        .lines()
-        .find_map(|l| l.strip_prefix("path = "))
-        .expect("a data path")
-        .to_string();
     // A data file that does not exist, named with the sequence that retitles a terminal.
-    let text = text.replace(&data, "\"/nonexistent/x\\u001b]0;owned\\u0007.csv\"");
-    std::fs::write(&spec, text).expect("spec");
+    with_data(&spec, &spec, "\"/nonexistent/x\\u001b]0;owned\\u0007.csv\"");
     let id = c.submit(&spec, &[]);
     let job = c.wait_state(&id, "failed", Duration::from_secs(120));
     assert_eq!(attempts(&job), 1, "a job error was retried: {job}");

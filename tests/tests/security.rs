@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use convoy_testkit::cluster::Cluster;
 use convoy_testkit::serial;
-use convoy_testkit::specs::digits as digits_spec;
+use convoy_testkit::specs::{digits as digits_spec, with_data};
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).trim().to_string()
@@ -119,18 +119,8 @@ fn users_act_on_their_own_jobs_and_administrators_on_all() {
 
     // A failure reason quotes the rank's last words, which may quote its data: its owner
     // sees it, another user does not.
-    let text = std::fs::read_to_string(&spec).expect("spec");
-    let data = text
-        .lines()
-        .find_map(|l| l.strip_prefix("path = "))
-        .expect("a data path")
-        .to_string();
     let broken = c.dir.path().join("broken.toml");
-    std::fs::write(
-        &broken,
-        text.replace(&data, "\"/nonexistent/secret-data.csv\""),
-    )
-    .expect("spec");
+    with_data(&spec, &broken, "\"/nonexistent/secret-data.csv\"");
     let out = c.convoy_as(
         &alice,
         &["submit", broken.to_str().expect("utf-8"), "--json"],
@@ -255,13 +245,14 @@ fn a_worker_confines_its_ranks_to_its_data_roots_and_limits() {
     assert_eq!(workers[0]["cordoned"], false, "{workers}");
 
     // Inside the roots it runs, under the limits.
-    let data = convoy_testkit::examples("data/digits.csv.gz");
-    std::fs::copy(&data, roots.join("digits.csv.gz")).expect("copy the data");
+    let data = roots.join("digits.csv.gz");
+    std::fs::copy(convoy_testkit::examples("data/digits.csv.gz"), &data).expect("copy the data");
     let inside = digits_spec(c.dir.path(), "inside", 1_000_000, 1);
-    let text = std::fs::read_to_string(&inside).expect("spec");
-    let from = data.canonicalize().expect("data").display().to_string();
-    let to = roots.join("digits.csv.gz").display().to_string();
-    std::fs::write(&inside, text.replace(&from, &to)).expect("spec");
+    with_data(
+        &inside,
+        &inside,
+        &format!("{:?}", data.display().to_string()),
+    );
     let id = c.submit(&inside, &[]);
     c.wait_step(&id, 1, Duration::from_secs(120));
     let worker = c.workers[0].pid();

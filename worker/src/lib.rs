@@ -50,7 +50,8 @@ pub async fn run(
         )));
     }
     // Ranks run as the daemon's user: as root, a job could read any file of the machine.
-    if nix::unistd::geteuid().is_root() && !config.allow_root_ranks {
+    let root = nix::unistd::geteuid().is_root();
+    if root && !config.allow_root_ranks {
         return Err(WorkerError::Config(
             "convoy-worker runs as root, so its ranks would too and a job could read any file \
              of this machine: run it as an unprivileged user (the systemd unit runs it as \
@@ -58,7 +59,7 @@ pub async fn run(
                 .into(),
         ));
     }
-    if config.allow_root_ranks && nix::unistd::geteuid().is_root() {
+    if root {
         tracing::warn!("--allow-root-ranks: ranks run as root");
     }
     std::fs::create_dir_all(config.data_dir.join("ranks")).map_err(|e| WorkerError::Io {

@@ -85,7 +85,7 @@ pub enum Caller {
 pub const BOOTSTRAP_ADMIN: &str = "admin";
 
 impl Caller {
-    /// The name listings and job owners show.
+    /// Who this is, for the one line a refusal says.
     pub fn describe(&self) -> String {
         match self {
             Caller::Anyone => "anyone (authentication is off)".into(),

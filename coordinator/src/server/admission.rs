@@ -40,13 +40,21 @@ pub async fn fits_the_cluster(handle: &Handle, spec: &JobSpec) -> Result<(), Sta
 
 /// Refuses a spec naming a file that is not there, for files whose directory the coordinator
 /// sees (it shares the filesystem the spec was submitted from); others are the ranks' to
-/// find. `workdir` is where relative paths point.
-pub fn files_exist(spec: &JobSpec, workdir: &str) -> Result<(), Status> {
+/// find. `workdir` is where relative paths point. The lookups run off the async threads: a
+/// shared filesystem can be slow to answer.
+pub async fn files_exist(spec: &JobSpec, workdir: &str) -> Result<(), Status> {
     let mut spec = spec.clone();
     if !workdir.is_empty() {
         spec.resolve_paths(Path::new(workdir));
     }
-    for p in spec.input_paths() {
+    let paths = spec.input_paths();
+    tokio::task::spawn_blocking(move || missing(&paths))
+        .await
+        .map_err(|e| Status::internal(format!("checking the spec's files: {e}")))?
+}
+
+fn missing(paths: &[std::path::PathBuf]) -> Result<(), Status> {
+    for p in paths {
         let visible = p.parent().is_some_and(|d| d.is_absolute() && d.is_dir());
         if !visible || p.exists() {
             continue;

@@ -217,7 +217,7 @@ impl pb::convoy_server::Convoy for ClientApi {
         let spec = JobSpec::parse(&r.spec_toml, "the submitted spec")
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         admission::fits_the_cluster(&self.handle, &spec).await?;
-        admission::files_exist(&spec, &r.workdir)?;
+        admission::files_exist(&spec, &r.workdir).await?;
         let mut submit = SubmitJob::from_spec(&spec, &r.spec_toml, 0);
         submit.request_id = r.request_id;
         submit.priority = r.priority;
