@@ -71,69 +71,97 @@
 #define SG_THREADS 256  // (SG_BM / 8) × (SG_BN / 8) threads, 8×8 outputs each
 #define SG_PAD 4        // keeps the transposing stores conflict-free and float4 rows aligned
 
-// The chunks of 4 floats a thread moves from global to shared memory per stage, per operand.
-#define SG_CHUNKS (SG_BM * SG_BK / 4 / SG_THREADS)
-
 static_assert(SG_BM == SG_BN, "one shared tile shape serves A and B");
-static_assert(SG_BM * SG_BK % (4 * SG_THREADS) == 0, "whole float4 chunks per thread");
+static_assert(SG_BM * SG_BK == 4 * SG_THREADS, "one float4 chunk per thread, operand and stage");
+static_assert(SG_BM != SG_BK, "a stage tile's orientation is known from its shape");
 
-// Loads the tile rows r0.. (TR of them) × contiguous columns c0.. (TC of them) of a row-major
-// matrix g with leading dimension ld, zero outside rows < rmax, columns < cmax. `vec`: g is
-// 16-byte aligned and ld a multiple of 4, so in-bounds chunks load as one float4.
-template <int TR, int TC>
-__device__ __forceinline__ void sg_load(float4 (&reg)[SG_CHUNKS], const float* __restrict__ g,
-                                        long long ld, int r0, int c0, int rmax, int cmax,
-                                        bool vec) {
-    static_assert(TR * TC == SG_BM * SG_BK, "a stage tile");
-#pragma unroll
-    for (int i = 0; i < SG_CHUNKS; ++i) {
-        const int c = threadIdx.x + i * SG_THREADS;
-        const int r = r0 + c / (TC / 4), col = c0 + c % (TC / 4) * 4;
-        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (r < rmax) {
-            const float* p = g + (long long)r * ld + col;
-            if (vec && col + 3 < cmax) {
-                v = __ldg(reinterpret_cast<const float4*>(p));
-            } else {
-                if (col < cmax) v.x = __ldg(p);
-                if (col + 1 < cmax) v.y = __ldg(p + 1);
-                if (col + 2 < cmax) v.z = __ldg(p + 2);
-                if (col + 3 < cmax) v.w = __ldg(p + 3);
-            }
-        }
-        reg[i] = v;
-    }
-}
+// A thread's float4 chunk of one operand's stage tiles, in global memory (row-major g, leading
+// dimension ld). A stage tile is SG_BK rows (k) × SG_BM contiguous columns (m or n) when
+// K_ROWS ("t" A, "n" B), otherwise SG_BM rows (m or n) × SG_BK contiguous columns (k); chunk
+// tid is row tid / (W / 4), columns tid % (W / 4) · 4 .. +3 of the tile, W its width. The
+// pointer and the bounds of the m (n) dimension are worked out once; a stage only moves the
+// pointer and the k index on. Fewer registers live through the main loop than with indices
+// recomputed per stage: the fp32 GEMMs fit in 128 registers (two blocks per SM) without spills
+// (kernels/tests/ptxas.rs checks it with ptxas 12.4).
+template <bool K_ROWS>
+struct SgChunk {
+    enum : int { W = K_ROWS ? SG_BM : SG_BK };  // tile width (contiguous columns)
+    const float* p;  // the chunk in the current stage; read only where in bounds
+    int k;           // the chunk's k in the current stage: its row (K_ROWS) or first column
+    int live;        // K_ROWS: how many of its 4 columns are < mnmax; else 4 (row < mnmax) or 0
+    bool vec;        // g is 16-byte aligned and ld % 4 == 0: a whole in-bounds chunk is a float4
 
-// Stores the chunks of sg_load<TR, TC> into the k-major shared tile s[SG_BK][W + SG_PAD]
-// (s[k][m] for A, s[k][n] for B). TRANSPOSE: the tile's rows are m (or n) and its contiguous
-// columns k, so each chunk spreads over 4 rows of s; otherwise rows are k and a chunk is 4
-// consecutive m (or n).
-template <int TR, int TC, bool TRANSPOSE>
-__device__ __forceinline__ void sg_store(float (*s)[SG_BM + SG_PAD],
-                                         const float4 (&reg)[SG_CHUNKS]) {
-#pragma unroll
-    for (int i = 0; i < SG_CHUNKS; ++i) {
-        const int c = threadIdx.x + i * SG_THREADS;
-        const int r = c / (TC / 4), col = c % (TC / 4) * 4;
-        if (TRANSPOSE) {
-            s[col][r] = reg[i].x;
-            s[col + 1][r] = reg[i].y;
-            s[col + 2][r] = reg[i].z;
-            s[col + 3][r] = reg[i].w;
+    // The first stage (k from 0) of the tile whose m (n) dimension starts at mn0, in bounds
+    // below mnmax (M or N).
+    __device__ __forceinline__ SgChunk(const float* g, int ld, int mn0, int mnmax) {
+        const int r = threadIdx.x / (W / 4), col = threadIdx.x % (W / 4) * 4;
+        if (K_ROWS) {
+            p = g + (long long)r * ld + (mn0 + col);
+            k = r;
+            live = min(max(mnmax - (mn0 + col), 0), 4);
         } else {
-            *reinterpret_cast<float4*>(&s[r][col]) = reg[i];
+            p = g + (long long)(mn0 + r) * ld + col;
+            k = col;
+            live = mn0 + r < mnmax ? 4 : 0;
+        }
+        vec = (reinterpret_cast<unsigned long long>(g) & 15) == 0 && ld % 4 == 0;
+    }
+
+    // The chunk of the current stage, zero outside the matrix (k < K, m < M or n < N).
+    __device__ __forceinline__ float4 load(int K) const {
+        // How many of the chunk's columns are in bounds: they are consecutive, from the first.
+        const int n = K_ROWS ? (k < K ? live : 0) : (live == 0 ? 0 : min(max(K - k, 0), 4));
+        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (vec && n == 4) {
+            v = __ldg(reinterpret_cast<const float4*>(p));
+        } else {
+            if (n > 0) v.x = __ldg(p);
+            if (n > 1) v.y = __ldg(p + 1);
+            if (n > 2) v.z = __ldg(p + 2);
+            if (n > 3) v.w = __ldg(p + 3);
+        }
+        return v;
+    }
+
+    // On to the next stage: SG_BK rows down (K_ROWS) or SG_BK columns right.
+    __device__ __forceinline__ void next(int ld) {
+        p += K_ROWS ? (long long)SG_BK * ld : SG_BK;
+        k += SG_BK;
+    }
+
+    // Stores the chunk v into the k-major shared tile s[SG_BK][SG_BM + SG_PAD] (s[k][m] for A,
+    // s[k][n] for B): 4 consecutive m (n) of one k when K_ROWS; otherwise the chunk is 4
+    // consecutive k of one m (n) and spreads over 4 rows of s.
+    __device__ __forceinline__ static void store(float (*s)[SG_BM + SG_PAD], float4 v) {
+        const int r = threadIdx.x / (W / 4), col = threadIdx.x % (W / 4) * 4;
+        if (K_ROWS) {
+            *reinterpret_cast<float4*>(&s[r][col]) = v;
+        } else {
+            s[col][r] = v.x;
+            s[col + 1][r] = v.y;
+            s[col + 2][r] = v.z;
+            s[col + 3][r] = v.w;
         }
     }
+};
+
+// blockIdx.z, read anew at each call: the compiler cannot reuse an earlier read (or what was
+// computed from it), so the batch offset of C is worked out after the main loop rather than
+// kept in registers through it.
+__device__ __forceinline__ unsigned block_z_now() {
+    unsigned z;
+    asm volatile("mov.u32 %0, %%ctaid.z;" : "=r"(z));
+    return z;
 }
 
-// One 128×128 block of C = alpha·op(A)·op(B) (+ bias) (+ C). A, B, C already point at this
-// batch. Thread (ty, tx) of the 16×16 grid owns rows {ty·4 .. ty·4+3, 64+ty·4 .. 64+ty·4+3}
-// and the same columns with tx: two float4 reads per operand and k from shared memory, without
-// bank conflicts. Shared memory is double-buffered, the next stage prefetched into registers
-// while the current one is multiplied: one __syncthreads per stage.
-template <bool TA, bool TB>
-__device__ __forceinline__ void sgemm_block(float* __restrict__ C, const float* __restrict__ A,
+// One 128×128 block of C = alpha·op(A)·op(B) (+ bias) (+ C). A, B already point at this batch;
+// c_at() returns C for it, called once after the main loop. Thread (ty, tx) of the 16×16 grid
+// owns rows {ty·4 .. ty·4+3, 64+ty·4 .. 64+ty·4+3} and the same columns with tx: two float4
+// reads per operand and k from shared memory, without bank conflicts. Shared memory is
+// double-buffered, the next stage prefetched into registers while the current one is
+// multiplied: one __syncthreads per stage.
+template <bool TA, bool TB, typename CAt>
+__device__ __forceinline__ void sgemm_block(CAt c_at, const float* __restrict__ A,
                                             const float* __restrict__ B,
                                             const float* __restrict__ bias, int M, int N, int K,
                                             int lda, int ldb, int ldc, float alpha,
@@ -143,21 +171,14 @@ __device__ __forceinline__ void sgemm_block(float* __restrict__ C, const float* 
     const int m0 = blockIdx.y * SG_BM, n0 = blockIdx.x * SG_BN;
     const int tid = threadIdx.x;
     const int tx = tid % (SG_BN / 8), ty = tid / (SG_BN / 8);
-    const bool vec_a = (reinterpret_cast<unsigned long long>(A) & 15) == 0 && lda % 4 == 0;
-    const bool vec_b = (reinterpret_cast<unsigned long long>(B) & 15) == 0 && ldb % 4 == 0;
 
-    float4 ra[SG_CHUNKS], rb[SG_CHUNKS];
-    auto fetch = [&](int k0) {
-        if (TA) sg_load<SG_BK, SG_BM>(ra, A, lda, k0, m0, K, M, vec_a);  // rows k, columns m
-        else sg_load<SG_BM, SG_BK>(ra, A, lda, m0, k0, M, K, vec_a);     // rows m, columns k
-        if (TB) sg_load<SG_BN, SG_BK>(rb, B, ldb, n0, k0, N, K, vec_b);  // rows n, columns k
-        else sg_load<SG_BK, SG_BN>(rb, B, ldb, k0, n0, K, N, vec_b);     // rows k, columns n
-    };
+    // Rows k: "t" A (A(m, k) = A[k·lda + m]) and "n" B; rows m or n: "n" A and "t" B.
+    SgChunk<TA> ca(A, lda, m0, M);
+    SgChunk<!TB> cb(B, ldb, n0, N);
+    float4 ra, rb;  // the stage in flight from global to shared memory
     auto stage = [&](int buf) {
-        if (TA) sg_store<SG_BK, SG_BM, false>(As[buf], ra);
-        else sg_store<SG_BM, SG_BK, true>(As[buf], ra);
-        if (TB) sg_store<SG_BN, SG_BK, true>(Bs[buf], rb);
-        else sg_store<SG_BK, SG_BN, false>(Bs[buf], rb);
+        SgChunk<TA>::store(As[buf], ra);
+        SgChunk<!TB>::store(Bs[buf], rb);
     };
 
     float acc[8][8];
@@ -167,14 +188,20 @@ __device__ __forceinline__ void sgemm_block(float* __restrict__ C, const float* 
         for (int j = 0; j < 8; ++j) acc[i][j] = 0.0f;
 
     if (K > 0) {
-        fetch(0);
+        ra = ca.load(K);
+        rb = cb.load(K);
         stage(0);
     }
     __syncthreads();
     int buf = 0;
     for (int k0 = 0; k0 < K; k0 += SG_BK) {
         const bool more = k0 + SG_BK < K;
-        if (more) fetch(k0 + SG_BK);
+        if (more) {
+            ca.next(lda);
+            cb.next(ldb);
+            ra = ca.load(K);
+            rb = cb.load(K);
+        }
 #pragma unroll
         for (int kk = 0; kk < SG_BK; ++kk) {
             const float4 a0 = *reinterpret_cast<const float4*>(&As[buf][kk][ty * 4]);
@@ -194,6 +221,7 @@ __device__ __forceinline__ void sgemm_block(float* __restrict__ C, const float* 
         buf ^= 1;
     }
 
+    float* __restrict__ const C = c_at();
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
         const int m = m0 + (i < 4 ? ty * 4 + i : SG_BM / 2 + ty * 4 + i - 4);
@@ -218,7 +246,8 @@ extern "C" __global__ void __launch_bounds__(SG_THREADS, 2) matmul_forward(
     const float* __restrict__ weight,  // [OC, C]
     const float* __restrict__ bias,    // [OC], or null for no bias
     int n, int c, int oc) {
-    sgemm_block<false, true>(out, inp, weight, bias, n, oc, c, c, c, oc, 1.0f, false);
+    sgemm_block<false, true>([&] { return out; }, inp, weight, bias, n, oc, c, c, c, oc, 1.0f,
+                             false);
 }
 
 // dinp += dout·weight: A = dout ("n", lda OC), B(k, n) = weight[k·C + n] ("n", ldb C).
@@ -227,7 +256,8 @@ extern "C" __global__ void __launch_bounds__(SG_THREADS, 2) matmul_backward_dinp
     const float* __restrict__ dout,    // [N, OC]
     const float* __restrict__ weight,  // [OC, C]
     int n, int c, int oc) {
-    sgemm_block<false, false>(dinp, dout, weight, nullptr, n, c, oc, oc, c, c, 1.0f, true);
+    sgemm_block<false, false>([&] { return dinp; }, dout, weight, nullptr, n, c, oc, oc, c, c,
+                              1.0f, true);
 }
 
 // dweight += doutᵀ·inp: A(m, k) = dout[k·OC + m] ("t", lda OC), B = inp ("n", ldb C).
@@ -236,7 +266,8 @@ extern "C" __global__ void __launch_bounds__(SG_THREADS, 2) matmul_backward_dwei
     const float* __restrict__ dout,  // [N, OC]
     const float* __restrict__ inp,   // [N, C]
     int n, int c, int oc) {
-    sgemm_block<true, false>(dweight, dout, inp, nullptr, oc, c, n, oc, c, c, 1.0f, true);
+    sgemm_block<true, false>([&] { return dweight; }, dout, inp, nullptr, oc, c, n, oc, c, c,
+                             1.0f, true);
 }
 
 #define DBIAS_COLS 32  // blockDim.x: one column per thread, a warp reads 32 consecutive floats
@@ -273,7 +304,12 @@ extern "C" __global__ void __launch_bounds__(DBIAS_COLS * DBIAS_ROWS) matmul_bac
         long long sa_outer, long long sa_inner, long long sb_outer, long long sb_inner,        \
         long long sc_outer, long long sc_inner, int batch_inner, float alpha, int accumulate) { \
         const long long zo = blockIdx.z / batch_inner, zi = blockIdx.z % batch_inner;          \
-        sgemm_block<TA, TB>(C + zo * sc_outer + zi * sc_inner, A + zo * sa_outer + zi * sa_inner, \
+        auto c_at = [&] {                                                                      \
+            const unsigned z = block_z_now();                                                  \
+            return C + (long long)(z / batch_inner) * sc_outer +                               \
+                   (long long)(z % batch_inner) * sc_inner;                                    \
+        };                                                                                     \
+        sgemm_block<TA, TB>(c_at, A + zo * sa_outer + zi * sa_inner,                           \
                             B + zo * sb_outer + zi * sb_inner, bias, M, N, K, lda, ldb, ldc,   \
                             alpha, accumulate != 0);                                           \
     }

@@ -47,6 +47,13 @@ fn cublaslt_matches_convoys_gemms() {
     let Some(dev) = device_or_skip("cublaslt_matches_convoys_gemms") else {
         return;
     };
+    if gpu_common::emulated(&dev) {
+        eprintln!(
+            "cublaslt_matches_convoys_gemms: skipped (cuBLASLt is NVIDIA's closed library; the \
+             PTX interpreter cannot run it, this test needs a GPU)"
+        );
+        return;
+    }
     let lt = CublasLt::new(&dev).expect("cuBLASLt");
     let s = &dev.stream;
     // N rows, C inputs, OC outputs: ragged against every tile size.

@@ -6,10 +6,14 @@
 use convoy_kernels::cuda::Device;
 use convoy_kernels::cuda::ops::Operand;
 
-/// GPU 0, or `None` after printing why the test is skipped (no driver or no GPU here).
+/// GPU 0, or `None` after printing why the test is skipped (no driver or no GPU here). With
+/// `CONVOY_REQUIRE_GPU=1` (the emulated GPU pass, emu/gpu_tests.sh) a missing GPU fails.
 pub fn device_or_skip(test: &str) -> Option<Device> {
     match Device::open(0) {
         Ok(Some(d)) => Some(d),
+        Ok(None) if std::env::var_os("CONVOY_REQUIRE_GPU").is_some() => {
+            panic!("{test}: CONVOY_REQUIRE_GPU is set but no GPU (or stand-in driver) is visible")
+        }
         Ok(None) => {
             eprintln!("{test}: skipped (no CUDA driver or no GPU on this machine)");
             None
@@ -18,16 +22,61 @@ pub fn device_or_skip(test: &str) -> Option<Device> {
     }
 }
 
-/// Asserts |gpu − cpu| ≤ atol + rtol·|cpu| elementwise, naming the first offender.
+/// Whether `dev` is convoy's PTX interpreter (emu/cuda) rather than a GPU: it has no cuBLASLt,
+/// and tests shrink their sizes under it.
+pub fn emulated(dev: &Device) -> bool {
+    dev.ctx
+        .name()
+        .is_ok_and(|n| n.starts_with("convoy emulated"))
+}
+
+/// `real` on a GPU, `emulated` under the interpreter: the sizes of a test whose real size
+/// would take minutes to interpret.
+pub fn size_for<T>(dev: &Device, real: T, emulated_size: T) -> T {
+    if emulated(dev) { emulated_size } else { real }
+}
+
+/// Asserts |gpu − cpu| ≤ atol + rtol·|cpu| elementwise, naming the first offender. Equal
+/// values (infinities included) and NaN against NaN pass.
 pub fn assert_close(what: &str, gpu: &[f32], cpu: &[f32], rtol: f32, atol: f32) {
+    let tol: Vec<f32> = cpu.iter().map(|c| atol + rtol * c.abs()).collect();
+    assert_close_each(what, gpu, cpu, &tol);
+}
+
+/// As [`assert_close`] with a tolerance per element.
+pub fn assert_close_each(what: &str, gpu: &[f32], cpu: &[f32], tol: &[f32]) {
     assert_eq!(gpu.len(), cpu.len(), "{what}: lengths differ");
-    for (i, (g, c)) in gpu.iter().zip(cpu).enumerate() {
-        let tol = atol + rtol * c.abs();
+    assert_eq!(tol.len(), cpu.len(), "{what}: one tolerance per element");
+    for (i, ((g, c), t)) in gpu.iter().zip(cpu).zip(tol).enumerate() {
         assert!(
-            (g - c).abs() <= tol || (g.is_nan() && c.is_nan()),
-            "{what}[{i}]: gpu {g} vs cpu {c} (tolerance {tol})"
+            g == c || (g - c).abs() <= *t || (g.is_nan() && c.is_nan()),
+            "{what}[{i}]: gpu {g} vs cpu {c} (tolerance {t})"
         );
     }
+}
+
+/// The tolerance between two fp32 sums of the same `n` terms in different orders: each is
+/// within (n − 1)·2^-24·Σ|terms| of the exact sum (the classic bound for recursive summation,
+/// whatever the order or blocking), so they are within twice that of each other.
+pub fn sum_order_tolerance(n: usize, abs_sum: f64) -> f32 {
+    (2.0 * n as f64 * abs_sum / (1u64 << 24) as f64) as f32
+}
+
+/// Per channel of an [N, C] column sum `init[c] + Σ_rows term(row, c)`: the tolerance of two
+/// summation orders ([`sum_order_tolerance`] over the N + 1 terms).
+pub fn column_sum_tolerance(
+    n: usize,
+    c: usize,
+    init: &[f32],
+    term: impl Fn(usize, usize) -> f32,
+) -> Vec<f32> {
+    (0..c)
+        .map(|j| {
+            let abs: f64 =
+                f64::from(init[j].abs()) + (0..n).map(|i| f64::from(term(i, j).abs())).sum::<f64>();
+            1e-6 + sum_order_tolerance(n + 1, abs)
+        })
+        .collect()
 }
 
 /// Deterministic test data in [-1, 1).

@@ -1,0 +1,88 @@
+//! A stand-in for libnccl, for ranks on one machine: built as `libconvoy_nccl_emu.so` and
+//! linked as `libnccl.so` / `libnccl.so.2` into the folder the emulated GPU test pass puts on
+//! `LD_LIBRARY_PATH`, so that convoy's `NcclReducer` (through cudarc's `nccl::result` and
+//! `nccl::sys`) runs in CI without GPUs, over the CUDA stand-in of `emu/cuda` (or a real
+//! driver). Test support only: never linked into convoy's binaries.
+//!
+//! # The C API
+//!
+//! NCCL's ABI exactly (`nccl.h` 2.14 to 2.30: enum values, `ncclUniqueId`'s 128 bytes,
+//! `ncclConfig_t`'s leading fields), reporting version 2.21.5:
+//! `ncclGetVersion`, `ncclGetUniqueId`, `ncclGetErrorString`, `ncclGetLastError`,
+//! `ncclCommInitRank`, `ncclCommInitRankConfig` (reads `blocking` only), `ncclCommInitAll`,
+//! `ncclCommFinalize`, `ncclCommDestroy`, `ncclCommAbort`, `ncclCommGetAsyncError`,
+//! `ncclCommCount`, `ncclCommCuDevice`, `ncclCommUserRank`, `ncclAllReduce`, `ncclReduce`,
+//! `ncclBroadcast`, `ncclBcast`, `ncclAllGather`, `ncclReduceScatter`, `ncclSend`, `ncclRecv`,
+//! `ncclGroupStart`, `ncclGroupEnd`. Data types: int8, uint8, int32, uint32, int64, uint64,
+//! float16, float32, float64, bfloat16 (not the fp8 types); operations: sum, prod, max, min,
+//! avg (not `ncclRedOpCreatePreMulSum`'s). A symbol not listed is absent, so cudarc panics
+//! naming it rather than calling something half-made.
+//!
+//! # Transport
+//!
+//! `ncclGetUniqueId` draws a random token and names a Unix socket from it in the caller's
+//! temporary directory; both travel in the id (see `id`). Rank 0 listens there when it joins,
+//! the other ranks connect (retrying until rank 0 listens) and say hello, and once all are in,
+//! rank 0 removes the socket file and tells everyone. Ranks may be processes or threads of one
+//! process, in any mix. Rank 0 is the hub: each collective's inputs go to it, it reduces them in
+//! rank order, element by element (f32 in f32, f64 in f64, f16/bf16 in f32 rounded once;
+//! see `reduce`), and sends each rank its part, so results are deterministic and a sum over
+//! two ranks is bit-identical to NCCL's. Point-to-point data is relayed through rank 0.
+//!
+//! # Buffers and streams
+//!
+//! Buffers are device addresses, reached only through the CUDA driver API of the libcuda the
+//! process has loaded (`cuMemcpyDtoH_v2` / `cuMemcpyHtoD_v2`, with `cuCtxSetCurrent` to the
+//! context current at the call and `cuStreamSynchronize` on the call's stream before the
+//! buffers are touched), looked up at run time: this library links no CUDA library (see
+//! `memory`). An operation's data movement has *completed* when the operation is seen complete:
+//! nothing is left running on the stream. With the emulated driver, whose kernels run when
+//! launched, that is exactly stream order; on a real GPU it is the host-synchronous order NCCL
+//! itself does not promise but convoy's use already waits for.
+//!
+//! # Blocking and non-blocking communicators
+//!
+//! Each communicator has a worker thread that runs its operations (setup, each call or group,
+//! finalize) in issue order. A blocking communicator's calls return once their work is done
+//! (so the buffers are in place before the caller synchronizes its stream). A non-blocking one
+//! (`ncclCommInitRankConfig` with `blocking = 0`, as convoy's `NcclReducer` makes it) returns
+//! `ncclInProgress` from setup, from calls outside a group and from `ncclGroupEnd` while the work
+//! runs; `ncclCommGetAsyncError` then reports `ncclInProgress` until every submitted operation
+//! has finished, `ncclSuccess` after, or the communicator's error. The reducer polls it until
+//! success before it records its completion event, so the data is in place by then. Unlike
+//! NCCL, a call issued while an earlier one is still in progress is queued behind it rather
+//! than refused.
+//!
+//! # Failures
+//!
+//! A reader thread per connection notices at once when a peer's socket closes without the
+//! goodbye that `ncclCommFinalize` (or `ncclCommDestroy`) sends: the peer died, was killed, or
+//! aborted. Rank 0 then tells every other rank, and every operation waiting for data that can
+//! no longer come fails with `ncclRemoteError`, which `ncclCommGetAsyncError` and every later
+//! call report; a rank that fails on its own (a CUDA copy refused, ranks calling different
+//! collectives) tells the others the same way. No wait has a timeout of its own: a peer that
+//! hangs without dying is the caller's watchdog's business, and `ncclCommAbort` ends any
+//! pending operation promptly (waits are woken, sockets shut down, setup's listen and connect
+//! loops stop within 20 ms) from any thread. Each failure prints one line on stderr,
+//! `convoy-nccl-emu: rank R of N: <what> (<code>)`, and `ncclGetLastError` returns the text.
+//!
+//! # Tests
+//!
+//! The functions are plain `extern "C"` Rust functions too, so tests call them directly;
+//! [`use_host_memory`] makes them take host pointers, to test the transport and the C API
+//! without any libcuda.
+
+pub mod abi;
+#[allow(clippy::too_many_arguments)] // NCCL's own signatures.
+pub mod api;
+mod comm;
+pub mod error;
+mod id;
+mod memory;
+pub mod reduce;
+mod wire;
+
+pub use abi::{CommHandle, DataType, NcclResult, RedOp, Stream, UniqueId, VERSION_CODE};
+pub use api::*;
+pub use error::NcclError;
+pub use memory::use_host_memory;
