@@ -24,15 +24,23 @@ ln -s "$nccl" "$lib/libnccl.so.2"
 export LD_LIBRARY_PATH="$(cd "$lib" && pwd)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 # A GPU test that cannot open the device fails instead of skipping.
 export CONVOY_REQUIRE_GPU=1
+# Two emulated GPUs in every process, for the two-rank NCCL tests.
+export CONVOY_EMU_DEVICES=2
 # Per-launch thread instructions and seconds, summed at the end.
 export CONVOY_EMU_STATS="$(cd "$target" && pwd)/emu-stats.txt"
 rm -f "$CONVOY_EMU_STATS"
 start=$(date +%s)
-if [ $# -eq 0 ]; then
-  set -- -p convoy-kernels --test 'gpu_*' -p convoy-engine --test gpu_gpt \
-    -p convoy-collective --test gpu_nccl
+if [ $# -gt 0 ]; then
+  cargo test --locked "$@"
+else
+  # `convoy train` runs as a child process: its binary must be current.
+  cargo build --locked -q -p convoy-cli --bin convoy
+  cargo test --locked -p convoy-kernels --test 'gpu_*' -p convoy-engine --test gpu_gpt \
+    -p convoy-collective --test gpu_nccl -p convoy-tests --test gpu_train
+  # The whole model's forward and backward (fp32, bf16, flash attention) once more with the
+  # shared-memory race check; the global-memory check is always on.
+  CONVOY_EMU_RACECHECK=1 cargo test --locked -p convoy-engine --test gpu_gpt forward_and_backward
 fi
-cargo test --locked "$@"
 python3 - "$CONVOY_EMU_STATS" "$start" <<'PY'
 import sys, time
 ins = secs = launches = 0

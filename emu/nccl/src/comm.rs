@@ -37,7 +37,7 @@ use crate::error::NcclError;
 use crate::id::RendezvousId;
 use crate::memory::{Context, Memory, memory};
 use crate::reduce::reduce;
-use crate::wire::{Call, CollKind, Msg, read_msg, write_msg};
+use crate::wire::{Call, CollKind, HELLO_LIMIT, MAX_PAYLOAD, Msg, read_msg, write_msg};
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -337,14 +337,14 @@ impl Comm {
         if self.torn_down.swap(true, Ordering::SeqCst) {
             return;
         }
-        let relay = {
+        let linger = {
             let mut st = self.shared.lock();
             st.closing = true;
             st.aborted |= abort;
             self.shared.changed.notify_all();
             !abort && self.rank == 0 && self.nranks > 1 && st.failed.is_none()
         };
-        if !relay {
+        if !linger {
             self.shared.shut_all();
         }
         drop(lock(&self.jobs).take());
@@ -352,7 +352,7 @@ impl Comm {
             let _ = w.join();
         }
         let readers = std::mem::take(&mut *lock(&self.shared.readers));
-        if relay {
+        if linger {
             // Each ends when its rank closes its connection (or its process ends).
             drop(readers);
         } else {
@@ -901,7 +901,7 @@ impl Shared {
 
     /// Rank 0's side of one connection: the hello, then everything the rank sends.
     fn hub_reader(&self, peer: &Arc<Peer>, token: [u8; 16]) {
-        let rank = match read_msg(&peer.sock) {
+        let rank = match read_msg(&peer.sock, HELLO_LIMIT) {
             Ok(Some(Msg::Hello {
                 token: t,
                 rank,
@@ -921,7 +921,7 @@ impl Shared {
             _ => return,
         };
         loop {
-            match read_msg(&peer.sock) {
+            match read_msg(&peer.sock, MAX_PAYLOAD) {
                 Ok(Some(msg)) => self.hub_receive(rank, msg),
                 Ok(None) => return self.disconnected(rank, None),
                 Err(e) => return self.disconnected(rank, Some(e)),
@@ -1000,7 +1000,7 @@ impl Shared {
     /// Another rank's side of its connection to rank 0.
     fn spoke_reader(&self, hub: &Arc<Peer>) {
         loop {
-            let msg = match read_msg(&hub.sock) {
+            let msg = match read_msg(&hub.sock, MAX_PAYLOAD) {
                 Ok(Some(msg)) => msg,
                 Ok(None) => return self.disconnected(0, None),
                 Err(e) => return self.disconnected(0, Some(e)),

@@ -3,8 +3,6 @@
 
 use thiserror::Error;
 
-use crate::abi::NcclResult;
-
 /// A failure, kept (cloned) as a communicator's sticky error once an operation hits it.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum NcclError {
@@ -73,5 +71,49 @@ impl NcclError {
             self.code() as u32,
             format!("rank {rank}: {}", self.message()),
         )
+    }
+}
+
+/// `ncclResult_t` (an `int`-sized C enum). Only these values are ever returned.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NcclResult {
+    Success = 0,
+    UnhandledCudaError = 1,
+    SystemError = 2,
+    InternalError = 3,
+    InvalidArgument = 4,
+    InvalidUsage = 5,
+    RemoteError = 6,
+    InProgress = 7,
+}
+
+impl NcclResult {
+    /// NCCL's own name of the code (`ncclRemoteError`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            NcclResult::Success => "ncclSuccess",
+            NcclResult::UnhandledCudaError => "ncclUnhandledCudaError",
+            NcclResult::SystemError => "ncclSystemError",
+            NcclResult::InternalError => "ncclInternalError",
+            NcclResult::InvalidArgument => "ncclInvalidArgument",
+            NcclResult::InvalidUsage => "ncclInvalidUsage",
+            NcclResult::RemoteError => "ncclRemoteError",
+            NcclResult::InProgress => "ncclInProgress",
+        }
+    }
+
+    pub(crate) fn from_raw(raw: u32) -> Option<NcclResult> {
+        Some(match raw {
+            0 => NcclResult::Success,
+            1 => NcclResult::UnhandledCudaError,
+            2 => NcclResult::SystemError,
+            3 => NcclResult::InternalError,
+            4 => NcclResult::InvalidArgument,
+            5 => NcclResult::InvalidUsage,
+            6 => NcclResult::RemoteError,
+            7 => NcclResult::InProgress,
+            _ => return None,
+        })
     }
 }

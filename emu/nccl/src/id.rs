@@ -2,10 +2,11 @@
 //! listens on, in the 128 bytes of `ncclUniqueId`.
 //!
 //! Layout: `CVNCCLE1` (8 bytes), the token (16), the path's length (u16, little-endian), the
-//! path, zeros. The path is made from the token in the temporary directory of the process that
-//! made the id (`/tmp` when that is relative or too long for a socket address), so every rank
-//! finds it whatever its own `TMPDIR`, and no listener has to exist before rank 0 joins: ranks
-//! that come first retry until it does.
+//! path, zeros. The path is a random name (not the token, which ranks prove they hold in their
+//! hello) in the temporary directory of the process that made the id (`/tmp` when that is
+//! relative or too long for a socket address), so every rank finds it whatever its own
+//! `TMPDIR`, and no listener has to exist before rank 0 joins: ranks that come first retry
+//! until it does.
 
 use std::ffi::c_char;
 use std::io::Read;
@@ -30,13 +31,15 @@ pub struct RendezvousId {
 impl RendezvousId {
     /// A fresh id: a random token, and a socket path in this process's temporary directory.
     pub fn new() -> Result<RendezvousId, NcclError> {
-        let mut token = [0u8; 16];
+        let mut random = [0u8; 32];
         std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| f.read_exact(&mut token))
+            .and_then(|mut f| f.read_exact(&mut random))
             .map_err(|e| {
                 NcclError::System(format!("reading a random token from /dev/urandom: {e}"))
             })?;
-        let hex: String = token.iter().map(|b| format!("{b:02x}")).collect();
+        let mut token = [0u8; 16];
+        token.copy_from_slice(&random[..16]);
+        let hex: String = random[16..].iter().map(|b| format!("{b:02x}")).collect();
         let name = format!("convoy-nccl-{hex}.sock");
         let dir = std::env::temp_dir();
         let path = dir.join(&name);

@@ -20,14 +20,17 @@
 //!
 //! # Transport
 //!
-//! `ncclGetUniqueId` draws a random token and names a Unix socket from it in the caller's
-//! temporary directory; both travel in the id (see `id`). Rank 0 listens there when it joins,
-//! the other ranks connect (retrying until rank 0 listens) and say hello, and once all are in,
-//! rank 0 removes the socket file and tells everyone. Ranks may be processes or threads of one
-//! process, in any mix. Rank 0 is the hub: each collective's inputs go to it, it reduces them in
-//! rank order, element by element (f32 in f32, f64 in f64, f16/bf16 in f32 rounded once;
-//! see `reduce`), and sends each rank its part, so results are deterministic and a sum over
-//! two ranks is bit-identical to NCCL's. Point-to-point data is relayed through rank 0.
+//! `ncclGetUniqueId` draws a random token and a random Unix socket path in the caller's
+//! temporary directory; both travel in the id (see `id`), and nothing is started yet. Rank 0
+//! listens there when it joins, the other ranks connect (retrying until rank 0 listens) and say
+//! hello with the token, and once all are in, rank 0 removes the socket file and tells everyone.
+//! Ranks may be processes or threads of one process, in any mix, on one machine. Rank 0 is the
+//! hub: each collective's inputs go to it, it reduces them in rank order, element by element
+//! (f32 in f32, f64 in f64, f16/bf16 in f32 rounded once; see [`reduce`]), and sends each rank
+//! its part, so results are deterministic and a sum over two ranks is bit-identical to NCCL's.
+//! Point-to-point data (`ncclSend`/`ncclRecv`) is relayed through rank 0, whose connections
+//! outlive its own `ncclCommDestroy` until the other ranks close theirs (a destroy never waits
+//! for other ranks: one thread may destroy every rank's communicator in turn).
 //!
 //! # Buffers and streams
 //!
@@ -59,12 +62,16 @@
 //! goodbye that `ncclCommFinalize` (or `ncclCommDestroy`) sends: the peer died, was killed, or
 //! aborted. Rank 0 then tells every other rank, and every operation waiting for data that can
 //! no longer come fails with `ncclRemoteError`, which `ncclCommGetAsyncError` and every later
-//! call report; a rank that fails on its own (a CUDA copy refused, ranks calling different
-//! collectives) tells the others the same way. No wait has a timeout of its own: a peer that
-//! hangs without dying is the caller's watchdog's business, and `ncclCommAbort` ends any
-//! pending operation promptly (waits are woken, sockets shut down, setup's listen and connect
-//! loops stop within 20 ms) from any thread. Each failure prints one line on stderr,
-//! `convoy-nccl-emu: rank R of N: <what> (<code>)`, and `ncclGetLastError` returns the text.
+//! call report (a loss while nothing is pending shows at the next operation, as in NCCL). A
+//! rank that fails on its own (a CUDA copy refused, ranks calling different collectives) tells
+//! the others the same way, before its own caller sees the error. A rank that said goodbye is
+//! no error until a collective needs it; then rank 0 fails it and tells the others which rank
+//! left. No wait has a timeout of its own: a peer that hangs without dying is the caller's
+//! watchdog's business, and `ncclCommAbort` ends any pending operation promptly (waits are
+//! woken, sockets shut down, setup's listen and connect loops stop within 20 ms) from any
+//! thread. Each failure prints one line on stderr, `convoy-nccl-emu: rank R of N: <what>
+//! (<code>)` (a bad argument: `convoy-nccl-emu: <function>: <what> (<code>)`), and
+//! `ncclGetLastError` returns the text.
 //!
 //! # Tests
 //!

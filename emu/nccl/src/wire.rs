@@ -109,7 +109,7 @@ const LEFT: u32 = 8;
 
 /// Far beyond any buffer of a test, and small enough that a corrupted length is refused
 /// before it is allocated.
-const MAX_PAYLOAD: u64 = 1 << 40;
+pub const MAX_PAYLOAD: u64 = 1 << 40;
 
 #[cfg(any(target_os = "linux", target_os = "android"))]
 const SEND_FLAGS: libc::c_int = libc::MSG_NOSIGNAL;
@@ -207,8 +207,12 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(x)
 }
 
-/// Reads one message; `Ok(None)` when the peer closed the connection between messages.
-pub fn read_msg(mut sock: &UnixStream) -> io::Result<Option<Msg>> {
+/// The most a first message (a hello) may hold, before the sender has proved it is a rank.
+pub const HELLO_LIMIT: u64 = 64;
+
+/// Reads one message of at most `limit` bytes of payload; `Ok(None)` when the peer closed the
+/// connection between messages.
+pub fn read_msg(mut sock: &UnixStream, limit: u64) -> io::Result<Option<Msg>> {
     let mut head = [0u8; 16];
     // A clean end is EOF before the first byte of a header.
     let mut got = 0;
@@ -223,7 +227,7 @@ pub fn read_msg(mut sock: &UnixStream) -> io::Result<Option<Msg>> {
     }
     let kind = u32_at(&head, 0);
     let len = u64_at(&head, 8);
-    if len > MAX_PAYLOAD {
+    if len > limit.min(MAX_PAYLOAD) {
         return Err(bad(format!("a message of {len} bytes")));
     }
     let prefix_len = match kind {
@@ -343,9 +347,9 @@ mod tests {
         }
         drop(a);
         for m in &msgs {
-            assert_eq!(read_msg(&b).unwrap().as_ref(), Some(m));
+            assert_eq!(read_msg(&b, MAX_PAYLOAD).unwrap().as_ref(), Some(m));
         }
-        assert_eq!(read_msg(&b).unwrap(), None);
+        assert_eq!(read_msg(&b, MAX_PAYLOAD).unwrap(), None);
     }
 
     #[test]
@@ -353,6 +357,6 @@ mod tests {
         let (a, b) = UnixStream::pair().unwrap();
         send_all(&a, &[CONTRIB as u8, 0, 0]).unwrap();
         drop(a);
-        assert!(read_msg(&b).is_err());
+        assert!(read_msg(&b, MAX_PAYLOAD).is_err());
     }
 }

@@ -11,7 +11,7 @@
 //! to f32. The tensor cores' own summation truncates differently; the GPU tests' tolerances
 //! cover both.
 
-use super::Warp;
+use super::block::Warp;
 use crate::ptx::ir::{Reg, Src};
 
 fn bf16(v: u64, high: bool) -> f64 {

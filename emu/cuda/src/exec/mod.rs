@@ -7,24 +7,20 @@
 //! waiting address), and warp collectives (`shfl.sync`, `mma.sync`) see exactly the lanes that
 //! arrived together — a collective reached with members missing is a fault, not a guess.
 
+mod block;
 mod float;
 mod mma;
 mod race;
 mod step;
 
-use crate::error::{EmuError, FaultKind};
+use crate::error::EmuError;
 use crate::memory::Memory;
 use crate::ptx::Kernel;
 use crate::ptx::ir::SPECIALS;
 
+pub use block::Dims;
+use block::{Block, Lane, Warp, fault};
 pub use float::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16};
-
-#[derive(Clone, Copy, Debug)]
-pub struct Dims {
-    pub grid: [u32; 3],
-    pub block: [u32; 3],
-    pub dynamic_shared: u32,
-}
 
 /// Optional checks (the memcheck of global accesses is always on).
 #[derive(Clone, Copy, Debug, Default)]
@@ -44,39 +40,6 @@ pub struct LaunchStats {
 pub const MAX_SHARED: usize = 227 * 1024;
 /// Instructions one launch may execute before it is declared hung (an infinite loop).
 const DEFAULT_BUDGET: u64 = 200_000_000_000;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Lane {
-    Ready,
-    /// Waiting at `bar.sync`; `pc` is the instruction after it.
-    AtBarrier,
-    Exited,
-    /// Beyond the block's thread count (a partial last warp).
-    Absent,
-}
-
-pub(crate) struct Warp {
-    /// `regs[r * 32 + lane]`: every register as 64 bits (narrower types use the low bits).
-    pub regs: Vec<u64>,
-    pub pc: [u32; 32],
-    pub lane: [Lane; 32],
-    /// The warp's index in its block.
-    pub index: u32,
-}
-
-/// What instructions of one block share.
-pub(crate) struct Block<'a> {
-    pub kernel: &'a Kernel,
-    pub params: &'a [u8],
-    pub mem: &'a mut Memory,
-    pub shared: Vec<u8>,
-    pub race: Option<race::Shadow>,
-    pub ctaid: [u32; 3],
-    pub dims: Dims,
-    pub executed: u64,
-    /// Warp instructions issued in this launch (the race check's "same instruction" stamp).
-    pub serial: u64,
-}
 
 /// Runs `kernel` to completion. `params[i]` holds the bytes of parameter `i` (as many as
 /// `kernel.params[i].size`).
@@ -302,28 +265,5 @@ fn run_warp(b: &mut Block, w: &mut Warp) -> Result<(), EmuError> {
         b.executed += u64::from(mask.count_ones());
         b.serial += 1;
         step::step(b, w, pc, mask)?;
-    }
-}
-
-/// A fault at instruction `pc` of thread `tid` of the current block.
-pub(crate) fn fault(b: &Block, tid: u32, pc: u32, msg: String) -> EmuError {
-    fault_of(FaultKind::Other, b, tid, pc, msg)
-}
-
-pub(crate) fn fault_of(kind: FaultKind, b: &Block, tid: u32, pc: u32, msg: String) -> EmuError {
-    let [bx, by, _] = b.dims.block;
-    let line = b.kernel.insts.get(pc as usize).map_or(0, |i| i.line);
-    EmuError::Fault {
-        kind,
-        kernel: b.kernel.name.clone(),
-        bx: b.ctaid[0],
-        by: b.ctaid[1],
-        bz: b.ctaid[2],
-        tx: tid % bx,
-        ty: (tid / bx) % by,
-        tz: tid / (bx * by),
-        line,
-        text: b.kernel.line_text(line).to_string(),
-        msg,
     }
 }

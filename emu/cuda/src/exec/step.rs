@@ -1,8 +1,9 @@
 //! One warp instruction: the lanes in `mask` (all at the same program counter) execute the
 //! instruction there; a guard predicate turns lanes off without stopping their progress.
 
+use super::block::{Block, Lane, Warp, fault, fault_of};
 use super::float::{self, ftz};
-use super::{Block, Lane, Warp, fault, fault_of, mma};
+use super::mma;
 use crate::error::{EmuError, FaultKind};
 use crate::ptx::SHARED_BASE;
 use crate::ptx::ir::*;

@@ -1,8 +1,8 @@
 //! One instruction line to an [`Inst`]: the opcode's dotted modifiers pick the `Op` variant and
 //! its types, the operands become registers, immediates and addresses.
 
-use super::Names;
 use super::ir::*;
+use super::names::Names;
 
 type R<T> = Result<T, String>;
 

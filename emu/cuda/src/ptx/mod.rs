@@ -7,16 +7,15 @@
 
 mod decode;
 pub mod ir;
+mod names;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::error::EmuError;
 use ir::{Inst, Reg, SPECIALS};
-
-/// Where shared memory starts in the shared state space: far from 0, so a global or null
-/// pointer used as a shared address faults. Fits 32 bits, as `mov.u32` of a shared symbol needs.
-pub const SHARED_BASE: u64 = 0x1000_0000;
+pub use names::SHARED_BASE;
+use names::{Names, SharedVar};
 
 /// One `.param` of a kernel's signature.
 #[derive(Clone, Debug)]
@@ -55,13 +54,6 @@ impl Kernel {
 #[derive(Debug, Default)]
 pub struct Module {
     kernels: Vec<Arc<Kernel>>,
-}
-
-/// A module-scope or kernel-scope variable in shared memory.
-#[derive(Clone, Debug)]
-struct SharedVar {
-    align: usize,
-    size: usize,
 }
 
 impl Module {
@@ -166,49 +158,6 @@ fn type_bytes(w: &str) -> Option<usize> {
         ".b64" | ".u64" | ".s64" | ".f64" => 8,
         _ => return None,
     })
-}
-
-/// What decoding an instruction needs to know about the kernel's names.
-pub(crate) struct Names<'a> {
-    regs: HashMap<String, Reg>,
-    params: HashMap<String, usize>,
-    module_shared: &'a HashMap<String, SharedVar>,
-    kernel_shared: HashMap<String, SharedVar>,
-    /// Shared variables this kernel uses, at their assigned offsets.
-    shared_at: HashMap<String, usize>,
-    shared_end: usize,
-    labels: HashMap<String, u32>,
-}
-
-impl Names<'_> {
-    pub(crate) fn reg(&mut self, name: &str) -> Reg {
-        let next = self.regs.len() as Reg;
-        *self.regs.entry(name.to_string()).or_insert(next)
-    }
-
-    /// The value a symbol stands for: a parameter's offset, or a shared variable's address
-    /// (laid out on first use).
-    pub(crate) fn symbol(&mut self, name: &str) -> Option<(ir::Space, u64)> {
-        if let Some(&off) = self.params.get(name) {
-            return Some((ir::Space::Param, off as u64));
-        }
-        if let Some(&off) = self.shared_at.get(name) {
-            return Some((ir::Space::Shared, SHARED_BASE + off as u64));
-        }
-        let var = self
-            .kernel_shared
-            .get(name)
-            .or_else(|| self.module_shared.get(name))?
-            .clone();
-        let off = self.shared_end.div_ceil(var.align.max(1)) * var.align.max(1);
-        self.shared_end = off + var.size;
-        self.shared_at.insert(name.to_string(), off);
-        Some((ir::Space::Shared, SHARED_BASE + off as u64))
-    }
-
-    pub(crate) fn label(&self, name: &str) -> Option<u32> {
-        self.labels.get(name).copied()
-    }
 }
 
 /// Parses the kernel whose `.entry` is on line `start`; returns it and the line after it.
