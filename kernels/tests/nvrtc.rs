@@ -81,3 +81,98 @@ fn compiled_ptx_is_cached_on_disk_and_reused() {
     assert_eq!(first.ptx, second.ptx);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A fresh folder for one test's kernel sources (the process id keeps parallel runs apart).
+fn source_dir(test: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("convoy-kernel-src-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create the source folder");
+    dir
+}
+
+fn source_of(name: &str) -> &'static convoy_kernels::cuda::Source {
+    convoy_kernels::cuda::source(name).expect("an embedded source")
+}
+
+const COMMON: &str = include_str!("../cuda/common.cuh");
+
+#[test]
+fn a_source_folder_is_compiled_instead_of_the_embedded_text() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let dir = source_dir("override");
+    let src = source_of("residual");
+    // A kernel in each file that the embedded text lacks: both files were read from the folder.
+    let marker = |name: &str| {
+        format!("\nextern \"C\" __global__ void {name}(float* x) {{ x[0] = 1.0f; }}\n")
+    };
+    std::fs::write(
+        dir.join("common.cuh"),
+        format!("{COMMON}{}", marker("common_marker")),
+    )
+    .expect("write");
+    std::fs::write(
+        dir.join(src.file),
+        format!("{}{}", src.code, marker("file_marker")),
+    )
+    .expect("write");
+    let settings = CompileSettings {
+        cache_dir: None,
+        source_dir: Some(dir.clone()),
+        ..CompileSettings::from_env()
+    };
+    let ptx = compile(src, Arch::SM80, &settings)
+        .expect("the copy compiles")
+        .ptx;
+    for k in src.kernels.iter().chain(&["common_marker", "file_marker"]) {
+        assert!(
+            ptx.contains(&format!(".entry {k}(")),
+            "no kernel {k} in the PTX"
+        );
+    }
+
+    // A syntax error in the copy is NVRTC's error, pointing at the copy's path and line.
+    std::fs::write(
+        dir.join(src.file),
+        format!("{}\nint broken = ;\n", src.code),
+    )
+    .expect("write");
+    let err = compile(src, Arch::SM80, &settings)
+        .expect_err("the broken copy does not compile")
+        .to_string();
+    let path = dir.join(src.file).display().to_string();
+    let line = src.code.lines().count() + 2;
+    assert!(err.contains(&format!("{path}({line})")), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_missing_file_of_the_source_folder_is_an_error_naming_its_path() {
+    // No NVRTC needed: the sources are read before NVRTC is looked for.
+    let dir = source_dir("missing");
+    let src = source_of("layernorm");
+    let settings = CompileSettings {
+        cache_dir: None,
+        source_dir: Some(dir.clone()),
+        ..CompileSettings::from_env()
+    };
+    let err = compile(src, Arch::SM80, &settings)
+        .expect_err("no common.cuh")
+        .to_string();
+    assert!(
+        err.contains(&dir.join("common.cuh").display().to_string()),
+        "{err}"
+    );
+    assert!(err.contains("CONVOY_KERNEL_SOURCE_DIR"), "{err}");
+
+    std::fs::write(dir.join("common.cuh"), COMMON).expect("write");
+    let err = compile(src, Arch::SM80, &settings)
+        .expect_err("no layernorm.cu")
+        .to_string();
+    assert!(
+        err.contains(&dir.join("layernorm.cu").display().to_string()),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,4 +1,5 @@
-//! NVRTC compilation of the embedded sources, with an on-disk cache.
+//! NVRTC compilation of the embedded sources (or of a folder's copies of them, see
+//! [`CompileSettings::source_dir`]), with an on-disk cache.
 //!
 //! Sources are compiled to PTX for a *virtual* architecture (`compute_80`, `compute_90`): the
 //! driver JIT-compiles PTX for the exact GPU, and newer GPUs run older PTX. The PTX ISA version
@@ -40,12 +41,17 @@ impl std::fmt::Display for Arch {
     }
 }
 
-/// Where NVRTC finds the CUDA headers, and where compiled PTX is kept.
+/// Where NVRTC finds the CUDA headers, where compiled PTX is kept, and which kernel text is
+/// compiled.
 #[derive(Clone, Debug, Default)]
 pub struct CompileSettings {
     pub include_paths: Vec<String>,
     /// `None`: no disk cache.
     pub cache_dir: Option<PathBuf>,
+    /// `Some(dir)`: compile `dir/<file>.cu` and `dir/common.cuh` as they are on disk when
+    /// [`compile`] runs, instead of the text embedded at build time. `None` (the default): the
+    /// embedded text.
+    pub source_dir: Option<PathBuf>,
 }
 
 impl CompileSettings {
@@ -53,6 +59,13 @@ impl CompileSettings {
     /// the `nvidia-cuda-runtime-cu12` wheel beside an `nvidia/cuda_nvrtc/lib` folder on
     /// `LD_LIBRARY_PATH`. Cache in `CONVOY_KERNEL_CACHE`, else `$XDG_CACHE_HOME/convoy/kernels`,
     /// else `~/.cache/convoy/kernels`.
+    ///
+    /// Kernel sources from the folder `CONVOY_KERNEL_SOURCE_DIR` names, laid out like
+    /// `kernels/cuda/` (every `<family>.cu` and `common.cuh`), when it is set and not empty;
+    /// else the text embedded at build time. It is for kernel development (edit a `.cu` file,
+    /// point the variable at `kernels/cuda` and rerun a test: no rebuild) and for
+    /// `emu/mutants.sh`, which compiles deliberately broken copies. The cache key is the full
+    /// text, so an edited kernel is compiled anew and never served a stale PTX.
     pub fn from_env() -> CompileSettings {
         let mut include_paths = Vec::new();
         if let Some(dir) = std::env::var_os("CONVOY_CUDA_INCLUDE") {
@@ -79,12 +92,16 @@ impl CompileSettings {
             .or_else(|| {
                 std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache/convoy/kernels"))
             });
+        let source_dir = std::env::var_os("CONVOY_KERNEL_SOURCE_DIR")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from);
         CompileSettings {
             include_paths: include_paths
                 .into_iter()
                 .map(|p| p.display().to_string())
                 .collect(),
             cache_dir,
+            source_dir,
         }
     }
 }
@@ -112,12 +129,32 @@ fn nvrtc_version() -> (i32, i32) {
 }
 
 /// The text NVRTC compiles: the shared helpers, then the file with its own line numbers (so
-/// the NVRTC log points into `layernorm.cu`, not into the concatenation).
-fn full_text(src: &Source) -> String {
+/// the NVRTC log points into `layernorm.cu`, not into the concatenation). From `source_dir`
+/// when set, named by their paths there, so that the log points at the copy that was compiled.
+fn full_text(src: &Source, source_dir: Option<&Path>) -> Result<String, CudaError> {
+    let Some(dir) = source_dir else {
+        return Ok(join_text("common.cuh", COMMON, src.file, src.code));
+    };
+    let read = |path: PathBuf| match std::fs::read_to_string(&path) {
+        Ok(text) => Ok((path.display().to_string(), text)),
+        Err(source) => Err(CudaError::Source { path, source }),
+    };
+    let (common_name, common) = read(dir.join("common.cuh"))?;
+    let (file_name, code) = read(dir.join(src.file))?;
+    Ok(join_text(&common_name, &common, &file_name, &code))
+}
+
+fn join_text(common_name: &str, common: &str, file_name: &str, code: &str) -> String {
     format!(
-        "#line 1 \"common.cuh\"\n{COMMON}\n#line 1 \"{}\"\n{}",
-        src.file, src.code
+        "#line 1 \"{}\"\n{common}\n#line 1 \"{}\"\n{code}",
+        line_name(common_name),
+        line_name(file_name)
     )
+}
+
+/// `name` as the string literal of a `#line` directive (a path may hold `\` or `"`).
+fn line_name(name: &str) -> String {
+    name.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
 /// Compiles `src` for `arch`, or reads the PTX a previous compile of the same text, options and
@@ -127,10 +164,11 @@ pub fn compile(
     arch: Arch,
     settings: &CompileSettings,
 ) -> Result<Compiled, CudaError> {
+    // Read first: a wrong source folder is reported even where NVRTC is missing too.
+    let text = full_text(src, settings.source_dir.as_deref())?;
     if !nvrtc_available() {
         return Err(CudaError::NoNvrtc);
     }
-    let text = full_text(src);
     let mut options = vec![
         format!("--gpu-architecture={}", arch.virtual_name()),
         "--std=c++17".to_string(),

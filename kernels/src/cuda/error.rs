@@ -28,6 +28,16 @@ pub enum CudaError {
         found % 1000 / 10
     )]
     OldDriver { found: i32 },
+    /// A file of the source folder (`CompileSettings::source_dir`, `CONVOY_KERNEL_SOURCE_DIR`)
+    /// could not be read.
+    #[error(
+        "kernel source {path} (CONVOY_KERNEL_SOURCE_DIR stands in for kernels/cuda/): {source}"
+    )]
+    Source {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("no kernel source named {0:?}")]
     UnknownSource(String),
     /// The on-disk kernel cache could not be written (compiling still worked).

@@ -1,11 +1,13 @@
-//! The kernel sources, embedded at build time so a binary carries its kernels.
+//! The kernel sources, embedded at build time so a binary carries its kernels. A folder of
+//! copies can stand in for them at run time (`CONVOY_KERNEL_SOURCE_DIR`, see
+//! `CompileSettings::from_env`); `code` is then unused, `file` names the copy to read.
 
 /// One `.cu` file of `kernels/cuda/`.
 #[derive(Clone, Copy, Debug)]
 pub struct Source {
     /// The op family, e.g. `layernorm`.
     pub name: &'static str,
-    /// The file, for error messages (`layernorm.cu`).
+    /// The file, for error messages and in a source folder (`layernorm.cu`).
     pub file: &'static str,
     pub code: &'static str,
     /// The `extern "C"` kernels it defines, for loading and for the compile test.

@@ -46,6 +46,8 @@ pub(crate) struct Block<'a> {
     pub executed: u64,
     /// Warp instructions issued in this launch (the race check's "same instruction" stamp).
     pub serial: u64,
+    /// Thread instructions the launch may execute before it is declared hung.
+    pub budget: u64,
 }
 
 /// A fault at instruction `pc` of thread `tid` of the current block.

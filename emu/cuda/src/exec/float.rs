@@ -28,8 +28,58 @@ pub fn next_down(x: f32) -> f32 {
     -next_up(-x)
 }
 
+/// a·b + c rounded once to nearest, without a libm call: a·b is exact in f64, the sum is
+/// rounded to odd in f64 (53 ≥ 24 + 2 bits, so the final rounding to f32 is then correct, with
+/// no double-rounding error).
+#[inline(always)]
+pub fn fma32_rn(a: f32, b: f32, c: f32) -> f32 {
+    let p = f64::from(a) * f64::from(b);
+    let cc = f64::from(c);
+    let s = p + cc;
+    if !s.is_finite() {
+        return a.mul_add(b, c);
+    }
+    let bb = s - p;
+    let e = (p - (s - bb)) + (cc - bb);
+    let bits = s.to_bits();
+    if e != 0.0 && bits & 1 == 0 {
+        // Inexact and even: step to the odd neighbour on the side of the exact value.
+        let away = (e > 0.0) == (s > 0.0);
+        return f64::from_bits(if away { bits + 1 } else { bits - 1 }) as f32;
+    }
+    s as f32
+}
+
+/// `out[i] = x[i]·y[i] + z[i]` rounded once to nearest for a whole warp: the hardware's fused
+/// multiply-add where the CPU has one (the emulated GEMMs spend most of their time here),
+/// [`fma32_rn`] elsewhere. Both are the correctly rounded result.
+pub fn fma_rn_lanes(x: &[f32; 32], y: &[f32; 32], z: &[f32; 32], out: &mut [f32; 32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("fma") && std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has FMA and AVX2 (checked just above), the only requirement of a
+        // `target_feature` function; the arrays are plain values.
+        unsafe { fma_lanes_hw(x, y, z, out) };
+        return;
+    }
+    for i in 0..32 {
+        out[i] = fma32_rn(x[i], y[i], z[i]);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma,avx2")]
+fn fma_lanes_hw(x: &[f32; 32], y: &[f32; 32], z: &[f32; 32], out: &mut [f32; 32]) {
+    for i in 0..32 {
+        out[i] = x[i].mul_add(y[i], z[i]);
+    }
+}
+
 /// a·b + c rounded once in direction `rnd` (IEEE 754 fusedMultiplyAdd).
+#[inline]
 pub fn fma32(a: f32, b: f32, c: f32, rnd: Round) -> f32 {
+    if rnd == Round::Nearest {
+        return fma32_rn(a, b, c);
+    }
     let r = a.mul_add(b, c);
     if rnd == Round::Nearest || r.is_nan() {
         return r;
@@ -210,6 +260,47 @@ mod tests {
             1.75,
             "exact results stay"
         );
+    }
+
+    #[test]
+    fn fma_to_nearest_matches_the_libm_fma_on_hard_cases() {
+        // Products and addends whose exact sums sit near f32 rounding midpoints, and random
+        // bit patterns over many exponents.
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut cases = vec![
+            (1.0 + 2.0f32.powi(-23), 1.0 - 2.0f32.powi(-24), -1.0),
+            (
+                1.0 + 2.0f32.powi(-12),
+                1.0 + 2.0f32.powi(-12),
+                2.0f32.powi(-24),
+            ),
+            (f32::MAX, 2.0, -f32::MAX),
+            (1e-30, 1e-30, 1e-45),
+            (3.0, 0.1, -0.3),
+        ];
+        for _ in 0..200_000 {
+            let r = next();
+            let f = |bits: u64| f32::from_bits((bits as u32 & 0x8fff_ffff) | 0x3000_0000);
+            cases.push((
+                f(r),
+                f(r >> 21),
+                f(r >> 42) * if r & 1 == 0 { 1.0 } else { -1e-7 },
+            ));
+        }
+        for (a, b, c) in cases {
+            let want = a.mul_add(b, c);
+            let got = fma32_rn(a, b, c);
+            assert!(
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                "fma({a:e}, {b:e}, {c:e}) = {got:e}, libm {want:e}"
+            );
+        }
     }
 
     #[test]

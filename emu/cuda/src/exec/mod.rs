@@ -16,7 +16,7 @@ mod step;
 use crate::error::EmuError;
 use crate::memory::Memory;
 use crate::ptx::Kernel;
-use crate::ptx::ir::SPECIALS;
+use crate::ptx::ir::{Op, SPECIALS};
 
 pub use block::Dims;
 use block::{Block, Lane, Warp, fault};
@@ -92,10 +92,6 @@ pub fn launch(
         }
         buf[p.offset..p.offset + p.size].copy_from_slice(bytes);
     }
-    let budget = std::env::var("CONVOY_EMU_MAX_INSTRUCTIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DEFAULT_BUDGET);
     let mut block = Block {
         kernel,
         params: &buf,
@@ -106,6 +102,10 @@ pub fn launch(
         dims,
         executed: 0,
         serial: 0,
+        budget: std::env::var("CONVOY_EMU_MAX_INSTRUCTIONS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_BUDGET),
     };
     for z in 0..dims.grid[2] {
         for y in 0..dims.grid[1] {
@@ -118,12 +118,6 @@ pub fn launch(
                     r.new_block();
                 }
                 run_block(&mut block, threads as u32)?;
-                if block.executed > budget {
-                    return Err(refuse(format!(
-                        "more than {budget} thread instructions: an endless loop? \
-                         (CONVOY_EMU_MAX_INSTRUCTIONS raises the limit)"
-                    )));
-                }
             }
         }
     }
@@ -236,34 +230,68 @@ fn run_block(b: &mut Block, threads: u32) -> Result<(), EmuError> {
 
 /// Runs `w` until none of its lanes is ready.
 fn run_warp(b: &mut Block, w: &mut Warp) -> Result<(), EmuError> {
-    let n = b.kernel.insts.len() as u32;
+    let insts = &b.kernel.insts;
+    let n = insts.len() as u32;
     loop {
+        // The lanes at the lowest program counter among the ready ones run next, together.
         let mut pc = u32::MAX;
+        let mut ready = 0u32;
         for l in 0..32 {
-            if w.lane[l] == Lane::Ready && w.pc[l] < pc {
-                pc = w.pc[l];
+            if w.lane[l] == Lane::Ready {
+                ready |= 1 << l;
+                pc = pc.min(w.pc[l]);
             }
         }
-        if pc == u32::MAX {
+        if ready == 0 {
             return Ok(());
         }
         let mut mask = 0u32;
         for l in 0..32 {
-            if w.lane[l] == Lane::Ready && w.pc[l] == pc {
+            if ready & (1 << l) != 0 && w.pc[l] == pc {
                 mask |= 1 << l;
             }
         }
-        if pc >= n {
-            let tid = w.index * 32 + mask.trailing_zeros();
+        let others = ready & !mask;
+        if b.executed > b.budget {
             return Err(fault(
                 b,
-                tid,
-                n.saturating_sub(1),
-                "ran past the kernel's last instruction".into(),
+                w.index * 32 + mask.trailing_zeros(),
+                pc.min(n.saturating_sub(1)),
+                format!(
+                    "more than {} thread instructions: an endless loop? \
+                     (CONVOY_EMU_MAX_INSTRUCTIONS raises the limit)",
+                    b.budget
+                ),
             ));
         }
-        b.executed += u64::from(mask.count_ones());
-        b.serial += 1;
-        step::step(b, w, pc, mask)?;
+        // Straight-line code runs without rescheduling while no other lane of the warp is
+        // ready (the common, converged case): only control flow moves lanes apart.
+        loop {
+            if pc >= n {
+                let tid = w.index * 32 + mask.trailing_zeros();
+                return Err(fault(
+                    b,
+                    tid,
+                    n.saturating_sub(1),
+                    "ran past the kernel's last instruction".into(),
+                ));
+            }
+            b.executed += u64::from(mask.count_ones());
+            b.serial += 1;
+            step::step(b, w, pc, mask)?;
+            if matches!(insts[pc as usize].op, Op::Bra { .. } | Op::Ret | Op::Bar) {
+                // step moved the lanes on.
+                break;
+            }
+            pc += 1;
+            if others != 0 {
+                for l in 0..32 {
+                    if mask & (1 << l) != 0 {
+                        w.pc[l] = pc;
+                    }
+                }
+                break;
+            }
+        }
     }
 }

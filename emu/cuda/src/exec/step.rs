@@ -73,9 +73,6 @@ pub(crate) fn step(b: &mut Block, w: &mut Warp, pc: u32, mask: u32) -> Result<()
             }
         });
     }
-    each!(mask, |l| {
-        w.pc[l] = pc + 1;
-    });
     let tid0 = |m: u32| w.index * 32 + m.trailing_zeros();
     match inst.op {
         Op::Mov { d, a, bits } => each!(active, |l| {
@@ -224,6 +221,25 @@ pub(crate) fn step(b: &mut Block, w: &mut Warp, pc: u32, mask: u32) -> Result<()
             }
             wr(w, d, l, bits32(r));
         }),
+        Op::Fma32 {
+            rnd: Round::Nearest,
+            ftz: false,
+            d,
+            a,
+            b: bb,
+            c,
+        } => {
+            let (mut x, mut y, mut z, mut out) = ([0f32; 32], [0f32; 32], [0f32; 32], [0f32; 32]);
+            each!(active, |l| {
+                x[l] = f32v(rd(w, a, l));
+                y[l] = f32v(rd(w, bb, l));
+                z[l] = f32v(rd(w, c, l));
+            });
+            float::fma_rn_lanes(&x, &y, &z, &mut out);
+            each!(active, |l| {
+                wr(w, d, l, bits32(out[l]));
+            });
+        }
         Op::Fma32 {
             rnd,
             ftz: z,
@@ -422,14 +438,26 @@ pub(crate) fn step(b: &mut Block, w: &mut Warp, pc: u32, mask: u32) -> Result<()
                     .map_err(|(k, m)| fault_of(k, b, tid, pc, m))?;
             })
         }
-        Op::Bra { target } => each!(active, |l| {
-            w.pc[l] = target;
+        // Control flow moves the lanes on itself (run_warp advances the others): taken branches
+        // to the target, guarded-off lanes to the next instruction.
+        Op::Bra { target } => each!(mask, |l| {
+            w.pc[l] = if active & (1 << l) != 0 {
+                target
+            } else {
+                pc + 1
+            };
         }),
-        Op::Ret => each!(active, |l| {
-            w.lane[l] = Lane::Exited;
+        Op::Ret => each!(mask, |l| {
+            w.pc[l] = pc + 1;
+            if active & (1 << l) != 0 {
+                w.lane[l] = Lane::Exited;
+            }
         }),
-        Op::Bar => each!(active, |l| {
-            w.lane[l] = Lane::AtBarrier;
+        Op::Bar => each!(mask, |l| {
+            w.pc[l] = pc + 1;
+            if active & (1 << l) != 0 {
+                w.lane[l] = Lane::AtBarrier;
+            }
         }),
         Op::Shfl {
             mode,
