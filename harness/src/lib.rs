@@ -28,6 +28,11 @@ pub const BINARIES: [&str; 3] = ["convoy-coordinator", "convoy-worker", "convoy-
 /// flags, and one exported in the caller's shell must not reach into `convoy dev` or a test.
 const KEPT_CONVOY_VARS: [&str; 2] = ["CONVOY_KERNEL_CACHE", "CONVOY_CUDA_INCLUDE"];
 
+/// Kept too: the settings of the emulated GPU (`CONVOY_EMU_DEVICES`, `CONVOY_EMU_STATS`, …;
+/// emu/README.md), read by the stand-in libcuda that the emulated GPU test pass puts on the
+/// library path, in the worker (which counts its GPUs) and in its ranks.
+const KEPT_CONVOY_PREFIX: &str = "CONVOY_EMU_";
+
 /// How long a daemon may take to become ready before the harness gives up on it: far longer
 /// than a healthy start on a loaded machine, short enough that a broken one fails a run.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -145,7 +150,10 @@ impl Harness {
         let mut command = Command::new(&path);
         for (var, _) in std::env::vars_os() {
             let name = var.to_string_lossy();
-            if name.starts_with("CONVOY_") && !KEPT_CONVOY_VARS.contains(&name.as_ref()) {
+            if name.starts_with("CONVOY_")
+                && !name.starts_with(KEPT_CONVOY_PREFIX)
+                && !KEPT_CONVOY_VARS.contains(&name.as_ref())
+            {
                 command.env_remove(&var);
             }
         }

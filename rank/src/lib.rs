@@ -120,6 +120,23 @@ fn cuda_trainer(
         )?),
         false => Box::new(SingleDevice),
     };
+    // For the job's log: which GPU each rank trains on and how gradients meet.
+    let name = device
+        .ctx
+        .name()
+        .unwrap_or_else(|e| format!("a GPU whose name the driver did not give: {e}"));
+    let visible = std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_default();
+    let reducer_text = match several {
+        true => format!(
+            "gradients averaged with NCCL across {} ranks",
+            launch.world_size
+        ),
+        false => "one rank: no all-reduce".to_string(),
+    };
+    println!(
+        "rank {}/{} on GPU {name:?} (CUDA_VISIBLE_DEVICES={visible}); {reducer_text}",
+        launch.rank, launch.world_size
+    );
     Ok(Trainer::on_gpu(spec, device, reducer)?)
 }
 

@@ -1,9 +1,10 @@
 //! What convoy's tests share, so no test file carries its own copy: where the repository and
 //! its example data are, the small specs the tests train, bit patterns for bit-exactness
-//! checks, the built binaries, and ([`cluster`]) a real cluster of daemon processes driven
-//! with the `convoy` CLI.
+//! checks, the built binaries, ([`cluster`]) a real cluster of daemon processes driven with
+//! the `convoy` CLI, and ([`dev`]) `convoy dev`'s own cluster.
 
 pub mod cluster;
+pub mod dev;
 pub mod specs;
 
 pub use convoy_harness as harness;

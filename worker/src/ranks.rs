@@ -79,7 +79,13 @@ pub struct Supervisor {
     pub exited: Notify,
     /// Wakes whoever waits for every rank to be gone.
     emptied: Notify,
+    /// Wakes CUDA ranks waiting for a GPU that a stopping rank still holds.
+    gpu_freed: Notify,
 }
+
+/// How much longer than the stop grace a CUDA rank waits for a GPU held by a stopping rank:
+/// the grace ends in SIGKILL, and the exit is seen shortly after.
+const GPU_WAIT_SLACK: Duration = Duration::from_secs(5);
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -101,6 +107,7 @@ impl Supervisor {
             exits: Mutex::new(vec![]),
             exited: Notify::new(),
             emptied: Notify::new(),
+            gpu_freed: Notify::new(),
         })
     }
 
@@ -151,6 +158,40 @@ impl Supervisor {
         if !self.table().seen.insert(key.clone()) {
             return;
         }
+        let cuda = pb::Backend::try_from(s.backend) == Ok(pb::Backend::Cuda);
+        if cuda && !self.has_free_gpu() {
+            // The coordinator frees an ended attempt's GPUs at once; this daemon frees one when
+            // the rank holding it has exited, up to the stop grace after its stop. A restart
+            // placed in between waits for it rather than failing, which would be charged to
+            // this worker.
+            tracing::info!("{key} waits for a GPU still held by a stopping rank");
+            let this = self.clone();
+            tokio::spawn(async move {
+                let deadline =
+                    tokio::time::Instant::now() + this.config.stop_grace + GPU_WAIT_SLACK;
+                loop {
+                    // Created before the check: a GPU freed in between still wakes it.
+                    let freed = this.gpu_freed.notified();
+                    if this.has_free_gpu()
+                        || tokio::time::timeout_at(deadline, freed).await.is_err()
+                    {
+                        break;
+                    }
+                }
+                this.launch(key, s);
+            });
+            return;
+        }
+        self.launch(key, s);
+    }
+
+    fn has_free_gpu(&self) -> bool {
+        let t = self.table();
+        free_gpu(self.config.gpus.len() as u32, t.gpus.values().copied()).is_some()
+    }
+
+    /// Spawns the rank, or reports why it could not be started.
+    fn launch(self: &Arc<Self>, key: RankId, s: pb::StartRank) {
         match self.spawn(&key, &s) {
             Ok(child) => {
                 tracing::info!("started {key}");
@@ -312,7 +353,9 @@ impl Supervisor {
         {
             let mut t = self.table();
             t.running.remove(&key);
-            t.gpus.remove(&key);
+            if t.gpus.remove(&key).is_some() {
+                self.gpu_freed.notify_waiters();
+            }
             if t.running.is_empty() {
                 self.emptied.notify_waiters();
             }

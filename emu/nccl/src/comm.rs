@@ -34,6 +34,7 @@ use std::ffi::c_int;
 
 use crate::abi::NcclResult;
 use crate::error::NcclError;
+use crate::fault;
 use crate::id::RendezvousId;
 use crate::memory::{Context, Memory, memory};
 use crate::reduce::reduce;
@@ -604,9 +605,10 @@ impl Shared {
             OpKind::Collective { call, send, recv } => {
                 let s = *seq;
                 *seq += 1;
+                let kill = fault::planned()?.filter(|k| k.at == s + 1);
                 match self.is_hub() {
-                    true => self.collective_hub(s, call, send, recv, mem),
-                    false => self.collective_spoke(s, call, send, recv, mem),
+                    true => self.collective_hub(s, call, send, recv, mem, kill),
+                    false => self.collective_spoke(s, call, send, recv, mem, kill),
                 }
             }
             OpKind::Send { peer, buf, bytes } => {
@@ -660,6 +662,7 @@ impl Shared {
         send: u64,
         recv: u64,
         mem: &Memory,
+        kill: Option<&fault::Kill>,
     ) -> Result<(), NcclError> {
         let n = self.nranks;
         let size = call.dtype.size();
@@ -689,6 +692,10 @@ impl Shared {
                 )));
             }
             inputs.push(data);
+        }
+        // Every other rank has sent its part and waits for its result.
+        if let Some(k) = kill {
+            return Err(self.die(k, seq, &call));
         }
         let refs: Vec<&[u8]> = inputs.iter().map(|v| &v[..]).collect();
         let root = call.root as usize;
@@ -733,7 +740,12 @@ impl Shared {
         send: u64,
         recv: u64,
         mem: &Memory,
+        kill: Option<&fault::Kill>,
     ) -> Result<(), NcclError> {
+        // Before this rank's part is sent: rank 0 cannot finish the collective without it.
+        if let Some(k) = kill {
+            return Err(self.die(k, seq, &call));
+        }
         let (rank, n) = (self.rank, self.nranks);
         let size = call.dtype.size();
         // SAFETY: the caller of the collective guaranteed its send buffer until the operation
@@ -761,6 +773,42 @@ impl Shared {
         }
         // SAFETY: the caller of the collective guaranteed its receive buffer.
         unsafe { mem.write(recv, &out) }
+    }
+
+    /// Test support (see [`fault`]): SIGKILLs this process inside collective `seq`, after
+    /// waiting for the kill's file if it names one. Returns only when the communicator is
+    /// aborted or destroyed during that wait (or, impossibly, when SIGKILL did not kill).
+    fn die(&self, kill: &fault::Kill, seq: u64, call: &Call) -> NcclError {
+        let who = format!(
+            "convoy-nccl-emu: rank {} of {}: {}={}",
+            self.rank,
+            self.nranks,
+            fault::KILL_AT,
+            kill.at
+        );
+        let what = format!("{} (collective #{seq})", call.describe());
+        if let Some(file) = &kill.when {
+            eprintln!("{who}: in {what}; SIGKILL once {} exists", file.display());
+            while !file.exists() {
+                {
+                    let st = self.lock();
+                    if st.aborted {
+                        return aborted();
+                    }
+                    if st.closing {
+                        return destroyed();
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        eprintln!("{who}: SIGKILL in {what}");
+        // SAFETY: kill(2) on this process's own pid, with a signal that cannot be caught: it
+        // touches no memory, and nothing runs after it in this process.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+        NcclError::Internal(format!("{who}: SIGKILL did not end the process"))
     }
 
     // ---- setup ----

@@ -73,6 +73,21 @@
 //! (<code>)` (a bad argument: `convoy-nccl-emu: <function>: <what> (<code>)`), and
 //! `ncclGetLastError` returns the text.
 //!
+//! # Fault injection (test support)
+//!
+//! A process started with `CONVOY_NCCL_EMU_KILL_AT=N` SIGKILLs itself inside its N-th
+//! collective on a communicator (counted from 1 on each communicator; point-to-point calls do
+//! not count): rank 0 once every other rank's part of it has arrived, so they are all blocked
+//! in it waiting for their results; another rank before it sends its part, so rank 0 fails
+//! that collective whether it is already waiting or gets there later. With
+//! `CONVOY_NCCL_EMU_KILL_WHEN=FILE` as well, the rank first waits there until FILE exists (an
+//! abort or destroy of the communicator meanwhile ends the wait, and the kill), so that a test
+//! decides when: e.g. once it has seen a checkpoint the job stored. It says so on stderr,
+//! `convoy-nccl-emu: rank R of N: CONVOY_NCCL_EMU_KILL_AT=N: SIGKILL in <collective>`, and a
+//! line before the wait. The others see what a process killed on a real machine leaves: a
+//! connection closed without a goodbye, `ncclRemoteError`. A value that is not a collective
+//! number fails every collective of the process with `ncclInvalidUsage` naming it.
+//!
 //! # Tests
 //!
 //! The functions are plain `extern "C"` Rust functions too, so tests call them directly;
@@ -84,6 +99,7 @@ pub mod abi;
 pub mod api;
 mod comm;
 pub mod error;
+mod fault;
 mod id;
 mod memory;
 pub mod reduce;

@@ -118,3 +118,102 @@ fn a_rank_process_killed_mid_collective_is_a_remote_error_for_the_others() {
 fn the_hub_process_killed_mid_collective_is_a_remote_error_for_the_others() {
     kill_mid_collective(2, 0);
 }
+
+/// `CONVOY_NCCL_EMU_KILL_AT=1`: the child rank SIGKILLs itself in its first collective, saying
+/// so on stderr; with `CONVOY_NCCL_EMU_KILL_WHEN` only once that file exists, the other ranks
+/// blocked in the collective meanwhile. Either way they see `ncclRemoteError`.
+fn killed_by_its_environment(nranks: usize, victim: usize, wait: bool) {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::ExitStatusExt;
+    use std::sync::Mutex;
+
+    host_memory();
+    let id = unique_id();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let go = dir.path().join("go");
+    let mut cmd = Command::new(std::env::current_exe().expect("test binary"));
+    cmd.args(["--exact", "child_rank", "--nocapture", "--test-threads=1"])
+        .env(CHILD, format!("{victim},{nranks},{}", hex(&id)))
+        .env("CONVOY_NCCL_EMU_KILL_AT", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if wait {
+        cmd.env("CONVOY_NCCL_EMU_KILL_WHEN", &go);
+    }
+    let mut child = cmd.spawn().expect("child rank");
+    let mut stderr = BufReader::new(child.stderr.take().expect("the child's stderr"));
+    let local: Vec<usize> = (0..nranks).filter(|&r| r != victim).collect();
+    let issued = Barrier::new(local.len() + 1);
+    let comms = Mutex::new(Vec::new());
+    let results = std::thread::scope(|s| {
+        let threads: Vec<_> = local
+            .iter()
+            .map(|&r| {
+                let (issued, comms) = (&issued, &comms);
+                s.spawn(move || {
+                    let comm = init_nonblocking(nranks, id, r);
+                    assert_eq!(settle(comm), NcclResult::Success, "rank {r}: setup");
+                    comms.lock().expect("comms").push(comm);
+                    let send = f32s(&[r as f32 + 1.0; 16]);
+                    let mut recv = vec![0; 64];
+                    let res = all_reduce(comm, &send, &mut recv, DataType::Float32, RedOp::Sum);
+                    assert_eq!(res, NcclResult::InProgress, "rank {r}");
+                    issued.wait();
+                    let state = settle(comm);
+                    let text = last_error(comm);
+                    abort(comm);
+                    (r, state, text)
+                })
+            })
+            .collect();
+        issued.wait();
+        let mut said = String::new();
+        if wait {
+            while !said.contains("SIGKILL once") {
+                let mut line = String::new();
+                let n = stderr.read_line(&mut line).expect("the child's stderr");
+                assert!(
+                    n > 0,
+                    "the child ended without waiting for its file: {said}"
+                );
+                said += &line;
+            }
+            assert!(child.try_wait().expect("the child").is_none(), "{said}");
+            for &comm in comms.lock().expect("comms").iter() {
+                assert_eq!(async_state(comm), NcclResult::InProgress, "{said}");
+            }
+            std::fs::write(&go, b"").expect("create the file");
+        }
+        let status = child.wait().expect("reap the child");
+        stderr
+            .read_to_string(&mut said)
+            .expect("the child's stderr");
+        assert_eq!(status.signal(), Some(9), "{status:?}: {said}");
+        assert!(
+            said.contains(&format!(
+                "rank {victim} of {nranks}: CONVOY_NCCL_EMU_KILL_AT=1: SIGKILL in \
+                 AllReduce(16 × Float32, Sum) (collective #0)"
+            )),
+            "{said}"
+        );
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("rank thread"))
+            .collect::<Vec<_>>()
+    });
+    for (r, state, text) in results {
+        assert_eq!(state, NcclResult::RemoteError, "rank {r}: {text}");
+        assert!(text.contains(&format!("rank {victim}")), "rank {r}: {text}");
+    }
+}
+
+#[test]
+fn a_rank_told_to_die_in_a_collective_is_a_remote_error_for_the_others() {
+    killed_by_its_environment(3, 1, false);
+}
+
+#[test]
+fn the_hub_told_to_die_once_a_file_exists_waits_with_the_others_blocked() {
+    killed_by_its_environment(2, 0, true);
+}
