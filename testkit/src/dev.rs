@@ -112,13 +112,7 @@ impl Dev {
     pub fn json(&self, args: &[&str]) -> Value {
         let mut a = args.to_vec();
         a.push("--json");
-        let out = self.convoy(&a);
-        assert!(
-            out.status.success(),
-            "convoy {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("JSON output")
+        crate::json_output(args, &self.convoy(&a))
     }
 
     /// Submits `spec` and returns the job id.

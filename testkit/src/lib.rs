@@ -67,6 +67,16 @@ pub fn convoy(args: &[&str]) -> Output {
         .expect("run convoy")
 }
 
+/// The JSON a successful `convoy ARGS --json` printed; a failure panics with its stderr.
+pub fn json_output(args: &[&str], out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "convoy {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON output")
+}
+
 /// Serialises the tests of one test binary that run clusters: two cores shared by several
 /// clusters would make every one of them slow.
 pub fn serial() -> MutexGuard<'static, ()> {

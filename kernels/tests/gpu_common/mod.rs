@@ -22,18 +22,11 @@ pub fn device_or_skip(test: &str) -> Option<Device> {
     }
 }
 
-/// Whether `dev` is convoy's PTX interpreter (emu/cuda) rather than a GPU: it has no cuBLASLt,
-/// and tests shrink their sizes under it.
+/// Whether `dev` is convoy's PTX interpreter (emu/cuda) rather than a GPU: it has no cuBLASLt.
 pub fn emulated(dev: &Device) -> bool {
     dev.ctx
         .name()
         .is_ok_and(|n| n.starts_with("convoy emulated"))
-}
-
-/// `real` on a GPU, `emulated` under the interpreter: the sizes of a test whose real size
-/// would take minutes to interpret.
-pub fn size_for<T>(dev: &Device, real: T, emulated_size: T) -> T {
-    if emulated(dev) { emulated_size } else { real }
 }
 
 /// Asserts |gpu − cpu| ≤ atol + rtol·|cpu| elementwise, naming the first offender. Equal
