@@ -154,10 +154,17 @@ fn convoy_dev_trains_a_two_rank_cuda_job_with_nccl() {
     let d = dir.path();
     let reference = reference_losses(d);
     let spec = write_spec(d, "dev-cuda", "cuda", 2, 4);
-    // One worker with two slots: it hands each CUDA rank one of its GPUs.
-    let dev = Dev::start(&["--workers", "1", "--slots", "2"], READY_TIMEOUT * 2);
+    // Two one-slot workers on one machine: convoy dev deals the machine's GPUs out between
+    // them (each worker's --gpus), so the ranks, one per worker, never share a GPU.
+    let dev = Dev::start(&["--workers", "2", "--slots", "1"], READY_TIMEOUT * 2);
     let workers = dev.json(&["workers"]);
-    assert!(workers[0]["gpus"].as_u64() >= Some(2), "{workers}");
+    let per_worker: Vec<Option<u64>> = workers
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|w| w["gpus"].as_u64())
+        .collect();
+    assert_eq!(per_worker, [Some(1), Some(1)], "{workers}");
     let id = dev.submit(&spec);
     let job = dev.wait_state(&id, "succeeded", Duration::from_secs(600));
     assert_eq!(job["attempts"].as_array().map(Vec::len), Some(1), "{job}");

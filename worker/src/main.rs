@@ -76,6 +76,11 @@ struct Args {
     /// lies elsewhere fails at once, naming it [default: anywhere the rank's user may read].
     #[arg(long, env = "CONVOY_DATA_ROOTS")]
     data_roots: Option<String>,
+    /// The GPUs this worker hands to its ranks, comma-separated as CUDA_VISIBLE_DEVICES names
+    /// them (`none` for none): several daemons on one machine each take their own [default:
+    /// every GPU the CUDA driver shows this daemon].
+    #[arg(long, env = "CONVOY_GPUS")]
+    gpus: Option<String>,
     /// The memory (address space, MiB) each CPU rank may use; beyond it allocations fail
     /// [default: no limit].
     #[arg(long, env = "CONVOY_RANK_MEMORY_LIMIT_MB")]
@@ -141,7 +146,13 @@ fn configure() -> Result<WorkerConfig> {
         .join(","),
         name: layers.get("name", host)?.value,
         slots: layers.get("slots", cpus)?.value,
-        gpus: gpus::visible(),
+        gpus: {
+            let visible = gpus::visible();
+            match layers.optional::<String>("gpus", Some("every GPU the driver shows"))? {
+                Some(s) => chosen_gpus(&s.value, &visible)?,
+                None => visible,
+            }
+        },
         data_dir: layers
             .get("data_dir", PathBuf::from(defaults::DATA_DIR))?
             .value,
@@ -195,11 +206,31 @@ fn configure() -> Result<WorkerConfig> {
         tracing::info!("setting {line}");
     }
     tracing::info!(
-        "GPUs: {} from the CUDA driver {:?}",
+        "GPUs: {} of those the CUDA driver shows {:?}",
         config.gpus.len(),
         config.gpus
     );
     Ok(config)
+}
+
+/// `--gpus`: each one of the GPUs the driver shows this daemon, at most once.
+fn chosen_gpus(list: &str, visible: &[String]) -> Result<Vec<String>> {
+    if list.trim() == "none" {
+        return Ok(vec![]);
+    }
+    let mut chosen: Vec<String> = vec![];
+    for g in list.split(',').map(str::trim).filter(|g| !g.is_empty()) {
+        anyhow::ensure!(
+            visible.iter().any(|v| v == g),
+            "--gpus: GPU {g} is not one this daemon sees (the CUDA driver shows {visible:?})"
+        );
+        anyhow::ensure!(
+            !chosen.iter().any(|c| c == g),
+            "--gpus: GPU {g} is listed twice"
+        );
+        chosen.push(g.to_string());
+    }
+    Ok(chosen)
 }
 
 /// `--data-roots`: each an existing directory, made canonical (ranks compare real paths).

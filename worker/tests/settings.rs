@@ -129,3 +129,22 @@ fn a_worker_running_as_root_refuses_unless_allowed() {
         "{err}"
     );
 }
+
+#[test]
+fn gpus_must_be_ones_the_driver_shows() {
+    // No CUDA driver here (or not the one of a GPU 7): the worker sees no such GPU. With the
+    // emulated driver on LD_LIBRARY_PATH it sees 0 and 1, never 7.
+    let (code, err) = worker(&["--gpus", "7", "--coordinator", "127.0.0.1:1"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        last_line(&err).contains("--gpus: GPU 7 is not one this daemon sees"),
+        "{err}"
+    );
+    let (code, err) = worker(&["--gpus", "0,0", "--coordinator", "127.0.0.1:1"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        last_line(&err).contains("--gpus: GPU 0 is not one this daemon sees")
+            || last_line(&err).contains("--gpus: GPU 0 is listed twice"),
+        "{err}"
+    );
+}

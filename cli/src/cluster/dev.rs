@@ -109,6 +109,39 @@ fn random_secret() -> String {
     )
 }
 
+/// The GPUs each worker hands out (its `--gpus`): this machine's, as `CUDA_VISIBLE_DEVICES`
+/// names them, dealt round-robin, so that workers of one machine never give two ranks the same
+/// GPU. `None` for every worker when there is no GPU (the workers then see none themselves).
+fn gpu_shares(workers: u32) -> Vec<Option<String>> {
+    let n = convoy_kernels::cuda::device_count();
+    if n == 0 {
+        return vec![None; workers as usize];
+    }
+    let names: Vec<String> = match std::env::var("CUDA_VISIBLE_DEVICES") {
+        Ok(list) if !list.trim().is_empty() => list
+            .split(',')
+            .map(|d| d.trim().to_string())
+            .take(n)
+            .collect(),
+        _ => (0..n).map(|i| i.to_string()).collect(),
+    };
+    (0..workers as usize)
+        .map(|i| {
+            let mine: Vec<&str> = names
+                .iter()
+                .skip(i)
+                .step_by(workers as usize)
+                .map(String::as_str)
+                .collect();
+            Some(if mine.is_empty() {
+                "none".to_string()
+            } else {
+                mine.join(",")
+            })
+        })
+        .collect()
+}
+
 /// How long each daemon gets to stop on SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(15);
 
@@ -183,6 +216,7 @@ async fn cluster(args: &DevArgs, dir: &Path) -> Result<()> {
     let threads = args
         .threads_per_rank
         .unwrap_or_else(|| (cores / (args.workers * args.slots) as usize).max(1));
+    let gpu_shares = gpu_shares(args.workers);
     let mut workers = vec![];
     for i in 0..args.workers {
         let name = format!("dev-worker-{i}");
@@ -206,6 +240,9 @@ async fn cluster(args: &DevArgs, dir: &Path) -> Result<()> {
         if convoy_harness::running_as_root() {
             // A developer's own machine: said, not refused.
             flags.push("--allow-root-ranks".into());
+        }
+        if let Some(share) = &gpu_shares[i as usize] {
+            flags.extend(["--gpus".into(), share.clone()]);
         }
         workers.push(harness.spawn_worker(&name, &flags)?);
     }
