@@ -362,7 +362,9 @@ fn checkpoints_stay_whole_as_copies_are_damaged_and_members_change() {
     assert!(before == after, "the checkpoint differs after the changes");
 
     // Every replica, the one that joined after retention ran included, holds exactly the
-    // checkpoints retention kept.
+    // checkpoints retention kept. Not the removed one: a follower may lack a checkpoint a
+    // majority stored until its repair fetches it, and a removed member never catches up (its
+    // disk was seen holding steps 100, 200 and 500 when it was removed before its repair).
     let commit = c.members()[&new_leader]["commit"].as_u64().expect("commit");
     let live: Vec<u64> = (1..=added)
         .filter(|n| *n != leader && *n != removed)
@@ -371,7 +373,7 @@ fn checkpoints_stay_whole_as_copies_are_damaged_and_members_change() {
         wait_applied(&c, *node, commit);
     }
     let job_id = JobId(job.trim_start_matches("job-").parse().expect("a job id"));
-    for node in 1..=added {
+    for node in (1..=added).filter(|n| *n != removed) {
         if live.contains(&node) {
             assert!(c.stop_member(node), "replica {node} stops on SIGTERM");
         }
