@@ -588,11 +588,19 @@ impl Cluster {
     }
 
     /// Waits until the job is in `state` (queued, running, succeeded, failed, cancelled).
+    /// Waits until job `id` is in `state`; a job that ends in another final state fails the
+    /// test at once, with the job, instead of at the timeout.
     pub fn wait_state(&self, id: &str, state: &str, timeout: Duration) -> Value {
         let mut last = Value::Null;
         self.wait_for(&format!("{id} to be {state}"), timeout, || {
             last = self.job(id);
-            last["state"] == state
+            let now = last["state"].as_str().unwrap_or("");
+            assert!(
+                now == state || !["succeeded", "failed", "cancelled"].contains(&now),
+                "{id} ended {now}, not {state}: {last}\n{}",
+                self.log_tails()
+            );
+            now == state
         });
         last
     }
