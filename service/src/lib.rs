@@ -9,8 +9,10 @@
 //!   `READY=1`);
 //! * [`launch`]: the file a worker daemon writes to start one rank, the rank's whole
 //!   configuration;
-//! * [`secret_file`]: files holding tokens and secrets, private to their owner.
+//! * [`secret_file`]: files holding tokens and secrets, private to their owner;
+//! * [`gpus`]: the names ranks are given their GPUs by.
 
+pub mod gpus;
 pub mod launch;
 pub mod logging;
 pub mod ready;

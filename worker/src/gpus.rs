@@ -20,15 +20,7 @@ const LIBRARIES: [&str; 2] = ["libcuda.so.1", "libcuda.so"];
 /// entries of the daemon's own `CUDA_VISIBLE_DEVICES` when it has one (a daemon limited to
 /// GPUs 2 and 3 gives its ranks "2" and "3", not "0" and "1"), else the driver's ordinals.
 pub fn visible() -> Vec<String> {
-    let n = count() as usize;
-    match std::env::var("CUDA_VISIBLE_DEVICES") {
-        Ok(list) if !list.trim().is_empty() => list
-            .split(',')
-            .map(|d| d.trim().to_string())
-            .take(n)
-            .collect(),
-        _ => (0..n).map(|i| i.to_string()).collect(),
-    }
+    convoy_service::gpus::visible_names(count() as usize)
 }
 
 /// GPUs the CUDA driver reports to this process (after `CUDA_VISIBLE_DEVICES`); 0 when there

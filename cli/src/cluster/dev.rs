@@ -117,14 +117,7 @@ fn gpu_shares(workers: u32) -> Vec<Option<String>> {
     if n == 0 {
         return vec![None; workers as usize];
     }
-    let names: Vec<String> = match std::env::var("CUDA_VISIBLE_DEVICES") {
-        Ok(list) if !list.trim().is_empty() => list
-            .split(',')
-            .map(|d| d.trim().to_string())
-            .take(n)
-            .collect(),
-        _ => (0..n).map(|i| i.to_string()).collect(),
-    };
+    let names = convoy_service::gpus::visible_names(n);
     (0..workers as usize)
         .map(|i| {
             let mine: Vec<&str> = names

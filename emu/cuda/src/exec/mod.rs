@@ -20,7 +20,6 @@ use crate::ptx::ir::{Op, SPECIALS};
 
 pub use block::Dims;
 use block::{Block, Lane, Warp, fault};
-pub use float::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16};
 
 /// Optional checks (the memcheck of global accesses is always on).
 #[derive(Clone, Copy, Debug, Default)]

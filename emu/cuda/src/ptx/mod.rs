@@ -104,10 +104,6 @@ impl Module {
             .cloned()
             .ok_or_else(|| EmuError::NoKernel(name.to_string()))
     }
-
-    pub fn kernels(&self) -> impl Iterator<Item = &Arc<Kernel>> {
-        self.kernels.iter()
-    }
 }
 
 fn err(i: usize, text: &str, msg: &str) -> EmuError {
